@@ -1,0 +1,61 @@
+"""Lower layer: model formats and devices. Never imports ``pipeline`` (the flow is one-way).
+
+``CAPABILITIES`` is the one table the CLI, the recipe validation, the runner dispatch and the tests read: a backend
+family, the precisions it can produce, its file suffix, the extra that installs it and the runtime that runs it.
+``EXPORTERS`` maps a family to its ``module:function`` and is resolved lazily, so importing ``targets`` never pulls in
+onnxruntime, openvino or litert.
+"""
+
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+from typing import Any, Callable
+
+from targets.errors import ConfigError, MissingDependencyError
+
+CAPABILITIES: dict[str, dict[str, Any]] = {
+    "onnx": {"precisions": ("fp32", "fp16", "int8"), "suffix": ".onnx", "extra": None,
+             "runtime": "onnxruntime", "export_module": "onnxscript"},
+    "openvino": {"precisions": ("fp32", "int8"), "suffix": ".xml", "extra": "openvino",
+                 "runtime": "openvino", "export_module": "openvino"},
+    "tflite": {"precisions": ("fp32", "fp16", "int8"), "suffix": ".tflite", "extra": "tflite",
+               "runtime": "ai_edge_litert", "export_module": "litert_torch"},
+}
+
+EXPORTERS: dict[str, str] = {
+    "onnx": "targets.export_onnx:export",
+    "openvino": "targets.export_openvino:export",
+    "tflite": "targets.export_tflite:export",
+}
+
+BACKENDS: tuple[str, ...] = tuple(f"{fam}-{p}" for fam, cap in CAPABILITIES.items() for p in cap["precisions"])
+
+
+def parse_backend(name: str) -> tuple[str, str]:
+    """``"onnx-int8"`` -> ``("onnx", "int8")``; an unknown name lists the valid ones."""
+    family, _, precision = name.partition("-")
+    cap = CAPABILITIES.get(family)
+    if cap is None or precision not in cap["precisions"]:
+        raise ConfigError(f"unknown backend {name!r}", hint=f"choose from: {', '.join(BACKENDS)}")
+    return family, precision
+
+
+def backend_for_file(path: str | Path) -> str:
+    suffix = Path(path).suffix
+    for family, cap in CAPABILITIES.items():
+        if cap["suffix"] == suffix:
+            return family
+    raise ConfigError(f"{path}: unknown model file type {suffix!r}",
+                      hint="expected one of " + ", ".join(c["suffix"] for c in CAPABILITIES.values()))
+
+
+def get_exporter(family: str) -> Callable[..., Any]:
+    """Import the exporter of one family; a missing runtime says which extra to install."""
+    module_name, func = EXPORTERS[family].split(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        extra = CAPABILITIES[family]["extra"]
+        raise MissingDependencyError(exc.name or family, extra, purpose=f"the {family} backend") from exc
+    return getattr(module, func)

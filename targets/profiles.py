@@ -1,0 +1,128 @@
+"""Device profiles (DESIGN §4): one YAML file per board, validated strictly, overridable per lab.
+
+Overrides come, strongest first, from the command line (``--host`` ...), then the environment
+(``EDGEPIPE_<NAME>_HOST``, ``_USER``, ``_PORT``, ``_KEY``, ``_KNOWN_HOSTS`` with the profile name upper-cased and
+``-`` turned into ``_``), then the file.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, ValidationError, field_validator
+
+from targets import BACKENDS
+from targets.errors import ConfigError
+from targets.schema import StrictModel, read_yaml, validation_problems
+
+PROFILE_DIR = Path(__file__).resolve().parent.parent / "device_profiles"
+OVERRIDABLE = ("host", "user", "port", "key", "known_hosts")
+
+
+class Connection(StrictModel):
+    transport: Literal["local", "ssh"] = "local"
+    host: str | None = None
+    user: str | None = None
+    port: int | None = Field(default=None, ge=1, le=65535)
+    key: str | None = None
+    known_hosts: str | None = None
+    connect_timeout: float = Field(default=10.0, gt=0)
+    command_timeout: float = Field(default=600.0, gt=0)
+    job_timeout: float = Field(default=1800.0, gt=0)
+
+
+class RuntimeSettings(StrictModel):
+    threads: int = Field(default=1, ge=1, le=256)
+    onnx_providers: list[str] = Field(default_factory=lambda: ["CPUExecutionProvider"])
+
+
+class BenchRules(StrictModel):
+    warmup: int = Field(default=20, ge=0)
+    min_iterations: int = Field(default=100, ge=1)
+    min_seconds: float = Field(default=10.0, ge=0)
+    max_seconds: float = Field(default=120.0, gt=0)
+
+
+class Telemetry(StrictModel):
+    thermal: str | None = None
+    throttled: str | None = None
+    power_mode: str | None = None
+    clocks: str | None = None
+
+
+class DeviceProfile(StrictModel):
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    description: str = ""
+    arch: str = "x86_64"
+    connection: Connection = Field(default_factory=Connection)
+    python: str = "python3"
+    workdir: str = "/tmp/edgepipe"
+    backends: list[str] = Field(min_length=1)
+    runtime: RuntimeSettings = Field(default_factory=RuntimeSettings)
+    bench: BenchRules = Field(default_factory=BenchRules)
+    telemetry: Telemetry = Field(default_factory=Telemetry)
+
+    @field_validator("backends")
+    @classmethod
+    def _known_backends(cls, value: list[str]) -> list[str]:
+        bad = [b for b in value if b not in BACKENDS]
+        if bad:
+            raise ValueError(f"unknown backend(s) {bad}; choose from {', '.join(BACKENDS)}")
+        return value
+
+    @property
+    def is_local(self) -> bool:
+        return self.connection.transport == "local"
+
+
+def profile_dirs() -> list[Path]:
+    extra = [Path(p) for p in os.environ.get("EDGEPIPE_PROFILE_PATH", "").split(os.pathsep) if p]
+    return [*extra, Path.cwd() / "device_profiles", PROFILE_DIR]
+
+
+def list_profiles() -> dict[str, Path]:
+    found: dict[str, Path] = {}
+    for folder in reversed(profile_dirs()):  # earlier folders win
+        if folder.is_dir():
+            for f in sorted(folder.glob("*.yaml")):
+                found[f.stem] = f
+    return dict(sorted(found.items()))
+
+
+def resolve_profile_path(name_or_path: str) -> Path:
+    p = Path(name_or_path).expanduser()
+    if p.suffix in (".yaml", ".yml") or os.sep in name_or_path:
+        return p
+    known = list_profiles()
+    if name_or_path not in known:
+        raise ConfigError(f"unknown device {name_or_path!r}",
+                          hint=f"choose from {', '.join(known) or '(none found)'} or give a profile file path")
+    return known[name_or_path]
+
+
+def env_overrides(name: str) -> dict[str, Any]:
+    stem = "EDGEPIPE_" + name.upper().replace("-", "_").replace(".", "_") + "_"
+    return {k: os.environ[stem + k.upper()] for k in OVERRIDABLE if os.environ.get(stem + k.upper())}
+
+
+def load_profile(name_or_path: str, overrides: dict[str, Any] | None = None) -> DeviceProfile:
+    path = resolve_profile_path(name_or_path)
+    data = read_yaml(path, "device profile")
+    conn = dict(data.get("connection") or {}) if isinstance(data.get("connection"), dict) else data.get("connection")
+    if isinstance(conn, dict):
+        name = str(data.get("name", path.stem))
+        merged = {**env_overrides(name), **{k: v for k, v in (overrides or {}).items() if v is not None}}
+        if merged:
+            conn.update(merged)
+            conn.setdefault("transport", "ssh")
+        data = {**data, "connection": conn}
+    try:
+        profile = DeviceProfile.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(f"{path}: invalid device profile", problems=validation_problems(exc, str(path))) from None
+    if profile.connection.transport == "ssh" and not profile.connection.host:
+        raise ConfigError(f"{path}: connection.host is required for transport: ssh",
+                          hint=f"set it in the file, with --host, or EDGEPIPE_{profile.name.upper()}_HOST")
+    return profile

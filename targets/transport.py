@@ -1,0 +1,97 @@
+"""One interface to a device, whether it is this host or a board over SSH.
+
+A transport runs an argv list (never a shell string: the SSH transport quotes every piece), copies files in and out,
+and makes and removes folders. ``targets.device`` builds benchmark jobs on top of it; ``targets.ssh`` is the only
+module that talks paramiko.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol, Sequence
+
+from targets.errors import RemoteCommandError, TransferError
+
+
+@dataclass
+class CommandResult:
+    argv: list[str]
+    exit_status: int
+    stdout: str
+    stderr: str
+    seconds: float
+
+    @property
+    def ok(self) -> bool:
+        return self.exit_status == 0
+
+
+class Transport(Protocol):
+    name: str
+
+    def run(self, argv: Sequence[str], timeout: float) -> CommandResult: ...
+    def put(self, local: Path, remote: str) -> None: ...
+    def get(self, remote: str, local: Path) -> None: ...
+    def make_job_dir(self, workdir: str) -> str: ...
+    def remove_tree(self, path: str) -> None: ...
+    def python(self, configured: str) -> str: ...
+    def close(self) -> None: ...
+
+
+class LocalTransport:
+    """This host: subprocesses and file copies, the same job layout a board gets."""
+
+    name = "local"
+
+    def run(self, argv: Sequence[str], timeout: float) -> CommandResult:
+        start = time.perf_counter()
+        try:
+            proc = subprocess.run(list(argv), capture_output=True, text=True, timeout=timeout, check=False,
+                                  stdin=subprocess.DEVNULL)
+        except subprocess.TimeoutExpired as exc:
+            raise RemoteCommandError(f"local: command timed out after {timeout:.0f}s: {argv[0]}",
+                                     hint="raise connection.command_timeout in the profile") from exc
+        except OSError as exc:
+            raise RemoteCommandError(f"local: cannot start {argv[0]}: {exc.strerror}") from exc
+        return CommandResult(list(argv), proc.returncode, proc.stdout, proc.stderr, time.perf_counter() - start)
+
+    def put(self, local: Path, remote: str) -> None:
+        try:
+            tmp = remote + ".part"
+            shutil.copyfile(local, tmp)
+            os.replace(tmp, remote)
+        except OSError as exc:
+            raise TransferError(f"local: cannot copy {local} to {remote}: {exc.strerror}") from exc
+
+    def get(self, remote: str, local: Path) -> None:
+        self.put(Path(remote), str(local))
+
+    def make_job_dir(self, workdir: str) -> str:
+        Path(workdir).mkdir(parents=True, exist_ok=True)
+        return tempfile.mkdtemp(prefix="job-", dir=workdir)
+
+    def remove_tree(self, path: str) -> None:
+        shutil.rmtree(path, ignore_errors=True)
+
+    def python(self, configured: str) -> str:
+        return sys.executable if configured == "current" else configured
+
+    def close(self) -> None:
+        return None
+
+
+def open_transport(profile: object, **kwargs: object) -> Transport:
+    """The transport a profile asks for; SSH is imported only when used (paramiko is an extra)."""
+    transport = profile.connection.transport  # type: ignore[attr-defined]
+    if transport == "local":
+        return LocalTransport()
+    from targets.ssh import SSHTransport  # noqa: PLC0415 - lazy: paramiko is optional
+
+    return SSHTransport.from_profile(profile, **kwargs)

@@ -1,0 +1,107 @@
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from runfolder import make_run
+from sqlalchemy import select
+
+from pipeline import store as store_mod
+from pipeline.store import MIGRATIONS, format_history, history, open_store, record_summary, store_url
+from targets.errors import ConfigError
+
+
+def test_store_round_trip_keeps_stages_artifacts_and_benchmarks(tmp_path: Path, run_dir: Path) -> None:
+    st = open_store(tmp_path / "db" / "results.db")
+    run_id = record_summary(run_dir=run_dir, store=st)
+    row = st.get_run(run_id)
+    assert row["status"] == "complete" and row["recipe"] == "digits" and row["device"] == "local"
+    assert row["baseline_accuracy"] == pytest.approx(0.983)
+    assert [s["name"] for s in row["stages"]] == ["distill", "prune", "quantize"]
+    arts = {a["name"]: a for a in row["artifacts"]}
+    assert set(arts) == {"onnx-fp32", "onnx-int8", "openvino-int8", "tflite-int8"}
+    assert arts["onnx-int8"]["benchmark"]["p50"] == pytest.approx(0.061)
+    assert arts["onnx-int8"]["benchmark"]["runtime"] == "onnxruntime 1.32.0"
+    assert arts["tflite-int8"]["benchmark"] is None and "aten::_fake_op" in arts["tflite-int8"]["error"]
+    assert row["gate_passed"] is False
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert json.loads(row["summary_json"]) == summary
+    # importing the same run again replaces its rows instead of duplicating them
+    record_summary(run_dir=run_dir, store=st)
+    assert len(st.get_run(run_id)["artifacts"]) == 4
+
+
+def test_finish_run_rolls_back_and_leaves_run_incomplete_when_write_fails(tmp_path: Path, run_dir: Path) -> None:
+    st = open_store(tmp_path / "results.db")
+    summary = json.loads((run_dir / "summary.json").read_text())
+    st.begin_run(summary["run_id"], {"name": "digits"}, "local", run_dir, summary["started"])
+    broken = json.loads(json.dumps(summary))
+    broken["artifacts"][2]["bench"]["unserialisable"] = object()  # fails half-way, after stages and 2 artifacts
+    with pytest.raises(TypeError):
+        st.finish_run(broken)
+    row = st.get_run(summary["run_id"])
+    assert row["status"] == "incomplete"
+    assert row["stages"] == [] and row["artifacts"] == []
+    st.finish_run(summary)
+    assert st.get_run(summary["run_id"])["status"] == "complete"
+
+
+def test_begin_run_leaves_run_incomplete_when_process_crashes(tmp_path: Path) -> None:
+    db = tmp_path / "results.db"
+    code = ("import os, sys\nfrom pipeline.store import open_store\n"
+            f"s = open_store({str(db)!r})\ns.begin_run('crashed-1', 'digits', 'rpi5', '/tmp/x', '2026-11-23T10:00:00')\n"
+            "os._exit(9)\n")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).parents[2], timeout=60)
+    assert proc.returncode == 9
+    rows = history(open_store(db))
+    assert [(r["run_id"], r["status"]) for r in rows] == [("crashed-1", "incomplete")]
+
+
+def test_history_filters_by_device_and_recipe_newest_first(tmp_path: Path) -> None:
+    st = open_store(f"sqlite:///{tmp_path / 'h.db'}")
+    for i, (recipe, device) in enumerate([("digits", "local"), ("digits", "rpi5"), ("other", "local"),
+                                          ("digits", "local")]):
+        run = make_run(tmp_path / f"r{i}", run_id=f"run-{i}", recipe=recipe, device=device,
+                       started=f"2026-11-2{i}T10:00:00+00:00")
+        record_summary(run_dir=run, store=st)
+    rows = history(st, device="local", recipe="digits")
+    assert [r["run_id"] for r in rows] == ["run-3", "run-0"]
+    assert rows[0]["best"] == "onnx-fp32" and rows[0]["best_accuracy"] == pytest.approx(0.981)
+    assert rows[0]["valid"] == 3 and rows[0]["artifacts"] == 4
+    assert [r["run_id"] for r in history(st, limit=2)] == ["run-3", "run-2"]
+    text = format_history(rows)
+    lines = text.splitlines()
+    assert lines[0].split()[:4] == ["started", "recipe", "device", "status"]
+    assert "onnx-fp32" in lines[2] and "FAIL" in lines[2] and "3/4" in lines[2]
+    assert len({len(line) for line in lines[:2]}) == 1  # header and rule are aligned
+    assert "no runs recorded" in format_history([])
+
+
+def test_open_store_migrates_to_latest_version_once(tmp_path: Path) -> None:
+    db = tmp_path / "m.db"
+    st = open_store(db)
+    assert st.version() == MIGRATIONS[-1][0]
+    with st.engine.connect() as conn:
+        versions = [r[0] for r in conn.execute(select(store_mod.schema_version.c.version))]
+    assert versions == [m[0] for m in MIGRATIONS]
+    assert open_store(db).version() == MIGRATIONS[-1][0]  # re-opening applies nothing twice
+
+
+def test_open_store_refuses_newer_schema(tmp_path: Path) -> None:
+    st = open_store(tmp_path / "n.db")
+    with st.engine.begin() as conn:
+        conn.execute(store_mod.schema_version.insert().values(version=999, description="future", applied="x"))
+    with pytest.raises(ConfigError, match="newer than this edgepipe knows"):
+        open_store(tmp_path / "n.db")
+
+
+def test_store_url_reads_env_and_accepts_paths_or_urls(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("EDGEPIPE_DB", str(tmp_path / "env" / "x.db"))
+    assert store_url() == f"sqlite:///{tmp_path / 'env' / 'x.db'}"
+    assert (tmp_path / "env").is_dir()
+    assert store_url("postgresql://u@db/edgepipe") == "postgresql://u@db/edgepipe"
+    with pytest.raises(ConfigError, match="EDGEPIPE_DB"):
+        open_store("nosuchdialect://x/y")

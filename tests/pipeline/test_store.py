@@ -52,7 +52,8 @@ def test_finish_run_rolls_back_and_leaves_run_incomplete_when_write_fails(tmp_pa
 def test_begin_run_leaves_run_incomplete_when_process_crashes(tmp_path: Path) -> None:
     db = tmp_path / "results.db"
     code = ("import os, sys\nfrom pipeline.store import open_store\n"
-            f"s = open_store({str(db)!r})\ns.begin_run('crashed-1', 'digits', 'rpi5', '/tmp/x', '2026-11-23T10:00:00')\n"
+            f"s = open_store({str(db)!r})\n"
+            "s.begin_run('crashed-1', 'digits', 'rpi5', '/tmp/x', '2026-11-23T10:00:00')\n"
             "os._exit(9)\n")
     proc = subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).parents[2], timeout=60)
     assert proc.returncode == 9

@@ -212,6 +212,7 @@ def _write_tar(dest: Path, entries: dict[str, Path | bytes], mtime: int) -> None
                             tar.addfile(info, fh)
             raw.flush()
             os.fsync(raw.fileno())
+        tmp.chmod(0o644)  # mkstemp makes it private; a release is meant to be shared
         os.replace(tmp, dest)
     except BaseException:
         tmp.unlink(missing_ok=True)

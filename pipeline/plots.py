@@ -1,0 +1,120 @@
+"""The report's figures, drawn with matplotlib (Agg) and embedded as base64 PNG so the HTML opens offline."""
+
+from __future__ import annotations
+
+import base64
+import io
+from typing import Any
+
+from pipeline.rundir import artifact_name, is_usable, latency
+from targets.errors import MissingDependencyError
+
+FAMILY_COLORS = {"onnx": "#1f77b4", "openvino": "#9467bd", "tflite": "#ff7f0e"}
+
+
+def _plt() -> Any:
+    try:
+        import matplotlib
+    except ModuleNotFoundError as exc:
+        raise MissingDependencyError("matplotlib", "report", purpose="the HTML report's plots") from exc
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _png(fig: Any) -> str:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100, bbox_inches="tight", metadata={"Software": None})
+    _plt().close(fig)
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def pareto_front(points: list[tuple[str, float, float]]) -> list[str]:
+    """Names of the points no other point beats on both axes: (name, p90 latency, accuracy); lower latency and
+    higher accuracy are better. Sorted by latency."""
+    front: list[str] = []
+    best_acc = float("-inf")
+    for name, _lat, acc in sorted(points, key=lambda p: (p[1], -p[2], p[0])):
+        if acc > best_acc:
+            front.append(name)
+            best_acc = acc
+    return front
+
+
+def accuracy_vs_latency(artifacts: list[dict[str, Any]], baseline: float | None, title: str) -> str:
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(5.2, 3.8))
+    points = [(artifact_name(a), latency(a) or 0.0, float(a["accuracy"])) for a in artifacts if is_usable(a)]
+    measured = [a for a in artifacts if not is_usable(a) and latency(a) is not None
+                and isinstance(a.get("accuracy"), (int, float))]
+    front = pareto_front(points)
+    for a in artifacts:
+        if is_usable(a):
+            ax.scatter(latency(a), a["accuracy"], s=60, color=FAMILY_COLORS.get(a["backend"], "gray"), zorder=3,
+                       edgecolor="black" if artifact_name(a) in front else "none", linewidth=1.2)
+    for a in measured:  # measured but invalid: shown hollow, never on the front
+        ax.scatter(latency(a), a["accuracy"], s=60, facecolor="none", edgecolor="gray", zorder=2)
+    for name, lat, acc in points + [(artifact_name(a), latency(a), a["accuracy"]) for a in measured]:
+        ax.annotate(name, (lat, acc), textcoords="offset points", xytext=(5, 4), fontsize=8)
+    if len(front) > 0:
+        by_name = {n: (lat, acc) for n, lat, acc in points}
+        xs, ys = zip(*(by_name[n] for n in front), strict=True)
+        ax.step(xs, ys, where="post", color="black", linestyle="--", linewidth=1, label="Pareto front", zorder=1)
+    if isinstance(baseline, (int, float)):
+        ax.axhline(baseline, color="green", linestyle=":", linewidth=1, label=f"original {baseline:.3f}")
+    ax.set_xlabel("p90 latency (ms, lower is better)")
+    ax.set_ylabel("top-1 accuracy")
+    ax.set_title(title, fontsize=10)
+    ax.grid(alpha=0.3)
+    if points or isinstance(baseline, (int, float)):
+        ax.legend(fontsize=8, loc="lower right")
+    ax.margins(x=0.25, y=0.2)
+    return _png(fig)
+
+
+def size_bars(artifacts: list[dict[str, Any]], title: str) -> str:
+    plt = _plt()
+    rows = [a for a in artifacts if isinstance(a.get("bytes"), int)]
+    fig, ax = plt.subplots(figsize=(5.2, 0.5 + 0.45 * max(len(rows), 1)))
+    names = [artifact_name(a) for a in rows]
+    kib = [a["bytes"] / 1024 for a in rows]
+    ax.barh(names, kib, color=[FAMILY_COLORS.get(a.get("backend"), "gray") for a in rows])
+    for i, v in enumerate(kib):
+        ax.text(v, i, f" {v:,.1f} KiB", va="center", fontsize=8)
+    ax.invert_yaxis()
+    ax.set_xlabel("size (KiB)")
+    ax.set_title(title, fontsize=10)
+    ax.margins(x=0.3)
+    return _png(fig)
+
+
+def stage_trail(summary: dict[str, Any], title: str) -> str:
+    """Params, MACs and accuracy from the original model through each stage."""
+    plt = _plt()
+    base = summary.get("baseline") or {}
+    steps = [("original", base)] + [(s.get("name", "?"), s) for s in summary.get("stages") or []]
+    labels = [n for n, _ in steps]
+    fig, axes = plt.subplots(1, 3, figsize=(10.5, 2.8))
+    for ax, key, label, scale in ((axes[0], "params", "parameters (k)", 1e3), (axes[1], "macs", "MACs (M)", 1e6),
+                                  (axes[2], "accuracy", "top-1 accuracy", 1.0)):
+        values = [s.get(key) / scale if isinstance(s.get(key), (int, float)) else float("nan") for _, s in steps]
+        if key == "accuracy":
+            ax.plot(labels, values, marker="o", color="#2ca02c")
+            for i, v in enumerate(values):
+                if v == v:
+                    ax.annotate(f"{v:.3f}", (i, v), textcoords="offset points", xytext=(0, 6), fontsize=8,
+                                ha="center")
+            ax.margins(y=0.3)
+        else:
+            ax.bar(labels, values, color="#7f7f7f")
+            for i, v in enumerate(values):
+                if v == v:
+                    ax.text(i, v, f"{v:,.1f}", ha="center", va="bottom", fontsize=8)
+            ax.margins(y=0.15)
+        ax.set_title(label, fontsize=9)
+        ax.tick_params(axis="x", labelsize=8, rotation=20)
+        ax.grid(axis="y", alpha=0.3)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return _png(fig)

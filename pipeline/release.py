@@ -36,7 +36,15 @@ import yaml
 
 from pipeline.gate import evaluate_gate
 from pipeline.modelcard import example_py, model_card
-from pipeline.rundir import artifact_files, artifact_name, is_usable, load_summary, parse_time, rank_key
+from pipeline.rundir import (
+    artifact_files,
+    artifact_name,
+    find_run_dirs,
+    is_usable,
+    load_summary,
+    parse_time,
+    rank_key,
+)
 from targets import CAPABILITIES, parse_backend
 from targets.artifact import sha256_file
 from targets.errors import ConfigError, GateError
@@ -104,7 +112,11 @@ def choose(summary: dict[str, Any], device: str) -> tuple[list[dict[str, Any]], 
 def build_bundle(run_dir: str | Path, device: str | None = None, dist: str | Path = "dist",
                  version: str | None = None, allow_failed_gate: bool = False) -> Path:
     """Write ``dist/<recipe>-<device>-<version>.tar.gz`` from a finished run folder and return its path."""
-    run_dir = Path(run_dir)
+    found = find_run_dirs(run_dir, device)
+    if len(found) > 1:
+        raise ConfigError(f"{run_dir}: a fleet run with devices {', '.join(p.name for p in found)}",
+                          hint="say which one with --device NAME")
+    run_dir = found[0]
     summary = load_summary(run_dir)
     run_device = str(summary["device"])
     if device is not None and device != run_device and Path(device).stem != run_device:

@@ -14,7 +14,16 @@ from pathlib import Path
 from typing import Any
 
 from pipeline import plots
-from pipeline.rundir import artifact_name, human_bytes, is_usable, latency, load_summary, parse_time, pick_best
+from pipeline.rundir import (
+    artifact_name,
+    find_run_dirs,
+    human_bytes,
+    is_usable,
+    latency,
+    load_summary,
+    parse_time,
+    pick_best,
+)
 from targets.artifact import atomic_write_bytes
 
 CSS = """
@@ -197,7 +206,7 @@ def _run_section(summary: dict[str, Any], run_dir: Path) -> str:
 
 def write_report(run_dirs: list[Path], out: Path, regression_threshold: float = 0.10) -> Path:
     """Render every run folder into one HTML file at ``out`` (written atomically) and return its path."""
-    loaded = [(Path(d), load_summary(d)) for d in run_dirs]
+    loaded = [(d, load_summary(d)) for given in run_dirs for d in find_run_dirs(given)]
     devices: dict[str, list[tuple[Path, dict[str, Any]]]] = {}
     for run_dir, summary in loaded:
         devices.setdefault(str(summary["device"]), []).append((run_dir, summary))

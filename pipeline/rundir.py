@@ -34,6 +34,22 @@ def load_summary(run_dir: str | Path) -> dict[str, Any]:
     return summary
 
 
+def find_run_dirs(path: str | Path, device: str | None = None) -> list[Path]:
+    """The folders holding a summary.json: the folder itself, or for a fleet run (``--device a --device b``) its
+    per-device subfolders; ``device`` narrows a fleet run to one of them."""
+    root = Path(path)
+    if (root / "summary.json").is_file():
+        return [root]
+    subs = sorted(p.parent for p in root.glob("*/summary.json"))
+    if device is not None:
+        subs = [p for p in subs if p.name in (device, Path(device).stem)]
+    if not subs:
+        where = f" for device {device!r}" if device else ""
+        raise ConfigError(f"{root}: no summary.json here or in its device subfolders{where}",
+                          hint="give the folder `edgepipe run ... --out DIR` wrote")
+    return subs
+
+
 def artifact_name(art: dict[str, Any]) -> str:
     return f"{art.get('backend', '?')}-{art.get('precision', '?')}"
 

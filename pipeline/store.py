@@ -20,6 +20,7 @@ anywhere leaves the previous consistent state: the run stays visible as ``incomp
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 from collections.abc import Callable
@@ -38,6 +39,7 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    UniqueConstraint,
     create_engine,
     delete,
     func,
@@ -61,7 +63,8 @@ schema_version = Table("schema_version", metadata,
                        Column("description", String(200), nullable=False),
                        Column("applied", String(40), nullable=False))
 runs = Table("runs", metadata,
-             Column("run_id", String(200), primary_key=True),
+             Column("id", Integer, primary_key=True, autoincrement=True),
+             Column("run_id", String(200), nullable=False),
              Column("recipe", String(200), nullable=False),
              Column("device", String(200), nullable=False),
              Column("run_dir", Text),
@@ -74,17 +77,18 @@ runs = Table("runs", metadata,
              Column("baseline_macs", Integer),
              Column("gate_passed", Boolean),
              Column("recipe_json", Text),
-             Column("summary_json", Text))
+             Column("summary_json", Text),
+             UniqueConstraint("run_id", "device", name="uq_runs_run_device"))
 stages = Table("stages", metadata,
                Column("id", Integer, primary_key=True, autoincrement=True),
-               Column("run_id", String(200), ForeignKey("runs.run_id", ondelete="CASCADE"), nullable=False),
+               Column("run_pk", Integer, ForeignKey("runs.id", ondelete="CASCADE"), nullable=False),
                Column("seq", Integer, nullable=False),
                Column("name", String(100), nullable=False),
                Column("accuracy", Float), Column("params", Integer), Column("macs", Integer),
                Column("seconds", Float))
 artifacts = Table("artifacts", metadata,
                   Column("id", Integer, primary_key=True, autoincrement=True),
-                  Column("run_id", String(200), ForeignKey("runs.run_id", ondelete="CASCADE"), nullable=False),
+                  Column("run_pk", Integer, ForeignKey("runs.id", ondelete="CASCADE"), nullable=False),
                   Column("name", String(100), nullable=False),
                   Column("backend", String(50)), Column("precision", String(20)),
                   Column("file", Text), Column("sha256", String(64)), Column("bytes", Integer),
@@ -93,7 +97,7 @@ artifacts = Table("artifacts", metadata,
 benchmarks = Table("benchmarks", metadata,
                    Column("id", Integer, primary_key=True, autoincrement=True),
                    Column("artifact_id", Integer, ForeignKey("artifacts.id", ondelete="CASCADE"), nullable=False),
-                   Column("run_id", String(200), ForeignKey("runs.run_id", ondelete="CASCADE"), nullable=False),
+                   Column("run_pk", Integer, ForeignKey("runs.id", ondelete="CASCADE"), nullable=False),
                    Column("runtime", String(100)),
                    Column("p50", Float), Column("p90", Float), Column("p99", Float),
                    Column("mean", Float), Column("std", Float), Column("n", Integer),
@@ -184,11 +188,7 @@ class Store:
                   "recipe_json": None if isinstance(recipe, str) else json.dumps(recipe, default=str),
                   "summary_json": None}
         with self.engine.begin() as conn:
-            self._clear_children(conn, run_id)
-            if conn.execute(select(runs.c.run_id).where(runs.c.run_id == run_id)).first():
-                conn.execute(update(runs).where(runs.c.run_id == run_id).values(**values))
-            else:
-                conn.execute(insert(runs).values(run_id=run_id, **values))
+            self._upsert_run(conn, run_id, device, values)
         return run_id
 
     def finish_run(self, summary: dict[str, Any], run_dir: str | Path | None = None) -> str:
@@ -209,24 +209,32 @@ class Store:
         if run_dir is not None:
             values["run_dir"] = str(run_dir)
         with self.engine.begin() as conn:
-            self._clear_children(conn, run_id)
-            if conn.execute(select(runs.c.run_id).where(runs.c.run_id == run_id)).first():
-                conn.execute(update(runs).where(runs.c.run_id == run_id).values(**values))
-            else:
-                conn.execute(insert(runs).values(run_id=run_id, **values))
+            pk = self._upsert_run(conn, run_id, str(summary["device"]), values)
             for seq, st in enumerate(summary.get("stages") or []):
-                conn.execute(insert(stages).values(run_id=run_id, seq=seq, name=st.get("name", "?"),
+                conn.execute(insert(stages).values(run_pk=pk, seq=seq, name=st.get("name", "?"),
                                                    accuracy=st.get("accuracy"), params=st.get("params"),
                                                    macs=st.get("macs"), seconds=st.get("seconds")))
             for art in summary.get("artifacts") or []:
-                self._insert_artifact(conn, run_id, art)
+                self._insert_artifact(conn, pk, art)
         return run_id
 
     @staticmethod
-    def _insert_artifact(conn: Connection, run_id: str, art: dict[str, Any]) -> None:
+    def _upsert_run(conn: Connection, run_id: str, device: str, values: dict[str, Any]) -> int:
+        """The row of (run_id, device), created or updated, with its stages/artifacts/benchmarks cleared."""
+        found = conn.execute(select(runs.c.id).where(runs.c.run_id == run_id, runs.c.device == device)).first()
+        if found is None:
+            return conn.execute(insert(runs).values(run_id=run_id, **values)).inserted_primary_key[0]
+        pk = found[0]
+        for table in (benchmarks, artifacts, stages):
+            conn.execute(delete(table).where(table.c.run_pk == pk))
+        conn.execute(update(runs).where(runs.c.id == pk).values(**values))
+        return pk
+
+    @staticmethod
+    def _insert_artifact(conn: Connection, pk: int, art: dict[str, Any]) -> None:
         gate = art.get("gate") or {}
         art_id = conn.execute(insert(artifacts).values(
-            run_id=run_id, name=artifact_name(art), backend=art.get("backend"), precision=art.get("precision"),
+            run_pk=pk, name=artifact_name(art), backend=art.get("backend"), precision=art.get("precision"),
             file=art.get("file"), sha256=art.get("sha256"), bytes=art.get("bytes"), accuracy=art.get("accuracy"),
             valid=bool(art.get("valid")), error=art.get("error"),
             gate_passed=gate.get("passed") if isinstance(gate.get("passed"), bool) else None,
@@ -236,35 +244,34 @@ class Store:
         if lat:
             bench = art.get("bench") or {}
             conn.execute(insert(benchmarks).values(
-                artifact_id=art_id, run_id=run_id,
+                artifact_id=art_id, run_pk=pk,
                 runtime=bench.get("runtime") or (art.get("environment") or {}).get("runtime"),
                 p50=lat.get("p50"), p90=lat.get("p90"), p99=lat.get("p99"), mean=lat.get("mean"),
                 std=lat.get("std"), n=lat.get("n"), valid=bool(art.get("valid")),
                 invalid_reasons=json.dumps(bench.get("invalid_reasons") or art.get("invalid_reasons") or []),
                 record_json=json.dumps(bench, sort_keys=True) if bench else None))
 
-    @staticmethod
-    def _clear_children(conn: Connection, run_id: str) -> None:
-        for table in (benchmarks, artifacts, stages):
-            conn.execute(delete(table).where(table.c.run_id == run_id))
-
     def record_summary(self, summary: dict[str, Any], run_dir: str | Path | None = None) -> str:
         """Import a finished summary (e.g. an existing run folder) in one transaction."""
         return self.finish_run(summary, run_dir)
 
     # ---------------------------------------------------------------------------------------------- reads
-    def get_run(self, run_id: str) -> dict[str, Any] | None:
+    def get_run(self, run_id: str, device: str | None = None) -> dict[str, Any] | None:
+        """One run with its stages, artifacts and benchmarks (the newest, when a fleet run has several devices)."""
+        query = select(runs).where(runs.c.run_id == run_id)
+        if device is not None:
+            query = query.where(runs.c.device == device)
         with self.engine.connect() as conn:
-            row = conn.execute(select(runs).where(runs.c.run_id == run_id)).mappings().first()
+            row = conn.execute(query.order_by(runs.c.id.desc())).mappings().first()
             if row is None:
                 return None
-            out = dict(row)
+            out, pk = dict(row), row["id"]
             out["stages"] = [dict(r) for r in conn.execute(
-                select(stages).where(stages.c.run_id == run_id).order_by(stages.c.seq)).mappings()]
+                select(stages).where(stages.c.run_pk == pk).order_by(stages.c.seq)).mappings()]
             arts = [dict(r) for r in conn.execute(
-                select(artifacts).where(artifacts.c.run_id == run_id).order_by(artifacts.c.id)).mappings()]
+                select(artifacts).where(artifacts.c.run_pk == pk).order_by(artifacts.c.id)).mappings()]
             bench_rows = {r["artifact_id"]: dict(r) for r in conn.execute(
-                select(benchmarks).where(benchmarks.c.run_id == run_id)).mappings()}
+                select(benchmarks).where(benchmarks.c.run_pk == pk)).mappings()}
         for a in arts:
             a["benchmark"] = bench_rows.get(a["id"])
         out["artifacts"] = arts
@@ -313,7 +320,7 @@ def history(store: Store, device: str | None = None, recipe: str | None = None, 
         query = query.where(runs.c.device == device)
     if recipe:
         query = query.where(runs.c.recipe == recipe)
-    query = query.order_by(runs.c.started.desc(), runs.c.run_id.desc()).limit(max(1, int(limit)))
+    query = query.order_by(runs.c.started.desc(), runs.c.id.desc()).limit(max(1, int(limit)))
     rows = []
     with store.engine.connect() as conn:
         for r in conn.execute(query).mappings():
@@ -368,3 +375,33 @@ def format_history(rows: list[dict]) -> str:
         lines.append("  ".join(cells).rstrip())
     lines.insert(1, "  ".join("-" * w for w in widths))
     return "\n".join(lines)
+
+
+# -------------------------------------------------------------------------------------------------- CLI
+def _cmd_history(args: argparse.Namespace) -> int:
+    from pipeline.rundir import find_run_dirs
+
+    store = open_store(args.db)
+    try:
+        for given in args.add or []:
+            for run_dir in find_run_dirs(given):
+                record_summary(run_dir=run_dir, store=store)
+        rows = history(store, args.device, args.recipe, args.limit)
+    finally:
+        store.close()
+    print(json.dumps(rows, indent=2) if args.json else format_history(rows))
+    return 0
+
+
+def register_cli(sub: argparse._SubParsersAction) -> None:
+    """``edgepipe history [--device NAME] [--recipe NAME] [--limit N] [--add RUN_DIR] [--db URL|PATH] [--json]``."""
+    p = sub.add_parser("history", help="past runs from the results store with their headline figures")
+    p.add_argument("--device", help="only runs on this device")
+    p.add_argument("--recipe", help="only runs of this recipe (its name)")
+    p.add_argument("--limit", type=int, default=20, help="newest N runs (default 20)")
+    p.add_argument("--add", action="append", metavar="RUN_DIR",
+                   help="import an existing run folder into the store first (repeatable)")
+    p.add_argument("--db", default=None, help="store URL or SQLite path (default: $EDGEPIPE_DB, else "
+                   "~/.local/share/edgepipe/results.db)")
+    p.add_argument("--json", action="store_true", help="print the rows as JSON")
+    p.set_defaults(func=_cmd_history)

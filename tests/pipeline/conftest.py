@@ -5,7 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from runfolder import make_run
+
+from tests.pipeline.runfolder import make_run
 
 
 @pytest.fixture(scope="session")

@@ -4,11 +4,11 @@ import json
 from pathlib import Path
 
 import pytest
-from runfolder import make_run
 
 from pipeline.config import Gate
 from pipeline.gate import apply_gate, evaluate_gate, raise_for_gate
 from targets.errors import GateError
+from tests.pipeline.runfolder import make_run
 
 PASSING = {"onnx-fp32": (0.981, 0.110, 4), "onnx-int8": (0.978, 0.061, 1), "openvino-int8": (0.975, 0.052, 1)}
 

@@ -9,10 +9,10 @@ import tarfile
 from pathlib import Path
 
 import pytest
-from runfolder import make_run
 
 from pipeline.release import build_bundle, check_bundle, verify_bundle
 from targets.errors import ConfigError, GateError
+from tests.pipeline.runfolder import make_run
 
 PASSING = {"onnx-fp32": (0.981, 0.110, 4), "onnx-int8": (0.978, 0.061, 1), "openvino-int8": (0.975, 0.052, 1)}
 

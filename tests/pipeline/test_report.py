@@ -8,10 +8,10 @@ import tempfile
 from pathlib import Path
 
 import pytest
-from runfolder import make_run
 
 from pipeline.plots import pareto_front
 from pipeline.report import compare_runs, write_report
+from tests.pipeline.runfolder import make_run
 
 SLOWER = {"onnx-fp32": (0.981, 0.150, 4), "onnx-int8": (0.979, 0.062, 1), "openvino-int8": (0.975, 0.052, 1)}
 

@@ -6,12 +6,12 @@ import sys
 from pathlib import Path
 
 import pytest
-from runfolder import make_run
 from sqlalchemy import select
 
 from pipeline import store as store_mod
 from pipeline.store import MIGRATIONS, format_history, history, open_store, record_summary, store_url
 from targets.errors import ConfigError
+from tests.pipeline.runfolder import make_run
 
 
 def test_store_round_trip_keeps_stages_artifacts_and_benchmarks(tmp_path: Path, run_dir: Path) -> None:

@@ -12,6 +12,7 @@ import pytest
 
 from pipeline.release import build_bundle, check_bundle, verify_bundle
 from targets.errors import ConfigError, GateError
+from tests.conftest import run_cli
 from tests.pipeline.runfolder import make_run
 
 PASSING = {"onnx-fp32": (0.981, 0.110, 4), "onnx-int8": (0.978, 0.061, 1), "openvino-int8": (0.975, 0.052, 1)}
@@ -19,7 +20,7 @@ PASSING = {"onnx-fp32": (0.981, 0.110, 4), "onnx-int8": (0.978, 0.061, 1), "open
 
 @pytest.fixture
 def passing_run(tmp_path: Path) -> Path:
-    return make_run(tmp_path / "run", figures=PASSING)
+    return make_run(tmp_path / "passing", figures=PASSING)
 
 
 @pytest.fixture
@@ -179,3 +180,19 @@ def test_bundle_example_runs_real_model_with_bundled_runner(tmp_path: Path, tiny
                           text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.startswith("input 0: class ") and "onnxruntime" in proc.stdout
+
+
+def test_cli_release_and_verify_exit_codes(passing_run: Path, run_dir: Path, tmp_path: Path) -> None:
+    dist = tmp_path / "dist"
+    ok = run_cli("release", str(passing_run), "--device", "local", "--dist", str(dist), "--version", "2.0")
+    assert ok.returncode == 0, ok.stderr
+    bundle = dist / "digits-local-2.0.tar.gz"
+    assert str(bundle) in ok.stdout and "pick onnx-fp32" in ok.stdout
+    verified = run_cli("verify", str(bundle))
+    assert verified.returncode == 0 and "OK (" in verified.stdout
+    gate = run_cli("release", str(run_dir), "--dist", str(dist))
+    assert gate.returncode == 3 and "tflite-int8" in gate.stderr and "Traceback" not in gate.stderr
+    bad = _rewrite(bundle, tmp_path / "bad.tar.gz", change="example.py")
+    tampered = run_cli("verify", str(bad))
+    assert tampered.returncode == 2 and "digits-local-2.0/example.py: changed" in tampered.stderr
+    assert "Traceback" not in tampered.stderr

@@ -11,6 +11,7 @@ import pytest
 
 from pipeline.plots import pareto_front
 from pipeline.report import compare_runs, write_report
+from tests.conftest import run_cli
 from tests.pipeline.runfolder import make_run
 
 SLOWER = {"onnx-fp32": (0.981, 0.150, 4), "onnx-int8": (0.979, 0.062, 1), "openvino-int8": (0.975, 0.052, 1)}
@@ -90,3 +91,12 @@ def test_report_images_render_in_headless_chromium(report: tuple[Path, str], tmp
                                page.as_uri()], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert 'data-images="9/9"' in proc.stdout
+
+
+def test_cli_report_writes_html_and_rejects_missing_folder(tmp_path: Path, run_dir: Path) -> None:
+    out = tmp_path / "r.html"
+    proc = run_cli("report", str(run_dir), "--out", str(out))
+    assert proc.returncode == 0, proc.stderr
+    assert out.read_text().count("<img ") == 3
+    missing = run_cli("report", str(tmp_path / "nope"), "--out", str(out))
+    assert missing.returncode == 2 and "no summary.json" in missing.stderr and "Traceback" not in missing.stderr

@@ -11,6 +11,7 @@ from sqlalchemy import select
 from pipeline import store as store_mod
 from pipeline.store import MIGRATIONS, format_history, history, open_store, record_summary, store_url
 from targets.errors import ConfigError
+from tests.conftest import run_cli
 from tests.pipeline.runfolder import make_run
 
 
@@ -106,3 +107,12 @@ def test_store_url_reads_env_and_accepts_paths_or_urls(tmp_path: Path, monkeypat
     assert store_url("postgresql://u@db/edgepipe") == "postgresql://u@db/edgepipe"
     with pytest.raises(ConfigError, match="EDGEPIPE_DB"):
         open_store("nosuchdialect://x/y")
+
+
+def test_cli_history_imports_run_folder_and_lists_it(tmp_path: Path, run_dir: Path) -> None:
+    db = tmp_path / "cli.db"
+    proc = run_cli("history", "--db", str(db), "--add", str(run_dir), "--device", "local")
+    assert proc.returncode == 0, proc.stderr
+    assert "digits-local-20261123T160000Z" in proc.stdout and "onnx-fp32" in proc.stdout
+    empty = run_cli("history", "--db", str(db), "--device", "rpi5")
+    assert empty.returncode == 0 and "no runs recorded" in empty.stdout

@@ -28,6 +28,9 @@ def model_card(summary: dict[str, Any], manifest: dict[str, Any], chosen: list[d
         "to load and call it with the bundled runner "
         "`bench.py` (needs only Python 3, numpy and the artifact's runtime).",
         "",
+        f"Input: one float32 tensor of shape {manifest.get('input_shape') or 'as declared by the artifact'} "
+        "(batch 1), preprocessed like the training data; output: one score per class (argmax = the prediction).",
+        "",
         "## Data",
         "",
         "Accuracy is top-1 on the recipe's held-out evaluation split (`data.eval`), measured on the device by the "

@@ -29,6 +29,7 @@ import re
 import tarfile
 import tempfile
 import zlib
+from datetime import datetime, timezone
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -44,6 +45,7 @@ from pipeline.rundir import (
     load_summary,
     parse_time,
     rank_key,
+    recipe_file,
 )
 from targets import CAPABILITIES, parse_backend
 from targets.artifact import sha256_file
@@ -79,10 +81,20 @@ def _gate_block(run_dir: Path, summary: dict[str, Any], device: str) -> dict[str
     from pipeline.config import Gate
 
     raw: Any = {}
-    recipe_file = run_dir / "recipe.yaml"
-    if recipe_file.is_file():
-        raw = (yaml.safe_load(recipe_file.read_text()) or {}).get("gate") or {}
+    found = recipe_file(run_dir)
+    if found is not None:
+        raw = (yaml.safe_load(found.read_text()) or {}).get("gate") or {}
     return evaluate_gate(summary, Gate.model_validate(raw), device)
+
+
+def _input_shape(run_dir: Path) -> list[int] | None:
+    """The model's input shape from the recipe as run (for the model card and whoever feeds the model)."""
+    found = recipe_file(run_dir)
+    try:
+        shape = ((yaml.safe_load(found.read_text()) or {}).get("model") or {}).get("input_shape") if found else None
+    except (OSError, yaml.YAMLError, AttributeError):
+        return None
+    return shape if isinstance(shape, list) else None
 
 
 def _supported(device: str, present: set[str]) -> set[str]:
@@ -164,8 +176,8 @@ def build_bundle(run_dir: str | Path, device: str | None = None, dist: str | Pat
             "lineage": {"parent": art.get("parent", record.get("parent")), "produced_by": record.get("produced_by"),
                         "config": record.get("config"), "source_file": art["file"]}})
     sources["summary.json"] = run_dir / "summary.json"
-    if (run_dir / "recipe.yaml").is_file():
-        sources["recipe.yaml"] = run_dir / "recipe.yaml"
+    if recipe_file(run_dir) is not None:
+        sources["recipe.yaml"] = recipe_file(run_dir)
     top = manifest_artifacts[0]
     runtime = CAPABILITIES[top["backend"]]["runtime"]
     sources["example.py"] = example_py(top["path"], top["backend"], runtime).encode()
@@ -173,7 +185,8 @@ def build_bundle(run_dir: str | Path, device: str | None = None, dist: str | Pat
     manifest: dict[str, Any] = {
         "schema": 1, "name": _clean(summary["recipe"]), "device": run_device, "version": ver, "bundle": name,
         "run_id": summary["run_id"],
-        "created": mtime, "edgepipe_version": summary.get("edgepipe_version"),
+        "created": datetime.fromtimestamp(mtime, timezone.utc).isoformat(), "source_date_epoch": mtime,
+        "input_shape": _input_shape(run_dir), "edgepipe_version": summary.get("edgepipe_version"),
         "tool_versions": summary.get("tool_versions") or {},
         "pick": {"overall": top["name"], "per_family": per_family,
                  "rule": "valid and measured; highest accuracy, then lowest p90 latency"},

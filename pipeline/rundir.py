@@ -50,6 +50,14 @@ def find_run_dirs(path: str | Path, device: str | None = None) -> list[Path]:
     return subs
 
 
+def recipe_file(run_dir: Path) -> Path | None:
+    """``recipe.yaml`` as run: in the run folder, or one level up for a device subfolder of a fleet run."""
+    for candidate in (run_dir / "recipe.yaml", run_dir.parent / "recipe.yaml"):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
 def artifact_name(art: dict[str, Any]) -> str:
     return f"{art.get('backend', '?')}-{art.get('precision', '?')}"
 

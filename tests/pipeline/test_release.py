@@ -196,3 +196,16 @@ def test_cli_release_and_verify_exit_codes(passing_run: Path, run_dir: Path, tmp
     tampered = run_cli("verify", str(bad))
     assert tampered.returncode == 2 and "digits-local-2.0/example.py: changed" in tampered.stderr
     assert "Traceback" not in tampered.stderr
+
+
+def test_build_bundle_picks_device_subfolder_of_fleet_run(tmp_path: Path) -> None:
+    root = tmp_path / "fleet"
+    for device in ("local", "rpi5"):
+        make_run(root / device, device=device, figures=PASSING)
+        (root / device / "recipe.yaml").replace(root / "recipe.yaml")
+    with pytest.raises(ConfigError, match="fleet run with devices local, rpi5"):
+        build_bundle(root, None, tmp_path / "dist")
+    path = build_bundle(root, "rpi5", tmp_path / "dist", version="1")
+    manifest = check_bundle(path)
+    assert path.name == "digits-rpi5-1.tar.gz" and manifest["device"] == "rpi5"
+    assert manifest["input_shape"] == [1, 1, 8, 8]  # read from the fleet's recipe.yaml one level up

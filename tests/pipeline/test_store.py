@@ -116,3 +116,11 @@ def test_cli_history_imports_run_folder_and_lists_it(tmp_path: Path, run_dir: Pa
     assert "digits-local-20261123T160000Z" in proc.stdout and "onnx-fp32" in proc.stdout
     empty = run_cli("history", "--db", str(db), "--device", "rpi5")
     assert empty.returncode == 0 and "no runs recorded" in empty.stdout
+
+
+def test_store_keeps_each_device_of_a_fleet_run(tmp_path: Path) -> None:
+    st = open_store(tmp_path / "fleet.db")
+    for device in ("local", "rpi5"):
+        record_summary(run_dir=make_run(tmp_path / device, run_id="fleet-1", device=device), store=st)
+    assert sorted(r["device"] for r in history(st)) == ["local", "rpi5"]
+    assert st.get_run("fleet-1", "rpi5")["device"] == "rpi5"

@@ -70,7 +70,19 @@ def accuracy_vs_latency(artifacts: list[dict[str, Any]], baseline: float | None,
     if points or isinstance(baseline, (int, float)):
         ax.legend(fontsize=8, loc="lower right")
     ax.margins(x=0.25, y=0.2)
+    _min_span(ax, "y", 0.01)  # accuracies a hair apart must not be drawn as a cliff
+    lo, hi = ax.get_ylim()
+    if hi > 1.0:  # accuracy cannot exceed 1: keep the window, shifted below it
+        ax.set_ylim(lo - (hi - 1.0) + 0.0005, 1.0005)
+    ax.ticklabel_format(useOffset=False, style="plain")
     return _png(fig)
+
+
+def _min_span(ax: Any, axis: str, span: float) -> None:
+    lo, hi = ax.get_ylim() if axis == "y" else ax.get_xlim()
+    if hi - lo < span:
+        mid = (lo + hi) / 2
+        (ax.set_ylim if axis == "y" else ax.set_xlim)(mid - span / 2, mid + span / 2)
 
 
 def size_bars(artifacts: list[dict[str, Any]], title: str) -> str:
@@ -106,6 +118,8 @@ def stage_trail(summary: dict[str, Any], title: str) -> str:
                     ax.annotate(f"{v:.3f}", (i, v), textcoords="offset points", xytext=(0, 6), fontsize=8,
                                 ha="center")
             ax.margins(y=0.3)
+            _min_span(ax, "y", 0.01)
+            ax.ticklabel_format(axis="y", useOffset=False, style="plain")
         else:
             ax.bar(labels, values, color="#7f7f7f")
             for i, v in enumerate(values):

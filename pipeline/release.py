@@ -13,8 +13,9 @@ A bundle is ``dist/<recipe>-<device>-<version>.tar.gz`` holding one folder of th
 
 Chosen: per backend family the device supports, the best usable artifact (valid, measured; highest accuracy, then
 lowest p90); the overall pick is the best of those. Version: ``--version``, else the summary's ``version``, else the
-run id. Reproducible: entries sorted, uid/gid 0, no owner names, mode 0644, mtime ``SOURCE_DATE_EPOCH`` or the run's
-finish time, gzip with mtime 0 and no file name; so the same run folder always gives the same bytes.
+run id without its leading ``<recipe>-`` (the run's timestamp). Reproducible: entries sorted, uid/gid 0, no owner
+names, mode 0644, mtime ``SOURCE_DATE_EPOCH`` or the run's finish time, gzip with mtime 0 and no file name; so the
+same run folder always gives the same bytes.
 """
 
 from __future__ import annotations
@@ -87,6 +88,13 @@ def _gate_block(run_dir: Path, summary: dict[str, Any], device: str) -> dict[str
     return evaluate_gate(summary, Gate.model_validate(raw), device)
 
 
+def default_version(summary: dict[str, Any]) -> str:
+    """The run id without the recipe-name prefix the orchestrator puts first (``digits-20261123-162151`` ->
+    ``20261123-162151``), so the bundle is not called ``digits-local-digits-...``."""
+    run_id, prefix = str(summary["run_id"]), f"{summary['recipe']}-"
+    return run_id[len(prefix):] if run_id.startswith(prefix) and len(run_id) > len(prefix) else run_id
+
+
 def _input_shape(run_dir: Path) -> list[int] | None:
     """The model's input shape from the recipe as run (for the model card and whoever feeds the model)."""
     found = recipe_file(run_dir)
@@ -146,7 +154,7 @@ def build_bundle(run_dir: str | Path, device: str | None = None, dist: str | Pat
     if not chosen:
         raise ConfigError(f"{run_dir}: no valid, measured artifact to release on {run_device}",
                           hint="see the report: every artifact failed, was invalid or is unsupported by the device")
-    ver = _clean(version or summary.get("version") or summary["run_id"])
+    ver = _clean(version or summary.get("version") or default_version(summary))
     name = f"{_clean(summary['recipe'])}-{_clean(run_device)}-{ver}"
     sources: dict[str, Path | bytes] = {"bench.py": RUNNER_PATH}
     manifest_artifacts = []
@@ -377,7 +385,8 @@ def register_cli(sub: argparse._SubParsersAction) -> None:
     p.add_argument("run_dir", help="folder written by `edgepipe run --out`")
     p.add_argument("--device", default=None, help="device the bundle is for (must be the run's device)")
     p.add_argument("--dist", default="dist", help="output folder (default: dist/)")
-    p.add_argument("--version", default=None, help="bundle version (default: the summary's version, else the run id)")
+    p.add_argument("--version", default=None,
+                   help="bundle version (default: the summary's version, else the run id's timestamp)")
     p.add_argument("--allow-failed-gate", action="store_true",
                    help="release although the quality gate failed (recorded in the manifest)")
     p.set_defaults(func=_cmd_release)

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline import plots
+from pipeline.gate import check_artifact
 from pipeline.rundir import (
     artifact_name,
     find_run_dirs,
@@ -65,6 +66,8 @@ def _table(headers: list[str], rows: list[list[str]], numeric: set[int] = frozen
 
 def _artifact_table(summary: dict[str, Any]) -> str:
     best = pick_best(summary.get("artifacts") or [])
+    limits = summary.get("gate") or {}
+    baseline = (summary.get("baseline") or {}).get("accuracy")
     rows, classes = [], []
     for a in summary.get("artifacts") or []:
         lat = a.get("latency_ms") or {}
@@ -75,9 +78,13 @@ def _artifact_table(summary: dict[str, Any]) -> str:
             valid = '<span class="ok">valid</span>'
         else:
             valid = '<span class="bad">invalid</span>' + (f": {_e('; '.join(reasons))}" if reasons else "")
-        gate = a.get("gate") or {}
-        gate_cell = _verdict(gate.get("passed")) + "".join(f"<br><span class='muted'>{_e(f)}</span>"
-                                                           for f in gate.get("failures") or [])
+        gate = a.get("gate")
+        if gate is None and limits:  # a summary with only a run-level verdict: judge each artifact the same way
+            own = check_artifact(a, limits, baseline, str(summary["device"]))
+            gate = {"passed": not own, "failures": own}
+        gate = gate or {}
+        shown = [] if a.get("error") else gate.get("failures") or []  # an export error is already in "valid"
+        gate_cell = _verdict(gate.get("passed")) + "".join(f"<br><span class='muted'>{_e(f)}</span>" for f in shown)
         rows.append([_e(artifact_name(a)) + (" ★" if a is best else ""), _e(a.get("backend")), _e(a.get("precision")),
                      human_bytes(a.get("bytes")), _num(a.get("accuracy")), _num(lat.get("p50")),
                      _num(lat.get("p90")), _num(lat.get("p99")), _e(lat.get("n")), valid, gate_cell])
@@ -198,10 +205,27 @@ def _run_section(summary: dict[str, Any], run_dir: Path) -> str:
             (plots.stage_trail(summary, "stage-by-stage trail"), "params, MACs and accuracy per stage")]
     figures = "".join(f'<img src="{src}" alt="{_e(alt)}">' for src, alt in imgs)
     usable = sum(1 for a in arts if is_usable(a))
-    return (f'<section class="run" id="{_e(summary["run_id"])}" title="{_e(title)}">{head}'
+    anchor = f"{summary['run_id']}-{summary['device']}"
+    return (f'<section class="run" id="{_e(anchor)}" title="{_e(title)}">{head}'
             f"<p class='muted'>{usable} of {len(arts)} artifacts valid and measured; ★ = best (highest accuracy, "
             f"then lowest p90)</p>{_artifact_table(summary)}<div class='plots'>{figures}</div>"
             f"<h4>Environment</h4>{_environment(summary)}</section>")
+
+
+def _overview(devices: dict[str, list[tuple[Path, dict[str, Any]]]]) -> str:
+    """One line per run: where to look first."""
+    rows = []
+    for device in sorted(devices):
+        for _, s in devices[device]:
+            best = pick_best(s.get("artifacts") or [])
+            lat = (best or {}).get("latency_ms") or {}
+            rows.append([f"<a href='#device-{_e(device)}'>{_e(device)}</a>", _e(s["recipe"]),
+                         f"<a href='#{_e(s['run_id'])}-{_e(device)}'>{_e(s['run_id'])}</a>",
+                         _e(s.get("status", "complete")), _verdict((s.get("gate") or {}).get("passed")),
+                         _e(artifact_name(best)) if best else "-", _num((best or {}).get("accuracy")),
+                         _num(lat.get("p50")), _num(lat.get("p90")), human_bytes((best or {}).get("bytes"))])
+    return "<h2>Overview</h2>" + _table(["device", "recipe", "run", "status", "gate", "best artifact", "accuracy",
+                                         "p50 ms", "p90 ms", "size"], rows, {6, 7, 8, 9})
 
 
 def write_report(run_dirs: list[Path], out: Path, regression_threshold: float = 0.10) -> Path:
@@ -223,13 +247,12 @@ def write_report(run_dirs: list[Path], out: Path, regression_threshold: float = 
                 sections.append(_comparison(compare_runs(earlier, summary, regression_threshold)))
             previous[summary["recipe"]] = summary
         parts.append("".join(sections))
-    index = "".join(f"<li><a href='#device-{_e(d)}'>{_e(d)}</a>: {len(devices[d])} run(s)</li>"
-                    for d in sorted(devices))
+    index = _overview(devices)
     now = datetime.now(timezone.utc).isoformat(timespec="seconds")
     doc = (f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>edgepipe report</title>"
            f"<style>{CSS}</style></head><body><h1>edgepipe report</h1><p class='muted'>generated {now} from "
            f"{len(loaded)} run folder(s); latency is one inference at batch 1, p50/p90/p99 over n timed runs on the "
-           f"device; accuracy is top-1 on the recipe's eval split</p><ul>{index}</ul>{''.join(parts)}</body></html>\n")
+           f"device; accuracy is top-1 on the recipe's eval split</p>{index}{''.join(parts)}</body></html>\n")
     out = Path(out)
     atomic_write_bytes(out, doc.encode("utf-8"))
     out.chmod(0o644)  # a report is shared; the temp file behind the atomic write was private

@@ -119,7 +119,7 @@ def test_build_bundle_records_allow_failed_gate_in_manifest(run_dir: Path, tmp_p
     assert manifest["gate"]["passed"] is False
     assert manifest["gate"]["released_despite_failure"] is True
     assert any("tflite-int8" in f for f in manifest["gate"]["failures"])
-    assert path.name == "digits-local-digits-local-20261123T160000Z.tar.gz"  # version defaults to the run id
+    assert path.name == "digits-local-local-20261123T160000Z.tar.gz"  # version: the run id minus "<recipe>-"
 
 
 def test_build_bundle_rejects_wrong_device_and_tampered_artifact(passing_run: Path, tmp_path: Path) -> None:

@@ -124,3 +124,16 @@ def test_store_keeps_each_device_of_a_fleet_run(tmp_path: Path) -> None:
         record_summary(run_dir=make_run(tmp_path / device, run_id="fleet-1", device=device), store=st)
     assert sorted(r["device"] for r in history(st)) == ["local", "rpi5"]
     assert st.get_run("fleet-1", "rpi5")["device"] == "rpi5"
+
+
+def test_finish_run_from_concurrent_threads_records_every_device(tmp_path: Path) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    st = open_store(tmp_path / "threads.db")
+    summaries = [json.loads((make_run(tmp_path / f"d{i}", run_id="fleet-2", device=f"dev{i}") / "summary.json")
+                            .read_text()) for i in range(4)]
+    for s in summaries:
+        st.begin_run(s["run_id"], "digits", s["device"])
+    with ThreadPoolExecutor(4) as pool:  # the orchestrator measures a fleet's devices concurrently
+        list(pool.map(st.finish_run, summaries))
+    assert sorted((r["device"], r["status"]) for r in history(st)) == [(f"dev{i}", "complete") for i in range(4)]

@@ -209,3 +209,15 @@ def test_build_bundle_picks_device_subfolder_of_fleet_run(tmp_path: Path) -> Non
     manifest = check_bundle(path)
     assert path.name == "digits-rpi5-1.tar.gz" and manifest["device"] == "rpi5"
     assert manifest["input_shape"] == [1, 1, 8, 8]  # read from the fleet's recipe.yaml one level up
+
+
+def test_build_bundle_is_identical_from_a_copy_at_another_path(passing_run: Path, tmp_path: Path) -> None:
+    import os
+    import shutil
+
+    copy = Path(shutil.copytree(passing_run, tmp_path / "elsewhere" / "copied-run", copy_function=shutil.copyfile))
+    for f in copy.rglob("*"):
+        os.utime(f, (1, 1))  # file times and the folder's location must not leak into the bundle
+    a = build_bundle(passing_run, "local", tmp_path / "a", version="9")
+    b = build_bundle(copy, "local", tmp_path / "b", version="9")
+    assert _sha(a) == _sha(b)

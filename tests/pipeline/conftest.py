@@ -28,3 +28,9 @@ def tiny_onnx(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def run_dir(tmp_path: Path) -> Path:
     """A complete, gate-failing run (tflite-int8 failed to export) with placeholder model files."""
     return make_run(tmp_path / "run")
+
+
+@pytest.fixture(autouse=True)
+def _private_results_store(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Tests (and the CLI subprocesses they start, which inherit the environment) never touch the user's store."""
+    monkeypatch.setenv("EDGEPIPE_DB", str(tmp_path_factory.getbasetemp() / "results-store" / "results.db"))

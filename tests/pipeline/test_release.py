@@ -221,3 +221,31 @@ def test_build_bundle_is_identical_from_a_copy_at_another_path(passing_run: Path
     a = build_bundle(passing_run, "local", tmp_path / "a", version="9")
     b = build_bundle(copy, "local", tmp_path / "b", version="9")
     assert _sha(a) == _sha(b)
+
+
+@pytest.mark.onnx
+def test_real_run_folder_releases_verifies_reports_and_is_recorded(tmp_path: Path, digits_recipe: Path) -> None:
+    """The orchestrator's own run folder (not the fabricated one) goes through every command of this issue."""
+    out, dist = tmp_path / "run", tmp_path / "dist"
+    run = run_cli("run", str(digits_recipe), "--device", "local", "--out", str(out), "--set", "stages={}",
+                  "--set", "backends=[onnx-fp32]", "--set", "gate.max_latency_ms=1000")
+    assert run.returncode == 0, run.stderr[-2000:]
+    rel = run_cli("release", str(out), "--device", "local", "--dist", str(dist))
+    assert rel.returncode == 0, rel.stderr
+    bundle = next(dist.glob("digits-local-*.tar.gz"))
+    first = _sha(bundle)
+    assert run_cli("release", str(out), "--dist", str(dist)).returncode == 0 and _sha(bundle) == first
+    assert run_cli("verify", str(bundle)).returncode == 0
+    manifest = check_bundle(bundle)
+    assert manifest["pick"]["overall"] == "onnx-fp32" and manifest["input_shape"] == [1, 1, 32, 32]
+    unpacked = tmp_path / "unpacked"
+    with tarfile.open(bundle, "r:gz") as tar:
+        tar.extractall(unpacked, filter="data")
+    example = subprocess.run([sys.executable, "example.py"], cwd=next(unpacked.iterdir()), capture_output=True,
+                             text=True, timeout=120)
+    assert example.returncode == 0 and example.stdout.startswith("input 0: class "), example.stderr
+    rep = run_cli("report", str(out), "--out", str(tmp_path / "report.html"))
+    assert rep.returncode == 0 and (tmp_path / "report.html").read_text().count("<img ") == 3
+    hist = run_cli("history", "--add", str(out), "--device", "local", "--json")
+    assert hist.returncode == 0, hist.stderr
+    assert json.loads(hist.stdout)[0]["best"] == "onnx-fp32"

@@ -42,22 +42,30 @@ def pareto_front(points: list[tuple[str, float, float]]) -> list[str]:
     return front
 
 
+PRECISION_MARKERS = {"fp32": "o", "fp16": "s", "int8": "^"}
+
+
 def accuracy_vs_latency(artifacts: list[dict[str, Any]], baseline: float | None, title: str) -> str:
+    """Each artifact in the legend (colour = backend, marker = precision) rather than as a text label, so close
+    points never print on top of each other; Pareto points are outlined and joined by a dashed staircase."""
     plt = _plt()
-    fig, ax = plt.subplots(figsize=(5.2, 3.8))
+    fig, ax = plt.subplots(figsize=(6.0, 3.6))
     points = [(artifact_name(a), latency(a) or 0.0, float(a["accuracy"])) for a in artifacts if is_usable(a)]
-    measured = [a for a in artifacts if not is_usable(a) and latency(a) is not None
-                and isinstance(a.get("accuracy"), (int, float))]
     front = pareto_front(points)
     for a in artifacts:
+        lat, acc = latency(a), a.get("accuracy")
+        if lat is None or not isinstance(acc, (int, float)):
+            continue
+        name, marker = artifact_name(a), PRECISION_MARKERS.get(a.get("precision"), "D")
+        color = FAMILY_COLORS.get(a.get("backend"), "gray")
         if is_usable(a):
-            ax.scatter(latency(a), a["accuracy"], s=60, color=FAMILY_COLORS.get(a["backend"], "gray"), zorder=3,
-                       edgecolor="black" if artifact_name(a) in front else "none", linewidth=1.2)
-    for a in measured:  # measured but invalid: shown hollow, never on the front
-        ax.scatter(latency(a), a["accuracy"], s=60, facecolor="none", edgecolor="gray", zorder=2)
-    for name, lat, acc in points + [(artifact_name(a), latency(a), a["accuracy"]) for a in measured]:
-        ax.annotate(name, (lat, acc), textcoords="offset points", xytext=(5, 4), fontsize=8)
-    if len(front) > 0:
+            on_front = name in front
+            ax.scatter(lat, acc, s=70, marker=marker, color=color, zorder=3, edgecolor="black" if on_front else
+                       "none", linewidth=1.4, label=f"{name}{' (Pareto)' if on_front else ''}", alpha=0.9)
+        else:  # measured but invalid: hollow, never on the front
+            ax.scatter(lat, acc, s=70, marker=marker, facecolor="none", edgecolor=color, zorder=2,
+                       label=f"{name} (invalid)")
+    if front:
         by_name = {n: (lat, acc) for n, lat, acc in points}
         xs, ys = zip(*(by_name[n] for n in front), strict=True)
         ax.step(xs, ys, where="post", color="black", linestyle="--", linewidth=1, label="Pareto front", zorder=1)
@@ -67,9 +75,9 @@ def accuracy_vs_latency(artifacts: list[dict[str, Any]], baseline: float | None,
     ax.set_ylabel("top-1 accuracy")
     ax.set_title(title, fontsize=10)
     ax.grid(alpha=0.3)
-    if points or isinstance(baseline, (int, float)):
-        ax.legend(fontsize=8, loc="lower right")
-    ax.margins(x=0.25, y=0.2)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
+    ax.margins(x=0.15, y=0.2)
     _min_span(ax, "y", 0.01)  # accuracies a hair apart must not be drawn as a cliff
     lo, hi = ax.get_ylim()
     if hi > 1.0:  # accuracy cannot exceed 1: keep the window, shifted below it
@@ -88,7 +96,7 @@ def _min_span(ax: Any, axis: str, span: float) -> None:
 def size_bars(artifacts: list[dict[str, Any]], title: str) -> str:
     plt = _plt()
     rows = [a for a in artifacts if isinstance(a.get("bytes"), int)]
-    fig, ax = plt.subplots(figsize=(5.2, 0.5 + 0.45 * max(len(rows), 1)))
+    fig, ax = plt.subplots(figsize=(4.4, 0.5 + 0.45 * max(len(rows), 1)))
     names = [artifact_name(a) for a in rows]
     kib = [a["bytes"] / 1024 for a in rows]
     ax.barh(names, kib, color=[FAMILY_COLORS.get(a.get("backend"), "gray") for a in rows])

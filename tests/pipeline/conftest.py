@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -30,7 +31,11 @@ def run_dir(tmp_path: Path) -> Path:
     return make_run(tmp_path / "run")
 
 
-@pytest.fixture(autouse=True)
-def _private_results_store(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Tests (and the CLI subprocesses they start, which inherit the environment) never touch the user's store."""
-    monkeypatch.setenv("EDGEPIPE_DB", str(tmp_path_factory.getbasetemp() / "results-store" / "results.db"))
+@pytest.fixture(scope="session", autouse=True)
+def _private_results_store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Tests (and the CLI subprocesses they start, which inherit the environment) never touch the user's store.
+
+    Session-scoped so it is in place before module-scoped fixtures that run the real CLI."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("EDGEPIPE_DB", str(tmp_path_factory.mktemp("results-store") / "results.db"))
+        yield

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -137,3 +138,23 @@ def test_finish_run_from_concurrent_threads_records_every_device(tmp_path: Path)
     with ThreadPoolExecutor(4) as pool:  # the orchestrator measures a fleet's devices concurrently
         list(pool.map(st.finish_run, summaries))
     assert sorted((r["device"], r["status"]) for r in history(st)) == [(f"dev{i}", "complete") for i in range(4)]
+
+
+@pytest.mark.skipif(not os.environ.get("EDGEPIPE_TEST_POSTGRES"),
+                    reason="set EDGEPIPE_TEST_POSTGRES=postgresql+pg8000://user@host:port/db to test a real PostgreSQL")
+def test_store_round_trip_and_rollback_on_postgresql(tmp_path: Path) -> None:
+    import uuid
+
+    st = open_store(os.environ["EDGEPIPE_TEST_POSTGRES"])
+    run_id = f"pg-{uuid.uuid4().hex[:8]}"
+    summary = json.loads((make_run(tmp_path / "run", run_id=run_id) / "summary.json").read_text())
+    st.begin_run(run_id, {"name": "digits"}, "local", None, summary["started"])
+    broken = json.loads(json.dumps(summary))
+    broken["artifacts"][2]["bench"]["unserialisable"] = object()
+    with pytest.raises(TypeError):
+        st.finish_run(broken)
+    assert st.get_run(run_id)["status"] == "incomplete" and st.get_run(run_id)["artifacts"] == []
+    st.finish_run(summary)
+    row = st.get_run(run_id)
+    assert row["status"] == "complete" and len(row["artifacts"]) == 4 and row["gate_passed"] is False
+    assert run_id in [r["run_id"] for r in history(st, recipe="digits", limit=100)]

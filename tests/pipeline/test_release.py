@@ -249,3 +249,27 @@ def test_real_run_folder_releases_verifies_reports_and_is_recorded(tmp_path: Pat
     hist = run_cli("history", "--add", str(out), "--device", "local", "--json")
     assert hist.returncode == 0, hist.stderr
     assert json.loads(hist.stdout)[0]["best"] == "onnx-fp32"
+
+
+def test_verify_bundle_catches_model_swapped_with_recomputed_checksums(bundle: Path, tmp_path: Path) -> None:
+    """Someone swaps the model and recomputes the file list and SHA256SUMS, but not the measured artifact's hash."""
+    top = "digits-local-1.2.0"
+    files = _members(bundle)
+    model = f"{top}/models/onnx/digits.fp32.onnx"
+    files[model] = b"a different model\n"
+    manifest = json.loads(files[f"{top}/manifest.json"])
+    for f in manifest["files"]:
+        if f["path"] == "models/onnx/digits.fp32.onnx":
+            f["sha256"], f["bytes"] = hashlib.sha256(files[model]).hexdigest(), len(files[model])
+    files[f"{top}/manifest.json"] = json.dumps(manifest).encode()
+    sums = {n.removeprefix(top + "/"): hashlib.sha256(d).hexdigest() for n, d in files.items()
+            if not n.endswith("SHA256SUMS")}
+    files[f"{top}/SHA256SUMS"] = "".join(f"{d}  {n}\n" for n, d in sorted(sums.items())).encode()
+    forged = tmp_path / "forged.tar.gz"
+    with tarfile.open(forged, "w:gz") as tar:
+        for name, data in sorted(files.items()):
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    assert verify_bundle(forged) == [f"{top}/models/onnx/digits.fp32.onnx: differs from the artifact the run "
+                                     f"measured (sha256 {manifest['artifacts'][0]['sha256'][:16]}...)"]

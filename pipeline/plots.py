@@ -140,3 +140,29 @@ def stage_trail(summary: dict[str, Any], title: str) -> str:
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     return _png(fig)
+
+
+def trend(summaries: list[dict[str, Any]], title: str) -> str:
+    """p50 latency and accuracy of each artifact across runs (oldest first): drift shows at a glance."""
+    plt = _plt()
+    fig, (ax_lat, ax_acc) = plt.subplots(1, 2, figsize=(10.5, 3.0))
+    labels = [str(s.get("run_id")) for s in summaries]
+    names = sorted({artifact_name(a) for s in summaries for a in s.get("artifacts") or []})
+    for name in names:
+        family = name.split("-")[0]
+        marker = PRECISION_MARKERS.get(name.split("-")[-1], "D")
+        per_run = [{artifact_name(a): a for a in s.get("artifacts") or []}.get(name) or {} for s in summaries]
+        p50 = [latency(a, "p50") if a else None for a in per_run]
+        acc = [a.get("accuracy") if a else None for a in per_run]
+        for ax, ys in ((ax_lat, p50), (ax_acc, acc)):
+            ax.plot(range(len(labels)), [float("nan") if y is None else y for y in ys], marker=marker,
+                    color=FAMILY_COLORS.get(family, "gray"), label=name)
+    for ax, label in ((ax_lat, "p50 latency (ms)"), (ax_acc, "top-1 accuracy")):
+        ax.set_xticks(range(len(labels)), labels, fontsize=7, rotation=15, ha="right")
+        ax.set_title(label, fontsize=9)
+        ax.grid(alpha=0.3)
+        ax.ticklabel_format(axis="y", useOffset=False, style="plain")
+    ax_acc.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return _png(fig)

@@ -246,6 +246,12 @@ def write_report(run_dirs: list[Path], out: Path, regression_threshold: float = 
             if earlier is not None:
                 sections.append(_comparison(compare_runs(earlier, summary, regression_threshold)))
             previous[summary["recipe"]] = summary
+        for recipe in sorted({s["recipe"] for _, s in runs}):
+            series = [s for _, s in runs if s["recipe"] == recipe]
+            if len(series) >= 3:  # two runs are a comparison (above); from three on, a trend says more
+                src = plots.trend(series, f"{recipe} on {device}: trend over {len(series)} runs")
+                sections.append(f"<h3>Trend: {_e(recipe)} on {_e(device)}</h3>"
+                                f'<div class="plots"><img src="{src}" alt="p50 latency and accuracy per run"></div>')
         parts.append("".join(sections))
     index = _overview(devices)
     now = datetime.now(timezone.utc).isoformat(timespec="seconds")

@@ -100,3 +100,12 @@ def test_cli_report_writes_html_and_rejects_missing_folder(tmp_path: Path, run_d
     assert out.read_text().count("<img ") == 3
     missing = run_cli("report", str(tmp_path / "nope"), "--out", str(out))
     assert missing.returncode == 2 and "no summary.json" in missing.stderr and "Traceback" not in missing.stderr
+
+
+def test_write_report_adds_trend_from_three_runs_of_a_recipe(tmp_path: Path) -> None:
+    runs = [make_run(tmp_path / f"r{i}", run_id=f"run-{i}", started=f"2026-11-2{i}T10:00:00+00:00",
+                     figures={"onnx-int8": (0.978, 0.061 * (1 + i / 10), 1)}) for i in range(3)]
+    text = write_report(runs, tmp_path / "trend.html").read_text()
+    assert text.count("<h3>Trend: digits on local</h3>") == 1
+    assert text.count("<img ") == 3 * 3 + 1  # three plots per run, plus the trend
+    assert text.count("<h3>Changes from") == 2

@@ -56,7 +56,11 @@ def verify_bundle(path: str | Path) -> list[str]:
             members = tar.getmembers()
             safe = []
             tops = set()
+            seen: set[str] = set()
             for m in members:
+                if m.name in seen:  # extraction keeps the last copy, a listing shows the first: never both
+                    problems.append(f"{m.name}: appears more than once in the archive")
+                seen.add(m.name)
                 problem = _member_problem(m)
                 if problem:
                     problems.append(f"{m.name}: {problem}")
@@ -133,6 +137,8 @@ def _check_tree(root: Path, top: str) -> list[str]:
 
 def check_bundle(path: str | Path) -> dict[str, Any]:
     """The manifest of an intact bundle; a ConfigError (exit 2) listing every problem otherwise."""
+    if not Path(path).is_file():
+        raise ConfigError(f"{path}: no such file", hint="give the .tar.gz that `edgepipe release` wrote")
     problems = verify_bundle(path)
     if problems:
         n = len(problems)

@@ -139,6 +139,7 @@ def test_build_bundle_rejects_wrong_device_and_tampered_artifact(passing_run: Pa
     ({"add": "absolute"}, "/tmp/evil.sh: absolute path"),
     ({"add": "symlink"}, "digits-local-1.2.0/passwd: symbolic link pointing outside the bundle (-> /etc/passwd)"),
     ({"add": "device"}, "digits-local-1.2.0/null: device or FIFO entry"),
+    ({"add": "duplicate"}, "digits-local-1.2.0/example.py: appears more than once"),
 ])
 def test_verify_bundle_reports_tampering(bundle: Path, tmp_path: Path, tamper: dict, expected: str) -> None:
     add = []
@@ -146,7 +147,7 @@ def test_verify_bundle_reports_tampering(bundle: Path, tmp_path: Path, tamper: d
         kind = tamper.pop("add")
         name = {"reg": "digits-local-1.2.0/extra.sh", "dotdot": "digits-local-1.2.0/../../evil.sh",
                 "absolute": "/tmp/evil.sh", "symlink": "digits-local-1.2.0/passwd",
-                "device": "digits-local-1.2.0/null"}[kind]
+                "device": "digits-local-1.2.0/null", "duplicate": "digits-local-1.2.0/example.py"}[kind]
         info = tarfile.TarInfo(name)
         if kind == "symlink":
             info.type, info.linkname = tarfile.SYMTYPE, "/etc/passwd"

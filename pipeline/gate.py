@@ -106,3 +106,18 @@ def raise_for_gate(block: dict[str, Any], what: str = "run") -> None:
     n = len(failures)
     raise GateError(f"quality gate failed for this {what} ({n} problem{'s' if n > 1 else ''}): " + "; ".join(failures),
                     hint="the figures are stored; relax `gate:` in the recipe or improve the model")
+
+
+def artifact_verdicts(summary: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Each artifact's verdict: the one stored with it, else judged now against the summary's own limits (for a
+    summary written with only a run-level verdict). Empty when the summary has no gate at all."""
+    limits = summary.get("gate") or {}
+    baseline = (summary.get("baseline") or {}).get("accuracy")
+    out: dict[str, dict[str, Any]] = {}
+    for art in summary.get("artifacts") or []:
+        if isinstance(art.get("gate"), dict):
+            out[artifact_name(art)] = art["gate"]
+        elif limits:
+            own = check_artifact(art, _limits(limits), baseline, str(summary.get("device", "?")))
+            out[artifact_name(art)] = {"passed": not own, "failures": own}
+    return out

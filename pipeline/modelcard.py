@@ -15,10 +15,15 @@ def _fmt(value: Any, digits: int = 3) -> str:
     return f"{value:.{digits}f}" if isinstance(value, (int, float)) else "-"
 
 
+def _known(value: Any, unit: str = "") -> str:
+    return "not reported by the device" if value is None else f"{value}{unit}"
+
+
 def model_card(summary: dict[str, Any], manifest: dict[str, Any], chosen: list[dict[str, Any]]) -> str:
     recipe, device, version = manifest["name"], manifest["device"], manifest["version"]
     base = summary.get("baseline") or {}
     pick = manifest["pick"]["overall"]
+    n_eval = next(((a.get("bench") or {}).get("n_eval") for a in chosen if (a.get("bench") or {}).get("n_eval")), None)
     lines = [
         f"# {recipe} for {device}, version {version}",
         "",
@@ -33,7 +38,8 @@ def model_card(summary: dict[str, Any], manifest: dict[str, Any], chosen: list[d
         "",
         "## Data",
         "",
-        "Accuracy is top-1 on the recipe's held-out evaluation split (`data.eval`), measured on the device by the "
+        "Accuracy is top-1 on the recipe's held-out evaluation split (`data.eval`"
+        + (f", {n_eval} samples" if n_eval else "") + "), measured on the device by the "
         "runner for each artifact and in PyTorch for the original model and each stage.",
         "",
         "## How it was made",
@@ -53,7 +59,7 @@ def model_card(summary: dict[str, Any], manifest: dict[str, Any], chosen: list[d
         name = artifact_name(art)
         entry = by_name[name]
         lat = art.get("latency_ms") or {}
-        gate = (art.get("gate") or {}).get("passed")
+        gate = (entry.get("gate") or {}).get("passed")
         runtime = (art.get("bench") or {}).get("runtime") or (art.get("environment") or {}).get("runtime", "-")
         verdict = "-" if gate is None else ("pass" if gate else "FAIL")
         label = f"{name} (pick)" if name == pick else name
@@ -69,7 +75,7 @@ def model_card(summary: dict[str, Any], manifest: dict[str, Any], chosen: list[d
         state = (bench.get("state") or {}).get("before") or {}
         lines.append(f"- {artifact_name(art)}: {bench.get('runtime', '-')}, threads {bench.get('threads', '-')}, "
                      f"{env.get('machine', '-')} {env.get('os', '-')}, Python {env.get('python', '-')}, "
-                     f"governor {state.get('governor', '-')}, temperature {state.get('temp_c', '-')} °C")
+                     f"CPU governor {_known(state.get('governor'))}, temperature {_known(state.get('temp_c'), ' °C')}")
     tools = summary.get("tool_versions") or {}
     if tools:
         lines.append("- tools on the build host: " + ", ".join(f"{k} {v}" for k, v in sorted(tools.items())))

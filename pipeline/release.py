@@ -35,7 +35,7 @@ from typing import Any
 
 import yaml
 
-from pipeline.gate import evaluate_gate
+from pipeline.gate import artifact_verdicts, evaluate_gate
 from pipeline.modelcard import example_py, model_card
 from pipeline.rundir import (
     artifact_files,
@@ -157,6 +157,7 @@ def build_bundle(run_dir: str | Path, device: str | None = None, dist: str | Pat
     ver = _clean(version or summary.get("version") or default_version(summary))
     name = f"{_clean(summary['recipe'])}-{_clean(run_device)}-{ver}"
     sources: dict[str, Path | bytes] = {"bench.py": RUNNER_PATH}
+    verdicts = artifact_verdicts({**summary, "gate": gate})
     manifest_artifacts = []
     for art in chosen:
         files = artifact_files(run_dir, art)
@@ -179,7 +180,7 @@ def build_bundle(run_dir: str | Path, device: str | None = None, dist: str | Pat
             "name": artifact_name(art), "backend": art["backend"], "precision": art["precision"],
             "path": f"{folder}/{files[0].name}", "files": [f"{folder}/{f.name}" for f in files],
             "sha256": art.get("sha256"), "bytes": art.get("bytes"), "accuracy": art.get("accuracy"),
-            "latency_ms": art.get("latency_ms"), "valid": art.get("valid"), "gate": art.get("gate"),
+            "latency_ms": art.get("latency_ms"), "valid": art.get("valid"), "gate": verdicts.get(artifact_name(art)),
             "runtime": (art.get("bench") or {}).get("runtime"), "validation": art.get("validation"),
             "lineage": {"parent": art.get("parent", record.get("parent")), "produced_by": record.get("produced_by"),
                         "config": record.get("config"), "source_file": art["file"]}})

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline import plots
-from pipeline.gate import check_artifact
+from pipeline.gate import artifact_verdicts
 from pipeline.rundir import (
     artifact_name,
     find_run_dirs,
@@ -66,8 +66,7 @@ def _table(headers: list[str], rows: list[list[str]], numeric: set[int] = frozen
 
 def _artifact_table(summary: dict[str, Any]) -> str:
     best = pick_best(summary.get("artifacts") or [])
-    limits = summary.get("gate") or {}
-    baseline = (summary.get("baseline") or {}).get("accuracy")
+    verdicts = artifact_verdicts(summary)
     rows, classes = [], []
     for a in summary.get("artifacts") or []:
         lat = a.get("latency_ms") or {}
@@ -78,11 +77,7 @@ def _artifact_table(summary: dict[str, Any]) -> str:
             valid = '<span class="ok">valid</span>'
         else:
             valid = '<span class="bad">invalid</span>' + (f": {_e('; '.join(reasons))}" if reasons else "")
-        gate = a.get("gate")
-        if gate is None and limits:  # a summary with only a run-level verdict: judge each artifact the same way
-            own = check_artifact(a, limits, baseline, str(summary["device"]))
-            gate = {"passed": not own, "failures": own}
-        gate = gate or {}
+        gate = verdicts.get(artifact_name(a)) or {}
         shown = [] if a.get("error") else gate.get("failures") or []  # an export error is already in "valid"
         gate_cell = _verdict(gate.get("passed")) + "".join(f"<br><span class='muted'>{_e(f)}</span>" for f in shown)
         rows.append([_e(artifact_name(a)) + (" ★" if a is best else ""), _e(a.get("backend")), _e(a.get("precision")),

@@ -285,7 +285,9 @@ def open_store(location: str | os.PathLike[str] | None = None) -> Store:
     """Open (and migrate) the store at a URL or SQLite path; default: see the module docstring."""
     url = store_url(location)
     try:
-        return Store(create_engine(url))
+        # two runs finishing at once wait for each other's (short) transaction instead of failing "database is locked"
+        kwargs = {"connect_args": {"timeout": 30}} if url.startswith("sqlite") else {}
+        return Store(create_engine(url, **kwargs))
     except ModuleNotFoundError as exc:
         raise ConfigError(f"results store {url.split('://')[0]}: database driver {exc.name!r} is not installed",
                           hint=f"pip install {exc.name}") from exc

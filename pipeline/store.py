@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import time
 from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
@@ -50,7 +51,7 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.engine import Engine, make_url
-from sqlalchemy.exc import ArgumentError, SQLAlchemyError
+from sqlalchemy.exc import ArgumentError, IntegrityError, OperationalError, ProgrammingError, SQLAlchemyError
 
 from pipeline.rundir import artifact_name, is_usable, load_summary, pick_best
 from targets.errors import ConfigError
@@ -162,21 +163,35 @@ class Store:
 
     def migrate(self) -> int:
         """Apply the missing steps in order, each in its own transaction together with its version row."""
-        with self.engine.begin() as conn:
-            metadata.create_all(conn, tables=[schema_version])
-        current = self.version()
-        known = MIGRATIONS[-1][0]
+        self._racing(lambda conn: metadata.create_all(conn, tables=[schema_version]), lambda: False)
+        current, known = self.version(), MIGRATIONS[-1][0]
         if current > known:
             raise ConfigError(f"results store {self.engine.url.render_as_string(hide_password=True)} has schema "
                               f"version {current}, newer than this edgepipe knows ({known})",
                               hint="upgrade edgepipe, or point EDGEPIPE_DB at another store")
         for number, description, step in MIGRATIONS:
-            if number > current:
-                with self.engine.begin() as conn:
-                    step(conn)
-                    conn.execute(insert(schema_version).values(version=number, description=description,
-                                                               applied=_now()))
+            def apply(conn: Connection, number: int = number, description: str = description,
+                      step: Callable[[Connection], None] = step) -> None:
+                step(conn)
+                conn.execute(insert(schema_version).values(version=number, description=description, applied=_now()))
+
+            self._racing(apply, lambda number=number: self.version() >= number)
         return known
+
+    def _racing(self, work: Callable[[Connection], None], done: Callable[[], bool], attempts: int = 10) -> None:
+        """Run DDL that another process opening the same new store may be running at the same moment: the loser's
+        transaction rolls back and, the steps being idempotent, it looks again once the winner has committed."""
+        for attempt in range(attempts):
+            if done():
+                return
+            try:
+                with self.engine.begin() as conn:
+                    work(conn)
+                return
+            except (IntegrityError, OperationalError, ProgrammingError):
+                if attempt == attempts - 1:
+                    raise
+                time.sleep(0.05 * (attempt + 1))
 
     # ---------------------------------------------------------------------------------------------- writes
     def begin_run(self, run_id: str, recipe: str | dict[str, Any], device: str, run_dir: str | Path | None = None,

@@ -158,3 +158,17 @@ def test_store_round_trip_and_rollback_on_postgresql(tmp_path: Path) -> None:
     row = st.get_run(run_id)
     assert row["status"] == "complete" and len(row["artifacts"]) == 4 and row["gate_passed"] is False
     assert run_id in [r["run_id"] for r in history(st, recipe="digits", limit=100)]
+
+
+def test_open_store_from_concurrent_processes_migrates_a_new_store_once(tmp_path: Path) -> None:
+    db = tmp_path / "race.db"
+    code = (f"from pipeline.store import open_store\ns = open_store({str(db)!r})\n"
+            "import sys\ns.begin_run('r' + sys.argv[1], 'digits', 'local')\n")
+    procs = [subprocess.Popen([sys.executable, "-c", code, str(i)], cwd=Path(__file__).parents[2],
+                              stderr=subprocess.PIPE, text=True) for i in range(4)]
+    errors = [p.communicate(timeout=120)[1] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0, 0, 0], errors
+    st = open_store(db)
+    with st.engine.connect() as conn:
+        assert [r[0] for r in conn.execute(select(store_mod.schema_version.c.version))] == [1, 2]
+    assert len(history(st)) == 4

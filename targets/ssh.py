@@ -257,10 +257,9 @@ class SSHTransport:
             except TRANSPORT_ERRORS as exc:
                 self.close()
                 if attempt == self.retries:
-                    raise error(f"{self.profile_name}: {what} failed after {attempt + 1} attempts: "
-                                      f"{type(exc).__name__}: {exc}",
-                                      hint="check the network to the device; the job folder may need cleanup"
-                                      ) from exc
+                    detail = exc.message if isinstance(exc, DeviceError) else f"{type(exc).__name__}: {exc}"
+                    raise error(f"{self.profile_name}: {what} failed after {attempt + 1} attempts: {detail}",
+                                hint="check the network to the device; the job folder may need cleanup") from exc
                 time.sleep(self.backoff_s * 2 ** attempt)
         raise AssertionError("unreachable")
 

@@ -109,8 +109,8 @@ def start_server(root: Path) -> Server:
     python = root / "device-python"
     python.write_text(f'#!/bin/sh\nPYTHONPATH={blockers} exec {sys.executable} "$@"\n')
     python.chmod(0o755)
-    log = open(root / "sshd.log", "wb")  # noqa: SIM115 - lives as long as the server
-    proc = subprocess.Popen([SSHD, "-D", "-e", "-f", str(root / "sshd_config")], stdout=log, stderr=log)
+    with open(root / "sshd.log", "wb") as log:  # the child keeps its own copy of the descriptor
+        proc = subprocess.Popen([SSHD, "-D", "-e", "-f", str(root / "sshd_config")], stdout=log, stderr=log)
     server = Server(root, port, getpass.getuser(), user_key, host_line,
                     root / "known_hosts", python, proc)
     server.known_hosts_for(port, server.known_hosts)

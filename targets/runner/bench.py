@@ -351,7 +351,8 @@ def benchmark(args: argparse.Namespace) -> dict[str, Any]:
         "rules": {"warmup": args.warmup, "min_iterations": args.min_iterations, "min_seconds": args.min_seconds,
                   "max_seconds": args.max_seconds},
         "state": {"before": before, "after": after},
-        "environment": environment(session, args.threads, providers),
+        "environment": {**environment(session, args.threads, providers),  # DESIGN §6 keeps these two here
+                        "governor": before.get("governor"), "temp_c": after.get("temp_c")},
     }
     if labels is not None:
         preds = predict(session, inputs).reshape(len(inputs), -1).argmax(axis=1)

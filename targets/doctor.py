@@ -136,6 +136,16 @@ def probe_checks(profile: DeviceProfile, info: dict[str, Any]) -> list[Check]:
     return checks
 
 
+def format_checks(profile: DeviceProfile, checks: list[Check]) -> str:
+    """One line per check, failures marked, and a last line saying whether the device is ready."""
+    width = max((len(c.name) for c in checks), default=0)
+    lines = [f"{profile.name} ({profile.description or profile.connection.transport})"]
+    lines += [f"  {'ok  ' if c.ok else 'FAIL'}  {c.name:<{width}}  {c.detail}" for c in checks]
+    bad = [c.name for c in checks if not c.ok]
+    lines.append("ready" if not bad else f"not ready: fix {', '.join(bad)}")
+    return "\n".join(lines)
+
+
 def doctor(profile: DeviceProfile, trust: bool = False, confirm: Callable[[str], bool] = _ask) -> list[Check]:
     """Every check, in order; stops early only where later checks cannot run (no route, untrusted key, no python)."""
     checks: list[Check] = []

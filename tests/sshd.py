@@ -165,6 +165,16 @@ class CuttableProxy:
         except OSError:
             pass
 
+    def drop_connections(self) -> None:
+        """A network blip: open connections die, new ones are still accepted."""
+        for s in self.socks:
+            try:
+                s.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            s.close()
+        self.socks = []
+
     def cut(self) -> None:
         """Everything stops, as if the board lost power: the listener too, so reconnecting fails."""
         self.cut_event.set()

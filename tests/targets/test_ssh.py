@@ -60,6 +60,18 @@ def workdir_entries(profile) -> list[str]:
     return sorted(p.name for p in wd.iterdir()) if wd.exists() else []
 
 
+def processes_mentioning(text: str) -> list[int]:
+    """Pids whose command line contains ``text`` (the device is this host, so /proc shows its processes)."""
+    found = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            if text.encode() in cmdline.read_bytes():
+                found.append(int(cmdline.parent.name))
+        except OSError:  # the process ended while we looked
+            pass
+    return found
+
+
 def test_benchmark_returns_valid_record_when_onnx_runs_over_ssh(profile, tmp_path):
     model = tiny_onnx(tmp_path / "tiny model's [v1];.onnx")
     x = np.random.default_rng(1).standard_normal((10, 16)).astype(np.float32)
@@ -198,6 +210,40 @@ def test_benchmark_removes_job_folder_when_runner_fails(profile, tmp_path):
     with pytest.raises(RemoteCommandError, match="runner failed"):
         benchmark(profile, Artifact.from_files(bad, backend="onnx", precision="fp32"))
     assert workdir_entries(profile) == []
+
+
+def test_benchmark_cleans_job_folder_and_remote_runner_when_interrupted(sshd, tmp_path):
+    path = sshd.profile("ctrlc", tmp_path)
+    path.write_text(path.read_text().replace("min_seconds: 0.05", "min_seconds: 60").replace(
+        "max_seconds: 10", "max_seconds: 90"))
+    prof = load_profile(str(path))
+    art = Artifact.from_files(tiny_onnx(tmp_path / "m.onnx"), backend="onnx", precision="fp32")
+    timer = threading.Timer(3.0, _thread.interrupt_main)
+    timer.start()
+    start = time.monotonic()
+    with pytest.raises(KeyboardInterrupt):
+        benchmark(prof, art)
+    assert time.monotonic() - start < 30
+    assert workdir_entries(prof) == []  # job folder gone, lock released
+    time.sleep(0.5)
+    assert processes_mentioning(prof.workdir) == [], "the runner kept running on the device after Ctrl-C"
+
+
+def test_run_recovers_when_connection_dropped_between_commands(sshd, tmp_path):
+    proxy = CuttableProxy(sshd.port)
+    kh = sshd.known_hosts_for(proxy.port, tmp_path / "kh_blip")
+    prof = load_profile(str(sshd.profile("blip", tmp_path, port=proxy.port, known_hosts=str(kh))))
+    tr = SSHTransport.from_profile(prof, retries=2, backoff_s=0.1)
+    try:
+        assert tr.run(["echo", "one"], 10).stdout == "one\n"
+        first = tr._client
+        proxy.drop_connections()
+        time.sleep(0.2)
+        assert tr.run(["echo", "two"], 10).stdout == "two\n"
+        assert tr._client is not first  # it reconnected instead of failing the job
+    finally:
+        tr.close()
+        proxy.cut()
 
 
 def test_lock_serialises_jobs_when_two_threads_target_one_device(profile):

@@ -19,6 +19,8 @@ from targets.profiles import DeviceProfile
 from targets.runner import RUNNER_PATH
 from targets.transport import Transport, open_transport
 
+STALE_JOB_MIN = 10
+
 
 def runner_argv(profile: DeviceProfile, python: str, job: str, artifact_name: str, backend: str,
                 inputs_name: str | None) -> list[str]:
@@ -73,6 +75,10 @@ def _job(profile: DeviceProfile, tr: Transport, artifact: Artifact, inputs: Path
                               f"{profile.connection.job_timeout:.0f}s", hint="raise it in the profile")
         return left
 
+    # We hold the device lock, so no other job runs here: job folders older than STALE_JOB_MIN are leftovers of a
+    # run that lost its link or its host mid-job (cleanup could not reach the device then).
+    tr.run(["find", profile.workdir, "-maxdepth", "1", "-name", "job-*", "-mmin", f"+{STALE_JOB_MIN}",
+            "-exec", "rm", "-rf", "{}", "+"], timeout=60)
     job = tr.make_job_dir(profile.workdir)
     try:
         tr.put(RUNNER_PATH, f"{job}/bench.py")

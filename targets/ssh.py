@@ -185,7 +185,7 @@ def fetch_host_key(host: str, port: int | None, timeout: float) -> tuple[str, in
         tr.close()
 
 
-def known_key(known_hosts: Path, hostname: str, port: int) -> paramiko.PKey | None | bool:
+def known_key(known_hosts: Path, hostname: str, port: int) -> paramiko.PKey | None:
     """The recorded key for a host; None when unknown."""
     if not known_hosts.is_file():
         return None
@@ -308,6 +308,10 @@ class SSHTransport:
         _, _, rest = bytes(out).partition(b"\n")
         res = CommandResult(argv, status, rest.decode(errors="replace"), err.decode(errors="replace"),
                             time.perf_counter() - start)
+        if status == 127 and "timeout" in res.stderr and "not found" in res.stderr:
+            raise RemoteCommandError(f"{self.profile_name}: the device has no `timeout` command",
+                                     exit_status=status, stderr=res.stderr,
+                                     hint="install coreutils (or busybox) on the device")
         if status in TIMEOUT_EXITS and res.seconds >= secs - 0.5:
             raise RemoteCommandError(f"{self.profile_name}: command timed out after {secs}s and was killed on the "
                                      f"device: {shlex.join(argv)[:200]}", exit_status=status, stderr=res.stderr,

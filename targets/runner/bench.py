@@ -280,6 +280,8 @@ def state_problems(before: dict[str, Any], after: dict[str, Any]) -> tuple[list[
     if before.get("power_mode") != after.get("power_mode"):
         reasons.append(f"power mode changed during the run ({before.get('power_mode')!r} -> "
                        f"{after.get('power_mode')!r})")
+    if before.get("clocks") != after.get("clocks"):
+        warnings.append("clocks changed during the run (not pinned? `sudo jetson_clocks` pins them)")
     if before.get("governor") not in (None, "performance"):
         warnings.append(f"CPU governor is {before.get('governor')!r}, not 'performance': latency may vary")
     return reasons, warnings

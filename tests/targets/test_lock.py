@@ -1,4 +1,4 @@
-"""The device lock through the local transport: the same lease file a board gets, on this host."""
+"""The device lock and stale-job cleanup through the local transport: the same lease a board gets, on this host."""
 
 from __future__ import annotations
 
@@ -7,9 +7,15 @@ import threading
 import time
 from pathlib import Path
 
+import numpy as np
+import onnx
 import pytest
+from onnx import TensorProto, helper
 
+from targets.artifact import Artifact
+from targets.device import benchmark
 from targets.lock import DeviceBusyError, device_lock
+from targets.profiles import load_profile
 from targets.transport import LocalTransport
 
 
@@ -48,3 +54,26 @@ def test_lock_breaks_expired_lease_and_keeps_foreign_lock_on_release(tmp_path):
         os.remove(lock)
         os.symlink("other@host:2:y 9999999999", lock)  # someone else's lock now: must survive our release
     assert os.readlink(lock) == "other@host:2:y 9999999999"
+
+
+@pytest.mark.onnx
+def test_benchmark_removes_stale_job_folders_when_it_holds_the_lock(tmp_path):
+    graph = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "r",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, tmp_path / "relu.onnx")
+    wd = tmp_path / "wd"
+    old, recent = wd / "job-crashed1", wd / "job-running"
+    for d in (old, recent):
+        d.mkdir(parents=True)
+        (d / "model.onnx.part-1234").write_bytes(np.zeros(10).tobytes())
+    hour_ago = time.time() - 3600
+    os.utime(old, (hour_ago, hour_ago))
+    prof_file = tmp_path / "p.yaml"
+    prof_file.write_text(f"name: p\npython: current\nworkdir: {wd}\nbackends: [onnx-fp32]\n"
+                         "bench: {warmup: 1, min_iterations: 5, min_seconds: 0, max_seconds: 5}\n")
+    benchmark(load_profile(str(prof_file)), Artifact.from_files(tmp_path / "relu.onnx", backend="onnx",
+                                                                precision="fp32"))
+    assert sorted(p.name for p in wd.iterdir()) == ["job-running"]  # only the recent one is left alone

@@ -67,3 +67,11 @@ def test_overrides_beat_environment_beat_file(monkeypatch):
     monkeypatch.setenv("EDGEPIPE_RPI5_PORT", "2222")
     prof = load_profile("rpi5", {"host": "10.0.0.8", "user": None})
     assert (prof.connection.host, prof.connection.port, prof.connection.user) == ("10.0.0.8", 2222, "pi")
+
+
+def test_relative_workdir_rejected_with_fix(tmp_path):
+    f = tmp_path / "rel.yaml"
+    f.write_text("name: rel\nworkdir: ~/edgepipe\nbackends: [onnx-fp32]\n")
+    with pytest.raises(ConfigError) as info:
+        load_profile(str(f))
+    assert "workdir" in str(info.value) and "absolute" in str(info.value)

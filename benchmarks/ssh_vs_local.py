@@ -10,6 +10,7 @@ within 10 %: the transport must add nothing to the timed loop. Rounds alternate 
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import tempfile
 import time
@@ -51,6 +52,8 @@ def main() -> None:
                                               "python": "current", "workdir": str(root / "local-work"),
                                               "backends": ["onnx-fp32"], "runtime": runtime, "bench": rules}))
         server = sshd_mod.start_server(root / "sshd")
+        (root / "empty_ssh_config").write_text("")  # ignore the user's ~/.ssh/config for this loopback server
+        os.environ["EDGEPIPE_SSH_CONFIG"] = str(root / "empty_ssh_config")
         try:
             ssh_file = server.profile("loopback", root)
             data = yaml.safe_load(ssh_file.read_text())

@@ -65,16 +65,17 @@ def fingerprint(key: paramiko.PKey) -> str:
 class _RefuseUnknown(paramiko.MissingHostKeyPolicy):
     """RejectPolicy that says how to trust the host instead of paramiko's bare 'not found'."""
 
-    def __init__(self, profile_name: str, known_hosts: Path) -> None:
+    def __init__(self, profile_name: str, known_hosts: Path, ssh_command: str) -> None:
         self.profile_name = profile_name
         self.known_hosts = known_hosts
+        self.ssh_command = ssh_command
 
     def missing_host_key(self, client: paramiko.SSHClient, hostname: str, key: paramiko.PKey) -> None:
         raise HostKeyError(
             f"{self.profile_name}: host {hostname} is not in {self.known_hosts} "
             f"({key.get_name()} key {fingerprint(key)}); nothing was sent",
             hint=f"check the fingerprint on the device (ssh-keygen -lf /etc/ssh/ssh_host_*_key.pub), then run "
-                 f"`edgepipe doctor {self.profile_name} --trust` or `ssh {hostname}` once to add it")
+                 f"`edgepipe doctor {self.profile_name} --trust` or `{self.ssh_command}` once to add it")
 
 
 def resolve_endpoint(host: str, user: str | None, port: int | None, key: str | None) -> dict[str, Any]:
@@ -131,7 +132,10 @@ def connect_client(profile_name: str, host: str, user: str | None, port: int | N
     client = paramiko.SSHClient()
     if known_hosts.is_file():
         client.load_host_keys(str(known_hosts))
-    client.set_missing_host_key_policy(_RefuseUnknown(profile_name, known_hosts))
+    ssh_cmd = " ".join(["ssh", *(["-p", str(ep["port"])] if ep["port"] != 22 else []),
+                        *(["-o", f"UserKnownHostsFile={known_hosts}"] if known_hosts != default_known_hosts() else []),
+                        f"{ep['user']}@{ep['hostname']}"])
+    client.set_missing_host_key_policy(_RefuseUnknown(profile_name, known_hosts, ssh_cmd))
     where = f"{ep['user']}@{ep['hostname']}:{ep['port']}"
     try:
         client.connect(ep["hostname"], port=ep["port"], username=ep["user"], key_filename=ep["keys"] or None,

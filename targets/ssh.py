@@ -80,23 +80,20 @@ class _RefuseUnknown(paramiko.MissingHostKeyPolicy):
 
 def resolve_endpoint(host: str, user: str | None, port: int | None, key: str | None) -> dict[str, Any]:
     """Merge the profile's connection with ~/.ssh/config (HostName, User, Port, IdentityFile, ProxyJump)."""
-    cfg: dict[str, Any] = {}
     path = ssh_config_path()
-    if path.is_file():
-        cfg = dict(paramiko.SSHConfig.from_path(str(path)).lookup(host))
+    cfg = dict(paramiko.SSHConfig.from_path(str(path)).lookup(host)) if path.is_file() else {}
     keys = [key] if key else list(cfg.get("identityfile") or [])
-    return {"alias": host, "hostname": cfg.get("hostname", host), "user": user or cfg.get("user") or _local_user(),
-            "port": int(port or cfg.get("port") or 22), "keys": [str(Path(k).expanduser()) for k in keys],
-            "proxyjump": cfg.get("proxyjump"), "proxycommand": cfg.get("proxycommand")}
+    none = ("", "none")
+    return {"alias": host, "hostname": cfg.get("hostname", host),
+            "user": user or cfg.get("user") or getpass.getuser(), "port": int(port or cfg.get("port") or 22),
+            "keys": [str(Path(k).expanduser()) for k in keys],
+            "proxyjump": None if str(cfg.get("proxyjump", "")).lower() in none else cfg["proxyjump"],
+            "proxycommand": None if str(cfg.get("proxycommand", "")).lower() in none else cfg["proxycommand"]}
 
 
-def _local_user() -> str:
-    return getpass.getuser()
-
-
-def _parse_jump(spec: str) -> tuple[str, str | None, int | None]:
-    first = spec.split(",")[0].strip()  # only the first hop of a chain; each hop may itself have a ProxyJump
-    user, _, hostport = first.rpartition("@")
+def _parse_jump(hop: str) -> tuple[str, str | None, int | None]:
+    """``[user@]host[:port]`` or ``[user@][host]:port`` -> (host, user, port)."""
+    user, _, hostport = hop.strip().rpartition("@")
     host, port = hostport, None
     if hostport.startswith("["):
         host, _, rest = hostport[1:].partition("]")
@@ -107,28 +104,41 @@ def _parse_jump(spec: str) -> tuple[str, str | None, int | None]:
     return host, user or None, port
 
 
+def _tunnel(profile_name: str, via: paramiko.SSHClient, host: str, port: int, timeout: float) -> paramiko.Channel:
+    try:
+        return via.get_transport().open_channel("direct-tcpip", (host, port), ("127.0.0.1", 0), timeout=timeout)
+    except CONNECT_ERRORS as exc:
+        raise Unreachable(f"{profile_name}: the jump host cannot reach {host}:{port}: {exc}",
+                          hint="check ProxyJump in ~/.ssh/config and that the jump host allows TCP forwarding"
+                          ) from exc
+
+
 def connect_client(profile_name: str, host: str, user: str | None, port: int | None, key: str | None,
-                   known_hosts: Path, timeout: float, _depth: int = 0) -> tuple[paramiko.SSHClient, list[Any]]:
-    """An authenticated client whose host key matched known_hosts; returns it with the jump clients to close."""
+                   known_hosts: Path, timeout: float, *, sock: Any = None,
+                   _depth: int = 0) -> tuple[paramiko.SSHClient, list[Any]]:
+    """An authenticated client whose host key matched known_hosts, plus the jump clients to close with it.
+
+    Every hop of a ProxyJump chain is verified against the same known_hosts: a bastion is no less a stranger.
+    """
     ep = resolve_endpoint(host, user, port, key)
     hops: list[Any] = []
-    sock: Any = None
-    if ep["proxyjump"] and ep["proxyjump"].lower() != "none":
-        if _depth > 4:
-            raise DeviceError(f"{profile_name}: ProxyJump chain for {host} is too deep", hint="check ~/.ssh/config")
-        jhost, juser, jport = _parse_jump(ep["proxyjump"])
-        jump, jump_hops = connect_client(profile_name, jhost, juser, jport, None, known_hosts, timeout, _depth + 1)
-        hops += [*jump_hops, jump]
-        try:
-            sock = jump.get_transport().open_channel("direct-tcpip", (ep["hostname"], ep["port"]), ("127.0.0.1", 0),
-                                                     timeout=timeout)
-        except CONNECT_ERRORS as exc:
-            _close_all(hops)
-            raise Unreachable(f"{profile_name}: bastion {jhost} cannot reach {ep['hostname']}:{ep['port']}: {exc}",
-                              hint="check ProxyJump in ~/.ssh/config and that the bastion allows TCP forwarding"
-                              ) from exc
-    elif ep["proxycommand"] and ep["proxycommand"].lower() != "none":
-        sock = paramiko.ProxyCommand(ep["proxycommand"])
+    try:
+        if sock is None and ep["proxyjump"]:
+            if _depth > 4:
+                raise DeviceError(f"{profile_name}: ProxyJump chain for {host} is too deep", hint="check ~/.ssh/config")
+            via: paramiko.SSHClient | None = None
+            for hop in ep["proxyjump"].split(","):
+                jh, ju, jp = _parse_jump(hop)
+                jsock = _tunnel(profile_name, via, jh, jp or 22, timeout) if via else None
+                via, sub = connect_client(profile_name, jh, ju, jp, None, known_hosts, timeout, sock=jsock,
+                                          _depth=_depth + 1)
+                hops += [*sub, via]
+            sock = _tunnel(profile_name, via, ep["hostname"], ep["port"], timeout)
+        elif sock is None and ep["proxycommand"]:
+            sock = paramiko.ProxyCommand(ep["proxycommand"])
+    except DeviceError:
+        _close_all(hops)
+        raise
     client = paramiko.SSHClient()
     if known_hosts.is_file():
         client.load_host_keys(str(known_hosts))
@@ -136,37 +146,34 @@ def connect_client(profile_name: str, host: str, user: str | None, port: int | N
                         *(["-o", f"UserKnownHostsFile={known_hosts}"] if known_hosts != default_known_hosts() else []),
                         f"{ep['user']}@{ep['hostname']}"])
     client.set_missing_host_key_policy(_RefuseUnknown(profile_name, known_hosts, ssh_cmd))
-    where = f"{ep['user']}@{ep['hostname']}:{ep['port']}"
     try:
         client.connect(ep["hostname"], port=ep["port"], username=ep["user"], key_filename=ep["keys"] or None,
                        timeout=timeout, banner_timeout=timeout, auth_timeout=timeout, channel_timeout=timeout,
                        allow_agent=True, look_for_keys=not ep["keys"], sock=sock)
-    except HostKeyError:
+    except (HostKeyError, *CONNECT_ERRORS) as exc:
         client.close()
         _close_all(hops)
-        raise
-    except paramiko.BadHostKeyException as exc:
-        client.close()
-        _close_all(hops)
+        raise _connect_error(profile_name, ep, known_hosts, exc) from (None if isinstance(exc, paramiko.SSHException)
+                                                                        else exc)
+    return client, hops
+
+
+def _connect_error(profile_name: str, ep: dict[str, Any], known_hosts: Path, exc: BaseException) -> DeviceError:
+    where = f"{ep['user']}@{ep['hostname']}:{ep['port']}"
+    if isinstance(exc, HostKeyError):
+        return exc
+    if isinstance(exc, paramiko.BadHostKeyException):
         entry = host_entry(ep["hostname"], ep["port"])
-        raise HostKeyError(
+        return HostKeyError(
             f"{profile_name}: the host key of {entry} CHANGED (now {exc.key.get_name()} {fingerprint(exc.key)}, "
             f"known_hosts has {fingerprint(exc.expected_key)}); refusing to connect, nothing was sent",
             hint=f"if the device was reinstalled, verify the new fingerprint on it and remove the old entry with "
-                 f"`ssh-keygen -f {known_hosts} -R '{entry}'`; otherwise someone may be intercepting the connection"
-        ) from None
-    except paramiko.AuthenticationException as exc:
-        client.close()
-        _close_all(hops)
-        raise DeviceError(f"{profile_name}: authentication failed for {where}: {exc}",
-                          hint="check connection.user and connection.key (or --user/--key, ssh-agent)") from None
-    except CONNECT_ERRORS as exc:
-        client.close()
-        _close_all(hops)
-        raise Unreachable(f"{profile_name}: cannot connect to {where}: {exc}",
-                          hint="check the device is on, connection.host/port, or raise connection.connect_timeout"
-                          ) from exc
-    return client, hops
+                 f"`ssh-keygen -f {known_hosts} -R '{entry}'`; otherwise someone may be intercepting the connection")
+    if isinstance(exc, paramiko.AuthenticationException) or "authentication methods" in str(exc):
+        return DeviceError(f"{profile_name}: authentication failed for {where}: {exc}",
+                           hint="check connection.user and connection.key (or --user/--key, ssh-agent)")
+    return Unreachable(f"{profile_name}: cannot connect to {where}: {exc}",
+                       hint="check the device is on, connection.host/port, or raise connection.connect_timeout")
 
 
 def _close_all(items: list[Any]) -> None:

@@ -276,18 +276,19 @@ def test_lock_breaks_lease_when_holder_crashed(profile, transport):
     assert not (Path(profile.workdir) / ".lock").exists()
 
 
-def test_ssh_config_alias_and_proxyjump_honoured(sshd, tmp_path, monkeypatch):
+def test_ssh_config_alias_and_two_hop_proxyjump_honoured(sshd, tmp_path, monkeypatch):
     cfg = tmp_path / "ssh_config"
     cfg.write_text(f"Host bastion\n  HostName 127.0.0.1\n  Port {sshd.port}\n  User {sshd.user}\n"
                    f"  IdentityFile {sshd.user_key}\n"
                    f"Host board\n  HostName 127.0.0.1\n  Port {sshd.port}\n  User {sshd.user}\n"
-                   f"  IdentityFile {sshd.user_key}\n  ProxyJump bastion\n")
+                   f"  IdentityFile {sshd.user_key}\n  ProxyJump bastion,{sshd.user}@127.0.0.1:{sshd.port}\n"
+                   f"Host 127.0.0.1\n  IdentityFile {sshd.user_key}\n")
     monkeypatch.setenv("EDGEPIPE_SSH_CONFIG", str(cfg))
     prof = load_profile(str(sshd.profile("alias", tmp_path, host="board", port=None, user=None, key=None)))
     tr = open_transport(prof)
     try:
         assert tr.run(["echo", "via", "bastion"], 10).stdout == "via bastion\n"
-        assert len(tr._hops) == 1  # really went through the jump host
+        assert len(tr._hops) == 2  # really went through both jump hosts
     finally:
         tr.close()
 

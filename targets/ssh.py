@@ -374,11 +374,11 @@ class SSHTransport:
         want = sha256_file(local)
         for attempt in (1, 2):
             tmp = f"{remote}.part-{uuid.uuid4().hex[:8]}"
-            self._retrying(f"uploading {local.name}", lambda tmp=tmp: self._sftp_put(local, tmp), TransferError)
+            self._retrying(f"uploading {local.name}", lambda tmp=tmp: self._sftp(
+                lambda s: s.put(str(local), tmp, confirm=True)), TransferError)
             got = self.remote_sha256(tmp)
-            if got == want:
-                self._retrying(f"renaming {local.name}", lambda tmp=tmp: self._sftp(lambda s: s.posix_rename(
-                    tmp, remote)), TransferError)
+            if got == want:  # `mv` in one folder is an atomic rename, and every SFTP server side has it
+                self.check(["mv", "-f", "--", tmp, remote], f"renaming {local.name} into place", 60)
                 return
             self.remove_tree(tmp)
             if attempt == 2:
@@ -410,9 +410,6 @@ class SSHTransport:
                                 hint="check the workdir exists and is writable on the device") from exc
         finally:
             sftp.close()
-
-    def _sftp_put(self, local: Path, remote: str) -> None:
-        self._sftp(lambda s: s.put(str(local), remote, confirm=True))
 
     def python(self, configured: str) -> str:
         return "python3" if configured == "current" else configured

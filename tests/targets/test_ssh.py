@@ -72,6 +72,7 @@ def processes_mentioning(text: str) -> list[int]:
     return found
 
 
+@pytest.mark.onnx
 def test_benchmark_returns_valid_record_when_onnx_runs_over_ssh(profile, tmp_path):
     model = tiny_onnx(tmp_path / "tiny model's [v1];.onnx")
     x = np.random.default_rng(1).standard_normal((10, 16)).astype(np.float32)
@@ -204,6 +205,7 @@ def test_put_fails_cleanly_when_server_vanishes_mid_upload(sshd, tmp_path):
     assert not (Path(job) / "big.onnx").exists()
 
 
+@pytest.mark.onnx
 def test_benchmark_removes_job_folder_when_runner_fails(profile, tmp_path):
     bad = tmp_path / "broken.onnx"
     bad.write_bytes(b"this is not an onnx model")
@@ -212,6 +214,7 @@ def test_benchmark_removes_job_folder_when_runner_fails(profile, tmp_path):
     assert workdir_entries(profile) == []
 
 
+@pytest.mark.onnx
 def test_benchmark_cleans_job_folder_and_remote_runner_when_interrupted(sshd, tmp_path):
     path = sshd.profile("ctrlc", tmp_path)
     path.write_text(path.read_text().replace("min_seconds: 0.05", "min_seconds: 60").replace(
@@ -293,6 +296,7 @@ def test_ssh_config_alias_and_two_hop_proxyjump_honoured(sshd, tmp_path, monkeyp
         tr.close()
 
 
+@pytest.mark.onnx
 def test_doctor_trusts_unknown_key_only_after_confirmation(sshd, tmp_path):
     kh = tmp_path / "kh_doctor"
     prof = load_profile(str(sshd.profile("doc", tmp_path, known_hosts=str(kh))))
@@ -309,6 +313,7 @@ def test_doctor_trusts_unknown_key_only_after_confirmation(sshd, tmp_path):
     assert all(c.ok for c in again if c.name in ("host key", "reachable")) and kh.read_text().count("\n") == 1
 
 
+@pytest.mark.onnx
 def test_doctor_reports_missing_provider_when_profile_asks_for_cuda(sshd, tmp_path):
     path = sshd.profile("gpu", tmp_path)
     text = path.read_text().replace("- CPUExecutionProvider", "- CUDAExecutionProvider\n  - CPUExecutionProvider")

@@ -326,3 +326,10 @@ def test_sshd_fixture_really_is_openssh(sshd):
     out = subprocess.run(["ssh-keyscan", "-p", str(sshd.port), "127.0.0.1"], capture_output=True, text=True,
                          timeout=10).stdout
     assert sshd.host_key_line.split()[1] in out
+
+
+def test_pid_marker_split_drops_login_noise_when_shell_prints_banner():
+    from targets.ssh import _split_pid
+
+    assert _split_pid(b"Welcome to the board!\n__edgepipe_pid=4242\n{\"ok\": 1}\n") == (b"4242", b"{\"ok\": 1}\n")
+    assert _split_pid(b"no marker at all\n") == (b"", b"no marker at all\n")

@@ -21,10 +21,11 @@ from pathlib import Path
 import yaml
 
 SSHD = "/usr/sbin/sshd"
-BLOCKER = '''import importlib.abc, sys
+BLOCKER = '''import importlib.abc, os, sys
+BLOCKED = {"torch", "pipeline", "targets", *os.environ.get("EDGEPIPE_TEST_BLOCK", "").split(",")} - {""}
 class _Block(importlib.abc.MetaPathFinder):
     def find_spec(self, name, path=None, target=None):
-        if name.split(".")[0] in ("torch", "pipeline", "targets"):
+        if name.split(".")[0] in BLOCKED:
             raise ImportError(f"{name} is not available on this test device")
         return None
 sys.meta_path.insert(0, _Block())
@@ -76,6 +77,13 @@ class Server:
                 "bench": {"warmup": 2, "min_iterations": 20, "min_seconds": 0.05, "max_seconds": 10}}
         path = folder / f"{name}.yaml"
         path.write_text(yaml.safe_dump(data))
+        return path
+
+    def python_without(self, *modules: str) -> Path:
+        """Another device interpreter that also lacks ``modules`` (a board where numpy was never installed)."""
+        path = self.root / f"device-python-without-{'-'.join(modules)}"
+        path.write_text(f'#!/bin/sh\nEDGEPIPE_TEST_BLOCK={",".join(modules)} exec {self.python} "$@"\n')
+        path.chmod(0o755)
         return path
 
     def stop(self) -> None:

@@ -333,3 +333,21 @@ def test_pid_marker_split_drops_login_noise_when_shell_prints_banner():
 
     assert _split_pid(b"Welcome to the board!\n__edgepipe_pid=4242\n{\"ok\": 1}\n") == (b"4242", b"{\"ok\": 1}\n")
     assert _split_pid(b"no marker at all\n") == (b"", b"no marker at all\n")
+
+
+def test_doctor_refuses_to_trust_when_host_key_changed(sshd, tmp_path):
+    changed = tmp_path / "kh_changed"
+    changed.write_text(f"[127.0.0.1]:{sshd.port} {' '.join(keygen(tmp_path / 'impostor').split()[:2])}\n")
+    before = changed.read_text()
+    checks = doctor_mod.doctor(load_profile(str(sshd.profile("doc2", tmp_path, known_hosts=str(changed)))),
+                               trust=True, confirm=lambda msg: True)
+    assert [(c.name, c.ok) for c in checks] == [("host key", False)] and "CHANGED" in checks[0].detail
+    assert changed.read_text() == before
+
+
+def test_doctor_names_numpy_when_device_lacks_it(sshd, tmp_path):
+    path = sshd.profile("nonumpy", tmp_path)
+    path.write_text(path.read_text().replace(str(sshd.python), str(sshd.python_without("numpy"))))
+    checks = doctor_mod.doctor(load_profile(str(path)))
+    assert checks[-1].name == "numpy" and not checks[-1].ok and "install" in checks[-1].detail
+    assert [c.name for c in checks if c.ok] == ["host key", "reachable"]

@@ -67,17 +67,21 @@ def main() -> None:
                     rec = benchmark(prof, art)
                     lat = rec["latency_ms"]
                     records[kind].append(rec)
+                    load = (rec["state"]["before"].get("loadavg") or [float("nan")])[0]
                     print(f"round {r + 1} {kind:5s}: p50 {lat['p50']:.3f} p90 {lat['p90']:.3f} p99 {lat['p99']:.3f} "
-                          f"ms n={lat['n']} valid={rec['valid']} job {time.perf_counter() - t0:.1f}s")
+                          f"ms n={lat['n']} valid={rec['valid']} load {load:.1f} job {time.perf_counter() - t0:.1f}s")
         finally:
             server.stop()
     env = records["ssh"][0]["environment"]
     print(f"runtime {records['ssh'][0]['runtime']}, providers {env['providers']}, threads {env['threads']}, "
           f"{env['os']}")
-    med = {k: statistics.median(rec["latency_ms"]["p50"] for rec in v) for k, v in records.items()}
-    diff = (med["ssh"] - med["local"]) / med["local"] * 100
-    print(f"median p50 over {args.rounds} rounds: local {med['local']:.3f} ms, ssh {med['ssh']:.3f} ms, "
-          f"ssh vs local {diff:+.1f}% ({'within' if abs(diff) <= 10 else 'OUTSIDE'} 10%)")
+    # On a shared machine a round is either undisturbed or shares a core; the best round shows the figure itself,
+    # the median shows what a user would see. Both are printed; neither is adjusted.
+    for label, pick in (("median", statistics.median), ("best", min)):
+        fig = {k: pick(rec["latency_ms"]["p50"] for rec in v) for k, v in records.items()}
+        diff = (fig["ssh"] - fig["local"]) / fig["local"] * 100
+        print(f"{label} p50 over {args.rounds} rounds: local {fig['local']:.3f} ms, ssh {fig['ssh']:.3f} ms, "
+              f"ssh vs local {diff:+.1f}% ({'within' if abs(diff) <= 10 else 'OUTSIDE'} 10%)")
 
 
 if __name__ == "__main__":

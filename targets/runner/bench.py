@@ -282,6 +282,10 @@ def state_problems(before: dict[str, Any], after: dict[str, Any]) -> tuple[list[
                        f"{after.get('power_mode')!r})")
     if before.get("clocks") != after.get("clocks"):
         warnings.append("clocks changed during the run (not pinned? `sudo jetson_clocks` pins them)")
+    load, cpus = (before.get("loadavg") or [None])[0], os.cpu_count() or 1
+    if load is not None and load > cpus:
+        warnings.append(f"load average {load:.1f} on {cpus} CPUs before the run: other processes compete for the "
+                        "cores, latency may be inflated")
     if before.get("governor") not in (None, "performance"):
         warnings.append(f"CPU governor is {before.get('governor')!r}, not 'performance': latency may vary")
     return reasons, warnings

@@ -46,6 +46,12 @@ def test_state_warns_when_governor_not_performance():
     assert reasons == [] and "ondemand" in warnings[0]
 
 
+def test_state_warns_when_load_exceeds_cpus():
+    busy = {**state(), "loadavg": [999.0, 1.0, 1.0]}
+    reasons, warnings = bench.state_problems(busy, state())
+    assert reasons == [] and any("load average 999.0" in w for w in warnings)
+
+
 def test_provider_fallback_flagged_when_cuda_requested_but_cpu_used():
     why = bench.provider_fallback("onnx", ["CUDAExecutionProvider", "CPUExecutionProvider"], ["CPUExecutionProvider"])
     assert why and "CUDAExecutionProvider" in why

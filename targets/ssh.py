@@ -409,13 +409,18 @@ class SSHTransport:
             tmp.unlink(missing_ok=True)
 
     def _sftp(self, fn: Callable[[paramiko.SFTPClient], T]) -> T:
-        sftp = self.connect().open_sftp()
+        client = self.connect()
+        sftp = client.open_sftp()
         try:
             sftp.get_channel().settimeout(self.command_timeout)
             return fn(sftp)
         except TRANSPORT_ERRORS:
             raise
-        except OSError as exc:  # the SFTP server said no: retrying will not change its mind
+        except OSError as exc:
+            link = client.get_transport()
+            if link is None or not link.is_active():  # paramiko says "Socket is closed": the link died
+                raise ConnectionResetError(f"connection lost: {exc}") from exc
+            # The SFTP server said no (no such folder, permission denied): retrying will not change its mind.
             raise TransferError(f"{self.profile_name}: SFTP error: {exc}",
                                 hint="check the workdir exists and is writable on the device") from exc
         finally:

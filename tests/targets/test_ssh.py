@@ -5,6 +5,7 @@ from __future__ import annotations
 import _thread
 import os
 import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -351,3 +352,32 @@ def test_doctor_names_numpy_when_device_lacks_it(sshd, tmp_path):
     checks = doctor_mod.doctor(load_profile(str(path)))
     assert checks[-1].name == "numpy" and not checks[-1].ok and "install" in checks[-1].detail
     assert [c.name for c in checks if c.ok] == ["host key", "reachable"]
+
+
+def edgepipe(*args: str) -> subprocess.CompletedProcess[str]:
+    root = Path(__file__).resolve().parents[2]
+    return subprocess.run([sys.executable, "-m", "pipeline.cli", *args], capture_output=True, text=True, timeout=120,
+                          cwd=root, env={**os.environ, "PYTHONPATH": str(root)}, check=False)
+
+
+@pytest.mark.onnx
+def test_cli_bench_exits_4_without_traceback_when_host_unknown(sshd, tmp_path):
+    prof = sshd.profile("cli", tmp_path)
+    empty = tmp_path / "kh_none"
+    empty.write_text("")
+    res = edgepipe("bench", str(tiny_onnx(tmp_path / "m.onnx")), "--device", str(prof), "--known-hosts", str(empty))
+    assert res.returncode == 4 and "Traceback" not in res.stderr
+    assert "SHA256:" in res.stderr and "--trust" in res.stderr
+    assert not (tmp_path / "work").exists() or list((tmp_path / "work").iterdir()) == []
+
+
+@pytest.mark.onnx
+def test_cli_bench_exits_4_when_device_vanishes_mid_upload(sshd, tmp_path):
+    proxy = CuttableProxy(sshd.port, cut_after_bytes=2_000_000)
+    kh = sshd.known_hosts_for(proxy.port, tmp_path / "kh_cli_proxy")
+    prof = sshd.profile("vanish", tmp_path, port=proxy.port, known_hosts=str(kh), connect_timeout=2)
+    big = tmp_path / "big.onnx"
+    big.write_bytes(os.urandom(8_000_000))  # not a model: the upload is cut long before anything would load it
+    res = edgepipe("bench", str(big), "--device", str(prof))
+    assert res.returncode == 4 and "Traceback" not in res.stderr and "big.onnx" in res.stderr
+    assert list((tmp_path / "work").glob("job-*/big.onnx")) == []

@@ -241,6 +241,7 @@ class SSHTransport:
         self._client: paramiko.SSHClient | None = None
         self._hops: list[Any] = []
         self._lock = threading.RLock()
+        self._gone = False  # the last call found the device unreachable after all its retries
 
     @classmethod
     def from_profile(cls, profile: Any, **kw: Any) -> SSHTransport:
@@ -271,13 +272,21 @@ class SSHTransport:
             self._drop()
 
     def _retrying(self, what: str, fn: Callable[[], T], error: type[DeviceError] = DeviceError) -> T:
-        """Retry transport failures (reset, timeout) with back-off; never a command that merely failed."""
-        for attempt in range(self.retries + 1):
+        """Retry transport failures (reset, timeout) with back-off; never a command that merely failed.
+
+        Once a device could not be reached after every retry, later calls (the cleanup after that very failure)
+        try once instead of backing off again, until a connection succeeds.
+        """
+        retries = 0 if self._gone else self.retries
+        for attempt in range(retries + 1):
             try:
-                return fn()
+                result = fn()
+                self._gone = False
+                return result
             except TRANSPORT_ERRORS as exc:
                 self.close()
-                if attempt == self.retries:
+                if attempt == retries:
+                    self._gone = self._gone or isinstance(exc, Unreachable)
                     detail = exc.message if isinstance(exc, DeviceError) else f"{type(exc).__name__}: {exc}"
                     raise error(f"{self.profile_name}: {what} failed after {attempt + 1} attempts: {detail}",
                                 hint="check the network to the device; the job folder may need cleanup") from exc

@@ -25,7 +25,7 @@ from typing import Any, TypeVar
 import paramiko
 
 from targets.artifact import sha256_file
-from targets.errors import DeviceError, HostKeyError, RemoteCommandError, TransferError
+from targets.errors import ConfigError, DeviceError, HostKeyError, RemoteCommandError, TransferError
 from targets.transport import CommandResult
 
 T = TypeVar("T")
@@ -83,7 +83,11 @@ def resolve_endpoint(host: str, user: str | None, port: int | None, key: str | N
     """Merge the profile's connection with ~/.ssh/config (HostName, User, Port, IdentityFile, ProxyJump)."""
     path = ssh_config_path()
     cfg = dict(paramiko.SSHConfig.from_path(str(path)).lookup(host)) if path.is_file() else {}
-    keys = [key] if key else list(cfg.get("identityfile") or [])
+    if key and not Path(key).expanduser().is_file():
+        raise ConfigError(f"connection.key: {key} does not exist",
+                          hint="point --key / connection.key at your private key, or leave it out to use ssh-agent")
+    # Like OpenSSH, IdentityFile lines for keys that are not there (a `Host *` default) are skipped quietly.
+    keys = [key] if key else [k for k in cfg.get("identityfile") or [] if Path(k).expanduser().is_file()]
     none = ("", "none")
     return {"alias": host, "hostname": cfg.get("hostname", host),
             "user": user or cfg.get("user") or getpass.getuser(), "port": int(port or cfg.get("port") or 22),

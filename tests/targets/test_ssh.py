@@ -18,7 +18,7 @@ from onnx import TensorProto, helper
 from targets import doctor as doctor_mod
 from targets.artifact import Artifact
 from targets.device import benchmark
-from targets.errors import DeviceError, HostKeyError, RemoteCommandError, TransferError
+from targets.errors import ConfigError, DeviceError, HostKeyError, RemoteCommandError, TransferError
 from targets.lock import device_lock
 from targets.profiles import load_profile
 from targets.ssh import SSHTransport
@@ -381,3 +381,11 @@ def test_cli_bench_exits_4_when_device_vanishes_mid_upload(sshd, tmp_path):
     res = edgepipe("bench", str(big), "--device", str(prof))
     assert res.returncode == 4 and "Traceback" not in res.stderr and "big.onnx" in res.stderr
     assert list((tmp_path / "work").glob("job-*/big.onnx")) == []
+
+
+def test_missing_key_file_is_config_error_when_profile_names_it(sshd, tmp_path):
+    prof = load_profile(str(sshd.profile("nokey", tmp_path, key=str(tmp_path / "nope"))))
+    tr = open_transport(prof)
+    with pytest.raises(ConfigError, match="connection.key") as info:
+        tr.run(["true"], 10)
+    assert info.value.exit_code == 2

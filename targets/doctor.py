@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from targets.errors import DeviceError, HostKeyError
+from targets.lock import lock_path
 from targets.profiles import DeviceProfile
 from targets.runner import RUNNER_PATH
 from targets.transport import Transport, open_transport
@@ -88,6 +89,19 @@ def probe(profile: DeviceProfile, tr: Transport) -> dict[str, Any]:
         last = (res.stderr.strip().splitlines() or ["no output"])[-1]
         return {"error": f"{profile.python} exited {res.exit_status}: {last}"}
     return json.loads(line)
+
+
+def lock_check(profile: DeviceProfile, tr: Transport) -> Check:
+    """Informational: a held lock means a job is running there now (figures taken meanwhile would be disturbed)."""
+    res = tr.run(["sh", "-c", 'readlink -- "$1" || true; date +%s', "sh", lock_path(profile.workdir)], 30)
+    lines = res.stdout.split("\n")
+    holder, now = (lines[0].strip(), lines[1].strip()) if len(lines) > 2 else ("", "0")
+    if not holder:
+        return Check("device lock", True, "free")
+    owner, _, expiry = holder.rpartition(" ")
+    left = int(expiry) - int(now) if expiry.isdigit() and now.isdigit() else 0
+    return Check("device lock", True, f"held by {owner}, lease {left}s left" if left > 0 else
+                 f"stale lease of {owner} (expired; the next job breaks it)")
 
 
 def probe_checks(profile: DeviceProfile, info: dict[str, Any]) -> list[Check]:
@@ -167,6 +181,7 @@ def doctor(profile: DeviceProfile, trust: bool = False, confirm: Callable[[str],
             return [*checks, Check("reachable", False, exc.message + (f" ({exc.hint})" if exc.hint else ""))]
         where = "this host" if profile.is_local else f"{profile.connection.user or ''}@{profile.connection.host}"
         checks.append(Check("reachable", True, f"{where}, workdir {profile.workdir}"))
+        checks.append(lock_check(profile, tr))
         if "error" in info:
             err = info["error"]
             name = "numpy" if "numpy" in err else "python"

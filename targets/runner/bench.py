@@ -282,6 +282,10 @@ def state_problems(before: dict[str, Any], after: dict[str, Any]) -> tuple[list[
                        f"{after.get('power_mode')!r})")
     if before.get("clocks") != after.get("clocks"):
         warnings.append("clocks changed during the run (not pinned? `sudo jetson_clocks` pins them)")
+    mhz_before, mhz_after = before.get("cpu_mhz"), after.get("cpu_mhz")
+    if mhz_before and mhz_after and mhz_after < 0.85 * mhz_before:
+        warnings.append(f"CPU clock fell from {mhz_before:.0f} to {mhz_after:.0f} MHz during the run (thermal or "
+                        "power limit?)")
     load, cpus = (before.get("loadavg") or [None])[0], os.cpu_count() or 1
     if load is not None and load > cpus:
         warnings.append(f"load average {load:.1f} on {cpus} CPUs before the run: other processes compete for the "

@@ -14,6 +14,7 @@ from onnx import TensorProto, helper
 
 from targets.artifact import Artifact
 from targets.device import benchmark
+from targets.doctor import lock_check
 from targets.lock import DeviceBusyError, device_lock
 from targets.profiles import load_profile
 from targets.transport import LocalTransport
@@ -77,3 +78,13 @@ def test_benchmark_removes_stale_job_folders_when_it_holds_the_lock(tmp_path):
     benchmark(load_profile(str(prof_file)), Artifact.from_files(tmp_path / "relu.onnx", backend="onnx",
                                                                 precision="fp32"))
     assert sorted(p.name for p in wd.iterdir()) == ["job-running"]  # only the recent one is left alone
+
+
+def test_doctor_lock_check_names_holder_when_lease_live(tmp_path):
+    prof_file = tmp_path / "p.yaml"
+    prof_file.write_text(f"name: p\npython: current\nworkdir: {tmp_path}\nbackends: [onnx-fp32]\n")
+    prof = load_profile(str(prof_file))
+    assert lock_check(prof, LocalTransport()).detail == "free"
+    os.symlink(f"ci@runner:7:abc {int(time.time()) + 300}", tmp_path / ".lock")
+    detail = lock_check(prof, LocalTransport()).detail
+    assert detail.startswith("held by ci@runner:7:abc, lease ") and "s left" in detail

@@ -52,6 +52,11 @@ def test_state_warns_when_load_exceeds_cpus():
     assert reasons == [] and any("load average 999.0" in w for w in warnings)
 
 
+def test_state_warns_when_cpu_clock_falls_during_run():
+    reasons, warnings = bench.state_problems({**state(), "cpu_mhz": 2400.0}, {**state(), "cpu_mhz": 1500.0})
+    assert reasons == [] and any("2400 to 1500 MHz" in w for w in warnings)
+
+
 def test_provider_fallback_flagged_when_cuda_requested_but_cpu_used():
     why = bench.provider_fallback("onnx", ["CUDAExecutionProvider", "CPUExecutionProvider"], ["CPUExecutionProvider"])
     assert why and "CUDAExecutionProvider" in why

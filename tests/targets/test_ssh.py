@@ -351,7 +351,7 @@ def test_doctor_names_numpy_when_device_lacks_it(sshd, tmp_path):
     path.write_text(path.read_text().replace(str(sshd.python), str(sshd.python_without("numpy"))))
     checks = doctor_mod.doctor(load_profile(str(path)))
     assert checks[-1].name == "numpy" and not checks[-1].ok and "install" in checks[-1].detail
-    assert [c.name for c in checks if c.ok] == ["host key", "reachable"]
+    assert [c.name for c in checks if c.ok] == ["host key", "reachable", "device lock"]
 
 
 def edgepipe(*args: str) -> subprocess.CompletedProcess[str]:

@@ -61,16 +61,35 @@ def workdir_entries(profile) -> list[str]:
     return sorted(p.name for p in wd.iterdir()) if wd.exists() else []
 
 
-def processes_mentioning(text: str) -> list[int]:
-    """Pids whose command line contains ``text`` (the device is this host, so /proc shows its processes)."""
-    found = []
+def cmdlines_mentioning(text: str) -> dict[int, str]:
+    """Command lines containing ``text`` by pid (the device is this host, so /proc shows its processes)."""
+    found = {}
     for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
         try:
-            if text.encode() in cmdline.read_bytes():
-                found.append(int(cmdline.parent.name))
+            raw = cmdline.read_bytes()
         except OSError:  # the process ended while we looked
-            pass
+            continue
+        if text.encode() in raw:
+            found[int(cmdline.parent.name)] = raw.replace(b"\0", b" ").decode(errors="replace")
     return found
+
+
+def processes_mentioning(text: str) -> list[int]:
+    return sorted(cmdlines_mentioning(text))
+
+
+def interrupt_when(condition, limit_s: float = 30.0) -> None:
+    """Ctrl-C for the main thread as soon as ``condition()`` holds (polled in a helper thread)."""
+
+    def watch() -> None:
+        deadline = time.monotonic() + limit_s
+        while time.monotonic() < deadline:
+            if condition():
+                _thread.interrupt_main()
+                return
+            time.sleep(0.05)
+
+    threading.Thread(target=watch, daemon=True).start()
 
 
 @pytest.mark.onnx
@@ -148,8 +167,7 @@ def test_run_kills_remote_process_when_command_hangs(transport, tmp_path):
 
 def test_run_kills_remote_process_when_interrupted(transport, tmp_path):
     pidfile = tmp_path / "interrupted.pid"
-    timer = threading.Timer(1.5, _thread.interrupt_main)
-    timer.start()
+    interrupt_when(pidfile.exists)
     with pytest.raises(KeyboardInterrupt):
         transport.run(["sh", "-c", 'echo $$ > "$1"; exec sleep 300', "sh", str(pidfile)], timeout=120)
     pid = int(pidfile.read_text())
@@ -222,8 +240,7 @@ def test_benchmark_cleans_job_folder_and_remote_runner_when_interrupted(sshd, tm
         "max_seconds: 10", "max_seconds: 90"))
     prof = load_profile(str(path))
     art = Artifact.from_files(tiny_onnx(tmp_path / "m.onnx"), backend="onnx", precision="fp32")
-    timer = threading.Timer(3.0, _thread.interrupt_main)
-    timer.start()
+    interrupt_when(lambda: any("bench.py --artifact" in c for c in cmdlines_mentioning(prof.workdir).values()))
     start = time.monotonic()
     with pytest.raises(KeyboardInterrupt):
         benchmark(prof, art)

@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from targets._export_common import export_failure, first_line
 from targets.artifact import Artifact
 from targets.errors import ExportError
 from targets.export_config import ExportConfig
@@ -54,31 +55,6 @@ def choose_int8_scheme(cfg: ExportConfig) -> dict[str, Any]:
             "reduce_range": reduce_range, "format": "QDQ", "per_channel": cfg.per_channel, "why": why}
 
 
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
-
-
-def _unsupported_op(exc: BaseException) -> tuple[str | None, str | None]:
-    """Find the op (and the FX node, which names the layer) in the dynamo exporter's error text."""
-    text = str(exc)
-    for cause in (exc.__cause__, exc.__context__):
-        if cause is not None:
-            text += "\n" + str(cause)
-    op = None
-    for pat in (r"ONNX function for '?(?:<OpOverload\(op=')?([\w:.]+)", r"[Uu]nsupported (?:FX nodes|operator)[^\w]*"
-                r"\{?'?([\w:.]+)", r"No decompositions registered for[^\w]*([\w:.]+)", r"target=([\w:.]+)"):
-        m = re.search(pat, text)
-        if m:
-            op = m.group(1)
-            break
-    layer = None
-    m = re.search(r"node\s+%?(\w+)", text)
-    if m:
-        layer = m.group(1)
-    return op, layer
-
-
 class _HalfBody(torch.nn.Module):
     """Runs the model in float16 while the artifact's input and output stay float32 (callers feed float32)."""
 
@@ -96,9 +72,7 @@ def _export_graph(model: torch.nn.Module, example_inputs: tuple[torch.Tensor, ..
                                     input_names=["input"], output_names=["output"], verbose=False)
         program.save(str(path))
     except Exception as exc:  # exporter failures come in many types
-        op, layer = _unsupported_op(exc)
-        raise ExportError("onnx", _first_line(exc), op=op, layer=layer,
-                          hint="replace the op with supported ones or drop the onnx backends from the recipe") from exc
+        raise export_failure("onnx", exc, model, example_inputs) from exc
 
 
 def _nodes_to_exclude(model_path: Path, keep_float: list[str]) -> list[str]:
@@ -165,7 +139,7 @@ def _quantize_int8(fp32_path: Path, out_path: Path, calib: np.ndarray, cfg: Expo
                         nodes_to_exclude=exclude or None, calibrate_method=method,
                         extra_options={"CalibMovingAverage": False})
     except Exception as exc:  # ORT raises plain exceptions
-        raise ExportError("onnx", f"INT8 quantization failed: {_first_line(exc)}",
+        raise ExportError("onnx", f"INT8 quantization failed: {first_line(exc)}",
                           hint="try calibration: minmax, or keep the failing layer in float (keep_float)") from exc
 
 

@@ -17,23 +17,10 @@ from typing import Any
 import numpy as np
 import torch
 
+from targets._export_common import export_failure, first_line
 from targets.artifact import Artifact
 from targets.errors import ExportError, MissingDependencyError
 from targets.export_config import ExportConfig
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
-    for ln in lines:  # OpenVINO wraps the useful line in a frontend banner; prefer the line that names an op
-        if re.search(r"aten::|prim::|No conversion rule|not supported|unsupported", ln, re.IGNORECASE):
-            return ln
-    return lines[0] if lines else type(exc).__name__
-
-
-def _unsupported_op(exc: BaseException) -> str | None:
-    m = re.search(r"((?:aten|prim|quantized|[a-z_]+)::[\w.]+)", str(exc))
-    return m.group(1) if m else None
 
 
 def _convert(model: torch.nn.Module, example_inputs: tuple[torch.Tensor, ...]) -> Any:
@@ -43,9 +30,7 @@ def _convert(model: torch.nn.Module, example_inputs: tuple[torch.Tensor, ...]) -
     try:
         ov_model = ov.convert_model(model.eval(), example_input=example_inputs, input=[shape])
     except Exception as exc:  # the frontend raises OpConversionFailure, RuntimeError, GeneralFailure...
-        raise ExportError("openvino", _first_line(exc), op=_unsupported_op(exc),
-                          hint="replace the op with supported ones or drop the openvino backends from the recipe"
-                          ) from exc
+        raise export_failure("openvino", exc, model, example_inputs) from exc
     ov_model.outputs[0].get_tensor().set_names({"output"})
     return ov_model
 
@@ -79,7 +64,7 @@ def _quantize(ov_model: Any, calib: np.ndarray, cfg: ExportConfig) -> Any:
     except ExportError:
         raise
     except Exception as exc:  # NNCF raises many internal types
-        raise ExportError("openvino", f"NNCF INT8 quantization failed: {_first_line(exc)}",
+        raise ExportError("openvino", f"NNCF INT8 quantization failed: {first_line(exc)}",
                           hint="keep the failing layer in float (keep_float) or use another backend") from exc
 
 

@@ -45,13 +45,14 @@ def find_layer(model: torch.nn.Module, example_inputs: tuple[torch.Tensor, ...],
     """The module path (``named_modules`` style) whose forward calls ``op``; ``<root>`` for the top-level forward."""
     try:
         graph = torch.export.export(model.eval(), example_inputs).graph
-    except Exception:  # the model does not even export: the op alone has to do
+    except Exception:  # noqa: BLE001 - the model does not even export: the op alone has to do
         return None
     wanted = op.split(".")[-1]
     for node in graph.nodes:
         if node.op != "call_function":
             continue
-        name = str(getattr(node.target, "name", lambda: node.target)()).replace("::", ".").split(".")
+        target = node.target
+        name = (target.name() if hasattr(target, "name") else str(target)).replace("::", ".").split(".")
         # the exporters see decomposed ops (linalg_inv_ex) where torch.export's graph still has linalg_inv
         if not any(part == wanted or wanted.startswith(part + "_") for part in name[1:]):
             continue
@@ -59,7 +60,8 @@ def find_layer(model: torch.nn.Module, example_inputs: tuple[torch.Tensor, ...],
         if not stack:
             return "<root>"
         path = list(stack.values())[-1][0]
-        return re.sub(r"^L\['self'\]\.?|^self\.?", "", str(path)).replace("_modules['", "").replace("']", "") or "<root>"
+        path = re.sub(r"^L\['self'\]\.?|^self\.?", "", str(path))
+        return path.replace("_modules['", "").replace("']", "") or "<root>"
     return None
 
 

@@ -1,0 +1,77 @@
+"""The demo's teacher and student CNNs, and a factory that trains the teacher once and caches its weights."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import time
+from pathlib import Path
+
+import torch
+from torch import nn
+
+CACHE = Path(os.environ.get("EDGEPIPE_DIGITS_CACHE", Path(__file__).with_name(".cache")))
+TEACHER_VERSION = 1
+
+
+def _block(cin: int, cout: int) -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True),
+                         nn.MaxPool2d(2))
+
+
+class DigitsCNN(nn.Module):
+    def __init__(self, widths: tuple[int, ...] = (32, 64, 128), num_classes: int = 10) -> None:
+        super().__init__()
+        layers, cin = [], 1
+        for w in widths:
+            layers.append(_block(cin, w))
+            cin = w
+        self.features = nn.Sequential(*layers)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.classifier = nn.Linear(cin, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(torch.flatten(self.pool(self.features(x)), 1))
+
+
+def teacher() -> nn.Module:
+    return DigitsCNN((32, 64, 128))
+
+
+def student() -> nn.Module:
+    return DigitsCNN((16, 32, 64))
+
+
+def train(model: nn.Module, epochs: int = 12, seed: int = 0, lr: float = 3e-3) -> nn.Module:
+    from data import splits
+
+    torch.manual_seed(seed)
+    data = splits()["train"]
+    loader = torch.utils.data.DataLoader(data, batch_size=64, shuffle=True,
+                                         generator=torch.Generator().manual_seed(seed))
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=epochs * len(loader))
+    model.train()
+    for _ in range(epochs):
+        for x, y in loader:
+            opt.zero_grad()
+            nn.functional.cross_entropy(model(x), y).backward()
+            opt.step()
+            sched.step()
+    return model.eval()
+
+
+def trained_teacher() -> nn.Module:
+    """The teacher, trained on first use (seconds on a laptop CPU) and cached next to this file."""
+    path = CACHE / f"teacher-v{TEACHER_VERSION}.pt"
+    model = teacher()
+    if not path.exists():
+        start = time.perf_counter()
+        train(model)
+        CACHE.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".{os.getpid()}.part")
+        torch.save(model.state_dict(), tmp)
+        os.replace(tmp, path)
+        print(f"trained the digits teacher in {time.perf_counter() - start:.1f}s -> {path}", flush=True)
+    model.load_state_dict(torch.load(path, weights_only=True))
+    return model.eval()

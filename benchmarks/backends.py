@@ -15,20 +15,21 @@ import platform
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.zoo import ZOO  # noqa: E402
-from targets import get_exporter  # noqa: E402
-from targets.artifact import Artifact  # noqa: E402
-from targets.errors import EdgeError  # noqa: E402
-from targets.export_config import ExportConfig  # noqa: E402
-from targets.runner import bench  # noqa: E402
+from benchmarks.zoo import ZOO
+from targets import get_exporter
+from targets.artifact import Artifact
+from targets.errors import EdgeError
+from targets.export_config import ExportConfig
+from targets.runner import bench
 
 OURS = ("onnx-fp32", "onnx-fp16", "onnx-int8", "openvino-fp32", "openvino-int8", "tflite-fp32", "tflite-fp16",
         "tflite-int8")

@@ -28,7 +28,7 @@ def _quantized_program(model: torch.nn.Module, example_inputs: tuple[torch.Tenso
                        cfg: ExportConfig) -> tuple[Any, Any]:
     from litert_torch.quantize import pt2e_quantizer as pq
     from litert_torch.quantize.quant_config import QuantConfig
-    from torchao.quantization.pt2e import allow_exported_model_train_eval, quantize_pt2e
+    from torchao.quantization.pt2e import quantize_pt2e
 
     quantizer = pq.PT2EQuantizer().set_global(pq.get_symmetric_quantization_config(is_per_channel=cfg.per_channel))
     graph = torch.export.export(model.eval(), example_inputs).module()
@@ -37,8 +37,9 @@ def _quantized_program(model: torch.nn.Module, example_inputs: tuple[torch.Tenso
         for i in range(min(len(calib), cfg.calib_samples)):
             prepared(torch.from_numpy(np.ascontiguousarray(calib[i:i + 1], dtype=np.float32)))
     converted = quantize_pt2e.convert_pt2e(prepared, fold_quantize=False)
-    allow_exported_model_train_eval(converted)  # exported graphs have no train/eval; this makes .eval() legal
-    return converted.eval(), QuantConfig(pt2e_quantizer=quantizer)
+    # litert-torch warns that this GraphModule is "in training mode": it is not, an exported graph has no mode
+    # (the model was put in eval before torch.export), and calling .eval() on it breaks litert's conversion.
+    return converted, QuantConfig(pt2e_quantizer=quantizer)
 
 
 def _convert(model: torch.nn.Module, example_inputs: tuple[torch.Tensor, ...], calib: np.ndarray | None,

@@ -10,19 +10,15 @@ from targets.errors import ExportError, OutputMismatchError
 from targets.export_config import ExportConfig
 from targets.export_onnx import choose_int8_scheme, export
 from targets.validate import validate
-from tests.targets._models import WithCustomOp, corrupt_copy, data, example, moved, reference, tiny_cnn
+from tests.targets._models import WithCustomOp, corrupt_copy, example, moved, tiny_cnn
 
 pytestmark = pytest.mark.onnx
 
 
 @pytest.fixture(scope="module")
-def setup(tmp_path_factory):
-    model = tiny_cnn()
-    calib, x = data(32, seed=1), data(64, seed=2)
-    out = tmp_path_factory.mktemp("onnx")
-    arts = {p: export(model, example(), calib, ExportConfig(name="tiny", precision=p), out)
-            for p in ("fp32", "fp16", "int8")}
-    return model, calib, x, reference(model, x), arts
+def setup(tiny):
+    arts = {p: tiny.artifact("onnx", p) for p in ("fp32", "fp16", "int8")}
+    return tiny.model, tiny.calib, tiny.x, tiny.ref, arts
 
 
 @pytest.mark.parametrize("precision", ["fp32", "fp16", "int8"])

@@ -11,19 +11,16 @@ from targets.errors import ExportError, OutputMismatchError
 from targets.export_config import ExportConfig
 from targets.runner import bench
 from targets.validate import validate
-from tests.targets._models import WithCustomOp, corrupt_copy, data, example, moved, reference, tiny_cnn
+from tests.targets._models import WithCustomOp, corrupt_copy, example, moved, tiny_cnn
 
 pytestmark = pytest.mark.openvino
 export = pytest.importorskip("targets.export_openvino").export
 
 
 @pytest.fixture(scope="module")
-def setup(tmp_path_factory):
-    model = tiny_cnn()
-    calib, x = data(32, seed=1), data(64, seed=2)
-    out = tmp_path_factory.mktemp("openvino")
-    arts = {p: export(model, example(), calib, ExportConfig(name="tiny", precision=p), out) for p in ("fp32", "int8")}
-    return model, calib, x, reference(model, x), arts
+def setup(tiny):
+    arts = {p: tiny.artifact("openvino", p) for p in ("fp32", "int8")}
+    return tiny.model, tiny.calib, tiny.x, tiny.ref, arts
 
 
 def _fake_quantize_count(xml: str) -> int:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import torch
 from torch import nn
@@ -29,9 +31,9 @@ class TinyCNN(nn.Module):
     def __init__(self) -> None:
         super().__init__()
         self.features = nn.Sequential(nn.Conv2d(1, 8, 3, padding=1, bias=False), nn.BatchNorm2d(8), nn.ReLU(),
-                                      nn.Conv2d(8, 16, 3, stride=2, padding=1), nn.ReLU())
-        self.pool = nn.AdaptiveAvgPool2d(1)
-        self.fc = nn.Linear(16, 10)
+                                      nn.Conv2d(8, 16, 3, stride=2, padding=1))
+        self.pool = nn.AdaptiveAvgPool2d(2)  # keeps coarse position, so the class depends on where the blob is
+        self.fc = nn.Linear(64, 10)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.fc(torch.flatten(self.pool(self.features(x)), 1))
@@ -48,27 +50,49 @@ class WithCustomOp(nn.Module):
         return self.fc(self.mix(self.conv(x)).mean((2, 3)))
 
 
-def tiny_cnn() -> nn.Module:
-    torch.manual_seed(0)
-    model = TinyCNN()
-    with torch.no_grad():  # non-trivial batch-norm statistics, so folding them is actually tested
-        bn = model.features[1]
-        bn.running_mean.uniform_(-0.5, 0.5)
-        bn.running_var.uniform_(0.5, 2.0)
-        bn.weight.uniform_(0.5, 1.5)
-    return model.eval()
+def blobs(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """A blob on a noisy background; the label is its quadrant and whether it is large (8 classes of 10)."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:SHAPE[2], 0:SHAPE[3]]
+    x = np.empty((n, *SHAPE[1:]), np.float32)
+    y = np.empty(n, np.int64)
+    for i in range(n):
+        cy, cx, r = rng.uniform(2, 14), rng.uniform(2, 14), rng.uniform(1.5, 4.5)
+        x[i, 0] = 2 * np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / (2 * r * r)) - 0.5 + 0.2 * rng.standard_normal(
+            SHAPE[2:])
+        y[i] = int(cy >= 8) * 2 + int(cx >= 8) + 4 * int(r >= 3)
+    return x, y
 
 
 def data(n: int, seed: int) -> np.ndarray:
-    """Structured inputs (blobs plus noise) rather than pure noise, so top-1 is not a coin toss."""
-    rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[0:SHAPE[2], 0:SHAPE[3]]
-    out = np.empty((n, *SHAPE[1:]), np.float32)
-    for i in range(n):
-        cy, cx, r = rng.uniform(3, 13), rng.uniform(3, 13), rng.uniform(2, 5)
-        blob = np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / (2 * r * r))
-        out[i, 0] = 2 * blob - 0.5 + 0.2 * rng.standard_normal(SHAPE[2:])
-    return out
+    return blobs(n, seed)[0]
+
+
+@functools.cache
+def _trained_state() -> dict[str, torch.Tensor]:
+    """A couple of seconds of training, so outputs have real margins like a deployed model (random weights leave
+    near-ties that flip under any quantization and make INT8 checks meaningless)."""
+    torch.manual_seed(0)
+    model = TinyCNN()
+    x, y = blobs(2048, seed=123)
+    xt, yt = torch.from_numpy(x), torch.from_numpy(y)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    model.train()
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny convs: one thread is fastest, and immune to a busy machine
+    for step in range(200):
+        idx = torch.randint(0, len(xt), (64,), generator=torch.Generator().manual_seed(step))
+        opt.zero_grad()
+        nn.functional.cross_entropy(model(xt[idx]), yt[idx]).backward()
+        opt.step()
+    torch.set_num_threads(threads)
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def tiny_cnn() -> nn.Module:
+    model = TinyCNN()
+    model.load_state_dict(_trained_state())
+    return model.eval()
 
 
 def reference(model: nn.Module, x: np.ndarray) -> np.ndarray:

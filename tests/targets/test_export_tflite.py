@@ -66,7 +66,7 @@ def test_tflite_validate_catches_flipped_int8_weights(setup, tmp_path):
     _, _, x, ref, arts = setup
     art = arts["int8"]
     interp = Interpreter(model_path=art.path)
-    fc = [d for d in interp.get_tensor_details() if list(d["shape"]) == [10, 16] and d["dtype"] == np.int8]
+    fc = [d for d in interp.get_tensor_details() if list(d["shape"]) == [10, 64] and d["dtype"] == np.int8]
     assert fc, "the int8 fc weights were not found"
     weights = interp.get_tensor(fc[0]["index"]).tobytes()
     bad = moved(art, corrupt_copy(art.path, tmp_path, needle=weights))

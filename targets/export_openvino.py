@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import openvino as ov  # at module level: a missing runtime surfaces in get_exporter as the extra to install
 import torch
 
 from targets._export_common import export_failure, first_line
@@ -24,8 +25,6 @@ from targets.export_config import ExportConfig
 
 
 def _convert(model: torch.nn.Module, example_inputs: tuple[torch.Tensor, ...]) -> Any:
-    import openvino as ov
-
     shape = ov.PartialShape([int(d) for d in example_inputs[0].shape])
     try:
         ov_model = ov.convert_model(model.eval(), example_input=example_inputs, input=[shape])
@@ -71,8 +70,6 @@ def _quantize(ov_model: Any, calib: np.ndarray, cfg: ExportConfig) -> Any:
 def export(model: torch.nn.Module, example_inputs: tuple[torch.Tensor, ...], calib: np.ndarray | None,
            cfg: ExportConfig, out_dir: Path) -> Artifact:
     """Write ``<name>.<precision>.xml`` and ``.bin`` into ``out_dir`` (atomically) with the sidecar record."""
-    import openvino as ov
-
     if cfg.precision == "fp16":
         raise ExportError("openvino", "fp16 is not a separate OpenVINO artifact",
                           hint="use openvino-fp32 (the device plugin picks f16 where it is native) or openvino-int8")

@@ -18,17 +18,23 @@ import torch
 
 from targets._export_common import export_failure
 from targets.artifact import Artifact
-from targets.errors import ExportError
+from targets.errors import ExportError, MissingDependencyError
 from targets.export_config import ExportConfig
 
 os.environ.setdefault("LITERT_TORCH_SHOW_PROGRESS", "n")  # litert-torch prints a progress tree per conversion
+
+import litert_torch  # after the env var; at module level so get_exporter reports a missing extra
 
 
 def _quantized_program(model: torch.nn.Module, example_inputs: tuple[torch.Tensor, ...], calib: np.ndarray,
                        cfg: ExportConfig) -> tuple[Any, Any]:
     from litert_torch.quantize import pt2e_quantizer as pq
     from litert_torch.quantize.quant_config import QuantConfig
-    from torchao.quantization.pt2e import quantize_pt2e
+
+    try:
+        from torchao.quantization.pt2e import quantize_pt2e
+    except ImportError as exc:
+        raise MissingDependencyError("torchao", "tflite", purpose="tflite-int8 (PT2E quantization)") from exc
 
     quantizer = pq.PT2EQuantizer().set_global(pq.get_symmetric_quantization_config(is_per_channel=cfg.per_channel))
     graph = torch.export.export(model.eval(), example_inputs).module()
@@ -44,8 +50,6 @@ def _quantized_program(model: torch.nn.Module, example_inputs: tuple[torch.Tenso
 
 def _convert(model: torch.nn.Module, example_inputs: tuple[torch.Tensor, ...], calib: np.ndarray | None,
              cfg: ExportConfig) -> Any:
-    import litert_torch
-
     if cfg.precision == "fp32":
         return litert_torch.convert(model.eval(), example_inputs)
     if cfg.precision == "fp16":
@@ -71,12 +75,10 @@ def export(model: torch.nn.Module, example_inputs: tuple[torch.Tensor, ...], cal
     final = out_dir / f"{cfg.name}.{cfg.precision}.tflite"
     try:
         edge_model = _convert(model, example_inputs, calib, cfg)
-    except ExportError:
+    except (ExportError, MissingDependencyError):
         raise
     except Exception as exc:  # torch.export, PT2E and the MLIR lowering all raise their own types
         raise export_failure("tflite", exc, model, example_inputs) from exc
-    import litert_torch
-
     metadata: dict[str, Any] = {"converter": f"litert-torch {litert_torch.__version__}"}
     if cfg.precision == "int8":
         metadata.update(scheme="full-integer int8 (int8 I/O), symmetric, "

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import sys
 
 import pytest
 
@@ -54,3 +55,13 @@ def test_a_missing_exporter_module_names_the_extra_to_install(monkeypatch):
     with pytest.raises(MissingDependencyError, match=r"edgepipe\[openvino\]") as info:
         get_exporter("openvino")
     assert info.value.exit_code == 2
+
+
+@pytest.mark.parametrize(("family", "runtime", "extra"), [("openvino", "openvino", "openvino"),
+                                                          ("tflite", "litert_torch", "tflite")])
+def test_an_uninstalled_runtime_makes_get_exporter_name_the_extra(monkeypatch, family, runtime, extra):
+    module = EXPORTERS[family].split(":")[0]
+    monkeypatch.delitem(sys.modules, module, raising=False)
+    monkeypatch.setitem(sys.modules, runtime, None)  # what Python does for a package that is not installed
+    with pytest.raises(MissingDependencyError, match=rf"{runtime} is not installed.*edgepipe\[{extra}\]"):
+        get_exporter(family)

@@ -11,6 +11,7 @@ Random weights are fine for speed and size; calibration uses a few dozen random 
 from __future__ import annotations
 
 import argparse
+import os
 import platform
 import sys
 import tempfile
@@ -91,7 +92,7 @@ def _with_calibrated_batchnorm(model: torch.nn.Module, calib: np.ndarray) -> tor
 
 
 def _interleaved(runs: dict[str, Callable[[np.ndarray], Any]], inputs: np.ndarray, rounds: int, iters: int,
-                 warmup: int) -> dict[str, list[float]]:
+                 warmup: int, settle: int = 2) -> dict[str, list[float]]:
     names = list(runs)
     for n in names:
         for i in range(warmup):
@@ -101,6 +102,8 @@ def _interleaved(runs: dict[str, Callable[[np.ndarray], Any]], inputs: np.ndarra
         order = names[r % len(names):] + names[:r % len(names)]
         for n in order:
             fn = runs[n]
+            for i in range(settle):  # untimed: lets the previous runtime's spinning worker threads go idle
+                fn(inputs[i % len(inputs)][None])
             for i in range(iters):
                 x = inputs[(r * iters + i) % len(inputs)][None]
                 t0 = time.perf_counter_ns()
@@ -138,7 +141,8 @@ def run_model(name: str, contenders: list[str], args: argparse.Namespace) -> lis
         for c, s in sessions.items():
             out = bench.predict(s, calib[:args.check])
             agree[c] = float((out.argmax(1) == ref.argmax(1)).mean())
-        samples = _interleaved({c: s.run for c, s in sessions.items()}, calib, args.rounds, args.iters, args.warmup)
+        samples = _interleaved({c: s.run for c, s in sessions.items()}, calib, args.rounds, args.iters, args.warmup,
+                               args.settle)
     base = float(np.percentile(samples["onnx-fp32"], 50)) if "onnx-fp32" in samples else float("nan")
     rows = []
     for c, (a, secs) in arts.items():
@@ -159,6 +163,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rounds", type=int, default=10)
     ap.add_argument("--iters", type=int, default=10, help="timed runs per contender per round")
     ap.add_argument("--warmup", type=int, default=10)
+    ap.add_argument("--settle", type=int, default=2, help="untimed runs each time a contender's turn starts")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--calib", type=int, default=32, help="calibration inputs (random normal, 3x224x224)")
     ap.add_argument("--check", type=int, default=16, help="inputs used for top-1 agreement with PyTorch")
@@ -167,12 +172,14 @@ def main(argv: list[str] | None = None) -> int:
     contenders = [c for c in args.contenders.split(",") if c]
     if "onnx-fp32" not in contenders:
         contenders.insert(0, "onnx-fp32")  # the baseline every ratio is against
-    print(f"host: {platform.machine()} {platform.processor() or ''} cpus={__import__('os').cpu_count()} "
+    print(f"host: {platform.machine()} {platform.processor() or ''} cpus={os.cpu_count()} "
           f"threads={args.threads} batch=1; rounds={args.rounds} x iters={args.iters} interleaved")
     print("versions:", _versions())
+    state_before = bench.device_state()
     rows = []
     for name in [m for m in args.models.split(",") if m]:
         rows += run_model(name, contenders, args)
+    state_after = bench.device_state()
     hdr = (f"{'model':<13}{'contender':<21}{'n':>5}{'p50 ms':>9}{'p90 ms':>9}{'p99 ms':>9}{'x ORT32':>9}"
            f"{'MB':>8}{'x fp32':>8}{'agree':>7}{'export s':>9}")
     print("\n" + hdr + "\n" + "-" * len(hdr))
@@ -180,6 +187,14 @@ def main(argv: list[str] | None = None) -> int:
         size = f"{r['size_ratio']:.3f}" if r["size_ratio"] is not None else "-"
         print(f"{r['model']:<13}{r['contender']:<21}{r['n']:>5}{r['p50']:>9.2f}{r['p90']:>9.2f}{r['p99']:>9.2f}"
               f"{r['ratio']:>9.3f}{r['mb']:>8.2f}{size:>8}{r['top1_agree']:>7.2f}{r['export_s']:>9.1f}")
+    for when, st in (("before", state_before), ("after", state_after)):
+        load = st.get("loadavg") or [float("nan")]
+        print(f"device {when}: loadavg(1m) {load[0]:.2f} on {os.cpu_count()} cpus, governor {st.get('governor')}, "
+              f"temp {st.get('temp_c')} C")
+    if max((st.get("loadavg") or [0])[0] for st in (state_before, state_after)) > (os.cpu_count() or 1):
+        print("WARNING: the host was oversubscribed (load above the CPU count): other processes shared the cores, "
+              "so the figures are contended; ratios are fairer than absolute times (interleaved), but run again on a "
+              "quiet machine for reference numbers")
     schemes = {r["scheme"] for r in rows if r["scheme"]}
     for s in schemes:
         print("onnx-int8 scheme:", s)

@@ -284,7 +284,7 @@ def format_table(summary: dict[str, Any]) -> str:
         lat = r.get("latency_ms") or {}
         acc = r.get("accuracy")
         size = r.get("bytes")
-        lines.append(f"  {r['name']:<15} {acc if acc is None else f'{acc:.4f}':>8} "
+        lines.append(f"  {r['name']:<15} {'-' if acc is None else f'{acc:.4f}':>8} "
                      f"{lat.get('p50', '-'):>8} {lat.get('p90', '-'):>8} {lat.get('n', '-'):>6} "
                      f"{'-' if size is None else f'{size / 1024:.1f} KiB':>10}  "
                      f"{'yes' if r.get('valid') else 'NO: ' + '; '.join(r.get('invalid_reasons', []))[:80]}")

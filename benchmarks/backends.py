@@ -195,6 +195,9 @@ def main(argv: list[str] | None = None) -> int:
         print("WARNING: the host was oversubscribed (load above the CPU count): other processes shared the cores, "
               "so the figures are contended; ratios are fairer than absolute times (interleaved), but run again on a "
               "quiet machine for reference numbers")
+    print(f"agree = top-1 agreement with PyTorch on {args.check} random inputs: with random weights and 1000 classes "
+          "near-ties are common, so it is a sanity check only; benchmarks/digits_accuracy.py measures accuracy on real "
+          "data")
     schemes = {r["scheme"] for r in rows if r["scheme"]}
     for s in schemes:
         print("onnx-int8 scheme:", s)

@@ -86,6 +86,7 @@ def export(model: torch.nn.Module, example_inputs: tuple[torch.Tensor, ...], cal
         import nncf
 
         metadata.update(quantizer=f"nncf {nncf.__version__}", preset=cfg.ov_preset,
+                        calibration="nncf's range estimators for the preset (ExportConfig.calibration is onnx-only)",
                         calib_samples=int(min(len(calib), cfg.calib_samples)), keep_float=list(cfg.keep_float))
     with tempfile.TemporaryDirectory(dir=out_dir, prefix=".openvino-") as tmp:
         tmp_xml = Path(tmp) / final.name

@@ -83,7 +83,9 @@ def export(model: torch.nn.Module, example_inputs: tuple[torch.Tensor, ...], cal
     if cfg.precision == "int8":
         metadata.update(scheme="full-integer int8 (int8 I/O), symmetric, "
                         + ("per-channel" if cfg.per_channel else "per-tensor") + " weights",
-                        quantizer="litert_torch PT2EQuantizer", calib_samples=int(min(len(calib), cfg.calib_samples)))
+                        quantizer="litert_torch PT2EQuantizer",
+                        calibration="the PT2E config's observers (ExportConfig.calibration is onnx-only)",
+                        calib_samples=int(min(len(calib), cfg.calib_samples)))
     elif cfg.precision == "fp16":
         metadata["fp16"] = "float16 weights dequantized at load; float32 compute and I/O"
     with tempfile.TemporaryDirectory(dir=out_dir, prefix=".tflite-") as tmp:

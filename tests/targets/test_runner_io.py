@@ -100,3 +100,24 @@ def test_runner_reports_a_missing_tflite_runtime_as_one_json_error(tiny, tmp_pat
     rec = _run_runner(tmp_path, "--artifact", art.path, "--min-iterations", "1", "--min-seconds", "0",
                       blocked={"ai_edge_litert", "tflite_runtime", "tensorflow"})
     assert rec["rc"] != 0 and "no TFLite interpreter" in rec["error"] and "ai-edge-litert" in rec["error"]
+
+
+@pytest.mark.tflite
+def test_runner_falls_back_to_tflite_runtime_when_ai_edge_litert_is_absent(tiny, monkeypatch):
+    """Boards often have only ``tflite_runtime``; it exposes the same Interpreter, here the real one re-exported."""
+    import types
+
+    from ai_edge_litert.interpreter import Interpreter
+
+    art = tiny.artifact("tflite", "int8")
+    expected = bench.predict(bench.load(art.path, "tflite", 1), tiny.x)
+    shim, shim_interp = types.ModuleType("tflite_runtime"), types.ModuleType("tflite_runtime.interpreter")
+    shim.__version__, shim_interp.Interpreter = "2.x-test", Interpreter
+    shim.interpreter = shim_interp
+    monkeypatch.setitem(sys.modules, "ai_edge_litert", None)
+    monkeypatch.setitem(sys.modules, "ai_edge_litert.interpreter", None)
+    monkeypatch.setitem(sys.modules, "tflite_runtime", shim)
+    monkeypatch.setitem(sys.modules, "tflite_runtime.interpreter", shim_interp)
+    session = bench.load(art.path, "tflite", 1)
+    assert (session.runtime, session.version) == ("tflite_runtime", "2.x-test")
+    np.testing.assert_array_equal(bench.predict(session, tiny.x), expected)

@@ -91,9 +91,13 @@ def load_openvino(path: str, threads: int, precision_hint: str = "f32") -> Sessi
         request.infer({0: x.astype(np.float32, copy=False)})
         return np.array(request.get_output_tensor(0).data, dtype=np.float32)
 
+    try:  # what the plugin actually compiled for, read back (the CPU plugin may override a hint it cannot honour)
+        effective = compiled.get_property("INFERENCE_PRECISION_HINT").to_string()
+    except Exception:  # noqa: BLE001 - older OpenVINO releases: report the requested hint
+        effective = precision_hint
     return Session(run, input_shape=_static_shape(list(port.get_partial_shape().get_min_shape())),
                    runtime="openvino", version=ov.get_version(), providers=["CPU"],
-                   io={"precision_hint": precision_hint})
+                   io={"precision_hint": effective})
 
 
 def _tflite_interpreter() -> tuple[Any, str, str]:
@@ -133,8 +137,9 @@ def load_tflite(path: str, threads: int) -> Session:
     in_scale, in_zero = inp.get("quantization", (0.0, 0))
     out_scale, out_zero = out.get("quantization", (0.0, 0))
     in_dtype, out_dtype = inp["dtype"], out["dtype"]
-    in_integer = np.issubdtype(in_dtype, np.integer)
-    out_integer = np.issubdtype(out_dtype, np.integer)
+    # integer tensors with a zero scale are raw integers (ids, masks), not quantized values: pass them through
+    in_integer = np.issubdtype(in_dtype, np.integer) and in_scale > 0
+    out_integer = np.issubdtype(out_dtype, np.integer) and out_scale > 0
     if in_integer:
         info = np.iinfo(in_dtype)
 

@@ -89,16 +89,19 @@ def _artifact_table(summary: dict[str, Any]) -> str:
 
 
 def _state(st: dict[str, Any] | None) -> str:
+    """What the device reported about itself; fields it could not read are left out rather than shown as blanks."""
     if not st:
-        return "-"
+        return "not reported"
     throttled = st.get("throttled")
-    parts = [f"temp {_e(st.get('temp_c'))} °C", f"governor {_e(st.get('governor'))}",
-             f"cpu {_e(st.get('cpu_mhz'))} MHz", f"throttled {_e(throttled.get('raw') if throttled else 'no')}"]
-    if st.get("power_mode"):
-        parts.append(f"power mode {_e(st['power_mode'])}")
-    if st.get("loadavg"):
-        parts.append("load " + " ".join(f"{x:.2f}" for x in st["loadavg"]))
-    return ", ".join(parts)
+    parts = [text for value, text in (
+        (st.get("temp_c"), f"temp {st.get('temp_c')} °C"), (st.get("governor"), f"governor {st.get('governor')}"),
+        (st.get("cpu_mhz"), f"cpu {st.get('cpu_mhz')} MHz"),
+        (st.get("power_mode"), f"power mode {st.get('power_mode')}"),
+        (throttled, f"throttled {throttled.get('raw') if throttled else ''}"),
+        (st.get("loadavg"), "load " + " ".join(f"{x:.2f}" for x in st.get("loadavg") or []))) if value is not None]
+    if throttled is None and st.get("temp_c") is not None:
+        parts.append("throttling not reported")
+    return _e(", ".join(parts) or "not reported (no thermal, clock or governor readings on this device)")
 
 
 def _environment(summary: dict[str, Any]) -> str:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -29,13 +28,3 @@ def tiny_onnx(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def run_dir(tmp_path: Path) -> Path:
     """A complete, gate-failing run (tflite-int8 failed to export) with placeholder model files."""
     return make_run(tmp_path / "run")
-
-
-@pytest.fixture(scope="session", autouse=True)
-def _private_results_store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
-    """Tests (and the CLI subprocesses they start, which inherit the environment) never touch the user's store.
-
-    Session-scoped so it is in place before module-scoped fixtures that run the real CLI."""
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("EDGEPIPE_DB", str(tmp_path_factory.mktemp("results-store") / "results.db"))
-        yield

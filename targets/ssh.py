@@ -218,6 +218,19 @@ def add_known_host(known_hosts: Path, hostname: str, port: int, key: paramiko.PK
         fh.write(line)
 
 
+def _await_pid(chan: object, out: bytearray, wait_s: float = 3.0) -> None:
+    """Interrupted early, the marker line may still be in flight: without the pid the command could not be killed."""
+    deadline = time.monotonic() + wait_s
+    try:
+        while not _split_pid(bytes(out))[0] and time.monotonic() < deadline and not chan.closed:  # type: ignore[attr-defined]
+            if chan.recv_ready():  # type: ignore[attr-defined]
+                out += chan.recv(1 << 16)  # type: ignore[attr-defined]
+            else:
+                select.select([chan], [], [], 0.1)
+    except (OSError, EOFError):
+        pass
+
+
 def _split_pid(out: bytes) -> tuple[bytes, bytes]:
     """(pid, the command's own stdout). Anything a login script printed before our marker is dropped."""
     _, mark, tail = out.partition(PID_MARK)
@@ -336,6 +349,8 @@ class SSHTransport:
             status = chan.recv_exit_status()
             finished = True
         finally:
+            if not finished:
+                _await_pid(chan, out)
             chan.close()
             if not finished:
                 self._kill_remote(bytes(out))

@@ -1,0 +1,108 @@
+"""What every stage shares: accuracy, footprint, the distillation loss and one explicit training loop.
+
+Distill, prune fine-tuning and QAT all train "a student against an optional teacher", so they share ``train`` rather
+than each growing its own loop; feature distillation plugs in as an extra loss with its own parameters (adapters).
+"""
+
+from __future__ import annotations
+
+import random
+from typing import Any, Callable, Iterable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader
+
+
+def seed_everything(seed: int) -> torch.Generator:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    return torch.Generator().manual_seed(seed)
+
+
+@torch.no_grad()
+def accuracy(model: nn.Module | Callable[[torch.Tensor], torch.Tensor], dataset: Any, batch_size: int = 256) -> float:
+    """Top-1 on ``dataset`` (items ``(input, label)``), as a fraction; the model is put in eval mode."""
+    if isinstance(model, nn.Module):
+        model.eval()
+    correct = total = 0
+    for x, y in DataLoader(dataset, batch_size=batch_size, shuffle=False):
+        correct += int((model(x).argmax(1) == y).sum())
+        total += len(y)
+    return correct / max(total, 1)
+
+
+def footprint(model: nn.Module, example_inputs: torch.Tensor) -> tuple[int, int]:
+    """(params, MACs) as Torch-Pruning counts them, so every stage record is comparable with the baseline."""
+    import torch_pruning as tp  # noqa: PLC0415 - keep `edgepipe check` fast
+
+    was_training = model.training
+    model.eval()
+    macs, params = tp.utils.count_ops_and_params(model, example_inputs)
+    model.train(was_training)
+    return int(params), int(macs)
+
+
+def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, labels: torch.Tensor,
+            temperature: float, alpha: float) -> torch.Tensor:
+    """Hinton et al.: alpha * T^2 * KL(teacher_T || student_T) + (1 - alpha) * CE(labels).
+
+    The T^2 factor keeps the soft term's gradient magnitude independent of the temperature.
+    """
+    hard = F.cross_entropy(student_logits, labels)
+    if alpha <= 0:
+        return hard
+    t = temperature
+    soft = F.kl_div(F.log_softmax(student_logits / t, dim=1), F.log_softmax(teacher_logits / t, dim=1),
+                    reduction="batchmean", log_target=True) * (t * t)
+    return alpha * soft + (1 - alpha) * hard
+
+
+def train(model: nn.Module, dataset: Any, *, epochs: int, lr: float, batch_size: int, seed: int,
+          teacher: nn.Module | None = None, temperature: float = 4.0, alpha: float = 0.0,
+          optimizer: str = "adamw", weight_decay: float = 1e-4,
+          extra_loss: Callable[[], torch.Tensor] | None = None,
+          extra_params: Iterable[nn.Parameter] = ()) -> nn.Module:
+    """The explicit loop: optimizer + per-step cosine schedule; KD from ``teacher`` when given (alpha > 0).
+
+    ``extra_loss`` is called after each forward (feature distillation reads what its hooks captured).
+    """
+    if epochs <= 0:
+        return model
+    gen = seed_everything(seed)
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=True, generator=gen, drop_last=len(dataset) > batch_size)
+    params = [p for p in model.parameters() if p.requires_grad] + list(extra_params)
+    if optimizer == "sgd":
+        opt: torch.optim.Optimizer = torch.optim.SGD(params, lr=lr, momentum=0.9, weight_decay=weight_decay,
+                                                     nesterov=True)
+    else:
+        opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, epochs * len(loader)))
+    if teacher is not None:
+        teacher.eval()
+    for _ in range(epochs):
+        model.train()
+        for x, y in loader:
+            opt.zero_grad(set_to_none=True)
+            logits = model(x)
+            if teacher is not None and alpha > 0:
+                with torch.no_grad():
+                    t_logits = teacher(x)
+                loss = kd_loss(logits, t_logits, y, temperature, alpha)
+            else:
+                loss = F.cross_entropy(logits, y)
+            if extra_loss is not None:
+                loss = loss + extra_loss()
+            loss.backward()
+            opt.step()
+            sched.step()
+    return model.eval()
+
+
+def final_linear(model: nn.Module) -> list[nn.Module]:
+    """The classifier (the last ``nn.Linear`` in registration order): its outputs are the classes, never pruned."""
+    linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
+    return linears[-1:]

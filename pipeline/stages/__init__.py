@@ -11,9 +11,10 @@ import copy
 import hashlib
 import inspect
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -51,9 +52,9 @@ def _describe(rec: dict[str, Any]) -> str:
 def run_stages(model: nn.Module, data: dict[str, Any], recipe: Any, run_dir: Path,
                log: Callable[[str], None]) -> StagesResult:
     """Run the configured stages on ``model`` (the teacher), each cached by the hash of its inputs."""
-    from pipeline.config import import_factory  # noqa: PLC0415
-    from pipeline.stages.cache import StageCache, data_fingerprint, load_model, model_hash, stage_key  # noqa: PLC0415
-    from pipeline.stages.common import accuracy, footprint  # noqa: PLC0415
+    from pipeline.config import import_factory
+    from pipeline.stages.cache import StageCache, data_fingerprint, load_model, model_hash, stage_key
+    from pipeline.stages.common import accuracy, footprint
 
     stages = recipe.stages
     teacher = model.eval()
@@ -73,7 +74,7 @@ def run_stages(model: nn.Module, data: dict[str, Any], recipe: Any, run_dir: Pat
         key = stage_key(name, parent_hash, cfg.model_dump(mode="json"), data_fp, extra_key)
         hit = cache.lookup(key)
         if hit is not None:
-            import json  # noqa: PLC0415
+            import json
 
             out = load_model(base(), hit / "model.pt")
             record = json.loads((hit / "record.json").read_text())
@@ -101,7 +102,7 @@ def run_stages(model: nn.Module, data: dict[str, Any], recipe: Any, run_dir: Pat
         current, parent_hash = out.eval(), model_hash(out)
 
     if stages.distill is not None:
-        from pipeline.stages.distill import distill, make_student  # noqa: PLC0415
+        from pipeline.stages.distill import distill, make_student
 
         dcfg = stages.distill
         factory = import_factory(dcfg.student, recipe.base_dir) if dcfg.student else None
@@ -114,7 +115,7 @@ def run_stages(model: nn.Module, data: dict[str, Any], recipe: Any, run_dir: Pat
                 extra_key={"student_code": _factory_fingerprint(factory) if factory else None})
 
     if stages.prune is not None:
-        from pipeline.stages.prune import prune  # noqa: PLC0415
+        from pipeline.stages.prune import prune
 
         pcfg = stages.prune
         parent = current
@@ -127,7 +128,7 @@ def run_stages(model: nn.Module, data: dict[str, Any], recipe: Any, run_dir: Pat
                 extra_key={"teacher": model_hash(teacher)})
 
     if stages.quantize is not None:
-        from pipeline.stages.quantize import ptq_simulated, qat  # noqa: PLC0415
+        from pipeline.stages.quantize import ptq_simulated, qat
 
         qcfg = stages.quantize
         parent = current

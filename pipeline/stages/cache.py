@@ -56,7 +56,7 @@ def data_fingerprint(data: dict[str, Any], samples: int = 256) -> str:
 
 
 def code_version() -> str:
-    import torch_pruning as tp  # noqa: PLC0415
+    import torch_pruning as tp
 
     h = hashlib.sha256(f"torch={torch.__version__};tp={getattr(tp, '__version__', '?')}".encode())
     here = Path(__file__).parent

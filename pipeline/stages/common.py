@@ -7,7 +7,8 @@ than each growing its own loop; feature distillation plugs in as an extra loss w
 from __future__ import annotations
 
 import random
-from typing import Any, Callable, Iterable
+from collections.abc import Callable, Iterable
+from typing import Any
 
 import numpy as np
 import torch
@@ -37,7 +38,7 @@ def accuracy(model: nn.Module | Callable[[torch.Tensor], torch.Tensor], dataset:
 
 def footprint(model: nn.Module, example_inputs: torch.Tensor) -> tuple[int, int]:
     """(params, MACs) as Torch-Pruning counts them, so every stage record is comparable with the baseline."""
-    import torch_pruning as tp  # noqa: PLC0415 - keep `edgepipe check` fast
+    import torch_pruning as tp
 
     was_training = model.training
     model.eval()
@@ -73,7 +74,8 @@ def train(model: nn.Module, dataset: Any, *, epochs: int, lr: float, batch_size:
     if epochs <= 0:
         return model
     gen = seed_everything(seed)
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=True, generator=gen, drop_last=len(dataset) > batch_size)
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=True, generator=gen,
+                        drop_last=len(dataset) > batch_size)
     params = [p for p in model.parameters() if p.requires_grad] + list(extra_params)
     if optimizer == "sgd":
         opt: torch.optim.Optimizer = torch.optim.SGD(params, lr=lr, momentum=0.9, weight_decay=weight_decay,

@@ -7,7 +7,8 @@ intermediate outputs through a learned 1x1-conv / linear adapter when the widths
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -44,7 +45,7 @@ class _Capture:
         modules = dict(model.named_modules())
         missing = [n for n in names if n not in modules]
         if missing:
-            from targets.errors import ConfigError  # noqa: PLC0415
+            from targets.errors import ConfigError
 
             raise ConfigError(f"stages.distill.features: the {role} has no module named {missing}",
                               hint=f"use names from {role}.named_modules(), e.g. {list(modules)[1:5]}")
@@ -76,9 +77,9 @@ def _match(s: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
 def make_student(teacher: nn.Module, example_inputs: torch.Tensor, cfg: DistillConfig,
                  factory: Callable[[], nn.Module] | None) -> nn.Module:
     """The student architecture: the recipe's factory, or a copy of the teacher pruned to ``cfg.width``."""
-    import copy  # noqa: PLC0415
+    import copy
 
-    from pipeline.stages.prune import structured_prune  # noqa: PLC0415
+    from pipeline.stages.prune import structured_prune
 
     if factory is not None:
         return factory()
@@ -89,7 +90,7 @@ def make_student(teacher: nn.Module, example_inputs: torch.Tensor, cfg: DistillC
 def distill(teacher: nn.Module, student: nn.Module, data: dict[str, Any], cfg: DistillConfig,
             example_inputs: torch.Tensor) -> nn.Module:
     """Train ``student`` in place with logit (and optional feature) distillation from the frozen ``teacher``."""
-    from pipeline.stages.common import train  # noqa: PLC0415
+    from pipeline.stages.common import train
 
     teacher.eval()
     frozen = [p for p in teacher.parameters() if p.requires_grad]
@@ -112,7 +113,7 @@ def distill(teacher: nn.Module, student: nn.Module, data: dict[str, Any], cfg: D
         def feature_loss() -> torch.Tensor:
             assert s_cap is not None and t_cap is not None
             total = torch.zeros(())
-            for p, adapter in zip(pairs, adapters):
+            for p, adapter in zip(pairs, adapters, strict=True):
                 s, t = s_cap.out[p.student], t_cap.out[p.teacher].detach()
                 total = total + p.weight * F.mse_loss(_match(adapter(s), t), t)
             return total

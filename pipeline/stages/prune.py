@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable, Literal
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -39,7 +40,7 @@ class PruneConfig(StrictModel):
 
 
 def _importance(name: str) -> Any:
-    import torch_pruning as tp  # noqa: PLC0415
+    import torch_pruning as tp
 
     if name == "taylor":
         return tp.importance.GroupTaylorImportance()
@@ -51,16 +52,16 @@ def structured_prune(model: nn.Module, example_inputs: torch.Tensor, *, ratio: f
                      round_to: int | None = 8, grad_batches: Callable[[], list[tuple[torch.Tensor, torch.Tensor]]]
                      | None = None) -> nn.Module:
     """Prune ``model`` in place (its modules shrink) and return it. ``taylor`` needs ``grad_batches`` (x, y) pairs."""
-    import torch_pruning as tp  # noqa: PLC0415
+    import torch_pruning as tp
 
-    from pipeline.stages.common import final_linear  # noqa: PLC0415
+    from pipeline.stages.common import final_linear
 
     if ratio <= 0:
         return model
     modules = dict(model.named_modules())
     missing = [n for n in ignore or [] if n not in modules]
     if missing:
-        from targets.errors import ConfigError  # noqa: PLC0415
+        from targets.errors import ConfigError
 
         raise ConfigError(f"stages.prune.ignore: no module named {missing} in the model",
                           hint=f"use names from model.named_modules(), e.g. {list(modules)[1:4]}")
@@ -82,41 +83,50 @@ def structured_prune(model: nn.Module, example_inputs: torch.Tensor, *, ratio: f
 
 
 # ------------------------------------------------------------------------------------------------ latency guard
-def onnx_latency_ratio(pruned: nn.Module, parent: nn.Module, example_inputs: torch.Tensor, iterations: int = 300,
-                       threads: int = 2, rounds: int = 5) -> dict[str, float]:
-    """FP32 ONNX Runtime latency of both models, batch 1, measured interleaved so load drift hits both alike."""
-    from targets.runner.bench import latency_stats, load  # noqa: PLC0415
+def interleaved_onnx_latency(models: dict[str, nn.Module], example_inputs: torch.Tensor, iterations: int = 300,
+                             threads: int = 2, rounds: int = 5, warmup: int = 10) -> dict[str, dict[str, float]]:
+    """FP32 ONNX Runtime latency (batch 1) of each model, measured in interleaved rounds so drift hits all alike."""
+    import logging
 
+    from targets.runner.bench import latency_stats, load
+
+    logging.getLogger("torch.onnx._internal.exporter._registration").setLevel(logging.ERROR)
     x = example_inputs[:1].numpy().astype(np.float32)
-    with tempfile.TemporaryDirectory(prefix="edgepipe-guard-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="edgepipe-latency-") as tmp:
         sessions = {}
-        for name, m in (("pruned", pruned), ("parent", parent)):
-            path = Path(tmp) / f"{name}.onnx"
+        for i, (name, m) in enumerate(models.items()):
+            path = Path(tmp) / f"m{i}.onnx"
             program = torch.onnx.export(m.eval(), (example_inputs[:1],), dynamo=True, opset_version=18, verbose=False)
             program.save(str(path))
             sessions[name] = load(str(path), "onnx", threads=threads)
-        samples: dict[str, list[float]] = {"pruned": [], "parent": []}
-        per_round = max(1, iterations // rounds)
         for s in sessions.values():
-            for _ in range(10):
+            for _ in range(warmup):
                 s.run(x)
+        samples: dict[str, list[float]] = {name: [] for name in sessions}
+        per_round = max(1, iterations // rounds)
         for _ in range(rounds):
             for name, s in sessions.items():
                 for _ in range(per_round):
                     t0 = time.perf_counter_ns()
                     s.run(x)
                     samples[name].append((time.perf_counter_ns() - t0) / 1e6)
-    stats = {k: latency_stats(v) for k, v in samples.items()}
+    return {name: latency_stats(v) for name, v in samples.items()}
+
+
+def onnx_latency_ratio(pruned: nn.Module, parent: nn.Module, example_inputs: torch.Tensor, iterations: int = 300,
+                       threads: int = 2) -> dict[str, float]:
+    stats = interleaved_onnx_latency({"pruned": pruned, "parent": parent}, example_inputs, iterations, threads)
     return {"pruned_p50_ms": stats["pruned"]["p50"], "parent_p50_ms": stats["parent"]["p50"],
-            "latency_ratio": round(stats["pruned"]["p50"] / stats["parent"]["p50"], 3), "n": stats["pruned"]["n"]}
+            "latency_ratio": round(stats["pruned"]["p50"] / stats["parent"]["p50"], 3), "n": stats["pruned"]["n"],
+            "runtime": "onnxruntime FP32", "threads": threads}
 
 
 def prune(model: nn.Module, example_inputs: torch.Tensor, data: dict[str, Any], cfg: PruneConfig,
           teacher: nn.Module | None = None, log: Callable[[str], None] = print) -> tuple[nn.Module, dict[str, Any]]:
     """Prune a copy of ``model``, fine-tune it, check its latency against the parent; returns (model, extra record)."""
-    import copy  # noqa: PLC0415
+    import copy
 
-    from pipeline.stages.common import train  # noqa: PLC0415
+    from pipeline.stages.common import train
 
     parent = copy.deepcopy(model).eval()
     pruned = copy.deepcopy(model)
@@ -124,7 +134,7 @@ def prune(model: nn.Module, example_inputs: torch.Tensor, data: dict[str, Any], 
     def grad_batches() -> list[tuple[torch.Tensor, torch.Tensor]]:
         loader = torch.utils.data.DataLoader(data["train"], batch_size=cfg.batch_size, shuffle=True,
                                              generator=torch.Generator().manual_seed(cfg.seed))
-        return [b for _, b in zip(range(4), loader)]
+        return [b for _, b in zip(range(4), loader, strict=False)]
 
     structured_prune(pruned, example_inputs, ratio=cfg.ratio, importance=cfg.importance,
                      global_pruning=cfg.global_pruning, iterative_steps=cfg.iterative_steps, ignore=cfg.ignore,

@@ -47,13 +47,13 @@ class QuantConfig(StrictModel):
 
 # ------------------------------------------------------------------------------------------------ PT2E helpers
 def _quantizer(cfg: QuantConfig, is_qat: bool, model: nn.Module) -> Any:
-    from torchao.quantization.pt2e import (  # noqa: PLC0415
+    from torchao.quantization.pt2e import (
         FusedMovingAvgObsFakeQuantize,
         HistogramObserver,
         MinMaxObserver,
         MovingAverageMinMaxObserver,
     )
-    from torchao.quantization.pt2e.quantizer.x86_inductor_quantizer import (  # noqa: PLC0415
+    from torchao.quantization.pt2e.quantizer.x86_inductor_quantizer import (
         X86InductorQuantizer,
         get_default_x86_inductor_quantization_config,
     )
@@ -73,7 +73,7 @@ def _quantizer(cfg: QuantConfig, is_qat: bool, model: nn.Module) -> Any:
     names = dict(model.named_modules())
     for name in cfg.keep_float:
         if name not in names:
-            from targets.errors import ConfigError  # noqa: PLC0415
+            from targets.errors import ConfigError
 
             raise ConfigError(f"stages.quantize.keep_float: no module named {name!r} in the model",
                               hint=f"use names from model.named_modules(), e.g. {list(names)[1:5]}")
@@ -96,8 +96,8 @@ def _calibrate(gm: Any, calib: torch.Tensor, batch_size: int = 64) -> None:
 
 def ptq_simulated(model: nn.Module, example_inputs: torch.Tensor, calib: torch.Tensor, cfg: QuantConfig) -> Any:
     """Calibrated fake-quant copy of ``model`` (a converted PT2E graph: Q/DQ around every quantized op)."""
-    from torchao.quantization.pt2e import allow_exported_model_train_eval  # noqa: PLC0415
-    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e  # noqa: PLC0415
+    from torchao.quantization.pt2e import allow_exported_model_train_eval
+    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
 
     prepared = prepare_pt2e(_export(model, example_inputs), _quantizer(cfg, False, model))
     _calibrate(prepared, calib)
@@ -126,11 +126,15 @@ def learned_ranges(prepared: Any) -> list[dict[str, Any]]:
 
 def qat(model: nn.Module, example_inputs: torch.Tensor, data: dict[str, Any], calib: torch.Tensor, cfg: QuantConfig,
         teacher: nn.Module | None = None) -> tuple[nn.Module, Any, list[dict[str, Any]]]:
-    """Fake-quantize, fine-tune, and return (float model with QAT weights, converted fake-quant graph, ranges)."""
-    from torchao.quantization.pt2e import allow_exported_model_train_eval  # noqa: PLC0415
-    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_qat_pt2e  # noqa: PLC0415
+    """Fake-quantize, fine-tune, and return (float model with QAT weights, frozen fake-quant graph, ranges).
 
-    from pipeline.stages.common import train  # noqa: PLC0415
+    The fake-quant graph (observers frozen, BN in eval) is the simulated-INT8 model; ``convert_pt2e`` is not run
+    because its conv-BN folding re-traces ~130 patterns (tens of seconds) and gives the same numbers.
+    """
+    from torchao.quantization.pt2e import allow_exported_model_train_eval, disable_observer
+    from torchao.quantization.pt2e.quantize_pt2e import prepare_qat_pt2e
+
+    from pipeline.stages.common import train
 
     prepared = allow_exported_model_train_eval(prepare_qat_pt2e(_export(model, example_inputs),
                                                                  _quantizer(cfg, True, model)))
@@ -139,6 +143,7 @@ def qat(model: nn.Module, example_inputs: torch.Tensor, data: dict[str, Any], ca
     train(prepared, data["train"], epochs=cfg.epochs, lr=cfg.lr, batch_size=cfg.batch_size, seed=cfg.seed,
           teacher=teacher, temperature=cfg.temperature, alpha=cfg.alpha if teacher is not None else 0.0,
           weight_decay=0.0)
+    prepared.apply(disable_observer)
     prepared.eval()
     ranges = learned_ranges(prepared)
     trained = copy.deepcopy(model)
@@ -148,6 +153,5 @@ def qat(model: nn.Module, example_inputs: torch.Tensor, data: dict[str, Any], ca
     if missing:
         raise RuntimeError(f"QAT: could not map trained weights back to the model: {missing[:5]}")
     trained.load_state_dict(state, strict=False)
-    converted = allow_exported_model_train_eval(convert_pt2e(prepared))
-    return trained.eval(), converted, ranges
+    return trained.eval(), prepared, ranges
 

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import importlib
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import yaml
 from pydantic import Field, PrivateAttr, ValidationError, field_validator, model_validator
@@ -108,8 +109,9 @@ def import_factory(spec: str, base_dir: Path) -> Callable[..., Any]:
             and Path(loaded.__file__).resolve().parent != Path(base):
         for name in [m for m in sys.modules if m == top or m.startswith(top + ".")]:
             del sys.modules[name]
-    if base not in sys.path:
-        sys.path.insert(0, base)
+    if base in sys.path:
+        sys.path.remove(base)
+    sys.path.insert(0, base)  # first, so a same-named module of an earlier recipe cannot shadow this one
     module = importlib.import_module(module_name)
     obj: Any = module
     for part in attr.split("."):

@@ -9,8 +9,9 @@ onnxruntime, openvino or litert.
 from __future__ import annotations
 
 import importlib
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from targets.errors import ConfigError, MissingDependencyError
 

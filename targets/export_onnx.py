@@ -18,7 +18,7 @@ def _export_fp32(model: torch.nn.Module, example_inputs: tuple[torch.Tensor, ...
         program = torch.onnx.export(model.eval(), example_inputs, dynamo=True, opset_version=opset,
                                     input_names=["input"], output_names=["output"], verbose=False)
         program.save(str(path))
-    except Exception as exc:  # noqa: BLE001 - exporter failures come in many types; report them as ExportError
+    except Exception as exc:
         raise ExportError("onnx", str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__) from exc
 
 

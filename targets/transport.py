@@ -13,9 +13,10 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol, Sequence
+from typing import Protocol
 
 from targets.errors import RemoteCommandError, TransferError
 
@@ -92,6 +93,6 @@ def open_transport(profile: object, **kwargs: object) -> Transport:
     transport = profile.connection.transport  # type: ignore[attr-defined]
     if transport == "local":
         return LocalTransport()
-    from targets.ssh import SSHTransport  # noqa: PLC0415 - lazy: paramiko is optional
+    from targets.ssh import SSHTransport
 
     return SSHTransport.from_profile(profile, **kwargs)

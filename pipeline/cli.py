@@ -1,0 +1,175 @@
+"""The ``edgepipe`` command. Every expected failure is an EdgeError: one message, the exit code of DESIGN §5."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pipeline
+from targets.errors import EdgeError
+
+
+def _conn_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    return {k: getattr(args, k, None) for k in ("host", "user", "port", "key", "known_hosts")
+            if getattr(args, k, None) is not None}
+
+
+def _add_conn(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("connection overrides (also EDGEPIPE_<DEVICE>_HOST, _USER, _PORT, _KEY)")
+    g.add_argument("--host")
+    g.add_argument("--user")
+    g.add_argument("--port", type=int)
+    g.add_argument("--key", help="private key file")
+    g.add_argument("--known-hosts", dest="known_hosts", help="known_hosts file to trust")
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from pipeline.run import run
+
+    summaries = run(args.recipe, args.device, Path(args.out) if args.out else None, args.set, _conn_overrides(args))
+    if args.json:
+        print(json.dumps(summaries if len(summaries) > 1 else summaries[0], indent=2))
+    return 0
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    from pipeline.config import load_recipe
+
+    recipe = load_recipe(args.recipe, args.set)
+    stages = [n for n in ("distill", "prune", "quantize") if getattr(recipe.stages, n) is not None]
+    print(f"{args.recipe}: ok (recipe {recipe.name!r}, stages: {', '.join(stages) or 'none'}, "
+          f"backends: {', '.join(recipe.backends) if recipe.backends else 'the device profile list'})")
+    return 0
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from pipeline.run import bench_artifact
+
+    rec = bench_artifact(args.artifact, args.device, _conn_overrides(args), Path(args.inputs) if args.inputs else None)
+    if args.json:
+        print(json.dumps(rec))
+    else:
+        lat = rec["latency_ms"]
+        print(f"{Path(args.artifact).name} on {args.device}: p50 {lat['p50']} ms, p90 {lat['p90']} ms, "
+              f"p99 {lat['p99']} ms, n={lat['n']} ({rec['runtime']}, {rec['threads']} threads, "
+              f"providers {','.join(rec.get('providers') or [])}); valid: {rec['valid']}"
+              + (f" ({'; '.join(rec['invalid_reasons'])})" if rec.get("invalid_reasons") else ""))
+        if "accuracy" in rec:
+            print(f"accuracy on the given inputs: {rec['accuracy']:.4f} (n={rec.get('n_eval')})")
+    return 0
+
+
+def cmd_devices(args: argparse.Namespace) -> int:
+    from targets.profiles import list_profiles, load_profile
+
+    for name, path in list_profiles().items():
+        try:
+            prof = load_profile(str(path))
+            where = prof.connection.transport if prof.is_local else f"ssh {prof.connection.host}"
+            print(f"{name:<18} {prof.arch:<8} {where:<22} {', '.join(prof.backends)}  - {prof.description}")
+        except EdgeError as exc:
+            print(f"{name:<18} INVALID: {exc}")
+    return 0
+
+
+def cmd_doctor(args: argparse.Namespace) -> int:
+    from targets.doctor import doctor, format_checks
+
+    from targets.profiles import load_profile
+
+    profile = load_profile(args.device, _conn_overrides(args))
+    checks = doctor(profile, trust=args.trust)
+    print(format_checks(profile, checks))
+    return 0 if all(c.ok for c in checks) else 4
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="edgepipe", description="Compress, export and benchmark PyTorch models on "
+                                 "edge devices.")
+    ap.add_argument("--version", action="version", version=f"edgepipe {pipeline.__version__}")
+    sub = ap.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("run", help="full pipeline: stages, export, check, benchmark -> summary.json")
+    p.add_argument("recipe")
+    p.add_argument("--device", action="append", required=True,
+                   help="profile name or file; repeat for a fleet (devices run concurrently)")
+    p.add_argument("--out", help="run folder (default runs/<recipe>-<time>)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a recipe value, e.g. --set stages.prune.ratio=0.3")
+    p.add_argument("--json", action="store_true", help="print summary.json to stdout")
+    _add_conn(p)
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("check", help="validate a recipe and report every problem at once")
+    p.add_argument("recipe")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    p.set_defaults(func=cmd_check)
+
+    p = sub.add_parser("bench", help="benchmark one artifact on one device")
+    p.add_argument("artifact")
+    p.add_argument("--device", required=True)
+    p.add_argument("--inputs", help=".npz with x (and labels y) to measure accuracy too")
+    p.add_argument("--json", action="store_true")
+    _add_conn(p)
+    p.set_defaults(func=cmd_bench)
+
+    p = sub.add_parser("devices", help="list device profiles")
+    p.set_defaults(func=cmd_devices)
+
+    p = sub.add_parser("doctor", help="check a device: reachable, host key, python, runtimes, clocks, temperature")
+    p.add_argument("device")
+    p.add_argument("--trust", action="store_true", help="show the host key fingerprint and add it to known_hosts")
+    _add_conn(p)
+    p.set_defaults(func=cmd_doctor)
+
+    for register in _extension_registrars():
+        register(sub)
+    return ap
+
+
+def _extension_registrars() -> list[Callable[[Any], None]]:
+    """Subcommands that live with their modules (history, report, release, verify)."""
+    out = []
+    for module in ("pipeline.store", "pipeline.report", "pipeline.release"):
+        try:
+            mod = __import__(module, fromlist=["register_cli"])
+        except ModuleNotFoundError as exc:
+            if exc.name != module:
+                raise
+            continue
+        if hasattr(mod, "register_cli"):
+            out.append(mod.register_cli)
+    return out
+
+
+def _quiet_libraries() -> None:
+    """Exporters log warnings about optional packages (torchvision) that say nothing to our users."""
+    import logging
+    import warnings
+
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
+    for name in ("torch.onnx", "torch._export", "torch.export", "nncf", "absl"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+
+
+def main(argv: list[str] | None = None) -> int:
+    _quiet_libraries()
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except EdgeError as exc:
+        print(f"edgepipe: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("edgepipe: interrupted; finished stages are cached and a re-run resumes from them", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

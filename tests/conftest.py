@@ -1,0 +1,50 @@
+"""Shared fixtures: the demo recipe, a writer for throw-away recipes, and a quick CLI runner."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+DIGITS = ROOT / "examples" / "digits"
+
+
+@pytest.fixture(scope="session")
+def digits_recipe() -> Path:
+    return DIGITS / "recipe.yaml"
+
+
+@pytest.fixture
+def write_recipe(tmp_path: Path):
+    """Write a recipe (and optional side files) into a fresh folder; returns the recipe path."""
+
+    def _write(text: str, files: dict[str, str] | None = None) -> Path:
+        for name, body in (files or {}).items():
+            (tmp_path / name).write_text(textwrap.dedent(body))
+        path = tmp_path / "recipe.yaml"
+        path.write_text(textwrap.dedent(text))
+        return path
+
+    return _write
+
+
+def run_cli(*args: str, cwd: Path | None = None, timeout: float = 600) -> subprocess.CompletedProcess[str]:
+    """The real command line in a subprocess: exit codes and stderr exactly as a user sees them."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    return subprocess.run([sys.executable, "-m", "pipeline.cli", *args], capture_output=True, text=True,
+                          cwd=cwd or ROOT, env=env, timeout=timeout, check=False)
+
+
+TINY_MODELS = """
+    import torch
+    from torch import nn
+
+    def tiny():
+        return nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                             nn.Linear(4, 10))
+"""

@@ -1,0 +1,72 @@
+"""End-to-end runs through the real CLI on the local device."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import run_cli
+
+pytestmark = pytest.mark.onnx
+
+SUMMARY_KEYS = {"schema", "recipe", "device", "run_id", "baseline", "stages", "artifacts", "gate"}
+ARTIFACT_KEYS = {"backend", "precision", "file", "sha256", "bytes", "accuracy", "latency_ms", "valid", "environment"}
+
+
+@pytest.fixture(scope="module")
+def fp32_run(tmp_path_factory, digits_recipe) -> tuple[Path, object]:
+    out = tmp_path_factory.mktemp("run") / "r"
+    proc = run_cli("run", str(digits_recipe), "--device", "local", "--out", str(out), "--set", "stages={}",
+                   "--set", "backends=[onnx-fp32]", "--set", "gate.max_latency_ms=1000")
+    return out, proc
+
+
+def test_run_writes_summary_with_design_keys_and_real_values(fp32_run):
+    out, proc = fp32_run
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    summary = json.loads((out / "summary.json").read_text())
+    assert SUMMARY_KEYS <= summary.keys()
+    assert summary["schema"] == 1 and summary["device"] == "local" and summary["recipe"] == "digits"
+    assert summary["baseline"]["accuracy"] > 0.95 and summary["baseline"]["macs"] > 1e6
+    art = summary["artifacts"][0]
+    assert ARTIFACT_KEYS <= art.keys()
+    assert (out / art["file"]).is_file() and art["bytes"] == (out / art["file"]).stat().st_size
+    lat = art["latency_ms"]
+    assert 0 < lat["p50"] <= lat["p90"] <= lat["p99"] and lat["n"] >= 200
+    assert art["environment"]["runtime"].startswith("onnxruntime ")
+    assert abs(art["accuracy"] - summary["baseline"]["accuracy"]) < 1e-5  # FP32 reproduces the model exactly
+    assert summary["gate"]["passed"] is True
+
+
+def test_run_prints_a_table_and_logs_to_run_log(fp32_run):
+    out, proc = fp32_run
+    assert "onnx-fp32" in proc.stderr and "p90 ms" in proc.stderr
+    log = (out / "run.log").read_text()
+    assert "export onnx-fp32" in log and "bench onnx-fp32 on local" in log
+    assert (out / "bench" / "onnx-fp32.json").is_file()
+
+
+def test_bench_cli_measures_an_artifact_alone(fp32_run):
+    out, _ = fp32_run
+    artifact = next((out / "artifacts").glob("*.onnx"))
+    proc = run_cli("bench", str(artifact), "--device", "local", "--json", "--inputs", str(out / "inputs/eval.npz"))
+    assert proc.returncode == 0, proc.stderr
+    rec = json.loads(proc.stdout)
+    assert rec["latency_ms"]["n"] >= 200 and rec["accuracy"] > 0.95
+
+
+def test_run_exits_3_when_the_latency_gate_fails(tmp_path, digits_recipe):
+    proc = run_cli("run", str(digits_recipe), "--device", "local", "--out", str(tmp_path / "r"), "--set",
+                   "stages={}", "--set", "backends=[onnx-fp32]", "--set", "gate.max_latency_ms=0.000001")
+    assert proc.returncode == 3, proc.stderr[-2000:]
+    assert "onnx-fp32: p90 latency" in proc.stderr and "Traceback" not in proc.stderr
+    summary = json.loads((tmp_path / "r" / "summary.json").read_text())
+    assert summary["gate"]["passed"] is False and summary["artifacts"][0]["latency_ms"]["n"] > 0
+
+
+def test_run_exits_2_naming_an_unknown_device(tmp_path, digits_recipe):
+    proc = run_cli("run", str(digits_recipe), "--device", "no-such-board", "--out", str(tmp_path / "r"))
+    assert proc.returncode == 2
+    assert "unknown device 'no-such-board'" in proc.stderr and "Traceback" not in proc.stderr

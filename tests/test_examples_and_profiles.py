@@ -1,0 +1,24 @@
+"""Every shipped device profile and every example recipe loads."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from pipeline.config import load_recipe
+from targets.profiles import list_profiles, load_profile
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.mark.parametrize("name", sorted(list_profiles()))
+def test_every_device_profile_loads(name):
+    profile = load_profile(name)
+    assert profile.name == name
+    assert profile.backends
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "examples").glob("*/recipe*.yaml")), ids=lambda p: p.parent.name)
+def test_every_example_recipe_loads(path):
+    assert load_recipe(path).name

@@ -1,17 +1,14 @@
 from __future__ import annotations
 
 import copy
-from pathlib import Path
 from typing import Any
 
 import pytest
-import stage_models
 import torch
 
-from pipeline.config import Recipe
 from pipeline.stages.common import train
 
-HERE = Path(__file__).parent
+from . import stage_models
 
 
 @pytest.fixture(scope="session")
@@ -33,10 +30,3 @@ def teacher(_trained_teacher: torch.nn.Module) -> torch.nn.Module:
 def example() -> torch.Tensor:
     return torch.randn(1, 1, stage_models.SIZE, stage_models.SIZE, generator=torch.Generator().manual_seed(0))
 
-
-def make_recipe(stages: dict[str, Any]) -> Recipe:
-    shape = [1, 1, stage_models.SIZE, stage_models.SIZE]
-    recipe = Recipe.model_validate({"name": "tiny", "model": {"factory": "stage_models:teacher", "input_shape": shape},
-                                    "data": {"factory": "stage_models:data"}, "stages": stages})
-    recipe._path = HERE / "recipe.yaml"
-    return recipe

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import sys
+import importlib.util
 from pathlib import Path
 
 import torch
@@ -11,9 +11,12 @@ from torch import nn
 from torch.utils.data import TensorDataset
 
 from benchmarks.zoo import BasicBlock, InvertedResidual
+from pipeline.config import Recipe
 
 SIZE = 16
+HERE = Path(__file__).resolve().parent
 DIGITS = Path(__file__).resolve().parents[3] / "examples" / "digits"
+DIGITS_RECIPE = str(DIGITS / "recipe.yaml")
 
 
 class TinyCNN(nn.Module):
@@ -70,13 +73,22 @@ def student() -> nn.Module:
 
 def data() -> dict[str, TensorDataset]:
     """600 train / 64 calib / 240 eval images of the real sklearn digits, at 16x16."""
-    if str(DIGITS) not in sys.path:
-        sys.path.insert(0, str(DIGITS))
-    from data import tensors
-
-    x, y = tensors()
+    spec = importlib.util.spec_from_file_location("edgepipe_digits_data", DIGITS / "data.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)          # the demo's loader: sklearn's bundled digits, no network
+    x, y = module.tensors()
     x = F.interpolate(x, size=(SIZE, SIZE), mode="bilinear", align_corners=False)
     perm = torch.randperm(len(y), generator=torch.Generator().manual_seed(0))
     tr, ev = perm[:600], perm[600:840]
     train = TensorDataset(x[tr], y[tr])
     return {"train": train, "calib": TensorDataset(x[tr[:64]], y[tr[:64]]), "eval": TensorDataset(x[ev], y[ev])}
+
+
+def make_recipe(stages: dict) -> Recipe:
+    """A recipe in this folder, so ``stage_models:student`` resolves like a user's ``models:student``."""
+    shape = [1, 1, SIZE, SIZE]
+    recipe = Recipe.model_validate({"name": "tiny", "model": {"factory": "stage_models:teacher", "input_shape": shape},
+                                    "data": {"factory": "stage_models:data"}, "stages": stages})
+    recipe._path = HERE / "recipe.yaml"
+    return recipe

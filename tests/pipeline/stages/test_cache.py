@@ -3,13 +3,14 @@ from __future__ import annotations
 import copy
 
 import pytest
-import stage_models
 import torch
-from conftest import make_recipe
 
 from pipeline.stages import run_stages
 from pipeline.stages.cache import load_model, model_hash, save_model, stage_key
 from pipeline.stages.prune import structured_prune
+
+from . import stage_models
+from .stage_models import make_recipe
 
 STAGES = {"distill": {"student": "stage_models:student", "epochs": 1, "batch_size": 32},
           "prune": {"ratio": 0.5, "round_to": None, "finetune_epochs": 1, "batch_size": 32, "latency_guard": False},

@@ -3,7 +3,6 @@ from __future__ import annotations
 import copy
 
 import pytest
-import stage_models
 from torch import nn
 
 from pipeline.config import load_recipe
@@ -11,7 +10,8 @@ from pipeline.stages.common import footprint
 from pipeline.stages.prune import PruneConfig, prune, structured_prune
 from targets.errors import ConfigError
 
-DIGITS_RECIPE = "examples/digits/recipe.yaml"
+from . import stage_models
+from .stage_models import DIGITS_RECIPE
 
 
 def _params(m: nn.Module) -> int:

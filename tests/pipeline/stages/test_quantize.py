@@ -1,7 +1,6 @@
 from __future__ import annotations
 
 import pytest
-import stage_models
 import torch
 
 from pipeline.config import load_recipe
@@ -10,7 +9,8 @@ from pipeline.stages.quantize import QuantConfig, ptq_simulated, qat
 from targets.errors import ConfigError
 from targets.export_config import ExportConfig
 
-DIGITS_RECIPE = "examples/digits/recipe.yaml"
+from . import stage_models
+from .stage_models import DIGITS_RECIPE
 
 
 def _calib(digits) -> torch.Tensor:

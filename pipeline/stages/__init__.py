@@ -54,7 +54,7 @@ def run_stages(model: nn.Module, data: dict[str, Any], recipe: Any, run_dir: Pat
     """Run the configured stages on ``model`` (the teacher), each cached by the hash of its inputs."""
     from pipeline.config import import_factory
     from pipeline.stages.cache import StageCache, data_fingerprint, load_model, model_hash, stage_key
-    from pipeline.stages.common import accuracy, footprint
+    from pipeline.stages.common import accuracy, footprint, seed_everything
 
     stages = recipe.stages
     teacher = model.eval()
@@ -108,6 +108,7 @@ def run_stages(model: nn.Module, data: dict[str, Any], recipe: Any, run_dir: Pat
         factory = import_factory(dcfg.student, recipe.base_dir) if dcfg.student else None
 
         def do_distill() -> tuple[nn.Module, dict[str, Any], dict[str, Any]]:
+            seed_everything(dcfg.seed)   # the student's initial weights are part of what the seed fixes
             student = make_student(teacher, example, dcfg, factory)
             return distill(teacher, student, data, dcfg, example), {}, {}
 

@@ -37,6 +37,7 @@ class PruneConfig(StrictModel):
     alpha: float = Field(default=0.7, ge=0, le=1)
     latency_guard: bool = True                                     # warn when the pruned model is slower (ORT FP32)
     guard_iterations: int = Field(default=300, ge=10)
+    guard_tolerance: float = Field(default=0.05, ge=0, le=1)       # slower by more than this fraction -> WARNING
 
 
 def _importance(name: str) -> Any:
@@ -145,7 +146,7 @@ def prune(model: nn.Module, example_inputs: torch.Tensor, data: dict[str, Any], 
     if cfg.latency_guard and cfg.ratio > 0:
         guard = onnx_latency_ratio(pruned, parent, example_inputs, iterations=cfg.guard_iterations)
         extra["latency_guard"] = guard
-        if guard["latency_ratio"] > 1.0:
+        if guard["latency_ratio"] > 1.0 + cfg.guard_tolerance:
             msg = (f"pruned model is SLOWER than its parent on ONNX Runtime FP32: {guard['pruned_p50_ms']:.4f} ms vs "
                    f"{guard['parent_p50_ms']:.4f} ms p50 ({guard['latency_ratio']:.2f}x, n={guard['n']}); "
                    f"try stages.prune.round_to: 8 (or 16) or a different ratio")

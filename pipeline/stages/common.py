@@ -14,7 +14,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Dataset
 
 
 def seed_everything(seed: int) -> torch.Generator:
@@ -62,19 +62,44 @@ def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, labels: 
     return alpha * soft + (1 - alpha) * hard
 
 
+class _Indexed(Dataset):
+    """Items ``(x, y, i)``: the index finds the sample's precomputed teacher logits."""
+
+    def __init__(self, dataset: Any) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, i: int) -> tuple[Any, Any, int]:
+        x, y = self.dataset[i][0], self.dataset[i][1]
+        return x, y, i
+
+
+@torch.no_grad()
+def teacher_logits(teacher: nn.Module, dataset: Any, batch_size: int = 256) -> torch.Tensor:
+    teacher.eval()
+    return torch.cat([teacher(x) for x, *_ in DataLoader(dataset, batch_size=batch_size, shuffle=False)])
+
+
 def train(model: nn.Module, dataset: Any, *, epochs: int, lr: float, batch_size: int, seed: int,
           teacher: nn.Module | None = None, temperature: float = 4.0, alpha: float = 0.0,
           optimizer: str = "adamw", weight_decay: float = 1e-4,
           extra_loss: Callable[[], torch.Tensor] | None = None,
-          extra_params: Iterable[nn.Parameter] = ()) -> nn.Module:
+          extra_params: Iterable[nn.Parameter] = (), train_mode: bool = True) -> nn.Module:
     """The explicit loop: optimizer + per-step cosine schedule; KD from ``teacher`` when given (alpha > 0).
 
-    ``extra_loss`` is called after each forward (feature distillation reads what its hooks captured).
+    The data has no augmentation, so the teacher's logits are computed once, not every epoch (the teacher forward
+    is the largest cost of distillation); feature distillation (``extra_loss``, which reads what hooks captured
+    during the teacher's forward) still runs the teacher per batch. ``train_mode=False`` keeps BatchNorm on its
+    running statistics (QAT fine-tuning of a converged model).
     """
     if epochs <= 0:
         return model
+    kd = teacher is not None and alpha > 0
+    cached = teacher_logits(teacher, dataset) if kd and extra_loss is None and teacher is not None else None
     gen = seed_everything(seed)
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=True, generator=gen,
+    loader = DataLoader(_Indexed(dataset), batch_size=batch_size, shuffle=True, generator=gen,
                         drop_last=len(dataset) > batch_size)
     params = [p for p in model.parameters() if p.requires_grad] + list(extra_params)
     if optimizer == "sgd":
@@ -86,13 +111,16 @@ def train(model: nn.Module, dataset: Any, *, epochs: int, lr: float, batch_size:
     if teacher is not None:
         teacher.eval()
     for _ in range(epochs):
-        model.train()
-        for x, y in loader:
+        model.train(train_mode)
+        for x, y, idx in loader:
             opt.zero_grad(set_to_none=True)
             logits = model(x)
-            if teacher is not None and alpha > 0:
-                with torch.no_grad():
-                    t_logits = teacher(x)
+            if kd:
+                if cached is not None:
+                    t_logits = cached[idx]
+                else:
+                    with torch.no_grad():
+                        t_logits = teacher(x)
                 loss = kd_loss(logits, t_logits, y, temperature, alpha)
             else:
                 loss = F.cross_entropy(logits, y)

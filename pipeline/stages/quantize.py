@@ -37,6 +37,7 @@ class QuantConfig(StrictModel):
     seed: int = 0
     temperature: float = Field(default=4.0, gt=0)                  # qat: KD from the teacher
     alpha: float = Field(default=0.5, ge=0, le=1)
+    bn_train: bool = False                                         # qat: False keeps BN on running statistics
     simulate: bool = True                                          # measure fake-quant accuracy in the stage record
 
     def export_overrides(self) -> dict[str, Any]:
@@ -142,7 +143,7 @@ def qat(model: nn.Module, example_inputs: torch.Tensor, data: dict[str, Any], ca
     _calibrate(prepared, calib)   # initialise the ranges from calibration data before the first gradient step
     train(prepared, data["train"], epochs=cfg.epochs, lr=cfg.lr, batch_size=cfg.batch_size, seed=cfg.seed,
           teacher=teacher, temperature=cfg.temperature, alpha=cfg.alpha if teacher is not None else 0.0,
-          weight_decay=0.0)
+          weight_decay=0.0, train_mode=cfg.bn_train)
     prepared.apply(disable_observer)
     prepared.eval()
     ranges = learned_ranges(prepared)

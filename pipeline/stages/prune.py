@@ -85,7 +85,7 @@ def structured_prune(model: nn.Module, example_inputs: torch.Tensor, *, ratio: f
 
 # ------------------------------------------------------------------------------------------------ latency guard
 def interleaved_onnx_latency(models: dict[str, nn.Module], example_inputs: torch.Tensor, iterations: int = 300,
-                             threads: int = 2, rounds: int = 5, warmup: int = 10) -> dict[str, dict[str, float]]:
+                             threads: int = 2, rounds: int = 20, warmup: int = 10) -> dict[str, dict[str, float]]:
     """FP32 ONNX Runtime latency (batch 1) of each model, measured in interleaved rounds so drift hits all alike."""
     import logging
 

@@ -104,7 +104,7 @@ def interleaved_onnx_latency(models: dict[str, nn.Module], example_inputs: torch
             for _ in range(warmup):
                 s.run(x)
         samples: dict[str, list[float]] = {name: [] for name in sessions}
-        per_round = max(1, iterations // rounds)
+        per_round = max(1, -(-iterations // rounds))   # at least `iterations` in all
         for _ in range(rounds):
             for name, s in sessions.items():
                 for _ in range(per_round):

@@ -37,6 +37,7 @@ class PruneConfig(StrictModel):
     alpha: float = Field(default=0.7, ge=0, le=1)
     latency_guard: bool = True                                     # warn when the pruned model is slower (ORT FP32)
     guard_iterations: int = Field(default=300, ge=10)
+    guard_seconds: float = Field(default=2.0, ge=0)                # and at least this long per model
     guard_tolerance: float = Field(default=0.05, ge=0, le=1)       # slower by more than this fraction -> WARNING
 
 
@@ -85,8 +86,13 @@ def structured_prune(model: nn.Module, example_inputs: torch.Tensor, *, ratio: f
 
 # ------------------------------------------------------------------------------------------------ latency guard
 def interleaved_onnx_latency(models: dict[str, nn.Module], example_inputs: torch.Tensor, iterations: int = 300,
-                             threads: int = 2, rounds: int = 20, warmup: int = 10) -> dict[str, dict[str, float]]:
-    """FP32 ONNX Runtime latency (batch 1) of each model, measured in interleaved rounds so drift hits all alike."""
+                             threads: int = 2, rounds: int = 20, warmup: int = 10,
+                             min_seconds: float = 0.0) -> dict[str, dict[str, float]]:
+    """FP32 ONNX Runtime latency (batch 1) of each model, measured in interleaved rounds so drift hits all alike.
+
+    Each model gets at least ``iterations`` timed runs and at least ``min_seconds`` of timing: tiny models run in
+    tens of microseconds, where a few hundred samples are at the mercy of the scheduler.
+    """
     import logging
 
     from targets.runner.bench import latency_stats, load
@@ -107,16 +113,19 @@ def interleaved_onnx_latency(models: dict[str, nn.Module], example_inputs: torch
         per_round = max(1, -(-iterations // rounds))   # at least `iterations` in all
         for _ in range(rounds):
             for name, s in sessions.items():
-                for _ in range(per_round):
+                done, start = 0, time.perf_counter()
+                while done < per_round or time.perf_counter() - start < min_seconds / rounds:
                     t0 = time.perf_counter_ns()
                     s.run(x)
                     samples[name].append((time.perf_counter_ns() - t0) / 1e6)
+                    done += 1
     return {name: latency_stats(v) for name, v in samples.items()}
 
 
 def onnx_latency_ratio(pruned: nn.Module, parent: nn.Module, example_inputs: torch.Tensor, iterations: int = 300,
-                       threads: int = 2) -> dict[str, float]:
-    stats = interleaved_onnx_latency({"pruned": pruned, "parent": parent}, example_inputs, iterations, threads)
+                       threads: int = 2, min_seconds: float = 2.0) -> dict[str, float]:
+    stats = interleaved_onnx_latency({"pruned": pruned, "parent": parent}, example_inputs, iterations, threads,
+                                     min_seconds=min_seconds)
     return {"pruned_p50_ms": stats["pruned"]["p50"], "parent_p50_ms": stats["parent"]["p50"],
             "latency_ratio": round(stats["pruned"]["p50"] / stats["parent"]["p50"], 3), "n": stats["pruned"]["n"],
             "runtime": "onnxruntime FP32", "threads": threads}
@@ -144,7 +153,8 @@ def prune(model: nn.Module, example_inputs: torch.Tensor, data: dict[str, Any], 
           teacher=teacher, temperature=cfg.temperature, alpha=cfg.alpha if teacher is not None else 0.0)
     extra: dict[str, Any] = {"warnings": []}
     if cfg.latency_guard and cfg.ratio > 0:
-        guard = onnx_latency_ratio(pruned, parent, example_inputs, iterations=cfg.guard_iterations)
+        guard = onnx_latency_ratio(pruned, parent, example_inputs, iterations=cfg.guard_iterations,
+                                   min_seconds=cfg.guard_seconds)
         extra["latency_guard"] = guard
         if guard["latency_ratio"] > 1.0 + cfg.guard_tolerance:
             msg = (f"pruned model is SLOWER than its parent on ONNX Runtime FP32: {guard['pruned_p50_ms']:.4f} ms vs "

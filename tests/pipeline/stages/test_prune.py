@@ -68,7 +68,7 @@ def test_prune_rejects_unknown_ignored_layer(teacher, example) -> None:
 
 
 def test_prune_measures_latency_against_parent(digits, teacher, example) -> None:
-    cfg = PruneConfig(ratio=0.5, finetune_epochs=1, guard_iterations=30, batch_size=32)
+    cfg = PruneConfig(ratio=0.5, finetune_epochs=1, guard_iterations=30, guard_seconds=0.2, batch_size=32)
     pruned, extra = prune(teacher, example, digits, cfg, teacher=teacher)
     guard = extra["latency_guard"]
     assert guard["n"] >= 30 and guard["pruned_p50_ms"] > 0 and guard["parent_p50_ms"] > 0

@@ -18,6 +18,7 @@ def digits() -> dict[str, Any]:
 
 @pytest.fixture(scope="session")
 def _trained_teacher(digits: dict[str, Any]) -> torch.nn.Module:
+    torch.manual_seed(0)                     # initial weights independent of which test ran first
     return train(stage_models.teacher(), digits["train"], epochs=8, lr=5e-3, batch_size=32, seed=0)
 
 

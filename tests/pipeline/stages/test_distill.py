@@ -29,12 +29,14 @@ def test_kd_loss_scales_soft_term_by_temperature_squared() -> None:
 
 
 def test_distill_moves_student_towards_teacher(digits, teacher, example) -> None:
+    torch.manual_seed(0)
     student = stage_models.student()
     x = torch.stack([digits["eval"][i][0] for i in range(len(digits["eval"]))])
     before = _kl_to_teacher(student, teacher, x)
-    cfg = DistillConfig(epochs=3, lr=1e-2, batch_size=32)
+    cfg = DistillConfig(epochs=6, lr=1e-2, batch_size=32)
     out = distill(teacher, student, digits, cfg, example)
-    assert _kl_to_teacher(out, teacher, x) < before / 2
+    after = _kl_to_teacher(out, teacher, x)
+    assert after < before / 2, (before, after)
     assert accuracy(out, digits["eval"]) > 0.4        # chance is 0.1
     assert all(p.requires_grad for p in teacher.parameters())  # the teacher is left as it was given
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import os
 import platform
 import time
 
@@ -27,14 +28,16 @@ VARIANTS = {
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--iterations", type=int, default=200, help="timed inferences per variant (split in 5 rounds)")
+    ap.add_argument("--iterations", type=int, default=400, help="timed inferences per variant, split in --rounds")
+    ap.add_argument("--rounds", type=int, default=40, help="interleaved rounds (more rounds: less drift bias)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--size", type=int, default=224)
     args = ap.parse_args()
     torch.manual_seed(0)
     x = torch.randn(1, 3, args.size, args.size)
     print(f"# torch {torch.__version__}, onnxruntime {onnxruntime.__version__}, {platform.machine()}, "
-          f"threads={args.threads}, batch 1, {args.size}x{args.size}, n={args.iterations} per variant, interleaved")
+          f"threads={args.threads}, batch 1, {args.size}x{args.size}, n={args.iterations} per variant in {args.rounds} "
+          f"interleaved rounds, load average {os.getloadavg()[0]:.2f} at start")
     print(f"{'model':<14}{'ratio':>6}{'round_to':>9}{'params':>11}{'MACs':>14}{'p50 ms':>9}{'p90 ms':>9}"
           f"{'x params':>9}{'x MACs':>8}{'x p50':>7}")
     for name, (factory, variants) in VARIANTS.items():
@@ -43,7 +46,8 @@ def main() -> None:
         for ratio, round_to in variants:
             models[f"{ratio}/{round_to}"] = structured_prune(copy.deepcopy(parent), x, ratio=ratio, round_to=round_to)
         start = time.perf_counter()
-        stats = interleaved_onnx_latency(models, x, iterations=args.iterations, threads=args.threads)
+        stats = interleaved_onnx_latency(models, x, iterations=args.iterations, threads=args.threads,
+                                         rounds=args.rounds)
         p0, m0 = footprint(parent, x)
         for label, model in models.items():
             p, m = footprint(model, x)
@@ -52,7 +56,7 @@ def main() -> None:
             print(f"{name:<14}{ratio if label != 'parent' else '-':>6}{round_to or '-':>9}{p:>11,}{m:>14,}"
                   f"{st['p50']:>9.3f}{st['p90']:>9.3f}{p / p0:>9.2f}{m / m0:>8.2f}"
                   f"{st['p50'] / stats['parent']['p50']:>7.2f}")
-        print(f"# {name}: measured in {time.perf_counter() - start:.0f}s")
+        print(f"# {name}: measured in {time.perf_counter() - start:.0f}s, load average {os.getloadavg()[0]:.2f} at end")
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import inspect
+import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -74,11 +75,11 @@ def run_stages(model: nn.Module, data: dict[str, Any], recipe: Any, run_dir: Pat
         key = stage_key(name, parent_hash, cfg.model_dump(mode="json"), data_fp, extra_key)
         hit = cache.lookup(key)
         if hit is not None:
-            import json
-
+            start = time.perf_counter()
             out = load_model(base(), hit / "model.pt")
             record = json.loads((hit / "record.json").read_text())
-            record["cached"] = True
+            record.update(cached=True, original_seconds=record["seconds"],
+                          seconds=round(time.perf_counter() - start, 2))
             ranges_file = hit / "qat_ranges.json"
             if ranges_file.is_file():
                 result.qat_ranges = json.loads(ranges_file.read_text())

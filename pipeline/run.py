@@ -57,9 +57,13 @@ def _backends_for(recipe: Recipe, profile: DeviceProfile) -> list[str]:
 
 
 # ------------------------------------------------------------------------------------------------ host phase
-def export_all(result: StagesResult, recipe: Recipe, backends: list[str], root: Path, x_eval: np.ndarray,
-               y_eval: np.ndarray, ref: np.ndarray, progress: Progress) -> dict[str, dict[str, Any]]:
-    """Export and check every backend; a failure is recorded for that backend only."""
+def export_all(result: StagesResult, recipe: Recipe, backends: list[str], out_dir: Path, x_eval: np.ndarray,
+               y_eval: np.ndarray, ref: np.ndarray, progress: Progress,
+               target_arch: str | None = None) -> dict[str, dict[str, Any]]:
+    """Export and check every backend for one target CPU; a failure is recorded for that backend only.
+
+    The target's arch matters: the fastest ONNX INT8 scheme differs between x86 (with or without VNNI) and Arm.
+    """
     import torch
 
     example = (torch.zeros(*recipe.model.input_shape),)
@@ -70,10 +74,11 @@ def export_all(result: StagesResult, recipe: Recipe, backends: list[str], root: 
         entry: dict[str, Any] = {"backend": family, "precision": precision}
         outcomes[name] = entry
         try:
-            with progress.step(f"export {name}"):
-                cfg = ExportConfig(name=recipe.name, precision=precision, parent=parent, **result.export_overrides)
+            with progress.step(f"export {name}" + (f" for {target_arch}" if target_arch else "")):
+                cfg = ExportConfig(name=recipe.name, precision=precision, parent=parent, target_arch=target_arch,
+                                   **result.export_overrides)
                 calib = result.calib if precision == "int8" else None
-                art: Artifact = get_exporter(family)(result.model, example, calib, cfg, root / "artifacts")
+                art: Artifact = get_exporter(family)(result.model, example, calib, cfg, out_dir)
             entry["artifact"] = art
             with progress.step(f"check {name}"):
                 entry["validation"] = validate(art, x_eval, ref, y_eval)
@@ -222,14 +227,19 @@ def _run(recipe: Recipe, profiles: list[DeviceProfile], root: Path, run_id: str,
     inputs = root / "inputs" / "eval.npz"
     inputs.parent.mkdir(parents=True, exist_ok=True)
     np.savez(inputs, x=x_eval, y=y_eval)
-    backends: list[str] = []
-    for p in profiles:
-        backends += [b for b in _backends_for(recipe, p) if b not in backends]
-    outcomes = export_all(result, recipe, backends, root, x_eval, y_eval, ref, progress)
+    arches = sorted({p.arch for p in profiles})
+    by_arch: dict[str, dict[str, dict[str, Any]]] = {}
+    for arch in arches:
+        backends: list[str] = []
+        for p in (p for p in profiles if p.arch == arch):
+            backends += [b for b in _backends_for(recipe, p) if b not in backends]
+        out_dir = root / "artifacts" if len(arches) == 1 else root / "artifacts" / arch
+        by_arch[arch] = export_all(result, recipe, backends, out_dir, x_eval, y_eval, ref, progress, arch)
+    outcomes = {f"{n} ({a})" if len(arches) > 1 else n: o for a, outs in by_arch.items() for n, o in outs.items()}
 
     def one(profile: DeviceProfile) -> tuple[dict[str, Any], list[EdgeError]]:
         device_dir = root if len(profiles) == 1 else root / profile.name
-        wanted = {b: outcomes[b] for b in _backends_for(recipe, profile)}
+        wanted = {b: by_arch[profile.arch][b] for b in _backends_for(recipe, profile)}
         records, errors = measure_device(profile, wanted, root, device_dir, inputs, progress)
         summary = {
             "schema": 1, "recipe": recipe.name, "device": profile.name, "run_id": run_id,
@@ -284,7 +294,7 @@ def format_table(summary: dict[str, Any]) -> str:
         lat = r.get("latency_ms") or {}
         acc = r.get("accuracy")
         size = r.get("bytes")
-        lines.append(f"  {r['name']:<15} {acc if acc is None else f'{acc:.4f}':>8} "
+        lines.append(f"  {r['name']:<15} {'-' if acc is None else f'{acc:.4f}':>8} "
                      f"{lat.get('p50', '-'):>8} {lat.get('p90', '-'):>8} {lat.get('n', '-'):>6} "
                      f"{'-' if size is None else f'{size / 1024:.1f} KiB':>10}  "
                      f"{'yes' if r.get('valid') else 'NO: ' + '; '.join(r.get('invalid_reasons', []))[:80]}")

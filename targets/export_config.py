@@ -17,4 +17,13 @@ class ExportConfig(StrictModel):
     calibration: Literal["minmax", "percentile", "entropy"] = "minmax"
     calib_samples: int = Field(default=256, ge=1)
     per_channel: bool = True
-    keep_float: list[str] = Field(default_factory=list)  # layer names to leave in float
+    keep_float: list[str] = Field(default_factory=list)  # layer names (module paths, e.g. "fc") to leave in float
+    # The CPU the artifact will run on: the device profile's ``arch`` ("x86_64", "aarch64", ...); None = this host.
+    # ONNX INT8 picks its activation type and reduce_range from it (see export_onnx.choose_int8_scheme).
+    target_arch: str | None = None
+    # Whether the target x86 CPU has VNNI (AVX512-VNNI / AVX-VNNI); None = read it from this host when the target
+    # is this host's arch, otherwise assume none (reduce_range is then the safe choice).
+    target_vnni: bool | None = None
+    onnx_activation_type: Literal["auto", "uint8", "int8"] = "auto"
+    reduce_range: bool | None = None         # None = auto (x86 without VNNI)
+    ov_preset: Literal["performance", "mixed"] = "performance"   # NNCF preset: symmetric / asymmetric activations

@@ -72,6 +72,13 @@ class DeviceProfile(StrictModel):
             raise ValueError(f"unknown backend(s) {bad}; choose from {', '.join(BACKENDS)}")
         return value
 
+    @field_validator("workdir")
+    @classmethod
+    def _absolute_workdir(cls, value: str) -> str:
+        if not value.startswith("/"):
+            raise ValueError("must be an absolute path on the device, e.g. /tmp/edgepipe (no ~, no relative path)")
+        return value
+
     @property
     def is_local(self) -> bool:
         return self.connection.transport == "local"

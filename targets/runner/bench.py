@@ -91,9 +91,13 @@ def load_openvino(path: str, threads: int, precision_hint: str = "f32") -> Sessi
         request.infer({0: x.astype(np.float32, copy=False)})
         return np.array(request.get_output_tensor(0).data, dtype=np.float32)
 
+    try:  # what the plugin actually compiled for, read back (the CPU plugin may override a hint it cannot honour)
+        effective = compiled.get_property("INFERENCE_PRECISION_HINT").to_string()
+    except Exception:  # noqa: BLE001 - older OpenVINO releases: report the requested hint
+        effective = precision_hint
     return Session(run, input_shape=_static_shape(list(port.get_partial_shape().get_min_shape())),
                    runtime="openvino", version=ov.get_version(), providers=["CPU"],
-                   io={"precision_hint": precision_hint})
+                   io={"precision_hint": effective})
 
 
 def _tflite_interpreter() -> tuple[Any, str, str]:
@@ -133,8 +137,9 @@ def load_tflite(path: str, threads: int) -> Session:
     in_scale, in_zero = inp.get("quantization", (0.0, 0))
     out_scale, out_zero = out.get("quantization", (0.0, 0))
     in_dtype, out_dtype = inp["dtype"], out["dtype"]
-    in_integer = np.issubdtype(in_dtype, np.integer)
-    out_integer = np.issubdtype(out_dtype, np.integer)
+    # integer tensors with a zero scale are raw integers (ids, masks), not quantized values: pass them through
+    in_integer = np.issubdtype(in_dtype, np.integer) and in_scale > 0
+    out_integer = np.issubdtype(out_dtype, np.integer) and out_scale > 0
     if in_integer:
         info = np.iinfo(in_dtype)
 
@@ -241,7 +246,7 @@ def parse_throttled(text: str | None) -> dict[str, Any] | None:
 
 
 def device_state(thermal: str | None = None, throttled_cmd: str | None = None,
-                 power_mode_cmd: str | None = None) -> dict[str, Any]:
+                 power_mode_cmd: str | None = None, clocks_cmd: str | None = None) -> dict[str, Any]:
     temps: list[float] = []
     paths = [thermal] if thermal else [f"/sys/class/thermal/thermal_zone{i}/temp" for i in range(16)]
     for p in paths:
@@ -255,16 +260,68 @@ def device_state(thermal: str | None = None, throttled_cmd: str | None = None,
         "cpu_mhz": int(freq) / 1000.0 if freq and freq.isdigit() else None,
         "throttled": parse_throttled(_command(throttled_cmd)),
         "power_mode": _command(power_mode_cmd),
+        "clocks": (_command(clocks_cmd) or "")[:2000] or None,  # e.g. `jetson_clocks --show`: pinned or not
         "loadavg": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
     }
 
 
-def environment() -> dict[str, Any]:
-    return {"os": platform.platform(), "kernel": platform.release(), "machine": platform.machine(),
-            "python": platform.python_version(), "numpy": np.__version__, "cpus": os.cpu_count()}
+def state_problems(before: dict[str, Any], after: dict[str, Any]) -> tuple[list[str], list[str]]:
+    """Why the device state makes a run untrustworthy (reasons) or merely worth a look (warnings).
+
+    ``vcgencmd get_throttled`` has 'now' bits (0-3) and sticky 'since boot' bits (16-19): a sticky bit that is set
+    after the run but was clear before means the board throttled or sagged *during* the run, even if it recovered.
+    """
+    reasons: list[str] = []
+    warnings: list[str] = []
+    for when, st in (("before", before), ("after", after)):
+        flags = st.get("throttled")
+        if flags and flags["now"]:
+            reasons.append(f"device throttled {when} the run ({flags['raw']})")
+    fb, fa = before.get("throttled"), after.get("throttled")
+    if fb and fa:
+        new = int(fa["raw"], 16) & ~int(fb["raw"], 16) & 0xF0000
+        if new:
+            reasons.append(f"device throttled or was under-voltage during the run (new flags {hex(new)})")
+    if before.get("power_mode") != after.get("power_mode"):
+        reasons.append(f"power mode changed during the run ({before.get('power_mode')!r} -> "
+                       f"{after.get('power_mode')!r})")
+    if before.get("clocks") != after.get("clocks"):
+        warnings.append("clocks changed during the run (not pinned? `sudo jetson_clocks` pins them)")
+    mhz_before, mhz_after = before.get("cpu_mhz"), after.get("cpu_mhz")
+    if mhz_before and mhz_after and mhz_after < 0.85 * mhz_before:
+        warnings.append(f"CPU clock fell from {mhz_before:.0f} to {mhz_after:.0f} MHz during the run (thermal or "
+                        "power limit?)")
+    load, cpus = (before.get("loadavg") or [None])[0], os.cpu_count() or 1
+    if load is not None and load > cpus:
+        warnings.append(f"load average {load:.1f} on {cpus} CPUs before the run: other processes compete for the "
+                        "cores, latency may be inflated")
+    if before.get("governor") not in (None, "performance"):
+        warnings.append(f"CPU governor is {before.get('governor')!r}, not 'performance': latency may vary")
+    return reasons, warnings
 
 
-def probe() -> dict[str, Any]:
+def environment(session: Session | None = None, threads: int | None = None,
+                requested_providers: list[str] | None = None) -> dict[str, Any]:
+    """The fingerprint a figure is only meaningful with: OS, kernel, runtime versions, what actually executed."""
+    env: dict[str, Any] = {"os": platform.platform(), "kernel": platform.release(), "machine": platform.machine(),
+                           "python": platform.python_version(), "numpy": np.__version__, "cpus": os.cpu_count()}
+    if session is not None:
+        env.update(runtime=f"{session.runtime} {session.version}", providers=session.providers,
+                   requested_providers=requested_providers or [], threads=threads)
+    return env
+
+
+def provider_fallback(family: str, requested: list[str], used: list[str]) -> str | None:
+    """ONNX Runtime silently drops providers it cannot load (no CUDA, no TensorRT): a CPU figure is not a GPU one."""
+    if family != "onnx" or not requested:
+        return None
+    missing = [p for p in requested if p not in used]
+    if not missing:
+        return None
+    return f"requested execution provider(s) {', '.join(missing)} not used; the session ran on {', '.join(used)}"
+
+
+def probe(args: argparse.Namespace | None = None) -> dict[str, Any]:
     """What the device offers: used by ``edgepipe doctor``."""
     runtimes: dict[str, str | None] = {}
     for name, loader in (("onnxruntime", lambda: __import__("onnxruntime").__version__),
@@ -279,9 +336,11 @@ def probe() -> dict[str, Any]:
         providers = ort.get_available_providers()
     except Exception:  # noqa: BLE001
         providers = []
-    st = os.statvfs(os.getcwd())
+    here = os.path.dirname(os.path.abspath(__file__))  # the job folder, under the profile's workdir
+    st = os.statvfs(here)
+    tel = (args.thermal, args.throttled_cmd, args.power_mode_cmd, args.clocks_cmd) if args else ()
     return {"protocol": PROTOCOL, "runtimes": runtimes, "onnx_providers": providers, "environment": environment(),
-            "state": device_state(), "free_bytes": st.f_bavail * st.f_frsize}
+            "state": device_state(*tel), "free_bytes": st.f_bavail * st.f_frsize, "workdir": os.path.dirname(here)}
 
 
 # --------------------------------------------------------------------------------------------------------- main
@@ -296,30 +355,35 @@ def benchmark(args: argparse.Namespace) -> dict[str, Any]:
     else:
         rng = np.random.default_rng(0)
         inputs = rng.standard_normal((8, *session.input_shape[1:])).astype(np.float32)
-    before = device_state(args.thermal, args.throttled_cmd, args.power_mode_cmd)
+    telemetry = (args.thermal, args.throttled_cmd, args.power_mode_cmd, args.clocks_cmd)
+    before = device_state(*telemetry)
     samples = time_session(session, inputs, args.warmup, args.min_iterations, args.min_seconds, args.max_seconds)
-    after = device_state(args.thermal, args.throttled_cmd, args.power_mode_cmd)
+    after = device_state(*telemetry)
     result: dict[str, Any] = {
         "protocol": PROTOCOL, "artifact": os.path.basename(args.artifact), "backend": args.backend,
         "latency_ms": latency_stats(samples), "runtime": f"{session.runtime} {session.version}",
         "threads": args.threads, "providers": session.providers, "io": session.io,
         "rules": {"warmup": args.warmup, "min_iterations": args.min_iterations, "min_seconds": args.min_seconds,
                   "max_seconds": args.max_seconds},
-        "state": {"before": before, "after": after}, "environment": environment(),
+        "state": {"before": before, "after": after},
+        "environment": {**environment(session, args.threads, providers),  # DESIGN §6 keeps these two here
+                        "governor": before.get("governor"), "temp_c": after.get("temp_c")},
     }
     if labels is not None:
         preds = predict(session, inputs).reshape(len(inputs), -1).argmax(axis=1)
         result["accuracy"] = round(float((preds == labels).mean()), 6)
         result["n_eval"] = int(len(labels))
-    reasons = []
+    reasons, warnings = state_problems(before, after)
     if len(samples) < args.min_iterations:
-        reasons.append(f"only {len(samples)} of {args.min_iterations} iterations within max_seconds={args.max_seconds}")
-    for when, st in (("before", before), ("after", after)):
-        flags = st.get("throttled")
-        if flags and flags["now"]:
-            reasons.append(f"device throttled {when} the run ({flags['raw']})")
+        reasons.insert(0, f"only {len(samples)} of {args.min_iterations} iterations within "
+                          f"max_seconds={args.max_seconds}")
+    family = (args.backend or SUFFIXES.get(os.path.splitext(args.artifact)[1], "")).split("-")[0]
+    fallback = provider_fallback(family, providers, session.providers)
+    if fallback:
+        reasons.append(fallback)
     result["valid"] = not reasons
     result["invalid_reasons"] = reasons
+    result["warnings"] = warnings
     return result
 
 
@@ -337,6 +401,7 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--thermal", default=None)
     ap.add_argument("--throttled-cmd", default=None)
     ap.add_argument("--power-mode-cmd", default=None)
+    ap.add_argument("--clocks-cmd", default=None)
     ap.add_argument("--probe", action="store_true", help="report runtimes and device state, then exit")
     return ap
 
@@ -345,7 +410,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         if args.probe:
-            out = probe()
+            out = probe(args)
         else:
             if not args.artifact:
                 raise RunnerError("--artifact is required")

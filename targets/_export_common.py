@@ -1,0 +1,83 @@
+"""What every export adapter shares: turning an exporter's failure into an ExportError that names the op and layer.
+
+Exporters report an unsupported op in their own words (the ONNX dispatcher, OpenVINO's frontend, the LiteRT
+lowering); we pull the op out of the text and then find the layer that calls it in ``torch.export``'s graph, whose
+nodes carry the module path they came from.
+"""
+
+from __future__ import annotations
+
+import re
+
+import torch
+
+from targets.errors import ExportError
+
+_OP_PATTERNS = (
+    r"No ONNX function found for <OpOverload\(op='([\w.]+)'",                   # torch.onnx dynamo
+    r"No conversion rule found for operations:\s*([\w:.]+)",                    # OpenVINO torch frontend
+    r"[Nn]o lowering (?:found |registered )?for\s*[`'\"]?(?:torch\.ops\.)?([\w.:]+)",  # LiteRT
+    r"(?:[Uu]nsupported|not supported)[^\n]*?(?:torch\.ops\.)?\b((?:aten|prims|[a-z_]+)[.:]{1,2}[\w.]+)",
+    r"target=torch\.ops\.([\w.]+?)(?:\.default)?\]",
+)
+
+
+def error_text(exc: BaseException) -> str:
+    parts, seen = [], set()
+    cur: BaseException | None = exc
+    while cur is not None and id(cur) not in seen:
+        seen.add(id(cur))
+        parts.append(str(cur))
+        cur = cur.__cause__ or cur.__context__
+    return re.sub(r"\x1b\[[0-9;]*m", "", "\n".join(parts))
+
+
+def find_op(text: str) -> str | None:
+    for pat in _OP_PATTERNS:
+        m = re.search(pat, text)
+        if m:
+            op = m.group(1).replace("::", ".")
+            return op[: -len(".default")] if op.endswith(".default") else op
+    return None
+
+
+def find_layer(model: torch.nn.Module, example_inputs: tuple[torch.Tensor, ...], op: str) -> str | None:
+    """The module path (``named_modules`` style) whose forward calls ``op``; ``<root>`` for the top-level forward."""
+    try:
+        graph = torch.export.export(model.eval(), example_inputs).graph
+    except Exception:  # noqa: BLE001 - the model does not even export: the op alone has to do
+        return None
+    wanted = op.split(".")[-1]
+    for node in graph.nodes:
+        if node.op != "call_function":
+            continue
+        target = node.target
+        name = (target.name() if hasattr(target, "name") else str(target)).replace("::", ".").split(".")
+        # the exporters see decomposed ops (linalg_inv_ex) where torch.export's graph still has linalg_inv
+        if not any(part == wanted or wanted.startswith(part + "_") for part in name[1:]):
+            continue
+        stack = node.meta.get("nn_module_stack") or {}
+        if not stack:
+            return "<root>"
+        path = list(stack.values())[-1][0]
+        path = re.sub(r"^L\['self'\]\.?|^self\.?", "", str(path))
+        return path.replace("_modules['", "").replace("']", "") or "<root>"
+    return None
+
+
+def first_line(exc: BaseException) -> str:
+    lines = [ln.strip() for ln in error_text(exc).splitlines() if ln.strip()]
+    return lines[0] if lines else type(exc).__name__
+
+
+def export_failure(backend: str, exc: BaseException, model: torch.nn.Module,
+                   example_inputs: tuple[torch.Tensor, ...]) -> ExportError:
+    """An ExportError naming the backend, the unsupported op and its layer where they can be found."""
+    text = error_text(exc)
+    op = find_op(text)
+    if op is None:
+        return ExportError(backend, first_line(exc),
+                           hint=f"see the exporter's message; drop the {backend} backends from the recipe to go on")
+    layer = find_layer(model, example_inputs, op)
+    return ExportError(backend, f"{backend} has no conversion for {op}", op=op, layer=layer,
+                       hint=f"replace {op} with supported ops, or drop the {backend} backends from the recipe")

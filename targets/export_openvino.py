@@ -1,0 +1,100 @@
+"""PyTorch -> OpenVINO IR (``ov.convert_model`` with a static input shape), INT8 through NNCF post-training
+quantization over the pipeline's calibration array.
+
+Why a static shape: an INT8 model with a dynamic batch dimension failed to compile on the CPU plugin and the static
+one was the fastest we measured; batch is 1 in this pipeline anyway. FP32 weights are saved uncompressed
+(``compress_to_fp16=False``) so "fp32" means fp32 on disk; the runner pins ``INFERENCE_PRECISION_HINT=f32`` so the
+CPU plugin does not silently run it in bf16.
+"""
+
+from __future__ import annotations
+
+import re
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import openvino as ov  # at module level: a missing runtime surfaces in get_exporter as the extra to install
+import torch
+
+from targets._export_common import export_failure, first_line
+from targets.artifact import Artifact
+from targets.errors import ExportError, MissingDependencyError
+from targets.export_config import ExportConfig
+
+
+def _convert(model: torch.nn.Module, example_inputs: tuple[torch.Tensor, ...]) -> Any:
+    shape = ov.PartialShape([int(d) for d in example_inputs[0].shape])
+    try:
+        ov_model = ov.convert_model(model.eval(), example_input=example_inputs, input=[shape])
+    except Exception as exc:  # the frontend raises OpConversionFailure, RuntimeError, GeneralFailure...
+        raise export_failure("openvino", exc, model, example_inputs) from exc
+    ov_model.outputs[0].get_tensor().set_names({"output"})
+    return ov_model
+
+
+def _ignored_scope(ov_model: Any, keep_float: list[str]) -> Any:
+    """NNCF IgnoredScope for torch layer names: OpenVINO's torch frontend names ops ``__module.<path>/aten::...``."""
+    import nncf
+
+    if not keep_float:
+        return None
+    names = [op.get_friendly_name() for op in ov_model.get_ordered_ops()]
+    patterns = {layer: rf"__module\.{re.escape(layer)}[./].*" for layer in keep_float}
+    missing = [layer for layer, pat in patterns.items() if not any(re.fullmatch(pat, n) for n in names)]
+    if missing:
+        raise ExportError("openvino", f"keep_float layers not found in the converted model: {', '.join(missing)}",
+                          hint="use module paths from model.named_modules(); a conv fused with its batch norm is "
+                               "named after the batch norm")
+    return nncf.IgnoredScope(patterns=list(patterns.values()))
+
+
+def _quantize(ov_model: Any, calib: np.ndarray, cfg: ExportConfig) -> Any:
+    try:
+        import nncf
+    except ImportError as exc:
+        raise MissingDependencyError("nncf", "openvino", purpose="openvino-int8") from exc
+    data = [np.ascontiguousarray(calib[i:i + 1], dtype=np.float32) for i in range(min(len(calib), cfg.calib_samples))]
+    preset = nncf.QuantizationPreset.PERFORMANCE if cfg.ov_preset == "performance" else nncf.QuantizationPreset.MIXED
+    try:
+        return nncf.quantize(ov_model, nncf.Dataset(data), preset=preset, subset_size=len(data),
+                             ignored_scope=_ignored_scope(ov_model, cfg.keep_float))
+    except ExportError:
+        raise
+    except Exception as exc:  # NNCF raises many internal types
+        raise ExportError("openvino", f"NNCF INT8 quantization failed: {first_line(exc)}",
+                          hint="keep the failing layer in float (keep_float) or use another backend") from exc
+
+
+def export(model: torch.nn.Module, example_inputs: tuple[torch.Tensor, ...], calib: np.ndarray | None,
+           cfg: ExportConfig, out_dir: Path) -> Artifact:
+    """Write ``<name>.<precision>.xml`` and ``.bin`` into ``out_dir`` (atomically) with the sidecar record."""
+    if cfg.precision == "fp16":
+        raise ExportError("openvino", "fp16 is not a separate OpenVINO artifact",
+                          hint="use openvino-fp32 (the device plugin picks f16 where it is native) or openvino-int8")
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    final = out_dir / f"{cfg.name}.{cfg.precision}.xml"
+    metadata: dict[str, Any] = {"openvino": ov.get_version(), "input_shape": list(example_inputs[0].shape),
+                                "weights_on_disk": "fp32" if cfg.precision == "fp32" else "int8"}
+    ov_model = _convert(model, example_inputs)
+    if cfg.precision == "int8":
+        if calib is None or len(calib) == 0:
+            raise ExportError("openvino", "INT8 needs calibration inputs", hint="give data.calib in the recipe")
+        ov_model = _quantize(ov_model, calib, cfg)
+        import nncf
+
+        metadata.update(quantizer=f"nncf {nncf.__version__}", preset=cfg.ov_preset,
+                        calibration="nncf's range estimators for the preset (ExportConfig.calibration is onnx-only)",
+                        calib_samples=int(min(len(calib), cfg.calib_samples)), keep_float=list(cfg.keep_float))
+    with tempfile.TemporaryDirectory(dir=out_dir, prefix=".openvino-") as tmp:
+        tmp_xml = Path(tmp) / final.name
+        ov.save_model(ov_model, str(tmp_xml), compress_to_fp16=False)
+        tmp_xml.with_suffix(".bin").replace(final.with_suffix(".bin"))  # .bin first: a visible .xml is complete
+        tmp_xml.replace(final)
+    art = Artifact.from_files(final, backend="openvino", precision=cfg.precision, parent=cfg.parent,
+                              extra_files=[final.with_suffix(".bin")], produced_by="targets.export_openvino",
+                              config=cfg.model_dump(), metadata=metadata)
+    art.save()
+    return art

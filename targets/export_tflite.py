@@ -1,0 +1,98 @@
+"""PyTorch -> TFLite (LiteRT) with litert-torch; FP16 as float16 weights (ai-edge-quantizer's fp16 recipe); INT8 as a
+full-integer model through litert-torch's PT2E quantizer (symmetric, per-channel weights), calibrated on the
+pipeline's calibration array.
+
+The INT8 model takes and returns int8 tensors; the runner quantizes inputs and dequantizes outputs with the tensors'
+own scale and zero point, so callers always feed float32.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from targets._export_common import export_failure
+from targets.artifact import Artifact
+from targets.errors import ExportError, MissingDependencyError
+from targets.export_config import ExportConfig
+
+os.environ.setdefault("LITERT_TORCH_SHOW_PROGRESS", "n")  # litert-torch prints a progress tree per conversion
+
+import litert_torch  # after the env var; at module level so get_exporter reports a missing extra
+
+
+def _quantized_program(model: torch.nn.Module, example_inputs: tuple[torch.Tensor, ...], calib: np.ndarray,
+                       cfg: ExportConfig) -> tuple[Any, Any]:
+    from litert_torch.quantize import pt2e_quantizer as pq
+    from litert_torch.quantize.quant_config import QuantConfig
+
+    try:
+        from torchao.quantization.pt2e import quantize_pt2e
+    except ImportError as exc:
+        raise MissingDependencyError("torchao", "tflite", purpose="tflite-int8 (PT2E quantization)") from exc
+
+    quantizer = pq.PT2EQuantizer().set_global(pq.get_symmetric_quantization_config(is_per_channel=cfg.per_channel))
+    graph = torch.export.export(model.eval(), example_inputs).module()
+    prepared = quantize_pt2e.prepare_pt2e(graph, quantizer)
+    with torch.no_grad():
+        for i in range(min(len(calib), cfg.calib_samples)):
+            prepared(torch.from_numpy(np.ascontiguousarray(calib[i:i + 1], dtype=np.float32)))
+    converted = quantize_pt2e.convert_pt2e(prepared, fold_quantize=False)
+    # litert-torch warns that this GraphModule is "in training mode": it is not, an exported graph has no mode
+    # (the model was put in eval before torch.export), and calling .eval() on it breaks litert's conversion.
+    return converted, QuantConfig(pt2e_quantizer=quantizer)
+
+
+def _convert(model: torch.nn.Module, example_inputs: tuple[torch.Tensor, ...], calib: np.ndarray | None,
+             cfg: ExportConfig) -> Any:
+    if cfg.precision == "fp32":
+        return litert_torch.convert(model.eval(), example_inputs)
+    if cfg.precision == "fp16":
+        from litert_torch.generative.quantize import quant_recipes
+
+        return litert_torch.convert(model.eval(), example_inputs, quant_config=quant_recipes.full_fp16_recipe())
+    program, qcfg = _quantized_program(model, example_inputs, calib, cfg)
+    return litert_torch.convert(program, example_inputs, quant_config=qcfg)
+
+
+def export(model: torch.nn.Module, example_inputs: tuple[torch.Tensor, ...], calib: np.ndarray | None,
+           cfg: ExportConfig, out_dir: Path) -> Artifact:
+    """Write ``<name>.<precision>.tflite`` into ``out_dir`` (atomically) with its sidecar record."""
+    if cfg.precision == "int8":
+        if calib is None or len(calib) == 0:
+            raise ExportError("tflite", "INT8 needs calibration inputs", hint="give data.calib in the recipe")
+        if cfg.keep_float:
+            raise ExportError("tflite", "keep_float is not supported by litert-torch's PT2E quantizer "
+                              f"(layers {', '.join(cfg.keep_float)})",
+                              hint="leave keep_float empty for tflite-int8, or use onnx-int8 / openvino-int8")
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    final = out_dir / f"{cfg.name}.{cfg.precision}.tflite"
+    try:
+        edge_model = _convert(model, example_inputs, calib, cfg)
+    except (ExportError, MissingDependencyError):
+        raise
+    except Exception as exc:  # torch.export, PT2E and the MLIR lowering all raise their own types
+        raise export_failure("tflite", exc, model, example_inputs) from exc
+    metadata: dict[str, Any] = {"converter": f"litert-torch {litert_torch.__version__}"}
+    if cfg.precision == "int8":
+        metadata.update(scheme="full-integer int8 (int8 I/O), symmetric, "
+                        + ("per-channel" if cfg.per_channel else "per-tensor") + " weights",
+                        quantizer="litert_torch PT2EQuantizer",
+                        calibration="the PT2E config's observers (ExportConfig.calibration is onnx-only)",
+                        calib_samples=int(min(len(calib), cfg.calib_samples)))
+    elif cfg.precision == "fp16":
+        metadata["fp16"] = "float16 weights dequantized at load; float32 compute and I/O"
+    with tempfile.TemporaryDirectory(dir=out_dir, prefix=".tflite-") as tmp:
+        tmp_path = Path(tmp) / final.name
+        edge_model.export(str(tmp_path))
+        tmp_path.replace(final)
+    art = Artifact.from_files(final, backend="tflite", precision=cfg.precision, parent=cfg.parent,
+                              produced_by="targets.export_tflite", config=cfg.model_dump(), metadata=metadata)
+    art.save()
+    return art

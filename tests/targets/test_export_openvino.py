@@ -1,0 +1,96 @@
+"""OpenVINO adapter: static-shape IR in fp32 on disk, NNCF INT8, and both checked against their parent."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from targets.errors import ExportError, OutputMismatchError
+from targets.export_config import ExportConfig
+from targets.runner import bench
+from targets.validate import validate
+from tests.targets._models import WithCustomOp, corrupt_copy, example, moved, tiny_cnn
+
+pytestmark = pytest.mark.openvino
+export = pytest.importorskip("targets.export_openvino").export
+
+
+@pytest.fixture(scope="module")
+def setup(tiny):
+    arts = {p: tiny.artifact("openvino", p) for p in ("fp32", "int8")}
+    return tiny.model, tiny.calib, tiny.x, tiny.ref, arts
+
+
+def _fake_quantize_count(xml: str) -> int:
+    return len(re.findall(r'type="FakeQuantize"', Path(xml).read_text()))
+
+
+@pytest.mark.parametrize("precision", ["fp32", "int8"])
+def test_openvino_export_matches_parent_when_precision_is(setup, precision):
+    _, _, x, ref, arts = setup
+    art = arts[precision]
+    report = validate(art, x, ref)
+    assert report["top1_agreement"] >= 0.95
+    assert [Path(f).suffix for f in art.files] == [".xml", ".bin"]
+    assert art.bytes == sum(Path(f).stat().st_size for f in art.files)
+    if precision == "fp32":
+        assert report["max_abs_error"] < 1e-4
+
+
+def test_openvino_fp32_keeps_fp32_weights_and_a_static_input_shape(setup):
+    model, _, _, _, arts = setup
+    xml = Path(arts["fp32"].path).read_text()
+    n_params = sum(p.numel() for p in model.parameters())
+    assert Path(arts["fp32"].files[1]).stat().st_size >= 4 * (n_params - 16)  # not compressed to fp16
+    assert 'element_type="f16"' not in xml
+    session = bench.load(arts["fp32"].path, "openvino", 1)
+    assert session.input_shape == [1, 1, 16, 16] and session.io["precision_hint"] == "f32"
+
+
+def test_openvino_int8_is_quantized_and_keep_float_is_honoured(setup, tmp_path):
+    model, calib, x, ref, arts = setup
+    assert _fake_quantize_count(arts["int8"].path) >= 3
+    kept = export(model, example(), calib, ExportConfig(name="kf", precision="int8", keep_float=["fc"]), tmp_path)
+    assert _fake_quantize_count(kept.path) < _fake_quantize_count(arts["int8"].path)
+    validate(kept, x, ref)
+
+
+def test_openvino_names_an_unknown_keep_float_layer(setup, tmp_path):
+    model, calib, *_ = setup
+    with pytest.raises(ExportError, match="keep_float layers not found.*nope"):
+        export(model, example(), calib, ExportConfig(precision="int8", keep_float=["nope"]), tmp_path)
+
+
+def test_openvino_export_names_backend_op_and_layer_when_op_is_unsupported(tmp_path):
+    with pytest.raises(ExportError) as info:
+        export(WithCustomOp().eval(), example(), None, ExportConfig(name="bad"), tmp_path)
+    err = info.value
+    assert err.backend == "openvino" and err.op == "edgepipe_test.scramble" and err.layer == "mix"
+    assert not list(tmp_path.glob("bad*"))
+
+
+def test_openvino_validate_catches_flipped_bytes_in_the_bin(setup, tmp_path):
+    _, _, x, ref, arts = setup
+    art = arts["fp32"]
+    xml_copy = str(tmp_path / Path(art.path).name)
+    Path(xml_copy).write_bytes(Path(art.path).read_bytes())  # the .xml intact, the weights in the .bin flipped
+    corrupt_copy(art.files[1], tmp_path, flip_at=0.3, n=256)
+    with pytest.raises(OutputMismatchError, match="max abs error|cosine|NaN"):
+        validate(moved(art, xml_copy), x, ref)
+
+
+def test_openvino_validate_reports_a_truncated_bin_without_a_traceback(setup, tmp_path):
+    _, _, x, ref, arts = setup
+    art = arts["fp32"]
+    xml_copy = str(tmp_path / Path(art.path).name)
+    Path(xml_copy).write_bytes(Path(art.path).read_bytes())
+    corrupt_copy(art.files[1], tmp_path, truncate=True)
+    with pytest.raises(OutputMismatchError, match=r"cannot load or run .*tiny\.fp32\.xml"):
+        validate(moved(art, xml_copy), x, ref)
+
+
+def test_openvino_refuses_fp16_with_a_hint(tmp_path):
+    with pytest.raises(ExportError, match="openvino-fp32"):
+        export(tiny_cnn(), example(), None, ExportConfig(precision="fp16"), tmp_path)

@@ -1,0 +1,81 @@
+"""TFLite (LiteRT) adapter: FP32, FP16-weight and full-integer INT8 models reproduce their parent.
+
+TFLite conversion is the slowest of the three, so the module converts each precision once and every test shares them.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from targets.errors import ExportError, OutputMismatchError
+from targets.export_config import ExportConfig
+from targets.validate import validate
+from tests.targets._models import WithCustomOp, corrupt_copy, data, example, moved, tiny_cnn
+
+pytestmark = pytest.mark.tflite
+export = pytest.importorskip("targets.export_tflite").export
+Interpreter = pytest.importorskip("ai_edge_litert.interpreter").Interpreter
+
+
+@pytest.fixture(scope="module")
+def setup(tiny):
+    arts = {p: tiny.artifact("tflite", p) for p in ("fp32", "fp16", "int8")}
+    return tiny.model, tiny.calib, tiny.x, tiny.ref, arts
+
+
+def _tensor_types(path: str) -> set[str]:
+    interp = Interpreter(model_path=path)
+    return {np.dtype(d["dtype"]).name for d in interp.get_tensor_details()}
+
+
+@pytest.mark.parametrize("precision", ["fp32", "fp16", "int8"])
+def test_tflite_export_matches_parent_when_precision_is(setup, precision):
+    _, _, x, ref, arts = setup
+    report = validate(arts[precision], x, ref)
+    assert report["top1_agreement"] >= 0.93
+    if precision == "fp32":
+        assert report["max_abs_error"] < 1e-3
+
+
+def test_tflite_fp16_stores_float16_weights_and_int8_is_full_integer(setup):
+    arts = setup[4]
+    assert "float16" in _tensor_types(arts["fp16"].path)
+    interp = Interpreter(model_path=arts["int8"].path)
+    inp, out = interp.get_input_details()[0], interp.get_output_details()[0]
+    assert inp["dtype"] == np.int8 and out["dtype"] == np.int8
+    assert inp["quantization"][0] > 0 and out["quantization"][0] > 0
+    assert "float32" not in {np.dtype(d["dtype"]).name for d in interp.get_tensor_details()
+                             if len(d["shape"]) == 4 and d["name"] != inp["name"]}
+
+
+def test_tflite_export_names_backend_op_and_layer_when_op_is_unsupported(tmp_path):
+    with pytest.raises(ExportError) as info:
+        export(WithCustomOp().eval(), example(), None, ExportConfig(name="bad"), tmp_path)
+    err = info.value
+    assert err.backend == "tflite" and err.op == "edgepipe_test.scramble" and err.layer == "mix"
+    assert not list(tmp_path.glob("bad*"))
+
+
+def test_tflite_int8_refuses_keep_float_with_a_hint(tmp_path):
+    with pytest.raises(ExportError, match="keep_float.*onnx-int8"):
+        export(tiny_cnn(), example(), data(4, 0), ExportConfig(precision="int8", keep_float=["fc"]), tmp_path)
+
+
+def test_tflite_validate_catches_flipped_int8_weights(setup, tmp_path):
+    _, _, x, ref, arts = setup
+    art = arts["int8"]
+    interp = Interpreter(model_path=art.path)
+    fc = [d for d in interp.get_tensor_details() if list(d["shape"]) == [10, 64] and d["dtype"] == np.int8]
+    assert fc, "the int8 fc weights were not found"
+    weights = interp.get_tensor(fc[0]["index"]).tobytes()
+    bad = moved(art, corrupt_copy(art.path, tmp_path, needle=weights))
+    with pytest.raises(OutputMismatchError, match="cosine|top-1"):
+        validate(bad, x, ref)
+
+
+def test_tflite_validate_reports_a_truncated_file_without_a_traceback(setup, tmp_path):
+    _, _, x, ref, arts = setup
+    bad = moved(arts["fp32"], corrupt_copy(arts["fp32"].path, tmp_path, truncate=True))
+    with pytest.raises(OutputMismatchError, match=r"cannot load or run .*tiny\.fp32\.tflite"):
+        validate(bad, x, ref)

@@ -50,9 +50,22 @@ def _describe(rec: dict[str, Any]) -> str:
             + "".join(f", {k.replace('_accuracy', '')} {rec[k] * 100:.2f}%" for k in rec if k.endswith("_accuracy")))
 
 
+def _loud(log: Callable[[str], None]) -> Callable[[str], None]:
+    """Stage lines belong on the console, not only in run.log: use the logger's ``say``/``warn`` when it has them."""
+    def emit(message: str) -> None:
+        if message.startswith("WARNING: ") and callable(getattr(log, "warn", None)):
+            log.warn(message[len("WARNING: "):])  # type: ignore[attr-defined]
+        elif callable(getattr(log, "say", None)):
+            log.say(message)  # type: ignore[attr-defined]
+        else:
+            log(message)
+    return emit
+
+
 def run_stages(model: nn.Module, data: dict[str, Any], recipe: Any, run_dir: Path,
                log: Callable[[str], None]) -> StagesResult:
     """Run the configured stages on ``model`` (the teacher), each cached by the hash of its inputs."""
+    log = _loud(log)
     from pipeline.config import import_factory
     from pipeline.stages.cache import StageCache, data_fingerprint, load_model, model_hash, stage_key
     from pipeline.stages.common import accuracy, footprint, seed_everything

@@ -63,3 +63,22 @@ def test_quantize_export_overrides_are_export_config_fields() -> None:
 def test_recipe_rejects_bad_quantize_config_naming_key_path(override: str, path: str) -> None:
     with pytest.raises(ConfigError, match=path.replace(".", r"\.")):
         load_recipe(DIGITS_RECIPE, [override])
+
+
+def test_run_stages_qat_records_ptq_and_qat_accuracy_and_keeps_ranges_when_cached(digits, teacher, tmp_path) -> None:
+    from pipeline.stages import run_stages
+
+    from .stage_models import make_recipe
+
+    recipe = make_recipe({"quantize": {"mode": "qat", "epochs": 1, "lr": 1e-3, "calib_samples": 32,
+                                       "batch_size": 32}})
+    first = run_stages(teacher, digits, recipe, tmp_path, lambda _m: None)
+    (rec,) = first.records
+    assert rec["mode"] == "qat" and not rec["cached"]
+    for key in ("ptq_simulated_accuracy", "qat_simulated_accuracy", "qat_recalibrated_accuracy"):
+        assert 0.5 < rec[key] <= 1.0
+    assert first.qat_ranges and (tmp_path / "stages" / "quantize" / rec["key"] / "qat_ranges.json").is_file()
+    second = run_stages(teacher, digits, recipe, tmp_path, lambda _m: None)
+    assert second.records[0]["cached"] and second.qat_ranges == first.qat_ranges
+    assert second.export_overrides == {"calibration": "minmax", "calib_samples": 32, "per_channel": True,
+                                       "keep_float": []}

@@ -19,6 +19,8 @@ $(VENV)/.installed: pyproject.toml
 
 demo: setup
 	$(EP) run $(RECIPE) --device local --out $(OUT)/demo
+	$(EP) report $(OUT)/demo --out $(OUT)/demo/report.html
+	$(EP) release $(OUT)/demo --device local --dist dist
 
 test: setup
 	$(BIN)/python -m pytest -q

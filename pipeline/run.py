@@ -22,9 +22,11 @@ import yaml
 
 import pipeline
 from pipeline.config import Recipe, load_recipe
+from pipeline.gate import apply_gate
 from pipeline.model import accuracy, arrays, complexity, load_data, load_model, predict
 from pipeline.progress import Progress
 from pipeline.stages import StagesResult, run_stages
+from pipeline.store import Store, open_store
 from targets import get_exporter, parse_backend
 from targets.artifact import Artifact, atomic_write_json
 from targets.device import benchmark
@@ -173,25 +175,6 @@ def _link_artifact(art: Artifact, folder: Path) -> Artifact:
     return new
 
 
-def evaluate_gate(records: list[dict[str, Any]], baseline_acc: float, recipe: Recipe) -> dict[str, Any]:
-    gate = recipe.gate
-    failures = []
-    for r in records:
-        if r.get("error"):
-            failures.append(f"{r['name']}: {r['error']}")
-            continue
-        acc = r.get("accuracy")
-        if acc is not None and (baseline_acc - acc) * 100 > gate.max_accuracy_drop:
-            failures.append(f"{r['name']}: accuracy {acc:.4f} is {(baseline_acc - acc) * 100:.2f} points below "
-                            f"the original {baseline_acc:.4f} (max {gate.max_accuracy_drop})")
-        p90 = (r.get("latency_ms") or {}).get("p90")
-        if gate.max_latency_ms is not None and p90 is not None and p90 > gate.max_latency_ms:
-            failures.append(f"{r['name']}: p90 latency {p90:.3f} ms > max_latency_ms {gate.max_latency_ms}")
-        if gate.max_bytes is not None and r.get("bytes", 0) > gate.max_bytes:
-            failures.append(f"{r['name']}: size {r['bytes']} bytes > max_bytes {gate.max_bytes}")
-    return {"passed": not failures, **gate.model_dump(), "failures": failures}
-
-
 # ------------------------------------------------------------------------------------------------ the run
 def run(recipe_path: str | Path, devices: list[str], out: Path | None = None, overrides: list[str] | None = None,
         profile_overrides: dict[str, Any] | None = None, stream: TextIO | None = None) -> list[dict[str, Any]]:
@@ -202,18 +185,23 @@ def run(recipe_path: str | Path, devices: list[str], out: Path | None = None, ov
     root = Path(out) if out else Path("runs") / f"{recipe.name}-{stamp}"
     root.mkdir(parents=True, exist_ok=True)
     run_id = f"{recipe.name}-{stamp}"
+    store = open_store()  # a bad EDGEPIPE_DB fails here, before any work
     progress = Progress(root / "run.log", stream)
     try:
-        return _run(recipe, profiles, root, run_id, started, progress)
+        return _run(recipe, profiles, root, run_id, started, progress, store)
     finally:
         progress.close()
+        store.close()
 
 
 def _run(recipe: Recipe, profiles: list[DeviceProfile], root: Path, run_id: str, started: str,
-         progress: Progress) -> list[dict[str, Any]]:
+         progress: Progress, store: Store) -> list[dict[str, Any]]:
     progress.say(f"edgepipe {pipeline.__version__}: {recipe.name} -> {', '.join(p.name for p in profiles)} "
                  f"(run folder {root})")
     (root / "recipe.yaml").write_text(yaml.safe_dump(recipe.model_dump(mode="json"), sort_keys=False))
+    for p in profiles:  # marked incomplete until finish_run: a crash leaves that verdict in the store
+        store.begin_run(run_id, recipe.model_dump(mode="json"), p.name,
+                        root if len(profiles) == 1 else root / p.name, started)
     with progress.step("load model and data"):
         model = load_model(recipe)
         data = load_data(recipe)
@@ -244,12 +232,13 @@ def _run(recipe: Recipe, profiles: list[DeviceProfile], root: Path, run_id: str,
         summary = {
             "schema": 1, "recipe": recipe.name, "device": profile.name, "run_id": run_id,
             "baseline": baseline, "stages": result.records, "artifacts": records,
-            "gate": evaluate_gate(records, base_acc, recipe),
             "status": "failed" if errors or any(r.get("error") for r in records) else "complete",
             "started": started, "finished": _now(), "edgepipe_version": pipeline.__version__,
             "tool_versions": tool_versions(), "host": {"python": sys.version.split()[0]},
         }
+        apply_gate(summary, recipe.gate, profile.name)
         atomic_write_json(device_dir / "summary.json", summary)
+        store.finish_run(summary, device_dir)
         return summary, errors
 
     with ThreadPoolExecutor(max_workers=len(profiles)) as pool:

@@ -6,12 +6,23 @@ import os
 import subprocess
 import sys
 import textwrap
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 DIGITS = ROOT / "examples" / "digits"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _private_results_store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Tests (and the CLI subprocesses they start, which inherit the environment) never touch the user's store.
+
+    Session-scoped so it is in place before module-scoped fixtures that run the real CLI."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("EDGEPIPE_DB", str(tmp_path_factory.mktemp("results-store") / "results.db"))
+        yield
 
 
 @pytest.fixture(scope="session")

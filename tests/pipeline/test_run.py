@@ -70,3 +70,11 @@ def test_run_exits_2_naming_an_unknown_device(tmp_path, digits_recipe):
     proc = run_cli("run", str(digits_recipe), "--device", "no-such-board", "--out", str(tmp_path / "r"))
     assert proc.returncode == 2
     assert "unknown device 'no-such-board'" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_run_is_recorded_in_the_results_store(fp32_run):
+    out, proc = fp32_run
+    summary = json.loads((out / "summary.json").read_text())
+    hist = run_cli("history", "--recipe", "digits", "--device", "local")
+    assert hist.returncode == 0, hist.stderr
+    assert summary["run_id"] in hist.stdout and "complete" in hist.stdout

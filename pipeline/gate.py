@@ -1,0 +1,123 @@
+"""Quality gates: does every artifact a run produced meet the recipe's limits on this device?
+
+Semantics (strict on purpose, a release manager must be able to read the verdict without caveats):
+
+* every artifact listed in the summary is checked on its own and gets its own verdict;
+* an artifact that failed to export or to run (``"error"``) fails the gate: a backend the recipe asked for is missing;
+* ``max_accuracy_drop``: top-1 may be at most this many points below the original model (``baseline.accuracy``);
+  an artifact without a measured accuracy fails;
+* ``max_latency_ms``: p90 on the device must not exceed it; an artifact without a latency, or whose measurement the
+  runner marked invalid (too few iterations, throttling), fails because its figure cannot be trusted;
+* ``max_bytes``: the artifact's total size on disk (all of its files);
+* the run passes only when it produced at least one artifact and every artifact passes.
+
+A failed gate never hides figures: the verdict is stored next to them, and ``raise_for_gate`` turns it into a
+GateError (exit 3) for ``edgepipe run`` and ``edgepipe release``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pipeline.rundir import artifact_name, latency
+from targets.errors import GateError
+
+LIMITS = ("max_accuracy_drop", "max_latency_ms", "max_bytes")
+EPS = 1e-9  # figures exactly at the limit pass
+
+
+def _limits(gate_cfg: Any) -> dict[str, Any]:
+    """Accept the recipe's ``Gate`` model or a plain mapping (as stored in recipe.yaml / summary.json)."""
+    raw = gate_cfg.model_dump() if hasattr(gate_cfg, "model_dump") else dict(gate_cfg or {})
+    return {k: raw.get(k) for k in LIMITS}
+
+
+def check_artifact(art: dict[str, Any], limits: dict[str, Any], baseline: float | None, device: str) -> list[str]:
+    """Every limit this artifact breaks, one sentence each naming the artifact and the figure."""
+    name = artifact_name(art)
+    if art.get("error"):
+        return [f"{name}: failed before it could be measured: {art['error']}"]
+    failures: list[str] = []
+    max_drop = limits.get("max_accuracy_drop")
+    if max_drop is not None:
+        acc = art.get("accuracy")
+        if not isinstance(acc, (int, float)):
+            failures.append(f"{name}: no accuracy was measured (max drop {max_drop:g} points needs one)")
+        elif not isinstance(baseline, (int, float)):
+            failures.append(f"{name}: the summary has no baseline accuracy to compare {acc:.3f} against")
+        else:
+            drop = (baseline - acc) * 100.0
+            if drop > max_drop + EPS:
+                failures.append(f"{name}: accuracy {acc:.3f} is {drop:.1f} points below baseline {baseline:.3f} "
+                                f"(max {max_drop:g})")
+    max_ms = limits.get("max_latency_ms")
+    if max_ms is not None:
+        p90 = latency(art, "p90")
+        if p90 is None:
+            failures.append(f"{name}: no latency was measured on {device} (max p90 {max_ms:g} ms needs one)")
+        elif art.get("valid") is not True:
+            why = "; ".join((art.get("bench") or {}).get("invalid_reasons") or art.get("invalid_reasons") or [])
+            failures.append(f"{name}: latency on {device} is not a valid measurement ({why or 'marked invalid'}), "
+                            f"so p90 {p90:g} ms cannot be checked against {max_ms:g} ms")
+        elif p90 > max_ms + EPS:
+            failures.append(f"{name}: p90 latency {p90:.3f} ms on {device} exceeds {max_ms:g} ms")
+    max_bytes = limits.get("max_bytes")
+    if max_bytes is not None:
+        size = art.get("bytes")
+        if not isinstance(size, int):
+            failures.append(f"{name}: size unknown (max {max_bytes} bytes needs it)")
+        elif size > max_bytes:
+            failures.append(f"{name}: size {size} bytes exceeds {max_bytes} bytes")
+    return failures
+
+
+def evaluate_gate(summary: dict[str, Any], gate_cfg: Any, device: str) -> dict[str, Any]:
+    """The summary's ``gate`` block: the limits, the overall verdict, and one verdict per artifact."""
+    limits = _limits(gate_cfg)
+    baseline = (summary.get("baseline") or {}).get("accuracy")
+    per_artifact: list[dict[str, Any]] = []
+    failures: list[str] = []
+    for art in summary.get("artifacts") or []:
+        own = check_artifact(art, limits, baseline, device)
+        per_artifact.append({"artifact": artifact_name(art), "passed": not own, "failures": own})
+        failures += own
+    if not per_artifact:
+        failures.append(f"{summary.get('recipe', 'run')} on {device}: no artifact was produced")
+    return {"passed": not failures, **limits, "device": device, "baseline_accuracy": baseline,
+            "failures": failures, "checked": [v["artifact"] for v in per_artifact], "artifacts": per_artifact}
+
+
+def apply_gate(summary: dict[str, Any], gate_cfg: Any, device: str) -> dict[str, Any]:
+    """Evaluate and write the verdicts into the summary (run-level ``gate`` and each artifact's ``gate``)."""
+    block = evaluate_gate(summary, gate_cfg, device)
+    verdicts = {v["artifact"]: v for v in block["artifacts"]}
+    for art in summary.get("artifacts") or []:
+        v = verdicts[artifact_name(art)]
+        art["gate"] = {"passed": v["passed"], "failures": v["failures"]}
+    summary["gate"] = block
+    return block
+
+
+def raise_for_gate(block: dict[str, Any], what: str = "run") -> None:
+    """GateError (exit 3) listing every failure, when the verdict is a fail."""
+    if block.get("passed"):
+        return
+    failures = block.get("failures") or ["the gate failed (no details recorded)"]
+    n = len(failures)
+    raise GateError(f"quality gate failed for this {what} ({n} problem{'s' if n > 1 else ''}): " + "; ".join(failures),
+                    hint="the figures are stored; relax `gate:` in the recipe or improve the model")
+
+
+def artifact_verdicts(summary: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Each artifact's verdict: the one stored with it, else judged now against the summary's own limits (for a
+    summary written with only a run-level verdict). Empty when the summary has no gate at all."""
+    limits = summary.get("gate") or {}
+    baseline = (summary.get("baseline") or {}).get("accuracy")
+    out: dict[str, dict[str, Any]] = {}
+    for art in summary.get("artifacts") or []:
+        if isinstance(art.get("gate"), dict):
+            out[artifact_name(art)] = art["gate"]
+        elif limits:
+            own = check_artifact(art, _limits(limits), baseline, str(summary.get("device", "?")))
+            out[artifact_name(art)] = {"passed": not own, "failures": own}
+    return out

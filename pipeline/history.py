@@ -1,0 +1,112 @@
+"""``edgepipe history``: past runs from the results store with their headline figures, newest first."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from typing import TYPE_CHECKING, Any
+
+from pipeline.rundir import artifact_name, is_usable, pick_best
+
+if TYPE_CHECKING:
+    from pipeline.store import Store
+
+
+def history(store: Store, device: str | None = None, recipe: str | None = None, limit: int = 20) -> list[dict]:
+    """Past runs, newest first, with their headline figures (best valid artifact, gate, baseline)."""
+    from sqlalchemy import select
+
+    from pipeline.store import runs
+
+    query = select(runs.c.run_id, runs.c.recipe, runs.c.device, runs.c.status, runs.c.started, runs.c.finished,
+                   runs.c.baseline_accuracy, runs.c.gate_passed, runs.c.summary_json)
+    if device:
+        query = query.where(runs.c.device == device)
+    if recipe:
+        query = query.where(runs.c.recipe == recipe)
+    query = query.order_by(runs.c.started.desc(), runs.c.id.desc()).limit(max(1, int(limit)))
+    rows = []
+    with store.engine.connect() as conn:
+        for r in conn.execute(query).mappings():
+            summary = json.loads(r["summary_json"]) if r["summary_json"] else {}
+            arts = summary.get("artifacts") or []
+            best = pick_best(arts)
+            rows.append({
+                "run_id": r["run_id"], "recipe": r["recipe"], "device": r["device"], "status": r["status"],
+                "started": r["started"], "finished": r["finished"], "baseline_accuracy": r["baseline_accuracy"],
+                "gate_passed": r["gate_passed"], "artifacts": len(arts),
+                "valid": sum(1 for a in arts if is_usable(a)),
+                "best": artifact_name(best) if best else None,
+                "best_accuracy": best["accuracy"] if best else None,
+                "best_p50_ms": (best.get("latency_ms") or {}).get("p50") if best else None,
+                "best_p90_ms": (best.get("latency_ms") or {}).get("p90") if best else None,
+                "best_bytes": best.get("bytes") if best else None,
+            })
+    return rows
+
+
+def _fmt(value: Any, kind: str = "") -> str:
+    if value is None:
+        return "-"
+    if kind == "acc":
+        return f"{value:.3f}"
+    if kind == "ms":
+        return f"{value:.3f}"
+    if kind == "gate":
+        return "pass" if value else "FAIL"
+    return str(value)
+
+
+def format_history(rows: list[dict]) -> str:
+    """A plain aligned text table (what ``edgepipe history`` prints)."""
+    if not rows:
+        return "no runs recorded yet (edgepipe run ... records them; EDGEPIPE_DB picks the store)"
+    cols = [("started", "started", ""), ("recipe", "recipe", ""), ("device", "device", ""),
+            ("status", "status", ""), ("gate", "gate_passed", "gate"), ("base acc", "baseline_accuracy", "acc"),
+            ("best", "best", ""), ("acc", "best_accuracy", "acc"), ("p50 ms", "best_p50_ms", "ms"),
+            ("p90 ms", "best_p90_ms", "ms"), ("valid", "valid", ""), ("run id", "run_id", "")]
+    table = [[h for h, _, _ in cols]]
+    for r in rows:
+        cells = [_fmt(r.get(key), kind) for _, key, kind in cols]
+        cells[0] = (r.get("started") or "-")[:19].replace("T", " ")
+        cells[10] = f"{r.get('valid', 0)}/{r.get('artifacts', 0)}"
+        table.append(cells)
+    widths = [max(len(row[i]) for row in table) for i in range(len(cols))]
+    numeric = {5, 7, 8, 9}
+    lines = []
+    for row in table:
+        cells = [c.rjust(w) if i in numeric else c.ljust(w) for i, (c, w) in enumerate(zip(row, widths, strict=True))]
+        lines.append("  ".join(cells).rstrip())
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+# -------------------------------------------------------------------------------------------------- CLI
+def _cmd_history(args: argparse.Namespace) -> int:
+    from pipeline.rundir import find_run_dirs
+    from pipeline.store import open_store, record_summary
+
+    store = open_store(args.db)
+    try:
+        for given in args.add or []:
+            for run_dir in find_run_dirs(given):
+                record_summary(run_dir=run_dir, store=store)
+        rows = history(store, args.device, args.recipe, args.limit)
+    finally:
+        store.close()
+    print(json.dumps(rows, indent=2) if args.json else format_history(rows))
+    return 0
+
+
+def register_cli(sub: argparse._SubParsersAction) -> None:
+    """``edgepipe history [--device NAME] [--recipe NAME] [--limit N] [--add RUN_DIR] [--db URL|PATH] [--json]``."""
+    p = sub.add_parser("history", help="past runs from the results store with their headline figures")
+    p.add_argument("--device", help="only runs on this device")
+    p.add_argument("--recipe", help="only runs of this recipe (its name)")
+    p.add_argument("--limit", type=int, default=20, help="newest N runs (default 20)")
+    p.add_argument("--add", action="append", metavar="RUN_DIR",
+                   help="import an existing run folder into the store first (repeatable)")
+    p.add_argument("--db", default=None, help="store URL or SQLite path (default: $EDGEPIPE_DB, else "
+                   "~/.local/share/edgepipe/results.db)")
+    p.add_argument("--json", action="store_true", help="print the rows as JSON")
+    p.set_defaults(func=_cmd_history)

@@ -1,0 +1,285 @@
+"""Run folder -> reproducible release bundle per device, and ``verify`` for the receiving end.
+
+A bundle is ``dist/<recipe>-<device>-<version>.tar.gz`` holding one folder of the same name:
+
+    manifest.json     every other file with SHA-256 and size, lineage, tool versions, the pick, the gate's verdict
+    SHA256SUMS        the same checksums (plus manifest.json) for ``sha256sum -c``
+    MODEL_CARD.md     what it is, data, stage trail, accuracy and latency on the device with its environment, limits
+    example.py        load and call the picked model with the runner (stdlib + numpy + runtime)
+    bench.py          the on-device runner (targets/runner/bench.py)
+    models/<family>/  the chosen artifact of each backend family (OpenVINO: .xml + .bin)
+    bench/<name>.json the runner's full record for each chosen artifact
+    summary.json, recipe.yaml   the run's record and the recipe as run
+
+Chosen: per backend family the device supports, the best usable artifact (valid, measured; highest accuracy, then
+lowest p90); the overall pick is the best of those. Version: ``--version``, else the summary's ``version``, else the
+run id without its leading ``<recipe>-`` (the run's timestamp). Reproducible: entries sorted, uid/gid 0, no owner
+names, mode 0644, mtime ``SOURCE_DATE_EPOCH`` or the run's finish time, gzip with mtime 0 and no file name; so the
+same run folder always gives the same bytes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import hashlib
+import io
+import json
+import os
+import re
+import tarfile
+import tempfile
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from pipeline.gate import artifact_verdicts, evaluate_gate
+from pipeline.modelcard import example_py, model_card
+from pipeline.rundir import (
+    artifact_files,
+    artifact_name,
+    find_run_dirs,
+    is_usable,
+    load_summary,
+    parse_time,
+    rank_key,
+    recipe_file,
+)
+from pipeline.verify import MANIFEST, SUMS, check_bundle, verify_bundle
+from targets import CAPABILITIES, parse_backend
+from targets.artifact import sha256_file
+from targets.errors import ConfigError, GateError
+from targets.runner import RUNNER_PATH
+
+__all__ = ["build_bundle", "check_bundle", "choose", "default_version", "register_cli", "verify_bundle"]
+
+_SAFE = re.compile(r"[^A-Za-z0-9._-]+")
+_CHUNK = 1 << 20
+
+
+def _clean(text: str) -> str:
+    return _SAFE.sub("_", str(text)).strip("._") or "x"
+
+
+def _epoch(summary: dict[str, Any]) -> int:
+    env = os.environ.get("SOURCE_DATE_EPOCH")
+    if env:
+        if not env.isdigit():
+            raise ConfigError(f"SOURCE_DATE_EPOCH={env!r} is not a whole number of seconds",
+                              hint="e.g. SOURCE_DATE_EPOCH=$(git log -1 --format=%ct)")
+        return int(env)
+    when = parse_time(summary.get("finished")) or parse_time(summary.get("started"))
+    return int(when.timestamp()) if when else 0
+
+
+def _gate_block(run_dir: Path, summary: dict[str, Any], device: str) -> dict[str, Any]:
+    """The verdict stored in the summary; a summary without one is judged now against its recipe's ``gate:``."""
+    gate = summary.get("gate")
+    if isinstance(gate, dict) and isinstance(gate.get("passed"), bool):
+        return gate
+    from pipeline.config import Gate
+
+    raw: Any = {}
+    found = recipe_file(run_dir)
+    if found is not None:
+        raw = (yaml.safe_load(found.read_text()) or {}).get("gate") or {}
+    return evaluate_gate(summary, Gate.model_validate(raw), device)
+
+
+def default_version(summary: dict[str, Any]) -> str:
+    """The run id without the recipe-name prefix the orchestrator puts first (``digits-20261123-162151`` ->
+    ``20261123-162151``), so the bundle is not called ``digits-local-digits-...``."""
+    run_id, prefix = str(summary["run_id"]), f"{summary['recipe']}-"
+    return run_id[len(prefix):] if run_id.startswith(prefix) and len(run_id) > len(prefix) else run_id
+
+
+def _input_shape(run_dir: Path) -> list[int] | None:
+    """The model's input shape from the recipe as run (for the model card and whoever feeds the model)."""
+    found = recipe_file(run_dir)
+    try:
+        shape = ((yaml.safe_load(found.read_text()) or {}).get("model") or {}).get("input_shape") if found else None
+    except (OSError, yaml.YAMLError, AttributeError):
+        return None
+    return shape if isinstance(shape, list) else None
+
+
+def _supported(device: str, present: set[str]) -> set[str]:
+    """Backend families the device profile lists; all present families when the profile is not at hand."""
+    from targets.profiles import load_profile
+
+    try:
+        profile = load_profile(device)
+    except Exception:  # noqa: BLE001 - a lab's own profile may be elsewhere; the run only holds what it measured
+        return present
+    return {parse_backend(b)[0] for b in profile.backends} or present
+
+
+def choose(summary: dict[str, Any], device: str) -> tuple[list[dict[str, Any]], dict[str, str]]:
+    """The best usable artifact per supported family, best first, and {family: name}."""
+    usable = [a for a in summary.get("artifacts") or [] if is_usable(a)]
+    families = _supported(device, {a["backend"] for a in usable})
+    chosen: dict[str, dict[str, Any]] = {}
+    for art in sorted(usable, key=rank_key):
+        if art["backend"] in families and art["backend"] not in chosen:
+            chosen[art["backend"]] = art
+    ranked = sorted(chosen.values(), key=rank_key)
+    return ranked, {fam: artifact_name(a) for fam, a in sorted(chosen.items())}
+
+
+# ------------------------------------------------------------------------------------------------------ build
+def build_bundle(run_dir: str | Path, device: str | None = None, dist: str | Path = "dist",
+                 version: str | None = None, allow_failed_gate: bool = False) -> Path:
+    """Write ``dist/<recipe>-<device>-<version>.tar.gz`` from a finished run folder and return its path."""
+    found = find_run_dirs(run_dir, device)
+    if len(found) > 1:
+        raise ConfigError(f"{run_dir}: a fleet run with devices {', '.join(p.name for p in found)}",
+                          hint="say which one with --device NAME")
+    run_dir = found[0]
+    summary = load_summary(run_dir)
+    run_device = str(summary["device"])
+    if device is not None and device != run_device and Path(device).stem != run_device:
+        raise ConfigError(f"{run_dir}: this run was measured on device {run_device!r}, not {device!r}",
+                          hint=f"release it with --device {run_device}, or run the recipe on {device} first")
+    if summary.get("status") == "incomplete":
+        raise ConfigError(f"{run_dir}: the run did not finish (status incomplete)", hint="run it again to completion")
+    gate = _gate_block(run_dir, summary, run_device)
+    if not gate["passed"] and not allow_failed_gate:
+        failures = gate.get("failures") or ["the gate failed"]
+        raise GateError(f"{run_dir}: cannot release, the quality gate failed: " + "; ".join(failures),
+                        hint="fix the model or the recipe's gate, or pass --allow-failed-gate "
+                             "(recorded in the manifest)")
+    chosen, per_family = choose(summary, run_device)
+    if not chosen:
+        raise ConfigError(f"{run_dir}: no valid, measured artifact to release on {run_device}",
+                          hint="see the report: every artifact failed, was invalid or is unsupported by the device")
+    ver = _clean(version or summary.get("version") or default_version(summary))
+    name = f"{_clean(summary['recipe'])}-{_clean(run_device)}-{ver}"
+    sources: dict[str, Path | bytes] = {"bench.py": RUNNER_PATH}
+    verdicts = artifact_verdicts({**summary, "gate": gate})
+    manifest_artifacts = []
+    for art in chosen:
+        files = artifact_files(run_dir, art)
+        missing = [str(f) for f in files if not f.is_file()]
+        if missing:
+            raise ConfigError(f"{run_dir}: {artifact_name(art)}: file(s) missing: {', '.join(missing)}",
+                              hint="the run folder is incomplete; re-run the pipeline")
+        if art.get("sha256") and sha256_file(files[0]) != art["sha256"]:
+            raise ConfigError(f"{files[0]}: checksum differs from summary.json ({art['sha256'][:12]}...)",
+                              hint="the artifact changed after the run; re-run the pipeline instead of editing it")
+        folder = f"models/{art['backend']}"
+        for f in files:
+            sources[f"{folder}/{f.name}"] = f
+        bench_file = run_dir / "bench" / f"{artifact_name(art)}.json"
+        sources[f"bench/{artifact_name(art)}.json"] = (
+            bench_file if bench_file.is_file() else (json.dumps(art.get("bench") or {}, indent=2) + "\n").encode())
+        sidecar = Path(str(files[0]) + ".json")
+        record = json.loads(sidecar.read_text()) if sidecar.is_file() else {}
+        manifest_artifacts.append({
+            "name": artifact_name(art), "backend": art["backend"], "precision": art["precision"],
+            "path": f"{folder}/{files[0].name}", "files": [f"{folder}/{f.name}" for f in files],
+            "sha256": art.get("sha256"), "bytes": art.get("bytes"), "accuracy": art.get("accuracy"),
+            "latency_ms": art.get("latency_ms"), "valid": art.get("valid"), "gate": verdicts.get(artifact_name(art)),
+            "runtime": (art.get("bench") or {}).get("runtime"), "validation": art.get("validation"),
+            "lineage": {"parent": art.get("parent", record.get("parent")), "produced_by": record.get("produced_by"),
+                        "config": record.get("config"), "source_file": art["file"]}})
+    sources["summary.json"] = run_dir / "summary.json"
+    if recipe_file(run_dir) is not None:
+        sources["recipe.yaml"] = recipe_file(run_dir)
+    top = manifest_artifacts[0]
+    runtime = CAPABILITIES[top["backend"]]["runtime"]
+    sources["example.py"] = example_py(top["path"], top["backend"], runtime).encode()
+    mtime = _epoch(summary)
+    manifest: dict[str, Any] = {
+        "schema": 1, "name": _clean(summary["recipe"]), "device": run_device, "version": ver, "bundle": name,
+        "run_id": summary["run_id"],
+        "created": datetime.fromtimestamp(mtime, timezone.utc).isoformat(), "source_date_epoch": mtime,
+        "input_shape": _input_shape(run_dir), "edgepipe_version": summary.get("edgepipe_version"),
+        "tool_versions": summary.get("tool_versions") or {},
+        "pick": {"overall": top["name"], "per_family": per_family,
+                 "rule": "valid and measured; highest accuracy, then lowest p90 latency"},
+        "artifacts": manifest_artifacts,
+        "lineage": {"original": summary.get("baseline") or {}, "stages": summary.get("stages") or [],
+                    "artifacts": {a["name"]: a["lineage"] for a in manifest_artifacts}},
+        "gate": {**gate, "allow_failed_gate": bool(allow_failed_gate),
+                 "released_despite_failure": bool(allow_failed_gate and not gate["passed"])},
+    }
+    sources["MODEL_CARD.md"] = model_card(summary, manifest, chosen).encode()
+    digests = {arc: _digest(src) for arc, src in sources.items()}
+    manifest["files"] = [{"path": arc, "sha256": d, "bytes": n} for arc, (d, n) in sorted(digests.items())]
+    manifest_bytes = (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode()
+    sources[MANIFEST] = manifest_bytes
+    digests[MANIFEST] = _digest(manifest_bytes)
+    sources[SUMS] = "".join(f"{d}  {arc}\n" for arc, (d, _) in sorted(digests.items())).encode()
+    dest = Path(dist) / f"{name}.tar.gz"
+    _write_tar(dest, {f"{name}/{arc}": src for arc, src in sources.items()}, mtime)
+    return dest
+
+
+def _digest(src: Path | bytes) -> tuple[str, int]:
+    if isinstance(src, bytes):
+        return hashlib.sha256(src).hexdigest(), len(src)
+    return sha256_file(src), src.stat().st_size
+
+
+def _write_tar(dest: Path, entries: dict[str, Path | bytes], mtime: int) -> None:
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent)
+    tmp = Path(tmp_name)
+    try:
+        with os.fdopen(fd, "wb") as raw:
+            with gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0, compresslevel=9) as gz, \
+                    tarfile.open(fileobj=gz, mode="w", format=tarfile.PAX_FORMAT) as tar:
+                for arcname in sorted(entries):
+                    src = entries[arcname]
+                    info = tarfile.TarInfo(arcname)
+                    info.type, info.mode, info.mtime = tarfile.REGTYPE, 0o644, mtime
+                    info.uid = info.gid = 0
+                    info.uname = info.gname = ""
+                    if isinstance(src, bytes):
+                        info.size = len(src)
+                        tar.addfile(info, io.BytesIO(src))
+                    else:
+                        info.size = src.stat().st_size
+                        with open(src, "rb") as fh:
+                            tar.addfile(info, fh)
+            raw.flush()
+            os.fsync(raw.fileno())
+        tmp.chmod(0o644)  # mkstemp makes it private; a release is meant to be shared
+        os.replace(tmp, dest)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+# ------------------------------------------------------------------------------------------------------ CLI
+def _cmd_release(args: argparse.Namespace) -> int:
+    path = build_bundle(args.run_dir, args.device, Path(args.dist), args.version, args.allow_failed_gate)
+    manifest = check_bundle(path)
+    print(f"{path}  (pick {manifest['pick']['overall']}; {len(manifest['files'])} files; "
+          f"sha256 {sha256_file(path)})")
+    return 0
+
+
+def _cmd_verify(args: argparse.Namespace) -> int:
+    manifest = check_bundle(args.bundle)
+    print(f"{args.bundle}: OK ({len(manifest['files'])} files verified; {manifest['name']} for {manifest['device']} "
+          f"version {manifest['version']}, gate {'passed' if manifest['gate'].get('passed') else 'FAILED'})")
+    return 0
+
+
+def register_cli(sub: argparse._SubParsersAction) -> None:
+    """``edgepipe release RUN_DIR`` and ``edgepipe verify BUNDLE``; handlers return 0 or raise EdgeError."""
+    p = sub.add_parser("release", help="build a reproducible release bundle from a run folder")
+    p.add_argument("run_dir", help="folder written by `edgepipe run --out`")
+    p.add_argument("--device", default=None, help="device the bundle is for (must be the run's device)")
+    p.add_argument("--dist", default="dist", help="output folder (default: dist/)")
+    p.add_argument("--version", default=None,
+                   help="bundle version (default: the summary's version, else the run id's timestamp)")
+    p.add_argument("--allow-failed-gate", action="store_true",
+                   help="release although the quality gate failed (recorded in the manifest)")
+    p.set_defaults(func=_cmd_release)
+    v = sub.add_parser("verify", help="check a release bundle's checksums and contents")
+    v.add_argument("bundle", help="a .tar.gz written by `edgepipe release`")
+    v.set_defaults(func=_cmd_verify)

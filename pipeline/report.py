@@ -1,0 +1,279 @@
+"""Run folders -> one self-contained HTML report (tables, plots, environment, run-to-run changes).
+
+Self-contained means it opens with no network: plots are inline base64 PNGs (pipeline/plots.py), the CSS is inline,
+there is no script. Runs are grouped per device; within a device, consecutive runs of the same recipe are compared
+artifact by artifact and a p50 latency worse by more than ``regression_threshold`` (default 10%) is flagged.
+"""
+
+from __future__ import annotations
+
+import argparse
+import html
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from pipeline import plots
+from pipeline.gate import artifact_verdicts
+from pipeline.rundir import (
+    artifact_name,
+    find_run_dirs,
+    human_bytes,
+    is_usable,
+    latency,
+    load_summary,
+    parse_time,
+    pick_best,
+)
+from targets.artifact import atomic_write_bytes
+
+CSS = """
+body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:24px;color:#222;max-width:1400px}
+h1{margin-bottom:4px} h2{border-bottom:2px solid #444;padding-bottom:4px;margin-top:36px} h3{margin-top:28px}
+table{border-collapse:collapse;margin:8px 0 16px;font-size:13px} th,td{border:1px solid #ccc;padding:4px 8px}
+td.n,td:first-child{white-space:nowrap}
+th{background:#f2f2f2;text-align:left} td.n{text-align:right;font-variant-numeric:tabular-nums}
+.ok{color:#1a7f37;font-weight:600} .bad{color:#cf222e;font-weight:600} .muted{color:#777;font-size:12px}
+.plots{display:flex;flex-wrap:wrap;gap:12px;align-items:flex-start} .plots img{border:1px solid #ddd;max-width:100%}
+.regression{background:#ffebe9} .pick{background:#eef6ff} code{font-size:12px}
+"""
+
+
+def _e(value: Any) -> str:
+    return html.escape("-" if value is None else str(value))
+
+
+def _num(value: Any, digits: int = 3) -> str:
+    return f"{value:.{digits}f}" if isinstance(value, (int, float)) else "-"
+
+
+def _verdict(passed: Any) -> str:
+    if passed is None:
+        return '<span class="muted">-</span>'
+    return '<span class="ok">pass</span>' if passed else '<span class="bad">FAIL</span>'
+
+
+def _table(headers: list[str], rows: list[list[str]], numeric: set[int] = frozenset(),
+           row_class: list[str] | None = None) -> str:
+    head = "".join(f"<th>{_e(h)}</th>" for h in headers)
+    body = []
+    for i, row in enumerate(rows):
+        cls = f' class="{row_class[i]}"' if row_class and row_class[i] else ""
+        cells = "".join(f'<td class="n">{c}</td>' if j in numeric else f"<td>{c}</td>" for j, c in enumerate(row))
+        body.append(f"<tr{cls}>{cells}</tr>")
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
+
+
+def _artifact_table(summary: dict[str, Any]) -> str:
+    best = pick_best(summary.get("artifacts") or [])
+    verdicts = artifact_verdicts(summary)
+    rows, classes = [], []
+    for a in summary.get("artifacts") or []:
+        lat = a.get("latency_ms") or {}
+        reasons = (a.get("bench") or {}).get("invalid_reasons") or a.get("invalid_reasons") or []
+        if a.get("error"):
+            valid = f'<span class="bad">failed</span>: {_e(a["error"])}'
+        elif a.get("valid"):
+            valid = '<span class="ok">valid</span>'
+        else:
+            valid = '<span class="bad">invalid</span>' + (f": {_e('; '.join(reasons))}" if reasons else "")
+        gate = verdicts.get(artifact_name(a)) or {}
+        shown = [] if a.get("error") else gate.get("failures") or []  # an export error is already in "valid"
+        gate_cell = _verdict(gate.get("passed")) + "".join(f"<br><span class='muted'>{_e(f)}</span>" for f in shown)
+        rows.append([_e(artifact_name(a)) + (" ★" if a is best else ""), _e(a.get("backend")), _e(a.get("precision")),
+                     human_bytes(a.get("bytes")), _num(a.get("accuracy")), _num(lat.get("p50")),
+                     _num(lat.get("p90")), _num(lat.get("p99")), _e(lat.get("n")), valid, gate_cell])
+        classes.append("pick" if a is best else "")
+    return _table(["artifact", "backend", "precision", "size", "accuracy", "p50 ms", "p90 ms", "p99 ms", "n",
+                   "valid", "gate"], rows, {3, 4, 5, 6, 7, 8}, classes)
+
+
+def _state(st: dict[str, Any] | None) -> str:
+    """What the device reported about itself; fields it could not read are left out rather than shown as blanks."""
+    if not st:
+        return "not reported"
+    throttled = st.get("throttled")
+    parts = [text for value, text in (
+        (st.get("temp_c"), f"temp {st.get('temp_c')} °C"), (st.get("governor"), f"governor {st.get('governor')}"),
+        (st.get("cpu_mhz"), f"cpu {st.get('cpu_mhz')} MHz"),
+        (st.get("power_mode"), f"power mode {st.get('power_mode')}"),
+        (throttled, f"throttled {throttled.get('raw') if throttled else ''}"),
+        (st.get("loadavg"), "load " + " ".join(f"{x:.2f}" for x in st.get("loadavg") or []))) if value is not None]
+    if throttled is None and st.get("temp_c") is not None:
+        parts.append("throttling not reported")
+    return _e(", ".join(parts) or "not reported (no thermal, clock or governor readings on this device)")
+
+
+def _environment(summary: dict[str, Any]) -> str:
+    tools = summary.get("tool_versions") or {}
+    out = ["<p><b>Build host tools:</b> " + (", ".join(f"{_e(k)} {_e(v)}" for k, v in sorted(tools.items())) or "-")
+           + f" · edgepipe {_e(summary.get('edgepipe_version'))}</p>"]
+    rows = []
+    for a in summary.get("artifacts") or []:
+        bench = a.get("bench") or {}
+        if not bench:
+            continue
+        env = bench.get("environment") or {}
+        state = bench.get("state") or {}
+        rows.append([_e(artifact_name(a)), _e(bench.get("runtime")), _e(bench.get("threads")),
+                     _e(", ".join(bench.get("providers") or [])),
+                     _e(f"{env.get('machine', '-')} · {env.get('os', '-')} · Python {env.get('python', '-')} · "
+                        f"numpy {env.get('numpy', '-')} · {env.get('cpus', '-')} CPUs"),
+                     _state(state.get("before")), _state(state.get("after"))])
+    if rows:
+        out.append(_table(["artifact", "runtime", "threads", "providers", "device", "state before", "state after"],
+                          rows))
+    return "".join(out)
+
+
+def compare_runs(old: dict[str, Any], new: dict[str, Any], threshold: float = 0.10) -> dict[str, Any]:
+    """What changed per artifact between two runs; ``regressions`` names artifacts whose p50 got worse by more than
+    ``threshold`` (a fraction: 0.10 = 10%)."""
+    before = {artifact_name(a): a for a in old.get("artifacts") or []}
+    after = {artifact_name(a): a for a in new.get("artifacts") or []}
+    rows, regressions = [], []
+    for name in sorted(set(before) | set(after)):
+        a, b = before.get(name), after.get(name)
+        row: dict[str, Any] = {"artifact": name, "status": "same"}
+        if a is None or b is None:
+            row["status"] = "added" if a is None else "removed"
+        else:
+            for key, fa, fb in (("accuracy", a.get("accuracy"), b.get("accuracy")),
+                                ("p50", latency(a, "p50"), latency(b, "p50")),
+                                ("p90", latency(a, "p90"), latency(b, "p90")),
+                                ("bytes", a.get("bytes"), b.get("bytes"))):
+                row[key] = (fa, fb)
+            p50a, p50b = row["p50"]
+            if p50a and p50b and (p50b - p50a) / p50a > threshold:
+                row["status"] = "regression"
+                regressions.append(name)
+        rows.append(row)
+    return {"old": old.get("run_id"), "new": new.get("run_id"), "threshold": threshold, "rows": rows,
+            "regressions": regressions}
+
+
+def _delta(pair: tuple[Any, Any] | None, kind: str) -> str:
+    if not pair:
+        return "-"
+    a, b = pair
+    if not isinstance(a, (int, float)) or not isinstance(b, (int, float)):
+        return f"{_num(a)} → {_num(b)}"
+    if kind == "acc":
+        return f"{a:.3f} → {b:.3f} ({(b - a) * 100:+.1f} pt)"
+    pct = f" ({(b - a) / a * 100:+.1f}%)" if a else ""
+    if kind == "bytes":
+        return f"{human_bytes(a)} → {human_bytes(b)}{pct}"
+    return f"{a:.3f} → {b:.3f}{pct}"
+
+
+def _comparison(cmp: dict[str, Any]) -> str:
+    rows, classes = [], []
+    for r in cmp["rows"]:
+        status = {"regression": '<span class="bad">p50 regression</span>', "added": "added", "removed": "removed",
+                  "same": '<span class="ok">ok</span>'}[r["status"]]
+        rows.append([_e(r["artifact"]), _delta(r.get("accuracy"), "acc"), _delta(r.get("p50"), "ms"),
+                     _delta(r.get("p90"), "ms"), _delta(r.get("bytes"), "bytes"), status])
+        classes.append("regression" if r["status"] == "regression" else "")
+    flag = (f'<p class="bad">Latency regression (p50 worse by more than {cmp["threshold"]:.0%}): '
+            f'{_e(", ".join(cmp["regressions"]))}</p>') if cmp["regressions"] else \
+        f'<p class="ok">No p50 latency regression beyond {cmp["threshold"]:.0%}.</p>'
+    return (f"<h3>Changes from <code>{_e(cmp['old'])}</code> to <code>{_e(cmp['new'])}</code></h3>{flag}"
+            + _table(["artifact", "accuracy", "p50 ms", "p90 ms", "size", "verdict"], rows, set(), classes))
+
+
+def _run_section(summary: dict[str, Any], run_dir: Path) -> str:
+    title = f"{summary['recipe']} · {summary['device']} · {summary['run_id']}"
+    gate = summary.get("gate") or {}
+    limits = ", ".join(f"{k} {gate[k]}" for k in ("max_accuracy_drop", "max_latency_ms", "max_bytes")
+                       if gate.get(k) is not None)
+    base = summary.get("baseline") or {}
+    head = (f"<h3>Run <code>{_e(summary['run_id'])}</code> — recipe {_e(summary['recipe'])}</h3>"
+            f"<p>status <b>{_e(summary.get('status', 'complete'))}</b> · started {_e(summary.get('started'))} · "
+            f"finished {_e(summary.get('finished'))} · folder <code>{_e(run_dir)}</code><br>"
+            f"original model: accuracy {_num(base.get('accuracy'))}, {_e(base.get('params'))} params, "
+            f"{_e(base.get('macs'))} MACs · gate {_verdict(gate.get('passed'))}"
+            f"{' (' + _e(limits) + ')' if limits else ''}</p>")
+    failures = "".join(f"<li>{_e(f)}</li>" for f in gate.get("failures") or [])
+    if failures:
+        head += f'<ul class="bad">{failures}</ul>'
+    arts = summary.get("artifacts") or []
+    imgs = [(plots.accuracy_vs_latency(arts, base.get("accuracy"), f"accuracy vs p90 latency — {summary['device']}"),
+             "accuracy versus p90 latency with the Pareto front"),
+            (plots.size_bars(arts, "artifact size"), "size per artifact"),
+            (plots.stage_trail(summary, "stage-by-stage trail"), "params, MACs and accuracy per stage")]
+    figures = "".join(f'<img src="{src}" alt="{_e(alt)}">' for src, alt in imgs)
+    usable = sum(1 for a in arts if is_usable(a))
+    anchor = f"{summary['run_id']}-{summary['device']}"
+    return (f'<section class="run" id="{_e(anchor)}" title="{_e(title)}">{head}'
+            f"<p class='muted'>{usable} of {len(arts)} artifacts valid and measured; ★ = best (highest accuracy, "
+            f"then lowest p90)</p>{_artifact_table(summary)}<div class='plots'>{figures}</div>"
+            f"<h4>Environment</h4>{_environment(summary)}</section>")
+
+
+def _overview(devices: dict[str, list[tuple[Path, dict[str, Any]]]]) -> str:
+    """One line per run: where to look first."""
+    rows = []
+    for device in sorted(devices):
+        for _, s in devices[device]:
+            best = pick_best(s.get("artifacts") or [])
+            lat = (best or {}).get("latency_ms") or {}
+            rows.append([f"<a href='#device-{_e(device)}'>{_e(device)}</a>", _e(s["recipe"]),
+                         f"<a href='#{_e(s['run_id'])}-{_e(device)}'>{_e(s['run_id'])}</a>",
+                         _e(s.get("status", "complete")), _verdict((s.get("gate") or {}).get("passed")),
+                         _e(artifact_name(best)) if best else "-", _num((best or {}).get("accuracy")),
+                         _num(lat.get("p50")), _num(lat.get("p90")), human_bytes((best or {}).get("bytes"))])
+    return "<h2>Overview</h2>" + _table(["device", "recipe", "run", "status", "gate", "best artifact", "accuracy",
+                                         "p50 ms", "p90 ms", "size"], rows, {6, 7, 8, 9})
+
+
+def write_report(run_dirs: list[Path], out: Path, regression_threshold: float = 0.10) -> Path:
+    """Render every run folder into one HTML file at ``out`` (written atomically) and return its path."""
+    loaded = [(d, load_summary(d)) for given in run_dirs for d in find_run_dirs(given)]
+    devices: dict[str, list[tuple[Path, dict[str, Any]]]] = {}
+    for run_dir, summary in loaded:
+        devices.setdefault(str(summary["device"]), []).append((run_dir, summary))
+    epoch = datetime.min.replace(tzinfo=timezone.utc)
+    parts = []
+    for device in sorted(devices):
+        runs = sorted(devices[device], key=lambda rs: (parse_time(rs[1].get("started")) or epoch, rs[1]["run_id"]))
+        sections = [f'<h2 id="device-{_e(device)}">Device {_e(device)}</h2>']
+        previous: dict[str, dict[str, Any]] = {}
+        for run_dir, summary in runs:
+            sections.append(_run_section(summary, run_dir))
+            earlier = previous.get(summary["recipe"])
+            if earlier is not None:
+                sections.append(_comparison(compare_runs(earlier, summary, regression_threshold)))
+            previous[summary["recipe"]] = summary
+        for recipe in sorted({s["recipe"] for _, s in runs}):
+            series = [s for _, s in runs if s["recipe"] == recipe]
+            if len(series) >= 3:  # two runs are a comparison (above); from three on, a trend says more
+                src = plots.trend(series, f"{recipe} on {device}: trend over {len(series)} runs")
+                sections.append(f"<h3>Trend: {_e(recipe)} on {_e(device)}</h3>"
+                                f'<div class="plots"><img src="{src}" alt="p50 latency and accuracy per run"></div>')
+        parts.append("".join(sections))
+    index = _overview(devices)
+    now = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    doc = (f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>edgepipe report</title>"
+           f"<style>{CSS}</style></head><body><h1>edgepipe report</h1><p class='muted'>generated {now} from "
+           f"{len(loaded)} run folder(s); latency is one inference at batch 1, p50/p90/p99 over n timed runs on the "
+           f"device; accuracy is top-1 on the recipe's eval split</p>{index}{''.join(parts)}</body></html>\n")
+    out = Path(out)
+    atomic_write_bytes(out, doc.encode("utf-8"))
+    out.chmod(0o644)  # a report is shared; the temp file behind the atomic write was private
+    return out
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    path = write_report([Path(d) for d in args.run_dirs], Path(args.out), args.regression_threshold)
+    print(path)
+    return 0
+
+
+def register_cli(sub: argparse._SubParsersAction) -> None:
+    """``edgepipe report RUN_DIR... [--out report.html] [--regression-threshold 0.10]``."""
+    p = sub.add_parser("report", help="HTML report with accuracy/latency/size plots for one or more runs")
+    p.add_argument("run_dirs", nargs="+", help="run folders written by `edgepipe run --out`")
+    p.add_argument("--out", default="report.html", help="HTML file to write (default: report.html)")
+    p.add_argument("--regression-threshold", type=float, default=0.10,
+                   help="flag a p50 latency worse by more than this fraction between runs (default 0.10)")
+    p.set_defaults(func=_cmd_report)

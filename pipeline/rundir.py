@@ -1,0 +1,124 @@
+"""Reading a finished run folder (DESIGN §6): the one place the store, the report and the release agree on it.
+
+After export only files and JSON records move between steps, so everything downstream of a run works from
+``<run_dir>/summary.json`` and the files it names, never from live objects. Helpers here keep that reading uniform:
+an artifact's name, its files on disk, and the rule that picks the best one.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from targets.errors import ConfigError
+
+
+def load_summary(run_dir: str | Path) -> dict[str, Any]:
+    """``summary.json`` of a run folder; a missing or broken one is a ConfigError naming the file."""
+    path = Path(run_dir) / "summary.json"
+    if not path.is_file():
+        raise ConfigError(f"{path}: no summary.json in this folder",
+                          hint="give the folder `edgepipe run ... --out DIR` wrote (it holds summary.json)")
+    try:
+        summary = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ConfigError(f"{path}: not readable JSON ({exc})", hint="re-run the pipeline to rewrite it") from exc
+    if not isinstance(summary, dict) or summary.get("schema") != 1:
+        raise ConfigError(f"{path}: expected a summary with \"schema\": 1",
+                          hint="this edgepipe reads summary schema 1 (DESIGN §6)")
+    missing = [k for k in ("recipe", "device", "run_id", "artifacts") if k not in summary]
+    if missing:
+        raise ConfigError(f"{path}: summary lacks {', '.join(missing)}", hint="re-run the pipeline to rewrite it")
+    return summary
+
+
+def find_run_dirs(path: str | Path, device: str | None = None) -> list[Path]:
+    """The folders holding a summary.json: the folder itself, or for a fleet run (``--device a --device b``) its
+    per-device subfolders; ``device`` narrows a fleet run to one of them."""
+    root = Path(path)
+    if (root / "summary.json").is_file():
+        return [root]
+    subs = sorted(p.parent for p in root.glob("*/summary.json"))
+    if device is not None:
+        subs = [p for p in subs if p.name in (device, Path(device).stem)]
+    if not subs:
+        where = f" for device {device!r}" if device else ""
+        raise ConfigError(f"{root}: no summary.json here or in its device subfolders{where}",
+                          hint="give the folder `edgepipe run ... --out DIR` wrote")
+    return subs
+
+
+def recipe_file(run_dir: Path) -> Path | None:
+    """``recipe.yaml`` as run: in the run folder, or one level up for a device subfolder of a fleet run."""
+    for candidate in (run_dir / "recipe.yaml", run_dir.parent / "recipe.yaml"):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def artifact_name(art: dict[str, Any]) -> str:
+    return f"{art.get('backend', '?')}-{art.get('precision', '?')}"
+
+
+def latency(art: dict[str, Any], key: str = "p90") -> float | None:
+    value = (art.get("latency_ms") or {}).get(key)
+    return float(value) if isinstance(value, (int, float)) else None
+
+
+def is_usable(art: dict[str, Any]) -> bool:
+    """Exported, measured and valid: the only artifacts that may be picked for a release."""
+    return (not art.get("error") and art.get("valid") is True and isinstance(art.get("accuracy"), (int, float))
+            and latency(art) is not None)
+
+
+def rank_key(art: dict[str, Any]) -> tuple[float, float, str]:
+    """Best first: highest accuracy, then lowest p90, then the name (so ties never depend on list order)."""
+    return (-float(art["accuracy"]), latency(art) or float("inf"), artifact_name(art))
+
+
+def pick_best(artifacts: list[dict[str, Any]]) -> dict[str, Any] | None:
+    usable = [a for a in artifacts if is_usable(a)]
+    return min(usable, key=rank_key) if usable else None
+
+
+def artifact_files(run_dir: Path, art: dict[str, Any]) -> list[Path]:
+    """Every file of an artifact (OpenVINO: .xml and .bin) located inside the run folder.
+
+    The sidecar lists ``files`` as they were on the machine that exported them; only their names are trusted and
+    they are looked up next to the main file, so a run folder that was moved or copied still resolves.
+    """
+    main = run_dir / art["file"]
+    names = [main.name]
+    sidecar = Path(str(main) + ".json")
+    if sidecar.is_file():
+        try:
+            record = json.loads(sidecar.read_text())
+            names += [Path(f).name for f in record.get("files", []) if Path(f).name not in names]
+        except (OSError, json.JSONDecodeError):
+            pass
+    if main.suffix == ".xml" and main.with_suffix(".bin").name not in names:
+        names.append(main.with_suffix(".bin").name)
+    return [main.parent / n for n in names]
+
+
+def parse_time(value: Any) -> datetime | None:
+    """ISO 8601 (with or without zone; naive means UTC) -> aware datetime, else None."""
+    if not isinstance(value, str) or not value:
+        return None
+    try:
+        dt = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return dt if dt.tzinfo else dt.replace(tzinfo=timezone.utc)
+
+
+def human_bytes(n: Any) -> str:
+    if not isinstance(n, (int, float)):
+        return "-"
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if abs(n) < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return str(n)

@@ -1,0 +1,332 @@
+"""Results store: every run, stage, artifact and benchmark, queryable across runs (``edgepipe history``).
+
+SQLite by default, through SQLAlchemy 2 Core, so a team can point ``EDGEPIPE_DB`` at a shared PostgreSQL
+(``postgresql://user@host/edgepipe``) without code changes. Where it lives:
+
+* ``open_store(x)``: ``x`` may be a URL (anything with ``://``) or a file path (-> SQLite);
+* else ``$EDGEPIPE_DB`` (URL or path);
+* else ``$XDG_DATA_HOME/edgepipe/results.db`` (default ``~/.local/share/edgepipe/results.db``): a history of
+  results is data, not cache, and it must outlive ``make clean`` of a project's ``runs/``.
+
+The schema is versioned in the database (table ``schema_version``) and brought up to date by the ordered
+``MIGRATIONS`` below when a store is opened; add a step, never edit an applied one. The Table objects describe the
+latest schema, so each step must be idempotent (``IF NOT EXISTS``, or guarded with ``inspect``): step 1 run on a
+new database creates today's tables, and a later step that adds a column must find it already there.
+
+Writes are transactional: ``begin_run`` commits a row marked ``incomplete`` before any work starts, and
+``finish_run`` replaces its stages, artifacts and benchmarks and sets the final status in one transaction, so a crash
+anywhere leaves the previous consistent state: the run stays visible as ``incomplete``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Callable
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import (
+    Boolean,
+    Column,
+    Connection,
+    Float,
+    ForeignKey,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+    create_engine,
+    delete,
+    func,
+    insert,
+    inspect,
+    select,
+    text,
+    update,
+)
+from sqlalchemy.engine import Engine, make_url
+from sqlalchemy.exc import ArgumentError, IntegrityError, OperationalError, ProgrammingError, SQLAlchemyError
+
+from pipeline.rundir import artifact_name, load_summary
+from targets.errors import ConfigError
+
+STATUSES = ("incomplete", "complete", "failed")
+
+metadata = MetaData()
+schema_version = Table("schema_version", metadata,
+                       Column("version", Integer, primary_key=True),
+                       Column("description", String(200), nullable=False),
+                       Column("applied", String(40), nullable=False))
+runs = Table("runs", metadata,
+             Column("id", Integer, primary_key=True, autoincrement=True),
+             Column("run_id", String(200), nullable=False),
+             Column("recipe", String(200), nullable=False),
+             Column("device", String(200), nullable=False),
+             Column("run_dir", Text),
+             Column("status", String(20), nullable=False),
+             Column("started", String(40)),
+             Column("finished", String(40)),
+             Column("edgepipe_version", String(40)),
+             Column("baseline_accuracy", Float),
+             Column("baseline_params", Integer),
+             Column("baseline_macs", Integer),
+             Column("gate_passed", Boolean),
+             Column("recipe_json", Text),
+             Column("summary_json", Text),
+             UniqueConstraint("run_id", "device", name="uq_runs_run_device"))
+stages = Table("stages", metadata,
+               Column("id", Integer, primary_key=True, autoincrement=True),
+               Column("run_pk", Integer, ForeignKey("runs.id", ondelete="CASCADE"), nullable=False),
+               Column("seq", Integer, nullable=False),
+               Column("name", String(100), nullable=False),
+               Column("accuracy", Float), Column("params", Integer), Column("macs", Integer),
+               Column("seconds", Float))
+artifacts = Table("artifacts", metadata,
+                  Column("id", Integer, primary_key=True, autoincrement=True),
+                  Column("run_pk", Integer, ForeignKey("runs.id", ondelete="CASCADE"), nullable=False),
+                  Column("name", String(100), nullable=False),
+                  Column("backend", String(50)), Column("precision", String(20)),
+                  Column("file", Text), Column("sha256", String(64)), Column("bytes", Integer),
+                  Column("accuracy", Float), Column("valid", Boolean), Column("error", Text),
+                  Column("gate_passed", Boolean), Column("parent", Text))
+benchmarks = Table("benchmarks", metadata,
+                   Column("id", Integer, primary_key=True, autoincrement=True),
+                   Column("artifact_id", Integer, ForeignKey("artifacts.id", ondelete="CASCADE"), nullable=False),
+                   Column("run_pk", Integer, ForeignKey("runs.id", ondelete="CASCADE"), nullable=False),
+                   Column("runtime", String(100)),
+                   Column("p50", Float), Column("p90", Float), Column("p99", Float),
+                   Column("mean", Float), Column("std", Float), Column("n", Integer),
+                   Column("valid", Boolean), Column("invalid_reasons", Text), Column("record_json", Text))
+
+V1_TABLES = (runs, stages, artifacts, benchmarks)
+
+
+def _m1_initial(conn: Connection) -> None:
+    metadata.create_all(conn, tables=list(V1_TABLES))
+
+
+def _m2_history_index(conn: Connection) -> None:
+    conn.execute(text("CREATE INDEX IF NOT EXISTS ix_runs_recipe_device_started ON runs (recipe, device, started)"))
+
+
+MIGRATIONS: list[tuple[int, str, Callable[[Connection], None]]] = [
+    (1, "runs, stages, artifacts, benchmarks", _m1_initial),
+    (2, "index for history queries by recipe and device", _m2_history_index),
+]
+
+
+def default_location() -> str:
+    if os.environ.get("EDGEPIPE_DB"):
+        return os.environ["EDGEPIPE_DB"]
+    base = Path(os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share")
+    return str(base / "edgepipe" / "results.db")
+
+
+def store_url(location: str | os.PathLike[str] | None = None) -> str:
+    """A SQLAlchemy URL from a URL or a path (SQLite); the parent folder of a SQLite file is created."""
+    loc = str(location) if location is not None else default_location()
+    if "://" in loc:
+        try:
+            make_url(loc)
+        except ArgumentError as exc:
+            raise ConfigError(f"results store URL {loc!r} is not valid: {exc}",
+                              hint="e.g. EDGEPIPE_DB=postgresql://user@host/edgepipe or a file path") from exc
+        return loc
+    path = Path(loc).expanduser().resolve()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{path}"
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+class Store:
+    """A results database; cheap to open, safe to use from one process at a time per run."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self.migrate()
+
+    # ---------------------------------------------------------------------------------------------- schema
+    def version(self) -> int:
+        with self.engine.connect() as conn:
+            if not inspect(conn).has_table("schema_version"):
+                return 0
+            return conn.execute(select(func.max(schema_version.c.version))).scalar() or 0
+
+    def migrate(self) -> int:
+        """Apply the missing steps in order, each in its own transaction together with its version row."""
+        self._racing(lambda conn: metadata.create_all(conn, tables=[schema_version]), lambda: False)
+        current, known = self.version(), MIGRATIONS[-1][0]
+        if current > known:
+            raise ConfigError(f"results store {self.engine.url.render_as_string(hide_password=True)} has schema "
+                              f"version {current}, newer than this edgepipe knows ({known})",
+                              hint="upgrade edgepipe, or point EDGEPIPE_DB at another store")
+        for number, description, step in MIGRATIONS:
+            def apply(conn: Connection, number: int = number, description: str = description,
+                      step: Callable[[Connection], None] = step) -> None:
+                step(conn)
+                conn.execute(insert(schema_version).values(version=number, description=description, applied=_now()))
+
+            self._racing(apply, lambda number=number: self.version() >= number)
+        return known
+
+    def _racing(self, work: Callable[[Connection], None], done: Callable[[], bool], attempts: int = 10) -> None:
+        """Run DDL that another process opening the same new store may be running at the same moment: the loser's
+        transaction rolls back and, the steps being idempotent, it looks again once the winner has committed."""
+        for attempt in range(attempts):
+            if done():
+                return
+            try:
+                with self.engine.begin() as conn:
+                    work(conn)
+                return
+            except (IntegrityError, OperationalError, ProgrammingError):
+                if attempt == attempts - 1:
+                    raise
+                time.sleep(0.05 * (attempt + 1))
+
+    # ---------------------------------------------------------------------------------------------- writes
+    def begin_run(self, run_id: str, recipe: str | dict[str, Any], device: str, run_dir: str | Path | None = None,
+                  started: str | None = None) -> str:
+        """Record a run as ``incomplete`` before any work starts (a re-run of the same id starts over)."""
+        recipe_name = recipe if isinstance(recipe, str) else str(recipe.get("name", "?"))
+        values = {"recipe": recipe_name, "device": device, "run_dir": str(run_dir) if run_dir else None,
+                  "status": "incomplete", "started": started or _now(), "finished": None, "gate_passed": None,
+                  "recipe_json": None if isinstance(recipe, str) else json.dumps(recipe, default=str),
+                  "summary_json": None}
+        with self.engine.begin() as conn:
+            self._upsert_run(conn, run_id, device, values)
+        return run_id
+
+    def finish_run(self, summary: dict[str, Any], run_dir: str | Path | None = None) -> str:
+        """Write stages, artifacts and benchmarks and the final status in ONE transaction."""
+        run_id = str(summary["run_id"])
+        status = summary.get("status") or "complete"
+        if status not in STATUSES:
+            raise ConfigError(f"summary status {status!r} is not one of {', '.join(STATUSES)}")
+        baseline = summary.get("baseline") or {}
+        gate = summary.get("gate") or {}
+        values = {"recipe": summary["recipe"], "device": summary["device"], "status": status,
+                  "started": summary.get("started"), "finished": summary.get("finished") or _now(),
+                  "edgepipe_version": summary.get("edgepipe_version"),
+                  "baseline_accuracy": baseline.get("accuracy"), "baseline_params": baseline.get("params"),
+                  "baseline_macs": baseline.get("macs"),
+                  "gate_passed": gate.get("passed") if isinstance(gate.get("passed"), bool) else None,
+                  "summary_json": json.dumps(summary, sort_keys=True)}
+        if run_dir is not None:
+            values["run_dir"] = str(run_dir)
+        with self.engine.begin() as conn:
+            pk = self._upsert_run(conn, run_id, str(summary["device"]), values)
+            for seq, st in enumerate(summary.get("stages") or []):
+                conn.execute(insert(stages).values(run_pk=pk, seq=seq, name=st.get("name", "?"),
+                                                   accuracy=st.get("accuracy"), params=st.get("params"),
+                                                   macs=st.get("macs"), seconds=st.get("seconds")))
+            for art in summary.get("artifacts") or []:
+                self._insert_artifact(conn, pk, art)
+        return run_id
+
+    @staticmethod
+    def _upsert_run(conn: Connection, run_id: str, device: str, values: dict[str, Any]) -> int:
+        """The row of (run_id, device), created or updated, with its stages/artifacts/benchmarks cleared."""
+        found = conn.execute(select(runs.c.id).where(runs.c.run_id == run_id, runs.c.device == device)).first()
+        if found is None:
+            return conn.execute(insert(runs).values(run_id=run_id, **values)).inserted_primary_key[0]
+        pk = found[0]
+        for table in (benchmarks, artifacts, stages):
+            conn.execute(delete(table).where(table.c.run_pk == pk))
+        conn.execute(update(runs).where(runs.c.id == pk).values(**values))
+        return pk
+
+    @staticmethod
+    def _insert_artifact(conn: Connection, pk: int, art: dict[str, Any]) -> None:
+        gate = art.get("gate") or {}
+        art_id = conn.execute(insert(artifacts).values(
+            run_pk=pk, name=artifact_name(art), backend=art.get("backend"), precision=art.get("precision"),
+            file=art.get("file"), sha256=art.get("sha256"), bytes=art.get("bytes"), accuracy=art.get("accuracy"),
+            valid=bool(art.get("valid")), error=art.get("error"),
+            gate_passed=gate.get("passed") if isinstance(gate.get("passed"), bool) else None,
+            parent=json.dumps(art["parent"]) if isinstance(art.get("parent"), (dict, list)) else art.get("parent"),
+        )).inserted_primary_key[0]
+        lat = art.get("latency_ms")
+        if lat:
+            bench = art.get("bench") or {}
+            conn.execute(insert(benchmarks).values(
+                artifact_id=art_id, run_pk=pk,
+                runtime=bench.get("runtime") or (art.get("environment") or {}).get("runtime"),
+                p50=lat.get("p50"), p90=lat.get("p90"), p99=lat.get("p99"), mean=lat.get("mean"),
+                std=lat.get("std"), n=lat.get("n"), valid=bool(art.get("valid")),
+                invalid_reasons=json.dumps(bench.get("invalid_reasons") or art.get("invalid_reasons") or []),
+                record_json=json.dumps(bench, sort_keys=True) if bench else None))
+
+    def record_summary(self, summary: dict[str, Any], run_dir: str | Path | None = None) -> str:
+        """Import a finished summary (e.g. an existing run folder) in one transaction."""
+        return self.finish_run(summary, run_dir)
+
+    # ---------------------------------------------------------------------------------------------- reads
+    def get_run(self, run_id: str, device: str | None = None) -> dict[str, Any] | None:
+        """One run with its stages, artifacts and benchmarks (the newest, when a fleet run has several devices)."""
+        query = select(runs).where(runs.c.run_id == run_id)
+        if device is not None:
+            query = query.where(runs.c.device == device)
+        with self.engine.connect() as conn:
+            row = conn.execute(query.order_by(runs.c.id.desc())).mappings().first()
+            if row is None:
+                return None
+            out, pk = dict(row), row["id"]
+            out["stages"] = [dict(r) for r in conn.execute(
+                select(stages).where(stages.c.run_pk == pk).order_by(stages.c.seq)).mappings()]
+            arts = [dict(r) for r in conn.execute(
+                select(artifacts).where(artifacts.c.run_pk == pk).order_by(artifacts.c.id)).mappings()]
+            bench_rows = {r["artifact_id"]: dict(r) for r in conn.execute(
+                select(benchmarks).where(benchmarks.c.run_pk == pk)).mappings()}
+        for a in arts:
+            a["benchmark"] = bench_rows.get(a["id"])
+        out["artifacts"] = arts
+        return out
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+
+def open_store(location: str | os.PathLike[str] | None = None) -> Store:
+    """Open (and migrate) the store at a URL or SQLite path; default: see the module docstring."""
+    url = store_url(location)
+    try:
+        # two runs finishing at once wait for each other's (short) transaction instead of failing "database is locked"
+        kwargs = {"connect_args": {"timeout": 30}} if url.startswith("sqlite") else {}
+        return Store(create_engine(url, **kwargs))
+    except ModuleNotFoundError as exc:
+        raise ConfigError(f"results store {url.split('://')[0]}: database driver {exc.name!r} is not installed",
+                          hint=f"pip install {exc.name}") from exc
+    except SQLAlchemyError as exc:
+        raise ConfigError(f"results store {make_url(url).render_as_string(hide_password=True)} cannot be opened: "
+                          f"{str(exc).splitlines()[0]}",
+                          hint="check EDGEPIPE_DB (a file path or a database URL)") from exc
+
+
+def record_summary(summary: dict[str, Any] | None = None, run_dir: str | Path | None = None,
+                   store: Store | None = None) -> str:
+    """Import one run folder (or an in-memory summary) into the store; returns the run id."""
+    if summary is None:
+        if run_dir is None:
+            raise ConfigError("record_summary needs a summary or a run folder")
+        summary = load_summary(run_dir)
+    own = store is None
+    st = store or open_store()
+    try:
+        return st.record_summary(summary, Path(run_dir).resolve() if run_dir else None)
+    finally:
+        if own:
+            st.close()
+
+
+# -------------------------------------------------------------------------------------------------- history, CLI
+# ``edgepipe history`` lives in pipeline/history.py; the CLI looks for ``register_cli`` here, with the store.
+from pipeline.history import format_history, history, register_cli  # noqa: E402,F401 - re-exported

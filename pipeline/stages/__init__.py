@@ -1,11 +1,17 @@
 """The compression stages, run in the fixed order distill -> prune -> quantize; each may be left out.
 
 ``run_stages`` is the one entry the orchestrator calls; it returns the final model plus one record per stage for
-``summary.json``.
+``summary.json``. Every stage is cached in ``run_dir/stages/<name>/<key>/`` (see ``cache.py``), so changing a later
+stage re-uses the earlier ones and an interrupted run resumes after the last finished stage.
 """
 
 from __future__ import annotations
 
+import copy
+import hashlib
+import inspect
+import json
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,6 +29,7 @@ class StagesResult:
     calib: np.ndarray                      # calibration inputs handed to every INT8 exporter
     records: list[dict[str, Any]] = field(default_factory=list)   # summary.json "stages"
     export_overrides: dict[str, Any] = field(default_factory=dict)  # extra ExportConfig fields (e.g. from QAT)
+    qat_ranges: list[dict[str, Any]] | None = None  # QAT's learned activation ranges (also qat_ranges.json)
 
 
 def calibration_array(dataset: Any, n: int) -> np.ndarray:
@@ -30,9 +37,137 @@ def calibration_array(dataset: Any, n: int) -> np.ndarray:
     return torch.stack(xs).numpy().astype(np.float32)
 
 
+def _factory_fingerprint(factory: Callable[..., Any]) -> str:
+    """The student's code is an input of the distill stage: a changed architecture must not hit the cache."""
+    try:
+        return hashlib.sha256(Path(inspect.getsourcefile(factory) or "").read_bytes()).hexdigest()
+    except (OSError, TypeError):
+        return getattr(factory, "__qualname__", repr(factory))
+
+
+def _describe(rec: dict[str, Any]) -> str:
+    return (f"top-1 {rec['accuracy'] * 100:.2f}%, {rec['params'] / 1e3:.1f}k params, {rec['macs'] / 1e6:.2f}M MACs"
+            + "".join(f", {k.replace('_accuracy', '')} {rec[k] * 100:.2f}%" for k in rec if k.endswith("_accuracy")))
+
+
+def _loud(log: Callable[[str], None]) -> Callable[[str], None]:
+    """Stage lines belong on the console, not only in run.log: use the logger's ``say``/``warn`` when it has them."""
+    def emit(message: str) -> None:
+        if message.startswith("WARNING: ") and callable(getattr(log, "warn", None)):
+            log.warn(message[len("WARNING: "):])  # type: ignore[attr-defined]
+        elif callable(getattr(log, "say", None)):
+            log.say(message)  # type: ignore[attr-defined]
+        else:
+            log(message)
+    return emit
+
+
 def run_stages(model: nn.Module, data: dict[str, Any], recipe: Any, run_dir: Path,
                log: Callable[[str], None]) -> StagesResult:
-    """Foundation: no stage is implemented yet, the model passes through unchanged."""
+    """Run the configured stages on ``model`` (the teacher), each cached by the hash of its inputs."""
+    log = _loud(log)
+    from pipeline.config import import_factory
+    from pipeline.stages.cache import StageCache, data_fingerprint, load_model, model_hash, stage_key
+    from pipeline.stages.common import accuracy, footprint, seed_everything
+
     stages = recipe.stages
-    n = stages.quantize.calib_samples if stages.quantize else 256
-    return StagesResult(model=model, teacher=model, calib=calibration_array(data["calib"], n))
+    teacher = model.eval()
+    example = torch.randn(*recipe.model.input_shape, generator=torch.Generator().manual_seed(0))
+    calib_n = stages.quantize.calib_samples if stages.quantize else 256
+    calib = calibration_array(data["calib"], calib_n)
+    result = StagesResult(model=teacher, teacher=teacher, calib=calib)
+    if stages.distill is None and stages.prune is None and stages.quantize is None:
+        return result
+    data_fp = data_fingerprint(data)
+    current, parent_hash = teacher, model_hash(teacher)
+
+    def run_one(name: str, cfg: Any, compute: Callable[[], tuple[nn.Module, dict[str, Any], dict[str, Any]]],
+                base: Callable[[], nn.Module], extra_key: dict[str, Any] | None = None) -> None:
+        nonlocal current, parent_hash
+        cache = StageCache(run_dir, name)
+        key = stage_key(name, parent_hash, cfg.model_dump(mode="json"), data_fp, extra_key)
+        hit = cache.lookup(key)
+        if hit is not None:
+            start = time.perf_counter()
+            out = load_model(base(), hit / "model.pt")
+            record = json.loads((hit / "record.json").read_text())
+            record.update(cached=True, original_seconds=record["seconds"],
+                          seconds=round(time.perf_counter() - start, 2))
+            ranges_file = hit / "qat_ranges.json"
+            if ranges_file.is_file():
+                result.qat_ranges = json.loads(ranges_file.read_text())
+            log(f"stage {name}: cached ({hit}) - {_describe(record)}")
+        else:
+            log(f"stage {name}: running ...")
+            start = time.perf_counter()
+            out, extra, files = compute()
+            params, macs = footprint(out, example)
+            record = {"name": name, "accuracy": accuracy(out, data["eval"]), "params": params, "macs": macs,
+                      "seconds": 0.0, "key": key, **extra}
+            record["seconds"] = round(time.perf_counter() - start, 2)
+            cache.store(key, out, record, files)
+            record["cached"] = False
+            if "qat_ranges.json" in files:
+                result.qat_ranges = files["qat_ranges.json"]
+            log(f"stage {name}: ran in {record['seconds']:.1f}s - {_describe(record)}")
+        for warning in record.get("warnings", []) if record.get("cached") else []:
+            log(f"WARNING: {name}: {warning}")
+        result.records.append(record)
+        current, parent_hash = out.eval(), model_hash(out)
+
+    if stages.distill is not None:
+        from pipeline.stages.distill import distill, make_student
+
+        dcfg = stages.distill
+        factory = import_factory(dcfg.student, recipe.base_dir) if dcfg.student else None
+
+        def do_distill() -> tuple[nn.Module, dict[str, Any], dict[str, Any]]:
+            seed_everything(dcfg.seed)   # the student's initial weights are part of what the seed fixes
+            student = make_student(teacher, example, dcfg, factory)
+            return distill(teacher, student, data, dcfg, example), {}, {}
+
+        run_one("distill", dcfg, do_distill, base=lambda: factory() if factory else copy.deepcopy(teacher),
+                extra_key={"student_code": _factory_fingerprint(factory) if factory else None})
+
+    if stages.prune is not None:
+        from pipeline.stages.prune import prune
+
+        pcfg = stages.prune
+        parent = current
+
+        def do_prune() -> tuple[nn.Module, dict[str, Any], dict[str, Any]]:
+            pruned, extra = prune(parent, example, data, pcfg, teacher=teacher, log=log)
+            return pruned, extra, {}
+
+        run_one("prune", pcfg, do_prune, base=lambda: copy.deepcopy(parent),
+                extra_key={"teacher": model_hash(teacher)})
+
+    if stages.quantize is not None:
+        from pipeline.stages.quantize import ptq_simulated, qat
+
+        qcfg = stages.quantize
+        parent = current
+        calib_t = torch.from_numpy(calib)
+
+        def do_quantize() -> tuple[nn.Module, dict[str, Any], dict[str, Any]]:
+            extra: dict[str, Any] = {"mode": qcfg.mode,
+                                     "simulated_with": "torchao PT2E X86InductorQuantizer (u8 activations, s8 weights)"}
+            files: dict[str, Any] = {}
+            if qcfg.simulate or qcfg.mode == "ptq":
+                extra["ptq_simulated_accuracy"] = accuracy(ptq_simulated(parent, example, calib_t, qcfg), data["eval"])
+            out = copy.deepcopy(parent)
+            if qcfg.mode == "qat":
+                out, converted, ranges = qat(parent, example, data, calib_t, qcfg, teacher=teacher)
+                extra["qat_simulated_accuracy"] = accuracy(converted, data["eval"])
+                # what the exporters will do with the QAT weights: calibrate them afresh on the same data
+                extra["qat_recalibrated_accuracy"] = accuracy(ptq_simulated(out, example, calib_t, qcfg),
+                                                              data["eval"])
+                files["qat_ranges.json"] = ranges
+            return out, extra, files
+
+        run_one("quantize", qcfg, do_quantize, base=lambda: copy.deepcopy(parent),
+                extra_key={"teacher": model_hash(teacher) if qcfg.mode == "qat" else None})
+        result.export_overrides = qcfg.export_overrides()
+
+    result.model = current
+    return result

@@ -1,10 +1,26 @@
-"""PTQ and QAT (stub: the compression-stages issue implements it)."""
+"""PTQ and QAT behind one config.
+
+PTQ does not change the model: the backends quantize it themselves from the same calibration data
+(``StagesResult.calib``) and the settings here (``export_overrides``). What this stage adds is an honest *simulated*
+INT8 accuracy (torchao PT2E fake-quant, u8 activations / s8 weights like ORT QDQ and OpenVINO), so the summary shows
+what quantization costs before any backend runs.
+
+QAT fake-quantizes the model with torchao PT2E (``prepare_qat_pt2e``), fine-tunes it (KD from the teacher when there
+is one), and hands back (a) the trained float weights, BN folded-in statistics included, loaded into a normal
+``nn.Module`` so every exporter still works unchanged, and (b) the learned quantization parameters as JSON data
+(``qat_ranges``): per activation observer its min/max/scale/zero point and the module it follows. The exporters
+re-calibrate on the QAT weights; ``qat_recalibrated_accuracy`` in the record measures exactly that hand-off.
+"""
 
 from __future__ import annotations
 
-from typing import Literal
+import copy
+import dataclasses
+from typing import Any, Literal
 
+import torch
 from pydantic import Field
+from torch import nn
 
 from targets.schema import StrictModel
 
@@ -12,3 +28,131 @@ from targets.schema import StrictModel
 class QuantConfig(StrictModel):
     mode: Literal["ptq", "qat"] = "ptq"
     calib_samples: int = Field(default=256, ge=1)
+    calibration: Literal["minmax", "percentile", "entropy"] = "minmax"
+    per_channel: bool = True
+    keep_float: list[str] = Field(default_factory=list)            # module names left in float
+    epochs: int = Field(default=2, ge=0)                           # qat only
+    lr: float = Field(default=1e-4, gt=0)                          # qat only
+    batch_size: int = Field(default=64, ge=1)
+    seed: int = 0
+    temperature: float = Field(default=4.0, gt=0)                  # qat: KD from the teacher
+    alpha: float = Field(default=0.5, ge=0, le=1)
+    bn_train: bool = False                                         # qat: False keeps BN on running statistics
+    simulate: bool = True                                          # measure fake-quant accuracy in the stage record
+
+    def export_overrides(self) -> dict[str, Any]:
+        """The ExportConfig fields (targets/export_config.py) this stage decides for every INT8 exporter."""
+        return {"calibration": self.calibration, "calib_samples": self.calib_samples, "per_channel": self.per_channel,
+                "keep_float": list(self.keep_float)}
+
+
+# ------------------------------------------------------------------------------------------------ PT2E helpers
+def _quantizer(cfg: QuantConfig, is_qat: bool, model: nn.Module) -> Any:
+    from torchao.quantization.pt2e import (
+        FusedMovingAvgObsFakeQuantize,
+        HistogramObserver,
+        MinMaxObserver,
+        MovingAverageMinMaxObserver,
+    )
+    from torchao.quantization.pt2e.quantizer.x86_inductor_quantizer import (
+        X86InductorQuantizer,
+        get_default_x86_inductor_quantization_config,
+    )
+
+    qc = get_default_x86_inductor_quantization_config(is_qat=is_qat)
+    if not is_qat:
+        obs = MinMaxObserver if cfg.calibration == "minmax" else HistogramObserver
+        act = dataclasses.replace(qc.input_activation, observer_or_fake_quant_ctr=obs.with_args(eps=2**-12))
+        qc = dataclasses.replace(qc, input_activation=act, output_activation=act)
+    if not cfg.per_channel:
+        ctr = (FusedMovingAvgObsFakeQuantize.with_args(observer=MovingAverageMinMaxObserver, eps=2**-12) if is_qat
+               else MinMaxObserver.with_args(eps=2**-12))
+        w = dataclasses.replace(qc.weight, qscheme=torch.per_tensor_symmetric, ch_axis=None,
+                                observer_or_fake_quant_ctr=ctr)
+        qc = dataclasses.replace(qc, weight=w)
+    q = X86InductorQuantizer().set_global(qc)
+    names = dict(model.named_modules())
+    for name in cfg.keep_float:
+        if name not in names:
+            from targets.errors import ConfigError
+
+            raise ConfigError(f"stages.quantize.keep_float: no module named {name!r} in the model",
+                              hint=f"use names from model.named_modules(), e.g. {list(names)[1:5]}")
+        q.set_module_name_qconfig(name, None)
+    return q
+
+
+def _export(model: nn.Module, example_inputs: torch.Tensor, dynamic: bool = True) -> torch.fx.GraphModule:
+    """Export with a dynamic batch dimension, so calibration, training and evaluation run in batches."""
+    x = example_inputs[:1].expand(2, *example_inputs.shape[1:]).contiguous()
+    shapes = ({0: torch.export.Dim("batch", min=1, max=65536)},) if dynamic else None
+    return torch.export.export(copy.deepcopy(model).eval(), (x,), dynamic_shapes=shapes).module()
+
+
+def _calibrate(gm: Any, calib: torch.Tensor, batch_size: int = 64) -> None:
+    with torch.no_grad():
+        for i in range(0, len(calib), batch_size):
+            gm(calib[i:i + batch_size])
+
+
+def ptq_simulated(model: nn.Module, example_inputs: torch.Tensor, calib: torch.Tensor, cfg: QuantConfig) -> Any:
+    """Calibrated fake-quant copy of ``model`` (a converted PT2E graph: Q/DQ around every quantized op)."""
+    from torchao.quantization.pt2e import allow_exported_model_train_eval
+    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
+
+    prepared = prepare_pt2e(_export(model, example_inputs), _quantizer(cfg, False, model))
+    _calibrate(prepared, calib)
+    return allow_exported_model_train_eval(convert_pt2e(prepared))
+
+
+def learned_ranges(prepared: Any) -> list[dict[str, Any]]:
+    """Every activation fake-quantizer's learned range, named by the op and module whose output it quantizes."""
+    out = []
+    for node in prepared.graph.nodes:
+        if node.op != "call_module" or not node.target.startswith("activation_post_process_"):
+            continue
+        src = node.args[0]
+        if any(len(u.args) > 1 and u.args[1] is node for u in node.users):
+            continue  # a weight fake-quantizer: its scales follow from the weights the model already carries
+        fq = getattr(prepared, node.target)
+        obs = getattr(fq, "activation_post_process", fq)
+        stack = (getattr(src, "meta", {}) or {}).get("nn_module_stack") or {}
+        module = list(stack.values())[-1][0] if stack else ""
+        out.append({"quantizer": node.target, "after": getattr(src, "name", str(src)), "module": module,
+                    "min": float(obs.min_val), "max": float(obs.max_val),
+                    "scale": float(fq.scale.flatten()[0]), "zero_point": int(fq.zero_point.flatten()[0]),
+                    "dtype": str(getattr(fq, "dtype", "torch.uint8"))})
+    return out
+
+
+def qat(model: nn.Module, example_inputs: torch.Tensor, data: dict[str, Any], calib: torch.Tensor, cfg: QuantConfig,
+        teacher: nn.Module | None = None) -> tuple[nn.Module, Any, list[dict[str, Any]]]:
+    """Fake-quantize, fine-tune, and return (float model with QAT weights, frozen fake-quant graph, ranges).
+
+    The fake-quant graph (observers frozen, BN in eval) is the simulated-INT8 model; ``convert_pt2e`` is not run
+    because its conv-BN folding re-traces ~130 patterns (tens of seconds) and gives the same numbers.
+    """
+    from torchao.quantization.pt2e import allow_exported_model_train_eval, disable_observer
+    from torchao.quantization.pt2e.quantize_pt2e import prepare_qat_pt2e
+
+    from pipeline.stages.common import train
+
+    prepared = allow_exported_model_train_eval(prepare_qat_pt2e(_export(model, example_inputs),
+                                                                 _quantizer(cfg, True, model)))
+    prepared.eval()
+    _calibrate(prepared, calib)   # initialise the ranges from calibration data before the first gradient step
+    train(prepared, data["train"], epochs=cfg.epochs, lr=cfg.lr, batch_size=cfg.batch_size, seed=cfg.seed,
+          teacher=teacher, temperature=cfg.temperature, alpha=cfg.alpha if teacher is not None else 0.0,
+          weight_decay=0.0, train_mode=cfg.bn_train)
+    prepared.apply(disable_observer)
+    prepared.eval()
+    ranges = learned_ranges(prepared)
+    trained = copy.deepcopy(model)
+    own = trained.state_dict()
+    state = {k: v for k, v in prepared.state_dict().items() if k in own}
+    missing = [k for k in own if k not in state and not k.endswith("num_batches_tracked")]
+    if missing:
+        raise RuntimeError(f"QAT: could not map trained weights back to the model: {missing[:5]}")
+    trained.load_state_dict(state, strict=False)
+    return trained.eval(), prepared, ranges
+

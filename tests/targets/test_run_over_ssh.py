@@ -1,0 +1,37 @@
+"""`edgepipe run` of the demo over SSH to a real loopback sshd, alone and as a fleet with the local device."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from tests.conftest import run_cli
+
+pytestmark = [pytest.mark.ssh, pytest.mark.slow, pytest.mark.onnx, pytest.mark.tflite]
+
+
+def test_demo_runs_over_ssh_and_locally_as_a_fleet(sshd, tmp_path, digits_recipe):
+    board = sshd.profile("board", tmp_path)
+    out = tmp_path / "fleet"
+    proc = run_cli("run", str(digits_recipe), "--device", "local", "--device", str(board), "--out", str(out),
+                   "--set", "backends=[onnx-int8, tflite-int8]", timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summaries = {d: json.loads((out / d / "summary.json").read_text()) for d in ("local", "board")}
+    for device, summary in summaries.items():
+        assert summary["device"] == device and summary["gate"]["passed"]
+        arts = {a["name"]: a for a in summary["artifacts"]}
+        assert set(arts) == {"onnx-int8", "tflite-int8"}
+        for a in arts.values():
+            assert a["valid"] and a["latency_ms"]["n"] >= 20
+            assert (out / device / a["file"]).is_file()
+    # the same artifacts (same bytes) were measured on both devices, and accuracy agrees
+    for name in ("onnx-int8", "tflite-int8"):
+        local = next(a for a in summaries["local"]["artifacts"] if a["name"] == name)
+        board_rec = next(a for a in summaries["board"]["artifacts"] if a["name"] == name)
+        assert local["sha256"] == board_rec["sha256"]
+        assert local["accuracy"] == board_rec["accuracy"]
+    # over SSH the board's job folder is gone afterwards (only the lock folder may remain, released)
+    leftovers = [p.name for p in (tmp_path / "work").iterdir()] if (tmp_path / "work").exists() else []
+    assert not [n for n in leftovers if n.startswith("job")], leftovers
+    assert "bench onnx-int8 on board" in (out / "run.log").read_text()

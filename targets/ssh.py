@@ -26,16 +26,11 @@ import paramiko
 
 from targets.artifact import sha256_file
 from targets.errors import ConfigError, DeviceError, HostKeyError, RemoteCommandError, TransferError
+from targets.remote import KILL_GRACE_S, SHA256_SH, TIMEOUT_EXITS, await_pid, split_pid, wrap_command
 from targets.transport import CommandResult
 
 T = TypeVar("T")
 CONNECT_ERRORS = (paramiko.SSHException, OSError, EOFError)
-KILL_GRACE_S = 5  # after SIGTERM, `timeout -k` sends SIGKILL this much later
-PID_MARK = b"__edgepipe_pid="  # first line of every command's stdout: the pid of its `timeout` wrapper
-TIMEOUT_EXITS = (124, 137)  # GNU timeout: 124 = timed out (TERM worked), 137 = needed KILL
-SHA256_SH = ('sha256sum "$1" 2>/dev/null || python3 -c '
-             '"import hashlib,sys; print(hashlib.sha256(open(sys.argv[1],\'rb\').read()).hexdigest())" "$1"')
-
 
 class Unreachable(DeviceError):
     """Connecting failed at the network level: worth a retry, unlike a bad key or a refused login."""
@@ -218,28 +213,6 @@ def add_known_host(known_hosts: Path, hostname: str, port: int, key: paramiko.PK
         fh.write(line)
 
 
-def _await_pid(chan: object, out: bytearray, wait_s: float = 3.0) -> None:
-    """Interrupted early, the marker line may still be in flight: without the pid the command could not be killed."""
-    deadline = time.monotonic() + wait_s
-    try:
-        while not _split_pid(bytes(out))[0] and time.monotonic() < deadline and not chan.closed:  # type: ignore[attr-defined]
-            if chan.recv_ready():  # type: ignore[attr-defined]
-                out += chan.recv(1 << 16)  # type: ignore[attr-defined]
-            else:
-                select.select([chan], [], [], 0.1)
-    except (OSError, EOFError):
-        pass
-
-
-def _split_pid(out: bytes) -> tuple[bytes, bytes]:
-    """(pid, the command's own stdout). Anything a login script printed before our marker is dropped."""
-    _, mark, tail = out.partition(PID_MARK)
-    if not mark:
-        return b"", out
-    pid, _, rest = tail.partition(b"\n")
-    return (pid.strip() if pid.strip().isdigit() else b""), rest
-
-
 class SSHTransport:
     """One device over SSH. Use one instance per thread; a lock guards (re)connecting within an instance."""
 
@@ -319,7 +292,7 @@ class SSHTransport:
         # `timeout` runs the command in its own process group and signals all of it, so children die too; the
         # first stdout line is its pid, so Ctrl-C or a stalled link on our side can still kill it on the device.
         secs = max(1, math.ceil(limit))
-        command = f"echo {PID_MARK.decode()}$$; exec timeout -k {KILL_GRACE_S} {secs} {shlex.join(argv)}"
+        command = wrap_command(argv, secs)
         start = time.perf_counter()
         chan = self.connect().get_transport().open_session(timeout=self.connect_timeout)
         out, err = bytearray(), bytearray()
@@ -350,11 +323,11 @@ class SSHTransport:
             finished = True
         finally:
             if not finished:
-                _await_pid(chan, out)
+                await_pid(chan, out)
             chan.close()
             if not finished:
                 self._kill_remote(bytes(out))
-        _, rest = _split_pid(bytes(out))
+        _, rest = split_pid(bytes(out))
         res = CommandResult(argv, status, rest.decode(errors="replace"), err.decode(errors="replace"),
                             time.perf_counter() - start)
         if status == 127 and "timeout" in res.stderr and "not found" in res.stderr:
@@ -369,7 +342,7 @@ class SSHTransport:
 
     def _kill_remote(self, out: bytes) -> None:
         """SIGTERM to `timeout`, which passes it to the command's process group and SIGKILLs it if it lingers."""
-        pid, _ = _split_pid(out)
+        pid, _ = split_pid(out)
         if not pid:
             return
         try:

@@ -349,10 +349,10 @@ def test_sshd_fixture_really_is_openssh(sshd):
 
 
 def test_pid_marker_split_drops_login_noise_when_shell_prints_banner():
-    from targets.ssh import _split_pid
+    from targets.remote import split_pid
 
-    assert _split_pid(b"Welcome to the board!\n__edgepipe_pid=4242\n{\"ok\": 1}\n") == (b"4242", b"{\"ok\": 1}\n")
-    assert _split_pid(b"no marker at all\n") == (b"", b"no marker at all\n")
+    assert split_pid(b"Welcome to the board!\n__edgepipe_pid=4242\n{\"ok\": 1}\n") == (b"4242", b"{\"ok\": 1}\n")
+    assert split_pid(b"no marker at all\n") == (b"", b"no marker at all\n")
 
 
 def test_doctor_refuses_to_trust_when_host_key_changed(sshd, tmp_path):

@@ -1,0 +1,57 @@
+"""How a command runs on a device: wrapped so it can be found and killed there, and how its exit is read.
+
+Plain text and bytes, no paramiko: the SSH transport sends ``wrap_command(argv, secs)`` and reads the output back
+through ``split_pid``; the first stdout line names the pid of the device-side ``timeout``, so Ctrl-C or a stalled
+link on our side can still kill the command on the board, and ``timeout`` itself ends it at its deadline.
+"""
+
+from __future__ import annotations
+
+import select
+import shlex
+import time
+from collections.abc import Sequence
+from typing import Protocol
+
+KILL_GRACE_S = 5  # after SIGTERM, `timeout -k` sends SIGKILL this much later
+PID_MARK = b"__edgepipe_pid="  # first line of every command's stdout: the pid of its `timeout` wrapper
+TIMEOUT_EXITS = (124, 137)  # GNU timeout: 124 = timed out (TERM worked), 137 = needed KILL
+SHA256_SH = ('sha256sum "$1" 2>/dev/null || python3 -c '
+             '"import hashlib,sys; print(hashlib.sha256(open(sys.argv[1],\'rb\').read()).hexdigest())" "$1"')
+
+
+class Channel(Protocol):
+    """The part of a paramiko channel ``await_pid`` reads from (select() works on its fileno)."""
+
+    closed: bool
+
+    def recv_ready(self) -> bool: ...
+    def recv(self, nbytes: int) -> bytes: ...
+    def fileno(self) -> int: ...
+
+
+def wrap_command(argv: Sequence[str], secs: int) -> str:
+    """One shell line: print our pid, then become `timeout`, which runs the quoted argv in its own process group."""
+    return f"echo {PID_MARK.decode()}$$; exec timeout -k {KILL_GRACE_S} {secs} {shlex.join(argv)}"
+
+
+def await_pid(chan: Channel, out: bytearray, wait_s: float = 3.0) -> None:
+    """Interrupted early, the marker line may still be in flight: without the pid the command could not be killed."""
+    deadline = time.monotonic() + wait_s
+    try:
+        while not split_pid(bytes(out))[0] and time.monotonic() < deadline and not chan.closed:
+            if chan.recv_ready():
+                out += chan.recv(1 << 16)
+            else:
+                select.select([chan], [], [], 0.1)
+    except (OSError, EOFError):
+        pass
+
+
+def split_pid(out: bytes) -> tuple[bytes, bytes]:
+    """(pid, the command's own stdout). Anything a login script printed before our marker is dropped."""
+    _, mark, tail = out.partition(PID_MARK)
+    if not mark:
+        return b"", out
+    pid, _, rest = tail.partition(b"\n")
+    return (pid.strip() if pid.strip().isdigit() else b""), rest

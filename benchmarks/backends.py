@@ -1,9 +1,13 @@
 """Latency and size of every backend's artifacts on this host, against ONNX Runtime FP32 (`make bench-perf`).
 
 One process, batch 1, the same thread count for every runtime, contenders interleaved round by round (the order
-rotates each round) so drift in clocks or background load hits them all alike. Besides our adapters it runs the
-choices a user would make without them: ORT ``quantize_dynamic`` and ORT ``quantize_static`` with its defaults.
-Random weights are fine for speed and size; calibration uses a few dozen random inputs.
+rotates each round) so drift in clocks or background load hits them all alike. Before each contender's turn the
+process busy-waits ``--gap`` seconds: ONNX Runtime's idle worker threads keep spinning on a core after a run, and on
+this 2-core host the pool left spinning by one session (worst after the slow ``quantize_dynamic`` model) took a core
+from the next contender; it made onnx-int8 look 0.54x instead of 0.34x of FP32 and inflated the FP32 baseline's p90
+threefold. A 50 ms gap removed it. Besides our adapters it runs the choices a user would make without them: ORT
+``quantize_dynamic`` and ORT ``quantize_static`` with its defaults. Random weights are fine for speed and size;
+calibration uses a few dozen random inputs.
 
     python benchmarks/backends.py [--models resnet18,mobilenet_v2] [--rounds 15] [--iters 10] [--threads 2]
 """
@@ -91,8 +95,16 @@ def _with_calibrated_batchnorm(model: torch.nn.Module, calib: np.ndarray) -> tor
     return model.eval()
 
 
+def _busy_wait(seconds: float) -> None:
+    """Wait without sleeping: an idle vCPU is descheduled by the hypervisor and the first runs after a sleep pay for
+    waking it (measured: MobileNetV2 tflite-int8 went from 1.2 to 2.0 ms p50 behind a 100 ms sleep)."""
+    end = time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        pass
+
+
 def _interleaved(runs: dict[str, Callable[[np.ndarray], Any]], inputs: np.ndarray, rounds: int, iters: int,
-                 warmup: int, settle: int = 2) -> dict[str, list[float]]:
+                 warmup: int, settle: int = 2, gap: float = 0.1) -> dict[str, list[float]]:
     names = list(runs)
     for n in names:
         for i in range(warmup):
@@ -102,7 +114,8 @@ def _interleaved(runs: dict[str, Callable[[np.ndarray], Any]], inputs: np.ndarra
         order = names[r % len(names):] + names[:r % len(names)]
         for n in order:
             fn = runs[n]
-            for i in range(settle):  # untimed: lets the previous runtime's spinning worker threads go idle
+            _busy_wait(gap)  # the previous runtime's spinning worker threads go idle and give the cores back
+            for i in range(settle):  # untimed: brings this runtime's threads and caches back
                 fn(inputs[i % len(inputs)][None])
             for i in range(iters):
                 x = inputs[(r * iters + i) % len(inputs)][None]
@@ -142,7 +155,7 @@ def run_model(name: str, contenders: list[str], args: argparse.Namespace) -> lis
             out = bench.predict(s, calib[:args.check])
             agree[c] = float((out.argmax(1) == ref.argmax(1)).mean())
         samples = _interleaved({c: s.run for c, s in sessions.items()}, calib, args.rounds, args.iters, args.warmup,
-                               args.settle)
+                               args.settle, args.gap)
     base = float(np.percentile(samples["onnx-fp32"], 50)) if "onnx-fp32" in samples else float("nan")
     rows = []
     for c, (a, secs) in arts.items():
@@ -164,6 +177,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--iters", type=int, default=10, help="timed runs per contender per round")
     ap.add_argument("--warmup", type=int, default=10)
     ap.add_argument("--settle", type=int, default=2, help="untimed runs each time a contender's turn starts")
+    ap.add_argument("--gap", type=float, default=0.1,
+                    help="seconds of sleep before each contender's turn, so spinning thread pools go idle")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--calib", type=int, default=32, help="calibration inputs (random normal, 3x224x224)")
     ap.add_argument("--check", type=int, default=16, help="inputs used for top-1 agreement with PyTorch")
@@ -173,7 +188,7 @@ def main(argv: list[str] | None = None) -> int:
     if "onnx-fp32" not in contenders:
         contenders.insert(0, "onnx-fp32")  # the baseline every ratio is against
     print(f"host: {platform.machine()} {platform.processor() or ''} cpus={os.cpu_count()} "
-          f"threads={args.threads} batch=1; rounds={args.rounds} x iters={args.iters} interleaved")
+          f"threads={args.threads} batch=1; rounds={args.rounds} x iters={args.iters} interleaved, gap {args.gap}s")
     print("versions:", _versions())
     state_before = bench.device_state()
     rows = []

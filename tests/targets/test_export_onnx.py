@@ -47,6 +47,30 @@ def test_onnx_int8_graph_has_uint8_activations_and_int8_weights(setup):
     assert art.metadata["int8"]["activation_type"] == "uint8" and "why" in art.metadata["int8"]
 
 
+def _kernels_after_ort_optimization(path: str, tmp_path) -> dict[str, int]:
+    """Op counts of the graph ONNX Runtime actually executes (its QDQ fusions applied, no layout transforms)."""
+    import collections
+
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
+    opts.optimized_model_filepath = str(tmp_path / "optimized.onnx")
+    ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"])
+    return collections.Counter(n.op_type for n in onnx.load(opts.optimized_model_filepath).graph.node)
+
+
+def test_onnx_int8_runs_every_conv_on_integer_kernels_with_float_biases_in_the_file(setup, tmp_path):
+    art = setup[4]["int8"]
+    graph = onnx.load(art.path).graph
+    n_conv = sum(n.op_type == "Conv" for n in graph.node)
+    biases = [i for i in graph.initializer if i.name.endswith(".bias")]
+    assert biases and {b.data_type for b in biases} == {onnx.TensorProto.FLOAT}
+    assert art.metadata["int8"]["bias"] == "float32"
+    ops = _kernels_after_ort_optimization(art.path, tmp_path)
+    assert ops["QLinearConv"] == n_conv and ops["Conv"] == 0  # a float bias must not block the QDQ fusion
+
+
 def test_onnx_int8_scheme_uses_reduce_range_only_on_x86_without_vnni():
     no_vnni = choose_int8_scheme(ExportConfig(precision="int8", target_arch="x86_64", target_vnni=False))
     vnni = choose_int8_scheme(ExportConfig(precision="int8", target_arch="x86_64", target_vnni=True))

@@ -18,7 +18,7 @@ from targets.errors import ConfigError, MissingDependencyError
 CAPABILITIES: dict[str, dict[str, Any]] = {
     "onnx": {"precisions": ("fp32", "fp16", "int8"), "suffix": ".onnx", "extra": None,
              "runtime": "onnxruntime", "export_module": "onnxscript"},
-    "openvino": {"precisions": ("fp32", "int8"), "suffix": ".xml", "extra": "openvino",
+    "openvino": {"precisions": ("fp32", "fp16", "int8"), "suffix": ".xml", "extra": "openvino",
                  "runtime": "openvino", "export_module": "openvino"},
     "tflite": {"precisions": ("fp32", "fp16", "int8"), "suffix": ".tflite", "extra": "tflite",
                "runtime": "ai_edge_litert", "export_module": "litert_torch"},

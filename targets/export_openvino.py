@@ -4,7 +4,9 @@ quantization over the pipeline's calibration array.
 Why a static shape: an INT8 model with a dynamic batch dimension failed to compile on the CPU plugin and the static
 one was the fastest we measured; batch is 1 in this pipeline anyway. FP32 weights are saved uncompressed
 (``compress_to_fp16=False``) so "fp32" means fp32 on disk; the runner pins ``INFERENCE_PRECISION_HINT=f32`` so the
-CPU plugin does not silently run it in bf16.
+CPU plugin does not silently run it in bf16. "fp16" is the IR with float16 weights (half the file, what Intel GPUs,
+NPUs and ARM CPUs run natively); the runner asks for f16 inference on it and records what the plugin actually used:
+an x86 CPU without native float16 substitutes its own half-precision path (bf16 on this AVX512-BF16 host) or f32.
 """
 
 from __future__ import annotations
@@ -70,14 +72,11 @@ def _quantize(ov_model: Any, calib: np.ndarray, cfg: ExportConfig) -> Any:
 def export(model: torch.nn.Module, example_inputs: tuple[torch.Tensor, ...], calib: np.ndarray | None,
            cfg: ExportConfig, out_dir: Path) -> Artifact:
     """Write ``<name>.<precision>.xml`` and ``.bin`` into ``out_dir`` (atomically) with the sidecar record."""
-    if cfg.precision == "fp16":
-        raise ExportError("openvino", "fp16 is not a separate OpenVINO artifact",
-                          hint="use openvino-fp32 (the device plugin picks f16 where it is native) or openvino-int8")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     final = out_dir / f"{cfg.name}.{cfg.precision}.xml"
     metadata: dict[str, Any] = {"openvino": ov.get_version(), "input_shape": list(example_inputs[0].shape),
-                                "weights_on_disk": "fp32" if cfg.precision == "fp32" else "int8"}
+                                "weights_on_disk": cfg.precision}
     ov_model = _convert(model, example_inputs)
     if cfg.precision == "int8":
         if calib is None or len(calib) == 0:
@@ -90,7 +89,7 @@ def export(model: torch.nn.Module, example_inputs: tuple[torch.Tensor, ...], cal
                         calib_samples=int(min(len(calib), cfg.calib_samples)), keep_float=list(cfg.keep_float))
     with tempfile.TemporaryDirectory(dir=out_dir, prefix=".openvino-") as tmp:
         tmp_xml = Path(tmp) / final.name
-        ov.save_model(ov_model, str(tmp_xml), compress_to_fp16=False)
+        ov.save_model(ov_model, str(tmp_xml), compress_to_fp16=cfg.precision == "fp16")
         tmp_xml.with_suffix(".bin").replace(final.with_suffix(".bin"))  # .bin first: a visible .xml is complete
         tmp_xml.replace(final)
     art = Artifact.from_files(final, backend="openvino", precision=cfg.precision, parent=cfg.parent,

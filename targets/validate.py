@@ -33,6 +33,7 @@ TOLERANCES: dict[tuple[str, str], Tolerance] = {
     ("onnx", "fp16"): _FP16,
     ("onnx", "int8"): _INT8,
     ("openvino", "fp32"): _FP32,          # the runner pins INFERENCE_PRECISION_HINT=f32 (no silent bf16)
+    ("openvino", "fp16"): _FP16,          # f16 weights; f16 compute where the device has it
     ("openvino", "int8"): _INT8,
     ("tflite", "fp32"): Tolerance(2e-3, 1e-4, 0.999, 0.9999),   # XNNPACK reorders float sums a little more
     ("tflite", "fp16"): _FP16,

@@ -74,16 +74,20 @@ def load_onnx(path: str, threads: int, providers: list[str] | None = None) -> Se
                    providers=list(sess.get_providers()), io={"input_dtype": inp.type, "requested": wanted})
 
 
-def load_openvino(path: str, threads: int, precision_hint: str = "f32") -> Session:
+def load_openvino(path: str, threads: int, precision_hint: str | None = None) -> Session:
     try:
         import openvino as ov
     except ImportError as exc:
         raise RunnerError("openvino is not installed on this device (pip install openvino)") from exc
     core = ov.Core()
+    model = core.read_model(path)
+    if precision_hint is None:  # an IR saved with float16 weights asks for f16 compute, any other one for f32
+        f16 = any(op.get_type_name() == "Constant" and op.get_element_type() == ov.Type.f16 for op in model.get_ops())
+        precision_hint = "f16" if f16 else "f32"
     # OpenVINO's CPU plugin silently runs "FP32" models in bf16 on CPUs that support it; pin what was asked for.
     config = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_NUM_THREADS": threads,
               "INFERENCE_PRECISION_HINT": precision_hint}
-    compiled = core.compile_model(path, "CPU", config)
+    compiled = core.compile_model(model, "CPU", config)
     request = compiled.create_infer_request()
     port = compiled.input(0)
 
@@ -97,7 +101,7 @@ def load_openvino(path: str, threads: int, precision_hint: str = "f32") -> Sessi
         effective = precision_hint
     return Session(run, input_shape=_static_shape(list(port.get_partial_shape().get_min_shape())),
                    runtime="openvino", version=ov.get_version(), providers=["CPU"],
-                   io={"precision_hint": effective})
+                   io={"precision_hint": effective, "precision_requested": precision_hint})
 
 
 def _tflite_interpreter() -> tuple[Any, str, str]:

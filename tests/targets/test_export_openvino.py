@@ -1,4 +1,4 @@
-"""OpenVINO adapter: static-shape IR in fp32 on disk, NNCF INT8, and both checked against their parent."""
+"""OpenVINO adapter: static-shape IR in fp32 or fp16 on disk, NNCF INT8, each checked against its parent."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from targets.errors import ExportError, OutputMismatchError
 from targets.export_config import ExportConfig
 from targets.runner import bench
 from targets.validate import validate
-from tests.targets._models import WithCustomOp, corrupt_copy, example, moved, tiny_cnn
+from tests.targets._models import WithCustomOp, corrupt_copy, example, moved
 
 pytestmark = pytest.mark.openvino
 export = pytest.importorskip("targets.export_openvino").export
@@ -19,7 +19,7 @@ export = pytest.importorskip("targets.export_openvino").export
 
 @pytest.fixture(scope="module")
 def setup(tiny):
-    arts = {p: tiny.artifact("openvino", p) for p in ("fp32", "int8")}
+    arts = {p: tiny.artifact("openvino", p) for p in ("fp32", "fp16", "int8")}
     return tiny.model, tiny.calib, tiny.x, tiny.ref, arts
 
 
@@ -27,7 +27,7 @@ def _fake_quantize_count(xml: str) -> int:
     return len(re.findall(r'type="FakeQuantize"', Path(xml).read_text()))
 
 
-@pytest.mark.parametrize("precision", ["fp32", "int8"])
+@pytest.mark.parametrize("precision", ["fp32", "fp16", "int8"])
 def test_openvino_export_matches_parent_when_precision_is(setup, precision):
     _, _, x, ref, arts = setup
     art = arts[precision]
@@ -91,6 +91,15 @@ def test_openvino_validate_reports_a_truncated_bin_without_a_traceback(setup, tm
         validate(moved(art, xml_copy), x, ref)
 
 
-def test_openvino_refuses_fp16_with_a_hint(tmp_path):
-    with pytest.raises(ExportError, match="openvino-fp32"):
-        export(tiny_cnn(), example(), None, ExportConfig(precision="fp16"), tmp_path)
+def test_openvino_fp16_stores_half_weights_and_asks_the_plugin_for_f16_compute(setup):
+    _, _, x, _, arts = setup
+    fp16, fp32 = arts["fp16"], arts["fp32"]
+    assert 'element_type="f16"' in Path(fp16.path).read_text()
+    assert Path(fp16.files[1]).stat().st_size < 0.6 * Path(fp32.files[1]).stat().st_size
+    assert fp16.metadata["weights_on_disk"] == "fp16"
+    session = bench.load(fp16.path, "openvino", 1)
+    assert session.io["precision_requested"] == "f16"
+    # what the plugin used, read back: bf16 on this AVX512-BF16 host, f32 on CPUs with no half-precision path
+    assert session.io["precision_hint"] in ("f16", "bf16", "f32")
+    assert bench.load(fp32.path, "openvino", 1).io["precision_requested"] == "f32"
+    assert session.run(x[:1]).shape == (1, 10)

@@ -26,6 +26,35 @@ os.environ.setdefault("LITERT_TORCH_SHOW_PROGRESS", "n")  # litert-torch prints 
 import litert_torch  # after the env var; at module level so get_exporter reports a missing extra
 
 
+def _module_paths(node: Any) -> list[str]:
+    """The torch module paths a node of an exported graph came from (``["", "layers", "layers.3", ...]``)."""
+    return [str(v[0]).removeprefix("L['self'].") for v in node.meta.get("nn_module_stack", {}).values()]
+
+
+def _keep_float_quantizer(base: type, graph: torch.fx.GraphModule, keep_float: list[str]) -> Any:
+    """litert-torch's PT2EQuantizer with the ``keep_float`` layers left unannotated, so they stay float between a
+    DEQUANTIZE and a QUANTIZE. Its own ``set_module_name`` refuses ``None`` and matches names by rewriting ``_`` to
+    ``.``, which breaks on module names with underscores; the exported graph's module stack names them exactly."""
+    if not keep_float:
+        return base()
+    calls = [n for n in graph.graph.nodes if n.op == "call_function"]
+    missing = [k for k in keep_float if not any(k in _module_paths(n) for n in calls)]
+    if missing:
+        raise ExportError("tflite", f"keep_float layers not found in the exported graph: {', '.join(missing)}",
+                          hint="use module paths from model.named_modules(), e.g. 'fc' or 'layers.3.conv1'")
+    kept = set(keep_float)
+
+    class KeepFloat(base):  # type: ignore[misc, valid-type]
+        def annotate(self, model: torch.fx.GraphModule) -> torch.fx.GraphModule:
+            model = super().annotate(model)
+            for node in model.graph.nodes:
+                if kept.intersection(_module_paths(node)):
+                    node.meta.pop("quantization_annotation", None)
+            return model
+
+    return KeepFloat()
+
+
 def _quantized_program(model: torch.nn.Module, example_inputs: tuple[torch.Tensor, ...], calib: np.ndarray,
                        cfg: ExportConfig) -> tuple[Any, Any]:
     from litert_torch.quantize import pt2e_quantizer as pq
@@ -36,8 +65,9 @@ def _quantized_program(model: torch.nn.Module, example_inputs: tuple[torch.Tenso
     except ImportError as exc:
         raise MissingDependencyError("torchao", "tflite", purpose="tflite-int8 (PT2E quantization)") from exc
 
-    quantizer = pq.PT2EQuantizer().set_global(pq.get_symmetric_quantization_config(is_per_channel=cfg.per_channel))
     graph = torch.export.export(model.eval(), example_inputs).module()
+    quantizer = _keep_float_quantizer(pq.PT2EQuantizer, graph, cfg.keep_float)
+    quantizer.set_global(pq.get_symmetric_quantization_config(is_per_channel=cfg.per_channel))
     prepared = quantize_pt2e.prepare_pt2e(graph, quantizer)
     with torch.no_grad():
         for i in range(min(len(calib), cfg.calib_samples)):
@@ -66,10 +96,6 @@ def export(model: torch.nn.Module, example_inputs: tuple[torch.Tensor, ...], cal
     if cfg.precision == "int8":
         if calib is None or len(calib) == 0:
             raise ExportError("tflite", "INT8 needs calibration inputs", hint="give data.calib in the recipe")
-        if cfg.keep_float:
-            raise ExportError("tflite", "keep_float is not supported by litert-torch's PT2E quantizer "
-                              f"(layers {', '.join(cfg.keep_float)})",
-                              hint="leave keep_float empty for tflite-int8, or use onnx-int8 / openvino-int8")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     final = out_dir / f"{cfg.name}.{cfg.precision}.tflite"
@@ -85,7 +111,7 @@ def export(model: torch.nn.Module, example_inputs: tuple[torch.Tensor, ...], cal
                         + ("per-channel" if cfg.per_channel else "per-tensor") + " weights",
                         quantizer="litert_torch PT2EQuantizer",
                         calibration="the PT2E config's observers (ExportConfig.calibration is onnx-only)",
-                        calib_samples=int(min(len(calib), cfg.calib_samples)))
+                        calib_samples=int(min(len(calib), cfg.calib_samples)), keep_float=list(cfg.keep_float))
     elif cfg.precision == "fp16":
         metadata["fp16"] = "float16 weights dequantized at load; float32 compute and I/O"
     with tempfile.TemporaryDirectory(dir=out_dir, prefix=".tflite-") as tmp:

@@ -57,9 +57,22 @@ def test_tflite_export_names_backend_op_and_layer_when_op_is_unsupported(tmp_pat
     assert not list(tmp_path.glob("bad*"))
 
 
-def test_tflite_int8_refuses_keep_float_with_a_hint(tmp_path):
-    with pytest.raises(ExportError, match="keep_float.*onnx-int8"):
-        export(tiny_cnn(), example(), data(4, 0), ExportConfig(precision="int8", keep_float=["fc"]), tmp_path)
+def test_tflite_int8_leaves_keep_float_layers_in_float(setup, tmp_path):
+    model, calib, x, ref, arts = setup
+    kept = export(model, example(), calib, ExportConfig(name="kf", precision="int8", keep_float=["fc"]), tmp_path)
+    ops = {d["op_name"] for d in Interpreter(model_path=kept.path)._get_ops_details()}
+    full = {d["op_name"] for d in Interpreter(model_path=arts["int8"].path)._get_ops_details()}
+    out = Interpreter(model_path=kept.path).get_output_details()[0]
+    assert out["dtype"] == np.float32 and full != ops  # the classifier now computes, and returns, float32
+    assert "DEQUANTIZE" in ops and "CONV_2D" in ops
+    assert kept.metadata["keep_float"] == ["fc"]
+    validate(kept, x, ref)
+
+
+def test_tflite_int8_names_an_unknown_keep_float_layer(tmp_path):
+    with pytest.raises(ExportError, match="keep_float layers not found.*no_such_layer"):
+        export(tiny_cnn(), example(), data(4, 0), ExportConfig(precision="int8", keep_float=["no_such_layer"]),
+               tmp_path)
 
 
 def test_tflite_validate_catches_flipped_int8_weights(setup, tmp_path):

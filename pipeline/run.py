@@ -25,6 +25,7 @@ from pipeline.config import Recipe, load_recipe
 from pipeline.gate import apply_gate
 from pipeline.model import accuracy, arrays, complexity, load_data, load_model, predict
 from pipeline.progress import Progress
+from pipeline.rundir import now_iso
 from pipeline.stages import StagesResult, run_stages
 from pipeline.stages.qat_export import openvino_from_qdq_onnx
 from pipeline.store import Store, open_store
@@ -49,10 +50,6 @@ def tool_versions() -> dict[str, str | None]:
         except metadata.PackageNotFoundError:
             out[name] = None
     return out
-
-
-def _now() -> str:
-    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
 
 
 def _backends_for(recipe: Recipe, profile: DeviceProfile) -> list[str]:
@@ -187,7 +184,7 @@ def run(recipe_path: str | Path, devices: list[str], out: Path | None = None, ov
         profile_overrides: dict[str, Any] | None = None, stream: TextIO | None = None) -> list[dict[str, Any]]:
     recipe = load_recipe(recipe_path, overrides)
     profiles = [load_profile(d, profile_overrides) for d in devices]
-    started = _now()
+    started = now_iso()
     stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%d-%H%M%S")
     root = Path(out) if out else Path("runs") / f"{recipe.name}-{stamp}"
     root.mkdir(parents=True, exist_ok=True)
@@ -240,7 +237,7 @@ def _run(recipe: Recipe, profiles: list[DeviceProfile], root: Path, run_id: str,
             "schema": 1, "recipe": recipe.name, "device": profile.name, "run_id": run_id,
             "baseline": baseline, "stages": result.records, "artifacts": records,
             "status": "failed" if errors or any(r.get("error") for r in records) else "complete",
-            "started": started, "finished": _now(), "edgepipe_version": pipeline.__version__,
+            "started": started, "finished": now_iso(), "edgepipe_version": pipeline.__version__,
             "tool_versions": tool_versions(), "host": {"python": sys.version.split()[0]},
         }
         apply_gate(summary, recipe.gate, profile.name)

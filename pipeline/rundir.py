@@ -103,6 +103,11 @@ def artifact_files(run_dir: Path, art: dict[str, Any]) -> list[Path]:
     return [main.parent / n for n in names]
 
 
+def now_iso() -> str:
+    """The timestamp format of ``summary.json`` and the store: UTC, ISO 8601, whole seconds (what parse_time reads)."""
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
 def parse_time(value: Any) -> datetime | None:
     """ISO 8601 (with or without zone; naive means UTC) -> aware datetime, else None."""
     if not isinstance(value, str) or not value:

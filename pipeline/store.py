@@ -24,7 +24,6 @@ import json
 import os
 import time
 from collections.abc import Callable
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -52,7 +51,7 @@ from sqlalchemy import (
 from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.exc import ArgumentError, IntegrityError, OperationalError, ProgrammingError, SQLAlchemyError
 
-from pipeline.rundir import artifact_name, load_summary
+from pipeline.rundir import artifact_name, load_summary, now_iso
 from targets.errors import ConfigError
 
 STATUSES = ("incomplete", "complete", "failed")
@@ -142,10 +141,6 @@ def store_url(location: str | os.PathLike[str] | None = None) -> str:
     return f"sqlite:///{path}"
 
 
-def _now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
-
-
 class Store:
     """A results database; cheap to open, safe to use from one process at a time per run."""
 
@@ -172,7 +167,7 @@ class Store:
             def apply(conn: Connection, number: int = number, description: str = description,
                       step: Callable[[Connection], None] = step) -> None:
                 step(conn)
-                conn.execute(insert(schema_version).values(version=number, description=description, applied=_now()))
+                conn.execute(insert(schema_version).values(version=number, description=description, applied=now_iso()))
 
             self._racing(apply, lambda number=number: self.version() >= number)
         return known
@@ -198,7 +193,7 @@ class Store:
         """Record a run as ``incomplete`` before any work starts (a re-run of the same id starts over)."""
         recipe_name = recipe if isinstance(recipe, str) else str(recipe.get("name", "?"))
         values = {"recipe": recipe_name, "device": device, "run_dir": str(run_dir) if run_dir else None,
-                  "status": "incomplete", "started": started or _now(), "finished": None, "gate_passed": None,
+                  "status": "incomplete", "started": started or now_iso(), "finished": None, "gate_passed": None,
                   "recipe_json": None if isinstance(recipe, str) else json.dumps(recipe, default=str),
                   "summary_json": None}
         with self.engine.begin() as conn:
@@ -214,7 +209,7 @@ class Store:
         baseline = summary.get("baseline") or {}
         gate = summary.get("gate") or {}
         values = {"recipe": summary["recipe"], "device": summary["device"], "status": status,
-                  "started": summary.get("started"), "finished": summary.get("finished") or _now(),
+                  "started": summary.get("started"), "finished": summary.get("finished") or now_iso(),
                   "edgepipe_version": summary.get("edgepipe_version"),
                   "baseline_accuracy": baseline.get("accuracy"), "baseline_params": baseline.get("params"),
                   "baseline_macs": baseline.get("macs"),

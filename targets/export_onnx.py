@@ -188,7 +188,7 @@ def export(model: torch.nn.Module, example_inputs: tuple[torch.Tensor, ...], cal
             import onnxruntime
 
             metadata.update(int8=scheme, calibration=cfg.calibration,
-                            calib_samples=int(min(len(calib), cfg.calib_samples)),
+                            calib_samples=int(min(len(calib), cfg.calib_samples)), keep_float=list(cfg.keep_float),
                             quantizer=f"onnxruntime {onnxruntime.__version__} quantize_static")
         _slim(tmp_path)
         tmp_path.replace(final)

@@ -20,6 +20,17 @@ def test_every_backend_has_its_own_tolerance_row():
         assert (tol.atol == float("inf")) == (precision == "int8")  # INT8 is judged by agreement, floats by value
 
 
+@pytest.mark.openvino
+def test_an_fp16_artifact_is_judged_by_the_precision_the_runtime_reports_and_fp32_never_is(tiny):
+    fp16 = validate(tiny.artifact("openvino", "fp16"), tiny.x, tiny.ref)
+    fp32 = validate(tiny.artifact("openvino", "fp32"), tiny.x, tiny.ref)
+    assert fp16["computed_in"] in ("f16", "bf16", "f32") and "computed_in" not in fp32
+    assert fp16["tolerance"] == tolerance("openvino", "fp16", fp16["computed_in"])._asdict()
+    assert fp32["tolerance"] == tolerance("openvino", "fp32")._asdict()
+    looser, strict = tolerance("openvino", "fp16", "bf16"), tolerance("openvino", "fp16", "f16")
+    assert looser.atol > strict.atol and looser.rtol > strict.rtol and strict is TOLERANCES[("openvino", "fp16")]
+
+
 @pytest.mark.onnx
 def test_validate_lists_every_failed_check_in_one_error(tiny):
     art = tiny.artifact("onnx", "fp32")

@@ -76,9 +76,29 @@ def cmd_devices(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_backends(args: argparse.Namespace) -> int:
+    """The capability table, with what this machine can export and run; ``--strict`` exits 2 when a family is
+    unusable here (a CI step that needs every backend can fail early, naming the extra)."""
+    from targets import CAPABILITIES, installed
+
+    print(f"{'backends':<46}{'file':<9}here")
+    missing = []
+    for family, cap in CAPABILITIES.items():
+        versions = {m: installed(m) for m in dict.fromkeys((cap["runtime"], cap["export_module"]))}
+        absent = [m for m, v in versions.items() if not v]
+        if absent:
+            how = f"pip install 'edgepipe[{cap['extra']}]'" if cap["extra"] else "pip install edgepipe"
+            state = f"MISSING {', '.join(absent)}: {how}"
+            missing.append(family)
+        else:
+            state = ", ".join(f"{m} {v}" for m, v in versions.items())
+        names = ", ".join(f"{family}-{p}" for p in cap["precisions"])
+        print(f"{names:<46}{cap['suffix']:<9}{state}")
+    return 2 if missing and args.strict else 0
+
+
 def cmd_doctor(args: argparse.Namespace) -> int:
     from targets.doctor import doctor, format_checks
-
     from targets.profiles import load_profile
 
     profile = load_profile(args.device, _conn_overrides(args))
@@ -119,6 +139,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("devices", help="list device profiles")
     p.set_defaults(func=cmd_devices)
+
+    p = sub.add_parser("backends", help="list the backends, their file types, and whether this machine has the "
+                       "exporter and runtime of each")
+    p.add_argument("--strict", action="store_true", help="exit 2 when any backend family is not installed")
+    p.set_defaults(func=cmd_backends)
 
     p = sub.add_parser("doctor", help="check a device: reachable, host key, python, runtimes, clocks, temperature")
     p.add_argument("device")

@@ -60,3 +60,19 @@ def get_exporter(family: str) -> Callable[..., Any]:
         extra = CAPABILITIES[family]["extra"]
         raise MissingDependencyError(exc.name or family, extra, purpose=f"the {family} backend") from exc
     return getattr(module, func)
+
+
+def installed(module: str) -> str | None:
+    """The installed version of the distribution that provides ``module`` ("unknown" without one), or None when the
+    module is not importable here; found without importing it (openvino or litert take seconds to import)."""
+    import importlib.metadata
+    import importlib.util
+
+    if importlib.util.find_spec(module) is None:
+        return None
+    for dist in importlib.metadata.packages_distributions().get(module, []):
+        try:
+            return importlib.metadata.version(dist)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    return "unknown"

@@ -56,13 +56,25 @@ def find_layer(model: torch.nn.Module, example_inputs: tuple[torch.Tensor, ...],
         # the exporters see decomposed ops (linalg_inv_ex) where torch.export's graph still has linalg_inv
         if not any(part == wanted or wanted.startswith(part + "_") for part in name[1:]):
             continue
-        stack = node.meta.get("nn_module_stack") or {}
-        if not stack:
-            return "<root>"
-        path = list(stack.values())[-1][0]
-        path = re.sub(r"^L\['self'\]\.?|^self\.?", "", str(path))
-        return path.replace("_modules['", "").replace("']", "") or "<root>"
+        paths = module_paths(node)
+        return paths[-1] if paths and paths[-1] else "<root>"
     return None
+
+
+def module_paths(node: torch.fx.Node) -> list[str]:
+    """The ``named_modules`` paths of the modules a torch.export node sits in, outermost first (``""`` is the root),
+    whichever spelling the exporter used (``L['self'].fc``, ``self.fc``, ``_modules['fc']``)."""
+    out = []
+    for raw, _ in (node.meta.get("nn_module_stack") or {}).values():
+        path = re.sub(r"^L\['self'\]\.?|^self\.?", "", str(raw))
+        out.append(path.replace("_modules['", "").replace("']", ""))
+    return out
+
+
+def keep_float_not_found(backend: str, missing: list[str], hint: str = "") -> ExportError:
+    """The one error every INT8 exporter gives for a ``keep_float`` name that matches no layer of the model."""
+    return ExportError(backend, f"keep_float layers not found in the model: {', '.join(missing)}",
+                       hint="use module paths from model.named_modules(), e.g. 'fc' or 'layers.3.conv1'" + hint)
 
 
 def first_line(exc: BaseException) -> str:

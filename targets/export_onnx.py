@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from targets._export_common import export_failure, first_line
+from targets._export_common import export_failure, first_line, keep_float_not_found
 from targets.artifact import Artifact
 from targets.errors import ExportError
 from targets.export_config import ExportConfig
@@ -114,8 +114,7 @@ def _nodes_to_exclude(model_path: Path, keep_float: list[str]) -> list[str]:
                 found[name].append(node.name)
     missing = [k for k, v in found.items() if not v]
     if missing:
-        raise ExportError("onnx", f"keep_float layers not found in the exported graph: {', '.join(missing)}",
-                          hint="use module paths from model.named_modules(), e.g. 'fc' or 'layers.3.conv1'")
+        raise keep_float_not_found("onnx", missing)
     return sorted({n for v in found.values() for n in v})
 
 

@@ -20,7 +20,7 @@ import numpy as np
 import openvino as ov  # at module level: a missing runtime surfaces in get_exporter as the extra to install
 import torch
 
-from targets._export_common import export_failure, first_line
+from targets._export_common import export_failure, first_line, keep_float_not_found
 from targets.artifact import Artifact
 from targets.errors import ExportError, MissingDependencyError
 from targets.export_config import ExportConfig
@@ -46,9 +46,8 @@ def _ignored_scope(ov_model: Any, keep_float: list[str]) -> Any:
     patterns = {layer: rf"__module\.{re.escape(layer)}[./].*" for layer in keep_float}
     missing = [layer for layer, pat in patterns.items() if not any(re.fullmatch(pat, n) for n in names)]
     if missing:
-        raise ExportError("openvino", f"keep_float layers not found in the converted model: {', '.join(missing)}",
-                          hint="use module paths from model.named_modules(); a conv fused with its batch norm is "
-                               "named after the batch norm")
+        raise keep_float_not_found("openvino", missing, "; a conv fused with its batch norm is named after the "
+                                   "batch norm")
     return nncf.IgnoredScope(patterns=list(patterns.values()))
 
 

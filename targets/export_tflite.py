@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from targets._export_common import export_failure
+from targets._export_common import export_failure, keep_float_not_found, module_paths
 from targets.artifact import Artifact
 from targets.errors import ExportError, MissingDependencyError
 from targets.export_config import ExportConfig
@@ -26,11 +26,6 @@ os.environ.setdefault("LITERT_TORCH_SHOW_PROGRESS", "n")  # litert-torch prints 
 import litert_torch  # after the env var; at module level so get_exporter reports a missing extra
 
 
-def _module_paths(node: Any) -> list[str]:
-    """The torch module paths a node of an exported graph came from (``["", "layers", "layers.3", ...]``)."""
-    return [str(v[0]).removeprefix("L['self'].") for v in node.meta.get("nn_module_stack", {}).values()]
-
-
 def _keep_float_quantizer(base: type, graph: torch.fx.GraphModule, keep_float: list[str]) -> Any:
     """litert-torch's PT2EQuantizer with the ``keep_float`` layers left unannotated, so they stay float between a
     DEQUANTIZE and a QUANTIZE. Its own ``set_module_name`` refuses ``None`` and matches names by rewriting ``_`` to
@@ -38,17 +33,16 @@ def _keep_float_quantizer(base: type, graph: torch.fx.GraphModule, keep_float: l
     if not keep_float:
         return base()
     calls = [n for n in graph.graph.nodes if n.op == "call_function"]
-    missing = [k for k in keep_float if not any(k in _module_paths(n) for n in calls)]
+    missing = [k for k in keep_float if not any(k in module_paths(n) for n in calls)]
     if missing:
-        raise ExportError("tflite", f"keep_float layers not found in the exported graph: {', '.join(missing)}",
-                          hint="use module paths from model.named_modules(), e.g. 'fc' or 'layers.3.conv1'")
+        raise keep_float_not_found("tflite", missing)
     kept = set(keep_float)
 
     class KeepFloat(base):  # type: ignore[misc, valid-type]
         def annotate(self, model: torch.fx.GraphModule) -> torch.fx.GraphModule:
             model = super().annotate(model)
             for node in model.graph.nodes:
-                if kept.intersection(_module_paths(node)):
+                if kept.intersection(module_paths(node)):
                     node.meta.pop("quantization_annotation", None)
             return model
 

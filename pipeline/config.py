@@ -6,11 +6,15 @@ single ConfigError listing them all, each as ``file: key.path: what is expected`
 
 from __future__ import annotations
 
-import importlib
+import hashlib
+import importlib.abc
+import importlib.machinery
+import importlib.util
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from types import ModuleType
+from typing import Any, Literal
 
 import yaml
 from pydantic import Field, PrivateAttr, ValidationError, field_validator, model_validator
@@ -22,17 +26,41 @@ from targets import BACKENDS
 from targets.errors import ConfigError
 from targets.schema import StrictModel, read_yaml, validation_problems
 
+DTYPES = ("float32", "float16", "int64", "int32", "uint8", "bool")
+FACTORY = r"^[\w.]+:[\w.]+$"
 
-class ModelSpec(StrictModel):
-    factory: str | None = Field(default=None, pattern=r"^[\w.]+:[\w.]+$")
-    weights: str | None = None
-    program: str | None = None
-    input_shape: list[int] = Field(min_length=2)
 
-    @field_validator("input_shape")
+class InputSpec(StrictModel):
+    """One model input, in ``forward()`` order: the data, the exporters and the runner all address it by name."""
+
+    name: str = Field(pattern=r"^[A-Za-z_][A-Za-z0-9_.]*$")
+    shape: list[int] = Field(min_length=1)        # batch first; the batch is 1 in exported artifacts
+    dtype: Literal["float32", "float16", "int64", "int32", "uint8", "bool"] = "float32"
+
+    @field_validator("shape")
     @classmethod
     def _positive(cls, v: list[int]) -> list[int]:
         if any(d <= 0 for d in v):
+            raise ValueError("every dimension must be a positive integer, batch first, e.g. [1, 128]")
+        return v
+
+    @property
+    def is_float(self) -> bool:
+        return self.dtype.startswith("float")
+
+
+class ModelSpec(StrictModel):
+    factory: str | None = Field(default=None, pattern=FACTORY)
+    weights: str | None = None
+    program: str | None = None
+    input_shape: list[int] | None = Field(default=None, min_length=2)   # shorthand: one float32 input "input"
+    inputs: list[InputSpec] | None = Field(default=None, min_length=1)
+    outputs: list[str] | None = Field(default=None, min_length=1)       # names, in forward() order
+
+    @field_validator("input_shape")
+    @classmethod
+    def _positive(cls, v: list[int] | None) -> list[int] | None:
+        if v is not None and any(d <= 0 for d in v):
             raise ValueError("every dimension must be a positive integer, e.g. [1, 1, 32, 32]")
         return v
 
@@ -42,11 +70,53 @@ class ModelSpec(StrictModel):
             raise ValueError("give exactly one of model.factory (with optional weights) or model.program (.pt2)")
         if self.weights and not self.factory:
             raise ValueError("model.weights needs model.factory (the architecture to load them into)")
+        if (self.input_shape is None) == (self.inputs is None):
+            raise ValueError("give exactly one of model.inputs ([{name, shape, dtype}, ...]) or model.input_shape "
+                             "(the shorthand for one float32 input)")
+        if self.inputs is not None and len({i.name for i in self.inputs}) != len(self.inputs):
+            raise ValueError("model.inputs: two inputs share a name")
+        if self.outputs is not None and len(set(self.outputs)) != len(self.outputs):
+            raise ValueError("model.outputs: two outputs share a name")
         return self
+
+    @property
+    def input_specs(self) -> list[InputSpec]:
+        """Every input; ``input_shape`` is one float32 input named ``input``."""
+        if self.inputs is not None:
+            return list(self.inputs)
+        return [InputSpec(name="input", shape=list(self.input_shape or []), dtype="float32")]
 
 
 class DataSpec(StrictModel):
-    factory: str = Field(pattern=r"^[\w.]+:[\w.]+$")
+    factory: str = Field(pattern=FACTORY)
+    eval_samples: int = Field(default=500, ge=1)   # what the host checks and a board holds and runs
+
+
+BUILTIN_METRICS = ("top1", "top5", "map50", "map50_95", "cosine", "mse")
+
+
+class Task(StrictModel):
+    """What the model is for: the metric every figure is reported in, and the loss the stages train with."""
+
+    metric: str = "top1"                         # a built-in name or "module:callable" (README: user metrics)
+    postprocess: str | None = Field(default=None, pattern=FACTORY)   # host-side, on raw outputs, before the metric
+    loss: str | None = Field(default=None, pattern=FACTORY)          # user loss; default follows the metric
+    output_loss: Literal["mse", "cosine"] = "mse"                    # output-matching KD (non-classification)
+    output_weights: list[float] | None = None                        # one per output; default all 1
+
+    @field_validator("metric")
+    @classmethod
+    def _metric(cls, v: str) -> str:
+        import re
+
+        if v not in BUILTIN_METRICS and not re.match(FACTORY, v):
+            raise ValueError(f"unknown metric {v!r}; choose from {', '.join(BUILTIN_METRICS)} or give "
+                             "'module:callable' (a user metric next to the recipe)")
+        return v
+
+    @property
+    def classification(self) -> bool:
+        return self.metric in ("top1", "top5")
 
 
 class Stages(StrictModel):
@@ -56,15 +126,29 @@ class Stages(StrictModel):
 
 
 class Gate(StrictModel):
-    max_accuracy_drop: float = Field(default=1.0, ge=0, le=100)   # points of top-1 against the original model
+    # the metric's units: points (x100) for fraction metrics (top-1/5, mAP), raw units for cosine/mse/user metrics;
+    # the direction comes from the metric. ``max_accuracy_drop`` is the classification alias.
+    max_metric_drop: float | None = Field(default=None, ge=0)
+    max_accuracy_drop: float | None = Field(default=None, ge=0, le=100)
     max_latency_ms: float | None = Field(default=None, gt=0)       # p90 on the device
     max_bytes: int | None = Field(default=None, gt=0)              # artifact size
+
+    @model_validator(mode="after")
+    def _alias(self) -> Gate:
+        if self.max_metric_drop is not None and self.max_accuracy_drop is not None \
+                and self.max_metric_drop != self.max_accuracy_drop:
+            raise ValueError("give max_metric_drop or its alias max_accuracy_drop, not both")
+        if self.max_metric_drop is None:
+            self.__dict__["max_metric_drop"] = 1.0 if self.max_accuracy_drop is None else self.max_accuracy_drop
+        self.__dict__["max_accuracy_drop"] = self.max_metric_drop
+        return self
 
 
 class Recipe(StrictModel):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
     model: ModelSpec
     data: DataSpec
+    task: Task = Field(default_factory=Task)
     stages: Stages = Field(default_factory=Stages)
     backends: list[str] | None = None
     gate: Gate = Field(default_factory=Gate)
@@ -95,24 +179,76 @@ class Recipe(StrictModel):
 
 
 # ------------------------------------------------------------------------------------------------ factories
-def import_factory(spec: str, base_dir: Path) -> Callable[..., Any]:
-    """Resolve ``module:callable`` with the recipe's folder importable first.
+class _RecipeFolders(importlib.abc.MetaPathFinder):
+    """Sibling imports inside user modules (``from data import splits``) resolve to the recipe's folder, but only
+    after every installed library: this finder sits at the end of ``sys.meta_path``, so a user's ``utils.py`` can
+    never shadow a library, and the recipe folder is never put on ``sys.path``."""
 
-    A module of the same name imported earlier from another folder (two recipes both with ``models.py``) is dropped
-    from ``sys.modules`` so each recipe gets its own.
-    """
-    module_name, _, attr = spec.partition(":")
-    base = str(base_dir.resolve())
-    top = module_name.split(".")[0]
-    loaded = sys.modules.get(top)
-    if loaded is not None and getattr(loaded, "__file__", None) and (base_dir / f"{top}.py").exists() \
-            and Path(loaded.__file__).resolve().parent != Path(base):
-        for name in [m for m in sys.modules if m == top or m.startswith(top + ".")]:
+    def __init__(self) -> None:
+        self.folders: list[Path] = []
+
+    def find_spec(self, name: str, path: Sequence[str] | None = None,
+                  target: ModuleType | None = None) -> importlib.machinery.ModuleSpec | None:
+        if path is not None or "." in name:
+            return None
+        for folder in reversed(self.folders):
+            f = folder / f"{name}.py"
+            if f.is_file():
+                return importlib.util.spec_from_file_location(name, f)
+        return None
+
+
+_FOLDERS = _RecipeFolders()
+
+
+def _register_folder(base: Path) -> None:
+    if _FOLDERS not in sys.meta_path:
+        sys.meta_path.append(_FOLDERS)
+    if base in _FOLDERS.folders:
+        _FOLDERS.folders.remove(base)
+    _FOLDERS.folders.append(base)
+    # a sibling of an earlier recipe's folder with the same name (two recipes with data.py) must not be reused
+    for name, mod in list(sys.modules.items()):
+        f = getattr(mod, "__file__", None)
+        if f and "." not in name and (base / f"{name}.py").is_file() and Path(f).resolve().parent != base \
+                and Path(f).resolve().parent in _FOLDERS.folders:
             del sys.modules[name]
-    if base in sys.path:
-        sys.path.remove(base)
-    sys.path.insert(0, base)  # first, so a same-named module of an earlier recipe cannot shadow this one
-    module = importlib.import_module(module_name)
+
+
+def load_user_module(module_name: str, base_dir: Path) -> ModuleType:
+    """``models`` -> ``<recipe folder>/models.py`` loaded with ``spec_from_file_location`` under a name of its own
+    (``edgepipe_user_<hash>.models``), so two recipes' ``models.py`` never meet in ``sys.modules``; a module that is
+    not next to the recipe is imported normally (an installed package)."""
+    base = base_dir.resolve()
+    _register_folder(base)
+    rel = Path(*module_name.split("."))
+    file = base / rel.with_suffix(".py")
+    if not file.is_file() and (base / rel / "__init__.py").is_file():
+        file = base / rel / "__init__.py"
+    if not file.is_file():
+        return importlib.import_module(module_name)
+    key = f"edgepipe_user_{hashlib.sha256(str(file).encode()).hexdigest()[:12]}_{module_name.replace('.', '_')}"
+    loaded = sys.modules.get(key)
+    if loaded is not None and getattr(loaded, "__edgepipe_mtime__", None) == file.stat().st_mtime_ns:
+        return loaded
+    spec = importlib.util.spec_from_file_location(key, file)
+    if spec is None or spec.loader is None:
+        raise ModuleNotFoundError(f"cannot load {file}", name=module_name)
+    module = importlib.util.module_from_spec(spec)
+    module.__edgepipe_mtime__ = file.stat().st_mtime_ns  # type: ignore[attr-defined]
+    sys.modules[key] = module
+    try:
+        spec.loader.exec_module(module)
+    except BaseException:
+        sys.modules.pop(key, None)
+        raise
+    return module
+
+
+def import_factory(spec: str, base_dir: Path) -> Callable[..., Any]:
+    """Resolve ``module:callable``: a module next to the recipe first (loaded under its own name), else installed."""
+    module_name, _, attr = spec.partition(":")
+    module = load_user_module(module_name, base_dir)
     obj: Any = module
     for part in attr.split("."):
         obj = getattr(obj, part)
@@ -156,6 +292,11 @@ def _semantic_problems(raw: dict[str, Any], base_dir: Path, source: str) -> list
     stages = raw.get("stages")
     if isinstance(stages, dict) and isinstance(stages.get("distill"), dict):
         checks.append((stages["distill"].get("student"), "stages.distill.student"))
+    task = raw.get("task")
+    if isinstance(task, dict):
+        for key in ("metric", "postprocess", "loss"):
+            if key != "metric" or task.get("metric") not in BUILTIN_METRICS:
+                checks.append((task.get(key), f"task.{key}"))
     for spec, where in checks:
         problem = _factory_problem(spec, base_dir, where, source)
         if problem:

@@ -13,10 +13,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from pipeline.config import Recipe, import_factory
+from pipeline.config import InputSpec, Recipe, import_factory
+from pipeline.stages.common import Objective, accuracy, as_args, footprint, outputs_list
 from targets.errors import ConfigError
 
 SPLITS = ("train", "calib", "eval")
+__all__ = ["accuracy", "complexity", "load_data", "load_model", "predict"]
 
 
 def _call_factory(spec: str, recipe: Recipe, where: str) -> Any:
@@ -76,49 +78,125 @@ def load_model(recipe: Recipe) -> nn.Module:
     return model.eval()
 
 
+_NP = {"float32": np.float32, "float16": np.float16, "int64": np.int64, "int32": np.int32, "uint8": np.uint8,
+       "bool": np.bool_}
+_TORCH = {"float32": torch.float32, "float16": torch.float16, "int64": torch.int64, "int32": torch.int32,
+          "uint8": torch.uint8, "bool": torch.bool}
+
+
+def input_problems(inputs: Any, specs: list[InputSpec], where: str) -> list[str]:
+    """Every way one data item's inputs differ from ``model.inputs`` (names, count, dtypes, shapes), one line each."""
+    problems: list[str] = []
+    names = [s.name for s in specs]
+    if isinstance(inputs, dict):
+        unknown = [k for k in inputs if k not in names]
+        missing = [n for n in names if n not in inputs]
+        if unknown:
+            problems.append(f"{where}: input(s) {unknown} are not in model.inputs {names} (check the names)")
+        if missing:
+            problems.append(f"{where}: input(s) {missing} of model.inputs are missing from the data items")
+        pairs = [(s, inputs[s.name]) for s in specs if s.name in inputs]
+    else:
+        values = [inputs] if isinstance(inputs, torch.Tensor) else list(inputs) \
+            if isinstance(inputs, (tuple, list)) else None
+        if values is None:
+            return [f"{where}: item inputs are {type(inputs).__name__}; expected a tensor, a tuple or a dict keyed "
+                    f"by input name"]
+        if len(values) != len(specs):
+            problems.append(f"{where}: items carry {len(values)} input(s), model.inputs lists {len(specs)} ({names})")
+        pairs = list(zip(specs, values, strict=False))
+    for spec, value in pairs:
+        key = f"model.inputs[{names.index(spec.name)}] ({spec.name})"
+        if not isinstance(value, torch.Tensor):
+            problems.append(f"{where}: {key}: the data gives {type(value).__name__}, expected a tensor")
+            continue
+        if value.dtype != _TORCH[spec.dtype]:
+            problems.append(f"{where}: {key}: dtype is {spec.dtype} in the recipe but the data gives "
+                            f"{str(value.dtype).replace('torch.', '')}")
+        if list(value.shape) != spec.shape[1:]:
+            problems.append(f"{where}: {key}: shape {spec.shape} (batch first) in the recipe but data items have "
+                            f"{list(value.shape)}")
+    return problems
+
+
 def load_data(recipe: Recipe) -> dict[str, Any]:
     data = _call_factory(recipe.data.factory, recipe, "data.factory")
     where = f"{recipe.path}: data.factory: {recipe.data.factory}"
     if not isinstance(data, dict) or any(k not in data for k in SPLITS):
         raise ConfigError(f"{where} must return a dict with keys {list(SPLITS)}")
+    problems: list[str] = []
     for name in SPLITS:
         ds = data[name]
         if not hasattr(ds, "__len__") or len(ds) == 0:
-            raise ConfigError(f"{where}: split {name!r} is empty or has no length")
+            problems.append(f"{where}: split {name!r} is empty or has no length")
+            continue
         item = ds[0]
-        if not (isinstance(item, (tuple, list)) and len(item) == 2 and isinstance(item[0], torch.Tensor)):
-            raise ConfigError(f"{where}: items of {name!r} must be (input tensor, label)")
-    shape = list(data["eval"][0][0].shape)
-    if shape != recipe.model.input_shape[1:]:
-        raise ConfigError(f"{where}: eval inputs have shape {shape}, but model.input_shape is "
-                          f"{recipe.model.input_shape} (batch first)")
+        if not (isinstance(item, (tuple, list)) and len(item) == 2):
+            problems.append(f"{where}: items of {name!r} must be (inputs, target)")
+            continue
+        problems += input_problems(item[0], recipe.model.input_specs, f"{recipe.path}: data {name!r}")
+    if problems:
+        problems = list(dict.fromkeys(problems))
+        raise ConfigError(f"{where}: {len(problems)} problem(s) with the data", problems=problems,
+                          hint="make the data items match model.inputs (name, shape without batch, dtype)")
     return data
 
 
+def eval_arrays(recipe: Recipe, dataset: Any) -> tuple[dict[str, np.ndarray], list[Any]]:
+    """The eval inputs as one array per input name (dtype from the recipe) and the targets, bounded by
+    ``data.eval_samples``: what the host checks and what a board receives once per run."""
+    specs = recipe.model.input_specs
+    n = min(len(dataset), recipe.data.eval_samples)
+    items = [dataset[i] for i in range(n)]
+    arrays: dict[str, np.ndarray] = {}
+    for k, spec in enumerate(specs):
+        arrays[spec.name] = np.stack([as_args(x, [s.name for s in specs])[k].numpy() for x, _ in items]) \
+            .astype(_NP[spec.dtype])
+    return arrays, [y for _, y in items]
+
+
+def targets_array(targets: list[Any]) -> np.ndarray | list[Any]:
+    """Targets stacked into one array when they have one shape (labels, vectors), else the list (boxes)."""
+    try:
+        arr = np.stack([np.asarray(t.numpy() if isinstance(t, torch.Tensor) else t) for t in targets])
+    except (ValueError, TypeError):
+        return [t.numpy() if isinstance(t, torch.Tensor) else t for t in targets]
+    return arr if arr.dtype != object else list(targets)
+
+
 def arrays(dataset: Any) -> tuple[np.ndarray, np.ndarray]:
+    """One float32 input and integer labels (the single-image classifier case; used by benchmarks)."""
     xs, ys = zip(*(dataset[i] for i in range(len(dataset))), strict=True)
     return torch.stack(list(xs)).numpy().astype(np.float32), np.asarray([int(y) for y in ys], dtype=np.int64)
 
 
 @torch.no_grad()
-def predict(model: nn.Module, x: np.ndarray, batch_size: int = 256) -> np.ndarray:
+def predict(model: nn.Module, inputs: dict[str, np.ndarray] | np.ndarray, batch_size: int = 256) -> list[np.ndarray]:
+    """Every output of ``model`` on the named inputs, one array per output (float outputs as float32)."""
     model.eval()
-    outs = [model(torch.from_numpy(x[i:i + batch_size])).float().numpy() for i in range(0, len(x), batch_size)]
-    return np.concatenate(outs, axis=0)
+    feeds = {"input": inputs} if isinstance(inputs, np.ndarray) else inputs
+    names = list(feeds)
+    n = len(feeds[names[0]])
+    outs: list[list[np.ndarray]] = []
+    for i in range(0, n, batch_size):
+        args = tuple(torch.from_numpy(np.ascontiguousarray(feeds[k][i:i + batch_size])) for k in names)
+        res = outputs_list(model(*args))
+        outs.append([o.detach().float().numpy() if o.is_floating_point() else o.detach().numpy() for o in res])
+    return [np.concatenate([o[j] for o in outs], axis=0) for j in range(len(outs[0]))]
 
 
-def accuracy(model: nn.Module, dataset: Any) -> float:
-    x, y = arrays(dataset)
-    return float((predict(model, x).argmax(1) == y).mean())
+def complexity(model: nn.Module, example_inputs: tuple[torch.Tensor, ...]) -> tuple[int, int]:
+    """(params, MACs): the one footprint helper (``pipeline.stages.common.footprint``), same argument order."""
+    return footprint(model, example_inputs)
 
 
-def complexity(model: nn.Module, input_shape: list[int]) -> tuple[int, int]:
-    """(MACs, params) from Torch-Pruning's counter, with a fallback to a plain parameter count."""
-    params = sum(p.numel() for p in model.parameters())
-    try:
-        import torch_pruning as tp
-
-        macs, _ = tp.utils.count_ops_and_params(model, torch.randn(*input_shape))
-        return int(macs), int(params)
-    except Exception:  # noqa: BLE001 - exported programs and exotic modules may not be countable
-        return 0, int(params)
+def objective(recipe: Recipe) -> Objective:
+    """The stages' loss from ``task``: logit KD for classification metrics, the user's ``task.loss`` when given,
+    else output-matching KD on every output."""
+    task = recipe.task
+    names = [s.name for s in recipe.model.input_specs]
+    if task.loss:
+        return Objective("user", names, user_loss=import_factory(task.loss, recipe.base_dir))
+    if task.classification:
+        return Objective("logits", names)
+    return Objective("outputs", names, output_loss=task.output_loss, output_weights=task.output_weights)

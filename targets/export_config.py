@@ -27,3 +27,10 @@ class ExportConfig(StrictModel):
     onnx_activation_type: Literal["auto", "uint8", "int8"] = "auto"
     reduce_range: bool | None = None         # None = auto (x86 without VNNI)
     ov_preset: Literal["performance", "mixed"] = "performance"   # NNCF preset: symmetric / asymmetric activations
+    # every input and output by name, in forward() order (the recipe's model.inputs / model.outputs); empty = one
+    # input "input" and outputs "output", "output1", ...
+    input_names: list[str] = Field(default_factory=list)
+    output_names: list[str] = Field(default_factory=list)
+    # op types (ONNX spelling: Add, Mul, Where, Softmax...) kept in float by every INT8 exporter; None = automatic:
+    # nothing for CNNs, and for transformer-shaped graphs (Softmax attention) everything but MatMul/Gemm weights
+    keep_float_ops: list[str] | None = None

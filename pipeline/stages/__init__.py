@@ -26,15 +26,36 @@ from torch import nn
 class StagesResult:
     model: nn.Module                       # what the exporters convert
     teacher: nn.Module                     # the recipe's original model
-    calib: np.ndarray                      # calibration inputs handed to every INT8 exporter
+    calib: dict[str, np.ndarray]           # calibration inputs by input name, handed to every INT8 exporter
     records: list[dict[str, Any]] = field(default_factory=list)   # summary.json "stages"
     export_overrides: dict[str, Any] = field(default_factory=dict)  # extra ExportConfig fields (e.g. from QAT)
     qat_ranges: list[dict[str, Any]] | None = None  # QAT's learned activation ranges (also qat_ranges.json)
 
 
-def calibration_array(dataset: Any, n: int) -> np.ndarray:
-    xs = [dataset[i][0] for i in range(min(n, len(dataset)))]
-    return torch.stack(xs).numpy().astype(np.float32)
+@dataclass
+class StagePlan:
+    """Everything the stages need, resolved by the orchestrator (no recipe in here): the stage configs, the
+    student factory, an example batch-of-one from the data, the task's loss, how to score a model, and the timing
+    function of the prune latency guard."""
+
+    distill: Any = None
+    prune: Any = None
+    quantize: Any = None
+    example: tuple[torch.Tensor, ...] = ()
+    input_names: list[str] = field(default_factory=lambda: ["input"])
+    objective: Any = None                                  # pipeline.stages.common.Objective
+    evaluate: Callable[[Any], dict[str, Any]] | None = None  # model -> {"accuracy"?, "metric": {...}}
+    student_factory: Callable[[], nn.Module] | None = None
+    timing: Callable[..., dict[str, Any]] | None = None
+    metric_label: str = "top-1"
+
+
+def calibration_inputs(dataset: Any, n: int, names: list[str]) -> dict[str, np.ndarray]:
+    """The first ``n`` calibration items as one array per input name (the dtype the data has)."""
+    from pipeline.stages.common import as_args
+
+    items = [as_args(dataset[i][0], names) for i in range(min(n, len(dataset)))]
+    return {name: torch.stack([it[k] for it in items]).numpy() for k, name in enumerate(names)}
 
 
 def _factory_fingerprint(factory: Callable[..., Any]) -> str:
@@ -45,9 +66,17 @@ def _factory_fingerprint(factory: Callable[..., Any]) -> str:
         return getattr(factory, "__qualname__", repr(factory))
 
 
-def _describe(rec: dict[str, Any]) -> str:
-    return (f"top-1 {rec['accuracy'] * 100:.2f}%, {rec['params'] / 1e3:.1f}k params, {rec['macs'] / 1e6:.2f}M MACs"
-            + "".join(f", {k.replace('_accuracy', '')} {rec[k] * 100:.2f}%" for k in rec if k.endswith("_accuracy")))
+def _describe(rec: dict[str, Any], label: str = "top-1") -> str:
+    metric = rec.get("metric") or {}
+    if "accuracy" in rec and rec["accuracy"] is not None:
+        head = f"{label} {rec['accuracy'] * 100:.2f}%"
+    else:
+        head = f"{label} {metric.get('value', float('nan')):.4g}"
+    return (f"{head}, {rec['params'] / 1e3:.1f}k params, {rec['macs'] / 1e6:.2f}M MACs"
+            + "".join(f", {k.replace('_accuracy', '')} {rec[k] * 100:.2f}%" for k in rec
+                      if k.endswith("_accuracy") and rec[k] is not None)
+            + "".join(f", {k.replace('_metric', '')} {rec[k]:.4g}" for k in rec
+                      if k.endswith("_simulated_metric") and rec[k] is not None))
 
 
 def _loud(log: Callable[[str], None]) -> Callable[[str], None]:
@@ -62,30 +91,42 @@ def _loud(log: Callable[[str], None]) -> Callable[[str], None]:
     return emit
 
 
-def run_stages(model: nn.Module, data: dict[str, Any], recipe: Any, run_dir: Path,
+def _simulated(prefix: str, scored: dict[str, Any]) -> dict[str, Any]:
+    """``<prefix>_accuracy`` for classification (as before), ``<prefix>_metric`` (the task metric's value) always."""
+    out = {f"{prefix}_metric": (scored.get("metric") or {}).get("value")}
+    if scored.get("accuracy") is not None:
+        out[f"{prefix}_accuracy"] = scored["accuracy"]
+    return out
+
+
+def run_stages(model: nn.Module, data: dict[str, Any], plan: StagePlan, run_dir: Path,
                log: Callable[[str], None]) -> StagesResult:
     """Run the configured stages on ``model`` (the teacher), each cached by the hash of its inputs."""
     log = _loud(log)
-    from pipeline.config import import_factory
     from pipeline.stages.cache import StageCache, data_fingerprint, load_model, model_hash, stage_key
-    from pipeline.stages.common import accuracy, footprint, seed_everything
+    from pipeline.stages.common import Objective, example_from, footprint, seed_everything
 
-    stages = recipe.stages
     teacher = model.eval()
-    example = torch.randn(*recipe.model.input_shape, generator=torch.Generator().manual_seed(0))
-    calib_n = stages.quantize.calib_samples if stages.quantize else 256
-    calib = calibration_array(data["calib"], calib_n)
+    names = plan.input_names
+    example = plan.example or example_from(data["calib"], names)
+    objective = plan.objective or Objective("logits", names)
+    evaluate = plan.evaluate or _top1_evaluator(data["eval"], names)
+    calib_n = plan.quantize.calib_samples if plan.quantize else 256
+    calib = calibration_inputs(data["calib"], calib_n, names)
     result = StagesResult(model=teacher, teacher=teacher, calib=calib)
-    if stages.distill is None and stages.prune is None and stages.quantize is None:
+    if plan.distill is None and plan.prune is None and plan.quantize is None:
         return result
     data_fp = data_fingerprint(data)
     current, parent_hash = teacher, model_hash(teacher)
+    task_key = {"objective": objective.kind, "output_loss": objective.output_loss,
+                "weights": objective.output_weights}
 
     def run_one(name: str, cfg: Any, compute: Callable[[], tuple[nn.Module, dict[str, Any], dict[str, Any]]],
                 base: Callable[[], nn.Module], extra_key: dict[str, Any] | None = None) -> None:
         nonlocal current, parent_hash
         cache = StageCache(run_dir, name)
-        key = stage_key(name, parent_hash, cfg.model_dump(mode="json"), data_fp, extra_key)
+        key_extra = {**(extra_key or {}), **({"task": task_key} if objective.kind != "logits" else {})}
+        key = stage_key(name, parent_hash, cfg.model_dump(mode="json"), data_fp, key_extra or None)
         hit = cache.lookup(key)
         if hit is not None:
             start = time.perf_counter()
@@ -96,72 +137,73 @@ def run_stages(model: nn.Module, data: dict[str, Any], recipe: Any, run_dir: Pat
             ranges_file = hit / "qat_ranges.json"
             if ranges_file.is_file():
                 result.qat_ranges = json.loads(ranges_file.read_text())
-            log(f"stage {name}: cached ({hit}) - {_describe(record)}")
+            log(f"stage {name}: cached ({hit}) - {_describe(record, plan.metric_label)}")
         else:
             log(f"stage {name}: running ...")
             start = time.perf_counter()
             out, extra, files = compute()
             params, macs = footprint(out, example)
-            record = {"name": name, "accuracy": accuracy(out, data["eval"]), "params": params, "macs": macs,
+            record = {"name": name, **evaluate(out), "params": params, "macs": macs,
                       "seconds": 0.0, "key": key, **extra}
             record["seconds"] = round(time.perf_counter() - start, 2)
             cache.store(key, out, record, files)
             record["cached"] = False
             if "qat_ranges.json" in files:
                 result.qat_ranges = files["qat_ranges.json"]
-            log(f"stage {name}: ran in {record['seconds']:.1f}s - {_describe(record)}")
+            log(f"stage {name}: ran in {record['seconds']:.1f}s - {_describe(record, plan.metric_label)}")
         for warning in record.get("warnings", []) if record.get("cached") else []:
             log(f"WARNING: {name}: {warning}")
         result.records.append(record)
         current, parent_hash = out.eval(), model_hash(out)
 
-    if stages.distill is not None:
+    if plan.distill is not None:
         from pipeline.stages.distill import distill, make_student
 
-        dcfg = stages.distill
-        factory = import_factory(dcfg.student, recipe.base_dir) if dcfg.student else None
+        dcfg = plan.distill
+        factory = plan.student_factory
 
         def do_distill() -> tuple[nn.Module, dict[str, Any], dict[str, Any]]:
             seed_everything(dcfg.seed)   # the student's initial weights are part of what the seed fixes
             student = make_student(teacher, example, dcfg, factory)
-            return distill(teacher, student, data, dcfg, example), {}, {}
+            return distill(teacher, student, data, dcfg, example, objective=objective), {}, {}
 
         run_one("distill", dcfg, do_distill, base=lambda: factory() if factory else copy.deepcopy(teacher),
                 extra_key={"student_code": _factory_fingerprint(factory) if factory else None})
 
-    if stages.prune is not None:
+    if plan.prune is not None:
         from pipeline.stages.prune import prune
 
-        pcfg = stages.prune
+        pcfg = plan.prune
         parent = current
 
         def do_prune() -> tuple[nn.Module, dict[str, Any], dict[str, Any]]:
-            pruned, extra = prune(parent, example, data, pcfg, teacher=teacher, log=log)
+            pruned, extra = prune(parent, example, data, pcfg, teacher=teacher, log=log, objective=objective,
+                                  timing=plan.timing)
             return pruned, extra, {}
 
         run_one("prune", pcfg, do_prune, base=lambda: copy.deepcopy(parent),
                 extra_key={"teacher": model_hash(teacher)})
 
-    if stages.quantize is not None:
+    if plan.quantize is not None:
         from pipeline.stages.quantize import ptq_simulated, qat
 
-        qcfg = stages.quantize
+        qcfg = plan.quantize
         parent = current
-        calib_t = torch.from_numpy(calib)
+        calib_t = tuple(torch.from_numpy(calib[n]) for n in names)
 
         def do_quantize() -> tuple[nn.Module, dict[str, Any], dict[str, Any]]:
             extra: dict[str, Any] = {"mode": qcfg.mode,
                                      "simulated_with": "torchao PT2E X86InductorQuantizer (u8 activations, s8 weights)"}
             files: dict[str, Any] = {}
             if qcfg.simulate or qcfg.mode == "ptq":
-                extra["ptq_simulated_accuracy"] = accuracy(ptq_simulated(parent, example, calib_t, qcfg), data["eval"])
+                extra.update(_simulated("ptq_simulated", evaluate(ptq_simulated(parent, example, calib_t, qcfg))))
             out = copy.deepcopy(parent)
             if qcfg.mode == "qat":
-                out, converted, ranges = qat(parent, example, data, calib_t, qcfg, teacher=teacher)
-                extra["qat_simulated_accuracy"] = accuracy(converted, data["eval"])
+                out, converted, ranges = qat(parent, example, data, calib_t, qcfg, teacher=teacher,
+                                             objective=objective)
+                extra.update(_simulated("qat_simulated", evaluate(converted)))
                 # what the exporters will do with the QAT weights: calibrate them afresh on the same data
-                extra["qat_recalibrated_accuracy"] = accuracy(ptq_simulated(out, example, calib_t, qcfg),
-                                                              data["eval"])
+                extra.update(_simulated("qat_recalibrated", evaluate(ptq_simulated(out, example, calib_t, qcfg))))
                 files["qat_ranges.json"] = ranges
             return out, extra, files
 
@@ -171,3 +213,14 @@ def run_stages(model: nn.Module, data: dict[str, Any], recipe: Any, run_dir: Pat
 
     result.model = current
     return result
+
+
+def _top1_evaluator(dataset: Any, names: list[str]) -> Callable[[Any], dict[str, Any]]:
+    """Without a task metric handed in: top-1 on the eval split (the classifier default)."""
+    from pipeline.stages.common import accuracy
+
+    def evaluate(model: Any) -> dict[str, Any]:
+        acc = accuracy(model, dataset, input_names=names)
+        return {"accuracy": acc, "metric": {"name": "top1", "value": acc, "higher_is_better": True,
+                                            "unit": "fraction"}}
+    return evaluate

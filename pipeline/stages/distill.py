@@ -74,7 +74,7 @@ def _match(s: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
     return s
 
 
-def make_student(teacher: nn.Module, example_inputs: torch.Tensor, cfg: DistillConfig,
+def make_student(teacher: nn.Module, example_inputs: torch.Tensor | tuple[torch.Tensor, ...], cfg: DistillConfig,
                  factory: Callable[[], nn.Module] | None) -> nn.Module:
     """The student architecture: the recipe's factory, or a copy of the teacher pruned to ``cfg.width``."""
     import copy
@@ -88,10 +88,12 @@ def make_student(teacher: nn.Module, example_inputs: torch.Tensor, cfg: DistillC
 
 
 def distill(teacher: nn.Module, student: nn.Module, data: dict[str, Any], cfg: DistillConfig,
-            example_inputs: torch.Tensor) -> nn.Module:
-    """Train ``student`` in place with logit (and optional feature) distillation from the frozen ``teacher``."""
+            example_inputs: torch.Tensor | tuple[torch.Tensor, ...], objective: Any = None) -> nn.Module:
+    """Train ``student`` in place with the task's distillation loss (logit KD for classification, output matching
+    on every output otherwise, or the user's loss) plus optional feature distillation from the frozen ``teacher``."""
     from pipeline.stages.common import train
 
+    example = example_inputs if isinstance(example_inputs, tuple) else (example_inputs,)
     teacher.eval()
     frozen = [p for p in teacher.parameters() if p.requires_grad]
     for p in frozen:
@@ -105,8 +107,8 @@ def distill(teacher: nn.Module, student: nn.Module, data: dict[str, Any], cfg: D
             assert s_cap is not None and t_cap is not None
             with torch.no_grad():
                 student.eval()
-                student(example_inputs)
-                teacher(example_inputs)
+                student(*example)
+                teacher(*example)
             for p in pairs:
                 adapters.append(_adapter(s_cap.out[p.student], t_cap.out[p.teacher]))
 
@@ -121,7 +123,7 @@ def distill(teacher: nn.Module, student: nn.Module, data: dict[str, Any], cfg: D
         train(student, data["train"], epochs=cfg.epochs, lr=cfg.lr, batch_size=cfg.batch_size, seed=cfg.seed,
               teacher=teacher, temperature=cfg.temperature, alpha=cfg.alpha, optimizer=cfg.optimizer,
               weight_decay=cfg.weight_decay, extra_loss=feature_loss if pairs else None,
-              extra_params=list(adapters.parameters()))
+              extra_params=list(adapters.parameters()), objective=objective)
     finally:
         for cap in (s_cap, t_cap):
             if cap is not None:

@@ -8,13 +8,9 @@ guard measures exactly that with ONNX Runtime and warns loudly when it happens.
 
 from __future__ import annotations
 
-import tempfile
-import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any, Literal
 
-import numpy as np
 import torch
 from pydantic import Field
 from torch import nn
@@ -27,7 +23,8 @@ class PruneConfig(StrictModel):
     importance: Literal["l1", "l2", "taylor"] = "l2"
     global_pruning: bool = False                                   # rank channels across layers, not per layer
     iterative_steps: int = Field(default=1, ge=1, le=100)
-    ignore: list[str] = Field(default_factory=list)                # module names left intact (+ the final Linear)
+    ignore: list[str] = Field(default_factory=list)                # module paths left intact (+ every output layer)
+    prune_heads: bool = False                                      # attention: drop whole heads, not head width
     round_to: int | None = Field(default=8, ge=1)                  # channel counts rounded to a multiple of this
     finetune_epochs: int = Field(default=3, ge=0)
     lr: float = Field(default=2e-3, gt=0)
@@ -49,17 +46,82 @@ def _importance(name: str) -> Any:
     return tp.importance.GroupMagnitudeImportance(p=1 if name == "l1" else 2)
 
 
-def structured_prune(model: nn.Module, example_inputs: torch.Tensor, *, ratio: float, importance: str = "l2",
-                     global_pruning: bool = False, iterative_steps: int = 1, ignore: list[str] | None = None,
-                     round_to: int | None = 8, grad_batches: Callable[[], list[tuple[torch.Tensor, torch.Tensor]]]
-                     | None = None) -> nn.Module:
-    """Prune ``model`` in place (its modules shrink) and return it. ``taylor`` needs ``grad_batches`` (x, y) pairs."""
+_QKV = ("q", "k", "v", "query", "key", "value", "q_proj", "k_proj", "v_proj", "qkv", "to_q", "to_k", "to_v")
+
+
+def attention_heads(model: nn.Module) -> dict[nn.Module, tuple[nn.Module, list[nn.Linear]]]:
+    """Attention modules (an int ``num_heads`` and q/k/v or qkv Linear children): {projection: (module, all its
+    projections)}. Torch-Pruning is told each projection's head count, so it prunes within heads (or whole heads)
+    and never leaves 12 "heads" over a width that no longer divides by 12."""
+    found: dict[nn.Module, tuple[nn.Module, list[nn.Linear]]] = {}
+    for m in model.modules():
+        if isinstance(m, nn.MultiheadAttention) or not isinstance(getattr(m, "num_heads", None), int):
+            continue
+        projs = [c for n, c in m.named_children() if n in _QKV and isinstance(c, nn.Linear)]
+        for p in projs:
+            found[p] = (m, projs)
+    return found
+
+
+def _sync_heads(pruner: Any, heads: dict[nn.Module, tuple[nn.Module, list[nn.Linear]]]) -> None:
+    """After a step, write the new head count and width back onto each attention module (its forward reads them)."""
+    for proj, (module, projs) in heads.items():
+        if proj is not projs[0]:
+            continue
+        n = int(pruner.num_heads.get(proj, module.num_heads))
+        per = 3 if len(projs) == 1 else 1            # a fused qkv projection holds three heads' worth per head
+        module.num_heads = n
+        if hasattr(module, "head_dim"):
+            module.head_dim = proj.out_features // (per * n)
+        for attr in ("all_head_size", "inner_dim", "embed_dim"):
+            if isinstance(getattr(module, attr, None), int) and attr != "embed_dim":
+                setattr(module, attr, proj.out_features // per)
+
+
+class _Where:
+    """Which module is running (forward pre/post hooks), so a failure names the layer instead of a shape error."""
+
+    def __init__(self, model: nn.Module) -> None:
+        self.stack: list[str] = []
+        names = {m: n for n, m in model.named_modules()}
+        self.handles = []
+        for m, n in names.items():
+            self.handles.append(m.register_forward_pre_hook(lambda _m, _i, n=n: self.stack.append(n)))
+            self.handles.append(m.register_forward_hook(lambda _m, _i, _o: self.stack.pop() if self.stack else None))
+
+    def failing(self) -> str:
+        return (self.stack[-1] or "<root>") if self.stack else "<root>"
+
+    def close(self) -> None:
+        for h in self.handles:
+            h.remove()
+
+
+def _fail(model: nn.Module, where: str, what: str, exc: BaseException) -> Exception:
+    from targets.errors import ConfigError
+
+    kind = type(dict(model.named_modules()).get(where, model)).__name__ if where != "<root>" else type(model).__name__
+    text = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+    return ConfigError(f"stages.prune: {what} in module {where!r} ({kind}): {text}",
+                       hint=f"add {where!r} to stages.prune.ignore (or make its forward read sizes from its layers "
+                            "instead of hard-coded widths)")
+
+
+def structured_prune(model: nn.Module, example_inputs: torch.Tensor | tuple[torch.Tensor, ...], *, ratio: float,
+                     importance: str = "l2", global_pruning: bool = False, iterative_steps: int = 1,
+                     ignore: list[str] | None = None, round_to: int | None = 8,
+                     grad_batches: Callable[[], list[tuple[Any, Any]]] | None = None, prune_heads: bool = False,
+                     grad_loss: Callable[[Any, Any], torch.Tensor] | None = None) -> nn.Module:
+    """Prune ``model`` in place (its modules shrink) and return it. Every output layer is protected, attention
+    bookkeeping follows the pruned width, and a forward check afterwards names any module that no longer fits.
+    ``taylor`` needs ``grad_batches`` (inputs, targets) pairs and ``grad_loss`` (model outputs, targets) -> loss."""
     import torch_pruning as tp
 
-    from pipeline.stages.common import final_linear
+    from pipeline.stages.common import as_args, output_layers, outputs_list
 
     if ratio <= 0:
         return model
+    example = example_inputs if isinstance(example_inputs, tuple) else (example_inputs,)
     modules = dict(model.named_modules())
     missing = [n for n in ignore or [] if n not in modules]
     if missing:
@@ -67,94 +129,92 @@ def structured_prune(model: nn.Module, example_inputs: torch.Tensor, *, ratio: f
 
         raise ConfigError(f"stages.prune.ignore: no module named {missing} in the model",
                           hint=f"use names from model.named_modules(), e.g. {list(modules)[1:4]}")
-    ignored = final_linear(model) + [modules[n] for n in ignore or []]
     model.eval()
-    pruner = tp.pruner.BasePruner(model, example_inputs, importance=_importance(importance),
-                                  global_pruning=global_pruning, pruning_ratio=ratio, iterative_steps=iterative_steps,
-                                  ignored_layers=ignored, round_to=round_to)
+    with torch.no_grad():
+        before = [tuple(o.shape) for o in outputs_list(model(*example))]
+    ignored = output_layers(model, example) + [modules[n] for n in ignore or []]
+    heads = attention_heads(model)
+    where = _Where(model)
+    try:
+        pruner = tp.pruner.BasePruner(model, example, importance=_importance(importance),
+                                      global_pruning=global_pruning, pruning_ratio=ratio,
+                                      iterative_steps=iterative_steps, ignored_layers=ignored, round_to=round_to,
+                                      num_heads={p: int(m.num_heads) for p, (m, _) in heads.items()},
+                                      prune_num_heads=prune_heads, head_pruning_ratio=ratio if prune_heads else 0.0,
+                                      output_transform=lambda out: sum(o.float().sum() for o in outputs_list(out)))
+    except Exception as exc:  # noqa: BLE001 - tracing runs the model: name the layer that broke
+        raise _fail(model, where.failing(), "cannot trace the model for pruning", exc) from None
+    finally:
+        where.close()
     for _ in range(iterative_steps):
         if importance == "taylor":
             if grad_batches is None:
                 raise ValueError("taylor importance needs training batches for gradients")
             model.zero_grad()
             for x, y in grad_batches():
-                nn.functional.cross_entropy(model(x), y).backward()
+                outs = outputs_list(model(*as_args(x)))
+                loss = grad_loss(outs, y) if grad_loss else nn.functional.cross_entropy(outs[0], y)
+                loss.backward()
         pruner.step()
+        _sync_heads(pruner, heads)
     model.zero_grad(set_to_none=True)
-    return model.eval()
+    model.eval()
+    where = _Where(model)
+    try:
+        with torch.no_grad():
+            after = [tuple(o.shape) for o in outputs_list(model(*example))]
+    except Exception as exc:  # noqa: BLE001 - a module the pruner could not follow (hard-coded widths)
+        raise _fail(model, where.failing(), "the pruned model no longer runs", exc) from None
+    finally:
+        where.close()
+    if after != before:
+        from targets.errors import ConfigError
+
+        raise ConfigError(f"stages.prune: pruning changed the model's output shapes from {before} to {after}",
+                          hint="name the layer that produces the changed output in stages.prune.ignore")
+    return model
 
 
-# ------------------------------------------------------------------------------------------------ latency guard
-def interleaved_onnx_latency(models: dict[str, nn.Module], example_inputs: torch.Tensor, iterations: int = 300,
-                             threads: int = 2, rounds: int = 20, warmup: int = 10,
-                             min_seconds: float = 0.0) -> dict[str, dict[str, float]]:
-    """FP32 ONNX Runtime latency (batch 1) of each model, measured in interleaved rounds so drift hits all alike.
-
-    Each model gets at least ``iterations`` timed runs and at least ``min_seconds`` of timing: tiny models run in
-    tens of microseconds, where a few hundred samples are at the mercy of the scheduler.
-    """
-    import logging
-
-    from targets.runner.bench import latency_stats, load
-
-    logging.getLogger("torch.onnx._internal.exporter._registration").setLevel(logging.ERROR)
-    x = example_inputs[:1].numpy().astype(np.float32)
-    with tempfile.TemporaryDirectory(prefix="edgepipe-latency-") as tmp:
-        sessions = {}
-        for i, (name, m) in enumerate(models.items()):
-            path = Path(tmp) / f"m{i}.onnx"
-            program = torch.onnx.export(m.eval(), (example_inputs[:1],), dynamo=True, opset_version=18, verbose=False)
-            program.save(str(path))
-            sessions[name] = load(str(path), "onnx", threads=threads)
-        for s in sessions.values():
-            for _ in range(warmup):
-                s.run(x)
-        samples: dict[str, list[float]] = {name: [] for name in sessions}
-        per_round = max(1, -(-iterations // rounds))   # at least `iterations` in all
-        for _ in range(rounds):
-            for name, s in sessions.items():
-                done, start = 0, time.perf_counter()
-                while done < per_round or time.perf_counter() - start < min_seconds / rounds:
-                    t0 = time.perf_counter_ns()
-                    s.run(x)
-                    samples[name].append((time.perf_counter_ns() - t0) / 1e6)
-                    done += 1
-    return {name: latency_stats(v) for name, v in samples.items()}
+Timing = Callable[..., dict[str, Any]]   # (pruned, parent, example_inputs, iterations=, min_seconds=) -> ratio
 
 
-def onnx_latency_ratio(pruned: nn.Module, parent: nn.Module, example_inputs: torch.Tensor, iterations: int = 300,
-                       threads: int = 2, min_seconds: float = 2.0) -> dict[str, float]:
-    stats = interleaved_onnx_latency({"pruned": pruned, "parent": parent}, example_inputs, iterations, threads,
-                                     min_seconds=min_seconds)
-    return {"pruned_p50_ms": stats["pruned"]["p50"], "parent_p50_ms": stats["parent"]["p50"],
-            "latency_ratio": round(stats["pruned"]["p50"] / stats["parent"]["p50"], 3), "n": stats["pruned"]["n"],
-            "runtime": "onnxruntime FP32", "threads": threads}
-
-
-def prune(model: nn.Module, example_inputs: torch.Tensor, data: dict[str, Any], cfg: PruneConfig,
-          teacher: nn.Module | None = None, log: Callable[[str], None] = print) -> tuple[nn.Module, dict[str, Any]]:
-    """Prune a copy of ``model``, fine-tune it, check its latency against the parent; returns (model, extra record)."""
+def prune(model: nn.Module, example_inputs: torch.Tensor | tuple[torch.Tensor, ...], data: dict[str, Any],
+          cfg: PruneConfig, teacher: nn.Module | None = None, log: Callable[[str], None] = print,
+          objective: Any = None, timing: Timing | None = None) -> tuple[nn.Module, dict[str, Any]]:
+    """Prune a copy of ``model``, fine-tune it with the task's loss, check its latency against the parent with the
+    given ``timing`` function (the orchestrator hands one in; none means no guard); returns (model, extra record)."""
     import copy
 
-    from pipeline.stages.common import train
+    from pipeline.stages.common import Objective, collate, train
 
+    obj = objective or Objective()
     parent = copy.deepcopy(model).eval()
     pruned = copy.deepcopy(model)
 
-    def grad_batches() -> list[tuple[torch.Tensor, torch.Tensor]]:
+    def grad_batches() -> list[tuple[Any, Any]]:
         loader = torch.utils.data.DataLoader(data["train"], batch_size=cfg.batch_size, shuffle=True,
-                                             generator=torch.Generator().manual_seed(cfg.seed))
+                                             generator=torch.Generator().manual_seed(cfg.seed), collate_fn=collate)
         return [b for _, b in zip(range(4), loader, strict=False)]
+
+    def grad_loss(outs: list[torch.Tensor], y: Any) -> torch.Tensor:
+        """Taylor importance needs a loss: the task's own where it has labels, else the outputs' energy."""
+        if obj.kind == "logits":
+            return nn.functional.cross_entropy(outs[0], y)
+        if obj.kind == "user" and obj.user_loss is not None:
+            return obj.user_loss(outs, None, y)
+        return sum(o.float().pow(2).mean() for o in outs)
 
     structured_prune(pruned, example_inputs, ratio=cfg.ratio, importance=cfg.importance,
                      global_pruning=cfg.global_pruning, iterative_steps=cfg.iterative_steps, ignore=cfg.ignore,
-                     round_to=cfg.round_to, grad_batches=grad_batches)
+                     round_to=cfg.round_to, grad_batches=grad_batches, prune_heads=cfg.prune_heads,
+                     grad_loss=grad_loss)
     train(pruned, data["train"], epochs=cfg.finetune_epochs, lr=cfg.lr, batch_size=cfg.batch_size, seed=cfg.seed,
-          teacher=teacher, temperature=cfg.temperature, alpha=cfg.alpha if teacher is not None else 0.0)
+          teacher=teacher, temperature=cfg.temperature, alpha=cfg.alpha if teacher is not None else 0.0,
+          objective=obj)
     extra: dict[str, Any] = {"warnings": []}
-    if cfg.latency_guard and cfg.ratio > 0:
-        guard = onnx_latency_ratio(pruned, parent, example_inputs, iterations=cfg.guard_iterations,
-                                   min_seconds=cfg.guard_seconds)
+    if cfg.latency_guard and cfg.ratio > 0 and timing is not None:
+        guard = timing(pruned, parent, example_inputs, iterations=cfg.guard_iterations,
+                       min_seconds=cfg.guard_seconds)
         extra["latency_guard"] = guard
         if guard["latency_ratio"] > 1.0 + cfg.guard_tolerance:
             msg = (f"pruned model is SLOWER than its parent on ONNX Runtime FP32: {guard['pruned_p50_ms']:.4f} ms vs "

@@ -30,7 +30,9 @@ class QuantConfig(StrictModel):
     calib_samples: int = Field(default=256, ge=1)
     calibration: Literal["minmax", "percentile", "entropy"] = "minmax"
     per_channel: bool = True
-    keep_float: list[str] = Field(default_factory=list)            # module names left in float
+    # module paths left in float, and op types as "op:<ONNX op type>" (e.g. "op:Add", "op:Where"), which every INT8
+    # exporter keeps in float; transformer-shaped graphs keep mask/residual arithmetic in float by default
+    keep_float: list[str] = Field(default_factory=list)
     epochs: int = Field(default=2, ge=0)                           # qat only
     lr: float = Field(default=1e-4, gt=0)                          # qat only
     batch_size: int = Field(default=64, ge=1)
@@ -43,7 +45,8 @@ class QuantConfig(StrictModel):
     def export_overrides(self) -> dict[str, Any]:
         """The ExportConfig fields (targets/export_config.py) this stage decides for every INT8 exporter."""
         return {"calibration": self.calibration, "calib_samples": self.calib_samples, "per_channel": self.per_channel,
-                "keep_float": list(self.keep_float)}
+                "keep_float": [k for k in self.keep_float if not k.startswith("op:")],
+                "keep_float_ops": [k[3:] for k in self.keep_float if k.startswith("op:")]}
 
 
 # ------------------------------------------------------------------------------------------------ PT2E helpers
@@ -72,7 +75,7 @@ def _quantizer(cfg: QuantConfig, is_qat: bool, model: nn.Module) -> Any:
         qc = dataclasses.replace(qc, weight=w)
     q = X86InductorQuantizer().set_global(qc)
     names = dict(model.named_modules())
-    for name in cfg.keep_float:
+    for name in (k for k in cfg.keep_float if not k.startswith("op:")):  # op types: the exporters' business
         if name not in names:
             from targets.errors import ConfigError
 
@@ -82,20 +85,29 @@ def _quantizer(cfg: QuantConfig, is_qat: bool, model: nn.Module) -> Any:
     return q
 
 
-def _export(model: nn.Module, example_inputs: torch.Tensor, dynamic: bool = True) -> torch.fx.GraphModule:
-    """Export with a dynamic batch dimension, so calibration, training and evaluation run in batches."""
-    x = example_inputs[:1].expand(2, *example_inputs.shape[1:]).contiguous()
-    shapes = ({0: torch.export.Dim("batch", min=1, max=65536)},) if dynamic else None
-    return torch.export.export(copy.deepcopy(model).eval(), (x,), dynamic_shapes=shapes).module()
+def _tuple(x: torch.Tensor | tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
+    return x if isinstance(x, tuple) else (x,)
 
 
-def _calibrate(gm: Any, calib: torch.Tensor, batch_size: int = 64) -> None:
+def _export(model: nn.Module, example_inputs: torch.Tensor | tuple[torch.Tensor, ...],
+            dynamic: bool = True) -> torch.fx.GraphModule:
+    """Export with a dynamic batch dimension (shared by every input), so calibration, training and evaluation run
+    in batches."""
+    xs = tuple(t[:1].expand(2, *t.shape[1:]).contiguous() for t in _tuple(example_inputs))
+    batch = torch.export.Dim("batch", min=1, max=65536)
+    shapes = tuple({0: batch} for _ in xs) if dynamic else None
+    return torch.export.export(copy.deepcopy(model).eval(), xs, dynamic_shapes=shapes).module()
+
+
+def _calibrate(gm: Any, calib: torch.Tensor | tuple[torch.Tensor, ...], batch_size: int = 64) -> None:
+    inputs = _tuple(calib)
     with torch.no_grad():
-        for i in range(0, len(calib), batch_size):
-            gm(calib[i:i + batch_size])
+        for i in range(0, len(inputs[0]), batch_size):
+            gm(*(t[i:i + batch_size] for t in inputs))
 
 
-def ptq_simulated(model: nn.Module, example_inputs: torch.Tensor, calib: torch.Tensor, cfg: QuantConfig) -> Any:
+def ptq_simulated(model: nn.Module, example_inputs: torch.Tensor | tuple[torch.Tensor, ...],
+                  calib: torch.Tensor | tuple[torch.Tensor, ...], cfg: QuantConfig) -> Any:
     """Calibrated fake-quant copy of ``model`` (a converted PT2E graph: Q/DQ around every quantized op)."""
     from torchao.quantization.pt2e import allow_exported_model_train_eval
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
@@ -125,8 +137,9 @@ def learned_ranges(prepared: Any) -> list[dict[str, Any]]:
     return out
 
 
-def qat(model: nn.Module, example_inputs: torch.Tensor, data: dict[str, Any], calib: torch.Tensor, cfg: QuantConfig,
-        teacher: nn.Module | None = None) -> tuple[nn.Module, Any, list[dict[str, Any]]]:
+def qat(model: nn.Module, example_inputs: torch.Tensor | tuple[torch.Tensor, ...], data: dict[str, Any],
+        calib: torch.Tensor | tuple[torch.Tensor, ...], cfg: QuantConfig, teacher: nn.Module | None = None,
+        objective: Any = None) -> tuple[nn.Module, Any, list[dict[str, Any]]]:
     """Fake-quantize, fine-tune, and return (float model with QAT weights, frozen fake-quant graph, ranges).
 
     The fake-quant graph (observers frozen, BN in eval) is the simulated-INT8 model; ``convert_pt2e`` is not run
@@ -143,7 +156,7 @@ def qat(model: nn.Module, example_inputs: torch.Tensor, data: dict[str, Any], ca
     _calibrate(prepared, calib)   # initialise the ranges from calibration data before the first gradient step
     train(prepared, data["train"], epochs=cfg.epochs, lr=cfg.lr, batch_size=cfg.batch_size, seed=cfg.seed,
           teacher=teacher, temperature=cfg.temperature, alpha=cfg.alpha if teacher is not None else 0.0,
-          weight_decay=0.0, train_mode=cfg.bn_train)
+          weight_decay=0.0, train_mode=cfg.bn_train, objective=objective)
     prepared.apply(disable_observer)
     prepared.eval()
     ranges = learned_ranges(prepared)

@@ -4,8 +4,10 @@ Semantics (strict on purpose, a release manager must be able to read the verdict
 
 * every artifact listed in the summary is checked on its own and gets its own verdict;
 * an artifact that failed to export or to run (``"error"``) fails the gate: a backend the recipe asked for is missing;
-* ``max_accuracy_drop``: top-1 may be at most this many points below the original model (``baseline.accuracy``);
-  an artifact without a measured accuracy fails;
+* ``max_metric_drop`` (alias ``max_accuracy_drop``): the task metric may be at most this much worse than the
+  original model's (``baseline.metric``), in points (x100) for fraction metrics (top-1/5, mAP) and in raw units
+  otherwise (cosine, MSE, user metrics); "worse" follows the metric's direction. An artifact without a measured
+  metric fails;
 * ``max_latency_ms``: p90 on the device must not exceed it; an artifact without a latency, or whose measurement the
   runner marked invalid (too few iterations, throttling), fails because its figure cannot be trusted;
 * ``max_bytes``: the artifact's total size on disk (all of its files);
@@ -19,37 +21,52 @@ from __future__ import annotations
 
 from typing import Any
 
-from pipeline.rundir import artifact_name, latency
+from pipeline.metrics import label
+from pipeline.rundir import artifact_name, latency, metric_value
 from targets.errors import GateError
 
-LIMITS = ("max_accuracy_drop", "max_latency_ms", "max_bytes")
+LIMITS = ("max_metric_drop", "max_accuracy_drop", "max_latency_ms", "max_bytes")
 EPS = 1e-9  # figures exactly at the limit pass
 
 
 def _limits(gate_cfg: Any) -> dict[str, Any]:
     """Accept the recipe's ``Gate`` model or a plain mapping (as stored in recipe.yaml / summary.json)."""
     raw = gate_cfg.model_dump() if hasattr(gate_cfg, "model_dump") else dict(gate_cfg or {})
-    return {k: raw.get(k) for k in LIMITS}
+    out = {k: raw.get(k) for k in LIMITS}
+    if out["max_metric_drop"] is None:
+        out["max_metric_drop"] = out["max_accuracy_drop"]
+    out["max_accuracy_drop"] = out["max_metric_drop"]
+    return out
 
 
-def check_artifact(art: dict[str, Any], limits: dict[str, Any], baseline: float | None, device: str) -> list[str]:
-    """Every limit this artifact breaks, one sentence each naming the artifact and the figure."""
+def check_artifact(art: dict[str, Any], limits: dict[str, Any], baseline: float | dict[str, Any] | None,
+                   device: str) -> list[str]:
+    """Every limit this artifact breaks, one sentence each naming the artifact and the figure. ``baseline`` is
+    the summary's baseline record (or, for old summaries, its accuracy)."""
     name = artifact_name(art)
     if art.get("error"):
         return [f"{name}: failed before it could be measured: {art['error']}"]
     failures: list[str] = []
-    max_drop = limits.get("max_accuracy_drop")
+    max_drop = limits.get("max_metric_drop", limits.get("max_accuracy_drop"))
+    base_rec = baseline if isinstance(baseline, dict) else {"accuracy": baseline}
+    metric = base_rec.get("metric") or art.get("metric") or {"name": "top1", "higher_is_better": True,
+                                                             "unit": "fraction"}
+    what = "accuracy" if metric.get("name") == "top1" and "metric" not in base_rec else label(metric["name"])
     if max_drop is not None:
-        acc = art.get("accuracy")
-        if not isinstance(acc, (int, float)):
-            failures.append(f"{name}: no accuracy was measured (max drop {max_drop:g} points needs one)")
-        elif not isinstance(baseline, (int, float)):
-            failures.append(f"{name}: the summary has no baseline accuracy to compare {acc:.3f} against")
+        value, base = metric_value(art), metric_value(base_rec)
+        fraction = metric.get("unit", "fraction") == "fraction"
+        unit = " points" if fraction else ""
+        if value is None:
+            failures.append(f"{name}: no {what} was measured (max drop {max_drop:g}{unit} needs one)")
+        elif base is None:
+            failures.append(f"{name}: the summary has no baseline {what} to compare {value:.3f} against")
         else:
-            drop = (baseline - acc) * 100.0
+            drop = (base - value) if metric.get("higher_is_better", True) else (value - base)
+            drop *= 100.0 if fraction else 1.0
             if drop > max_drop + EPS:
-                failures.append(f"{name}: accuracy {acc:.3f} is {drop:.1f} points below baseline {baseline:.3f} "
-                                f"(max {max_drop:g})")
+                failures.append(f"{name}: {what} {value:.3f} is {drop:.1f}{unit} "
+                                f"{'below' if metric.get('higher_is_better', True) else 'worse than'} baseline "
+                                f"{base:.3f} (max {max_drop:g})")
     max_ms = limits.get("max_latency_ms")
     if max_ms is not None:
         p90 = latency(art, "p90")
@@ -74,7 +91,7 @@ def check_artifact(art: dict[str, Any], limits: dict[str, Any], baseline: float 
 def evaluate_gate(summary: dict[str, Any], gate_cfg: Any, device: str) -> dict[str, Any]:
     """The summary's ``gate`` block: the limits, the overall verdict, and one verdict per artifact."""
     limits = _limits(gate_cfg)
-    baseline = (summary.get("baseline") or {}).get("accuracy")
+    baseline = summary.get("baseline") or {}
     per_artifact: list[dict[str, Any]] = []
     failures: list[str] = []
     for art in summary.get("artifacts") or []:
@@ -83,7 +100,8 @@ def evaluate_gate(summary: dict[str, Any], gate_cfg: Any, device: str) -> dict[s
         failures += own
     if not per_artifact:
         failures.append(f"{summary.get('recipe', 'run')} on {device}: no artifact was produced")
-    return {"passed": not failures, **limits, "device": device, "baseline_accuracy": baseline,
+    return {"passed": not failures, **limits, "device": device, "baseline_accuracy": baseline.get("accuracy"),
+            "metric": (baseline.get("metric") or {}).get("name", "top1"), "baseline_metric": metric_value(baseline),
             "failures": failures, "checked": [v["artifact"] for v in per_artifact], "artifacts": per_artifact}
 
 
@@ -112,7 +130,7 @@ def artifact_verdicts(summary: dict[str, Any]) -> dict[str, dict[str, Any]]:
     """Each artifact's verdict: the one stored with it, else judged now against the summary's own limits (for a
     summary written with only a run-level verdict). Empty when the summary has no gate at all."""
     limits = summary.get("gate") or {}
-    baseline = (summary.get("baseline") or {}).get("accuracy")
+    baseline = summary.get("baseline") or {}
     out: dict[str, dict[str, Any]] = {}
     for art in summary.get("artifacts") or []:
         if isinstance(art.get("gate"), dict):

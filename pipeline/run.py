@@ -23,15 +23,18 @@ import yaml
 import pipeline
 from pipeline.config import Recipe, load_recipe
 from pipeline.gate import apply_gate
-from pipeline.model import accuracy, arrays, complexity, load_data, load_model, predict
+from pipeline.latency import onnx_latency_ratio
+from pipeline.model import complexity, load_data, load_model, predict
 from pipeline.progress import Progress
 from pipeline.rundir import now_iso
 from pipeline.stages import StagesResult, run_stages
+from pipeline.stages.common import example_from
 from pipeline.stages.qat_export import openvino_from_qdq_onnx
 from pipeline.store import Store, open_store
+from pipeline.task import TaskContext, build_context, stage_plan
 from targets import get_exporter, parse_backend
 from targets.artifact import Artifact, atomic_write_json
-from targets.device import benchmark
+from targets.device import benchmark, push_inputs, remove_inputs
 from targets.errors import DeviceError, EdgeError, GateError, OutputMismatchError
 from targets.export_config import ExportConfig
 from targets.profiles import DeviceProfile, load_profile
@@ -57,17 +60,18 @@ def _backends_for(recipe: Recipe, profile: DeviceProfile) -> list[str]:
 
 
 # ------------------------------------------------------------------------------------------------ host phase
-def export_all(result: StagesResult, recipe: Recipe, backends: list[str], out_dir: Path, x_eval: np.ndarray,
-               y_eval: np.ndarray, ref: np.ndarray, progress: Progress,
+def export_all(result: StagesResult, recipe: Recipe, backends: list[str], out_dir: Path, ctx: TaskContext,
+               ref: list[np.ndarray], example: tuple[Any, ...], progress: Progress,
                target_arch: str | None = None) -> dict[str, dict[str, Any]]:
     """Export and check every backend for one target CPU; a failure is recorded for that backend only.
 
-    The target's arch matters: the fastest ONNX INT8 scheme differs between x86 (with or without VNNI) and Arm.
+    Every output is checked against the FP32 parent (the stages' final model); an INT8 artifact is judged by the
+    task metric's drop against that parent. The target's arch matters: the fastest ONNX INT8 scheme differs between
+    x86 (with or without VNNI) and Arm.
     """
-    import torch
-
-    example = (torch.zeros(*recipe.model.input_shape),)
     parent = f"{recipe.name}:{result.records[-1]['name'] if result.records else 'original'}"
+    parent_score = ctx.score(ref)
+    names = {"input_names": ctx.input_names, "output_names": list(recipe.model.outputs or [])}
     outcomes: dict[str, dict[str, Any]] = {}
     qat = recipe.stages.quantize is not None and recipe.stages.quantize.mode == "qat"
     for name in backends:
@@ -77,7 +81,7 @@ def export_all(result: StagesResult, recipe: Recipe, backends: list[str], out_di
         try:
             with progress.step(f"export {name}" + (f" for {target_arch}" if target_arch else "")):
                 cfg = ExportConfig(name=recipe.name, precision=precision, parent=parent, target_arch=target_arch,
-                                   **result.export_overrides)
+                                   **names, **result.export_overrides)
                 calib = result.calib if precision == "int8" else None
                 qdq = outcomes.get("onnx-int8", {}).get("artifact")
                 if name == "openvino-int8" and qat and qdq is not None:
@@ -88,7 +92,10 @@ def export_all(result: StagesResult, recipe: Recipe, backends: list[str], out_di
                     art = get_exporter(family)(result.model, example, calib, cfg, out_dir)
             entry["artifact"] = art
             with progress.step(f"check {name}"):
-                entry["validation"] = validate(art, x_eval, ref, y_eval)
+                labels = ctx.targets if ctx.metric.classification else None
+                entry["validation"] = validate(art, ctx.inputs, ref, labels, classification=ctx.metric.classification,
+                                               score=ctx.score, parent_score=parent_score,
+                                               max_drop=recipe.gate.max_metric_drop)
         except OutputMismatchError as exc:
             entry["error"] = exc.message
             entry["error_type"] = type(exc).__name__
@@ -103,7 +110,7 @@ def export_all(result: StagesResult, recipe: Recipe, backends: list[str], out_di
 
 # ------------------------------------------------------------------------------------------------ device phase
 def _artifact_record(name: str, entry: dict[str, Any], device_dir: Path, bench_rec: dict[str, Any] | None,
-                     error: str | None) -> dict[str, Any]:
+                     error: str | None, scored: dict[str, Any] | None = None) -> dict[str, Any]:
     art: Artifact | None = entry.get("artifact")
     rec: dict[str, Any] = {"name": name, "backend": entry["backend"], "precision": entry["precision"]}
     if art is not None:
@@ -111,12 +118,16 @@ def _artifact_record(name: str, entry: dict[str, Any], device_dir: Path, bench_r
                    parent=art.parent, metadata=art.metadata)
     validation = entry.get("validation")
     if validation:
-        rec["validation"] = {k: validation[k] for k in ("max_abs_error", "top1_agreement", "computed_in")
-                             if k in validation}
-        rec["accuracy"] = validation.get("accuracy")
+        rec["validation"] = {k: validation[k] for k in ("max_abs_error", "top1_agreement", "computed_in", "cosine",
+                                                        "per_output", "metric_drop") if k in validation}
+        if "metric" in validation:
+            rec["metric"] = validation["metric"]
+        if validation.get("accuracy") is not None:
+            rec["accuracy"] = validation.get("accuracy")
     err = entry.get("error") or error
+    if scored:   # what the device computed, scored on the host: the figure of record
+        rec.update(scored)
     if bench_rec is not None:
-        rec["accuracy"] = bench_rec.get("accuracy", rec.get("accuracy"))
         rec["latency_ms"] = bench_rec["latency_ms"]
         state = bench_rec.get("state", {}).get("after", {})
         rec["environment"] = {"runtime": bench_rec.get("runtime"), "threads": bench_rec.get("threads"),
@@ -134,32 +145,60 @@ def _artifact_record(name: str, entry: dict[str, Any], device_dir: Path, bench_r
     return rec
 
 
+def _read_outputs(path: Path) -> list[np.ndarray]:
+    with np.load(path, allow_pickle=False) as data:
+        keys = sorted((k for k in data.files if k.startswith("out")), key=lambda k: int(k[3:]))
+        return [np.asarray(data[k]) for k in keys]
+
+
 def measure_device(profile: DeviceProfile, outcomes: dict[str, dict[str, Any]], root: Path, device_dir: Path,
-                   inputs: Path, progress: Progress) -> tuple[list[dict[str, Any]], list[EdgeError]]:
-    """Benchmark every artifact this device wants, over one transport; returns records and device errors."""
+                   inputs: Path, progress: Progress,
+                   ctx: TaskContext | None = None) -> tuple[list[dict[str, Any]], list[EdgeError]]:
+    """Benchmark every artifact this device wants, over one transport; returns records and device errors.
+
+    The eval inputs go to the device once (not once per artifact); each job returns its raw outputs, which are
+    scored here with the task metric. An artifact that failed its check is not benchmarked: its figures would
+    look like those of a working model.
+    """
     records: list[dict[str, Any]] = []
     errors: list[EdgeError] = []
     transport = None
+    remote_inputs: str | None = None
     try:
         for name in outcomes:  # exactly what was asked: the recipe's list, else the profile's
             entry = outcomes[name]
             art: Artifact | None = entry.get("artifact")
-            bench_rec, error = None, None
-            if art is not None:
+            bench_rec, error, scored = None, None, None
+            if art is not None and not entry.get("error"):
                 if device_dir != root:
                     art = _link_artifact(art, device_dir / "artifacts")
                     entry = {**entry, "artifact": art}
                 try:
                     transport = transport or open_transport(profile)
+                    if remote_inputs is None:
+                        with progress.step(f"send eval inputs to {profile.name}"):
+                            remote_inputs = push_inputs(profile, transport, inputs)
+                    out_file = device_dir / "outputs" / f"{name}.npz"
                     with progress.step(f"bench {name} on {profile.name}"):
-                        bench_rec = benchmark(profile, art, inputs, transport=transport)
+                        bench_rec = benchmark(profile, art, remote_inputs, transport=transport,
+                                              outputs=out_file if ctx is not None else None)
                     atomic_write_json(device_dir / "bench" / f"{name}.json", bench_rec)
+                    if ctx is not None and out_file.is_file():
+                        try:
+                            scored = ctx.record(_read_outputs(out_file))
+                        except Exception as exc:  # noqa: BLE001 - outputs the metric cannot read: a failed check
+                            error = f"the device's outputs cannot be scored: {type(exc).__name__}: {exc}"
                 except DeviceError as exc:
                     error = str(exc)
                     errors.append(exc)
-            records.append(_artifact_record(name, entry, device_dir, bench_rec, error))
+            records.append(_artifact_record(name, entry, device_dir, bench_rec, error, scored))
     finally:
         if transport is not None:
+            if remote_inputs is not None:
+                try:
+                    remove_inputs(transport, remote_inputs)
+                except EdgeError:
+                    pass
             transport.close()
     return records, errors
 
@@ -210,16 +249,21 @@ def _run(recipe: Recipe, profiles: list[DeviceProfile], root: Path, run_id: str,
     with progress.step("load model and data"):
         model = load_model(recipe)
         data = load_data(recipe)
-        base_acc = accuracy(model, data["eval"])
-        macs, params = complexity(model, recipe.model.input_shape)
-    baseline = {"accuracy": base_acc, "params": params, "macs": macs}
-    progress.say(f"original model: accuracy {base_acc:.4f}, {params:,} params, {macs:,} MACs")
-    result = run_stages(model, data, recipe, root, progress)
-    x_eval, y_eval = arrays(data["eval"])
-    ref = predict(result.model, x_eval)
+        ctx = build_context(recipe, model, data)
+        example = example_from(data["calib"], ctx.input_names)
+        params, macs = complexity(model, example)
+    baseline = {**ctx.record(ctx.reference), "params": params, "macs": macs}
+    progress.say(f"original model: {ctx.label} {baseline['metric']['value']:.4f}, {params:,} params, {macs:,} MACs")
+    warning = ctx.chance_warning(baseline)
+    if warning:
+        progress.warn(warning)
+        baseline["warnings"] = [warning]
+    result = run_stages(model, data, stage_plan(recipe, ctx, data, timing=onnx_latency_ratio), root, progress)
+    ref = predict(result.model, ctx.inputs)
     inputs = root / "inputs" / "eval.npz"
     inputs.parent.mkdir(parents=True, exist_ok=True)
-    np.savez(inputs, x=x_eval, y=y_eval)
+    extra = {"y": np.asarray(ctx.targets)} if ctx.metric.classification and "y" not in ctx.inputs else {}
+    np.savez(inputs, **ctx.inputs, __order__=np.array(ctx.input_names), **extra)
     arches = sorted({p.arch for p in profiles})
     by_arch: dict[str, dict[str, dict[str, Any]]] = {}
     for arch in arches:
@@ -227,13 +271,13 @@ def _run(recipe: Recipe, profiles: list[DeviceProfile], root: Path, run_id: str,
         for p in (p for p in profiles if p.arch == arch):
             backends += [b for b in _backends_for(recipe, p) if b not in backends]
         out_dir = root / "artifacts" if len(arches) == 1 else root / "artifacts" / arch
-        by_arch[arch] = export_all(result, recipe, backends, out_dir, x_eval, y_eval, ref, progress, arch)
+        by_arch[arch] = export_all(result, recipe, backends, out_dir, ctx, ref, example, progress, arch)
     outcomes = {f"{n} ({a})" if len(arches) > 1 else n: o for a, outs in by_arch.items() for n, o in outs.items()}
 
     def one(profile: DeviceProfile) -> tuple[dict[str, Any], list[EdgeError]]:
         device_dir = root if len(profiles) == 1 else root / profile.name
         wanted = {b: by_arch[profile.arch][b] for b in _backends_for(recipe, profile)}
-        records, errors = measure_device(profile, wanted, root, device_dir, inputs, progress)
+        records, errors = measure_device(profile, wanted, root, device_dir, inputs, progress, ctx)
         summary = {
             "schema": 1, "recipe": recipe.name, "device": profile.name, "run_id": run_id,
             "baseline": baseline, "stages": result.records, "artifacts": records,
@@ -276,26 +320,31 @@ def _raise_worst(summaries: list[dict[str, Any]], device_errors: list[EdgeError]
 
 
 def format_table(summary: dict[str, Any]) -> str:
+    from pipeline.rundir import metric_label, metric_value
+
     base = summary["baseline"]
-    lines = [f"{summary['recipe']} on {summary['device']}  (original: accuracy {base['accuracy']:.4f}, "
+    name = metric_label(summary)
+    lines = [f"{summary['recipe']} on {summary['device']}  (original: {name} {metric_value(base):.4f}, "
              f"{base['params']:,} params, {base['macs']:,} MACs)"]
     for st in summary["stages"]:
-        lines.append(f"  stage {st['name']:<9} accuracy {st.get('accuracy', float('nan')):.4f}  "
+        value = metric_value(st)
+        lines.append(f"  stage {st['name']:<9} {name} {float('nan') if value is None else value:.4f}  "
                      f"params {st.get('params', 0):>9,}  MACs {st.get('macs', 0):>11,}  {st.get('seconds', 0):.1f}s"
                      + (" (cached)" if st.get("cached") else ""))
-    header = f"  {'artifact':<15} {'accuracy':>8} {'p50 ms':>8} {'p90 ms':>8} {'n':>6} {'size':>10}  valid"
+    header = f"  {'artifact':<15} {name[:8]:>8} {'p50 ms':>8} {'p90 ms':>8} {'n':>6} {'size':>10}  valid"
     lines += [header, "  " + "-" * (len(header) - 2)]
     for r in summary["artifacts"]:
         lat = r.get("latency_ms") or {}
-        acc = r.get("accuracy")
+        acc = metric_value(r)
         size = r.get("bytes")
         lines.append(f"  {r['name']:<15} {'-' if acc is None else f'{acc:.4f}':>8} "
                      f"{lat.get('p50', '-'):>8} {lat.get('p90', '-'):>8} {lat.get('n', '-'):>6} "
                      f"{'-' if size is None else f'{size / 1024:.1f} KiB':>10}  "
                      f"{'yes' if r.get('valid') else 'NO: ' + '; '.join(r.get('invalid_reasons', []))[:80]}")
     gate = summary["gate"]
-    lines.append(f"  gate: {'passed' if gate['passed'] else 'FAILED'} (max accuracy drop {gate['max_accuracy_drop']} "
-                 f"points)")
+    lines.append(f"  gate: {'passed' if gate['passed'] else 'FAILED'} (max {name} drop "
+                 f"{gate.get('max_metric_drop', gate.get('max_accuracy_drop'))}"
+                 f"{' points' if (base.get('metric') or {}).get('unit', 'fraction') == 'fraction' else ''})")
     return "\n".join(lines)
 
 
@@ -310,6 +359,17 @@ def bench_artifact(path: str | Path, device: str, profile_overrides: dict[str, A
         raise ConfigError(f"{p}: artifact not found", hint="give the path of a .onnx, .xml or .tflite file")
     art = Artifact.load(p)
     start = time.perf_counter()
-    rec = benchmark(profile, art, inputs)
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="edgepipe-bench-") as tmp:
+        out_file = Path(tmp) / "outputs.npz"
+        rec = benchmark(profile, art, inputs, outputs=out_file if inputs else None)
+        if inputs is not None and out_file.is_file():
+            with np.load(inputs, allow_pickle=False) as data:
+                labels = np.asarray(data["y"]) if "y" in data.files else None
+            outs = _read_outputs(out_file)
+            if labels is not None and outs:   # top-1 of the first output, scored here (the runner knows no metric)
+                rec["accuracy"] = round(float((outs[0].reshape(len(outs[0]), -1).argmax(1) == labels).mean()), 6)
+                rec["n_eval"] = int(len(labels))
     rec["seconds"] = round(time.perf_counter() - start, 2)
     return rec

@@ -67,15 +67,45 @@ def latency(art: dict[str, Any], key: str = "p90") -> float | None:
     return float(value) if isinstance(value, (int, float)) else None
 
 
+def metric_value(rec: dict[str, Any]) -> float | None:
+    """The task metric's value of a baseline, stage or artifact record (``metric.value``; ``accuracy`` in summaries
+    written before task metrics existed)."""
+    metric = rec.get("metric")
+    if isinstance(metric, dict) and isinstance(metric.get("value"), (int, float)):
+        return float(metric["value"])
+    acc = rec.get("accuracy")
+    return float(acc) if isinstance(acc, (int, float)) else None
+
+
+def metric_info(summary: dict[str, Any]) -> dict[str, Any]:
+    """``{"name", "higher_is_better", "unit"}`` of a run's metric (top-1 for older summaries)."""
+    for rec in [summary.get("baseline") or {}, *(summary.get("artifacts") or [])]:
+        if isinstance(rec.get("metric"), dict) and rec["metric"].get("name"):
+            m = rec["metric"]
+            return {"name": m["name"], "higher_is_better": m.get("higher_is_better", True),
+                    "unit": m.get("unit", "fraction")}
+    return {"name": "top1", "higher_is_better": True, "unit": "fraction"}
+
+
+def metric_label(summary: dict[str, Any]) -> str:
+    """How the run's metric is printed: "top-1", "mAP@0.5", "cosine", or a user metric's name."""
+    from pipeline.metrics import label
+
+    return label(metric_info(summary)["name"])
+
+
 def is_usable(art: dict[str, Any]) -> bool:
     """Exported, measured and valid: the only artifacts that may be picked for a release."""
-    return (not art.get("error") and art.get("valid") is True and isinstance(art.get("accuracy"), (int, float))
+    return (not art.get("error") and art.get("valid") is True and metric_value(art) is not None
             and latency(art) is not None)
 
 
 def rank_key(art: dict[str, Any]) -> tuple[float, float, str]:
-    """Best first: highest accuracy, then lowest p90, then the name (so ties never depend on list order)."""
-    return (-float(art["accuracy"]), latency(art) or float("inf"), artifact_name(art))
+    """Best first: best metric (in its direction), then lowest p90, then the name (so ties never depend on list
+    order)."""
+    value = metric_value(art) or 0.0
+    higher = (art.get("metric") or {}).get("higher_is_better", True)
+    return (-value if higher else value, latency(art) or float("inf"), artifact_name(art))
 
 
 def pick_best(artifacts: list[dict[str, Any]]) -> dict[str, Any] | None:

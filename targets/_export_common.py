@@ -8,7 +8,9 @@ nodes carry the module path they came from.
 from __future__ import annotations
 
 import re
+from typing import Any
 
+import numpy as np
 import torch
 
 from targets.errors import ExportError
@@ -93,3 +95,45 @@ def export_failure(backend: str, exc: BaseException, model: torch.nn.Module,
     layer = find_layer(model, example_inputs, op)
     return ExportError(backend, f"{backend} has no conversion for {op}", op=op, layer=layer,
                        hint=f"replace {op} with supported ops, or drop the {backend} backends from the recipe")
+
+
+# ------------------------------------------------------------------------------------------------ inputs and outputs
+def io_names(cfg: Any, example_inputs: tuple[torch.Tensor, ...], n_outputs: int) -> tuple[list[str], list[str]]:
+    """The artifact's input and output names: the recipe's (``cfg.input_names`` / ``output_names``), else
+    ``input`` (``input0, input1...`` for several) and ``output`` (``output0...``)."""
+    ins = list(cfg.input_names) or (["input"] if len(example_inputs) == 1
+                                     else [f"input{i}" for i in range(len(example_inputs))])
+    outs = list(cfg.output_names) or (["output"] if n_outputs == 1 else [f"output{i}" for i in range(n_outputs)])
+    if len(ins) != len(example_inputs):
+        raise ExportError("export", f"{len(example_inputs)} example inputs but {len(ins)} input names {ins}")
+    if len(outs) != n_outputs:
+        raise ExportError("export", f"the model returns {n_outputs} outputs but model.outputs names {len(outs)}: "
+                          f"{outs}", hint="list one name per output in model.outputs, in forward() order")
+    return ins, outs
+
+
+def count_outputs(model: torch.nn.Module, example_inputs: tuple[torch.Tensor, ...]) -> int:
+    with torch.no_grad():
+        out = model.eval()(*example_inputs)
+    if isinstance(out, torch.Tensor):
+        return 1
+    if isinstance(out, dict):
+        return len(out)
+    return len(out)
+
+
+def calib_samples(calib: Any, names: list[str], limit: int) -> list[dict[str, np.ndarray]]:
+    """Calibration inputs as one ``{input name: (1, ...) array}`` per sample: every input fed by name. A plain array
+    is the single-input shorthand."""
+    if isinstance(calib, np.ndarray):
+        calib = {names[0]: calib}
+    missing = [n for n in names if n not in calib]
+    if missing:
+        raise ExportError("int8", f"calibration data lacks input(s) {missing} (has {sorted(calib)})")
+    n = min(limit, *(len(calib[k]) for k in names))
+    return [{k: np.ascontiguousarray(calib[k][i:i + 1]) for k in names} for i in range(n)]
+
+
+def is_transformer(op_types: set[str]) -> bool:
+    """Attention-shaped: a Softmax feeding matrix products (ONNX spelling of the op types in the graph)."""
+    return "Softmax" in op_types and "MatMul" in op_types

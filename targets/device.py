@@ -7,6 +7,7 @@ one board never overlap and disturb each other's figures; the whole job is bound
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 from pathlib import Path
@@ -23,14 +24,16 @@ STALE_JOB_MIN = 10
 
 
 def runner_argv(profile: DeviceProfile, python: str, job: str, artifact_name: str, backend: str,
-                inputs_name: str | None) -> list[str]:
+                inputs_name: str | None, outputs: bool = False) -> list[str]:
     rules, rt, tel = profile.bench, profile.runtime, profile.telemetry
     argv = [python, f"{job}/bench.py", "--artifact", f"{job}/{artifact_name}", "--backend", backend,
             "--threads", str(rt.threads), "--warmup", str(rules.warmup),
             "--min-iterations", str(rules.min_iterations), "--min-seconds", str(rules.min_seconds),
             "--max-seconds", str(rules.max_seconds), "--providers", ",".join(rt.onnx_providers)]
     if inputs_name:
-        argv += ["--inputs", f"{job}/{inputs_name}"]
+        argv += ["--inputs", inputs_name if inputs_name.startswith("/") else f"{job}/{inputs_name}"]
+        if outputs:
+            argv += ["--outputs", f"{job}/outputs.npz"]
     for flag, value in (("--thermal", tel.thermal), ("--throttled-cmd", tel.throttled),
                         ("--power-mode-cmd", tel.power_mode), ("--clocks-cmd", tel.clocks)):
         if value:
@@ -50,22 +53,39 @@ def parse_runner_output(result_stdout: str, context: str) -> dict[str, Any]:
                              hint="run `edgepipe doctor` on the device to check python and numpy")
 
 
-def benchmark(profile: DeviceProfile, artifact: Artifact, inputs: Path | None = None,
-              transport: Transport | None = None) -> dict[str, Any]:
-    """Run the on-device runner for one artifact and return its JSON record (latency, accuracy, state)."""
+def push_inputs(profile: DeviceProfile, tr: Transport, inputs: Path) -> str:
+    """Upload the eval inputs once per device and run (every artifact's job reads the same file), named by their
+    content so a retry re-uses them; written under a temporary name and renamed, so a half upload is never read."""
+    digest = hashlib.sha256(Path(inputs).read_bytes()).hexdigest()[:16]
+    final = f"{profile.workdir}/inputs-{digest}.npz"
+    tr.run(["mkdir", "-p", profile.workdir], timeout=60)
+    tr.put(Path(inputs), final + ".part")
+    tr.run(["mv", "-f", final + ".part", final], timeout=60)
+    return final
+
+
+def remove_inputs(tr: Transport, remote: str) -> None:
+    tr.run(["rm", "-f", remote], timeout=60)
+
+
+def benchmark(profile: DeviceProfile, artifact: Artifact, inputs: Path | str | None = None,
+              transport: Transport | None = None, outputs: Path | None = None) -> dict[str, Any]:
+    """Run the on-device runner for one artifact and return its JSON record (latency, state). ``inputs`` is a local
+    file (uploaded with the job) or the remote path ``push_inputs`` returned; with ``outputs`` the raw outputs on
+    those inputs are fetched to that local .npz for the host to score."""
     own = transport is None
     tr = transport or open_transport(profile)
     job_timeout = profile.connection.job_timeout
     try:
         with device_lock(tr, profile.workdir, lease_s=job_timeout + 120, wait_s=job_timeout, device=profile.name):
-            return _job(profile, tr, artifact, inputs, time.monotonic() + job_timeout)
+            return _job(profile, tr, artifact, inputs, time.monotonic() + job_timeout, outputs)
     finally:
         if own:
             tr.close()
 
 
-def _job(profile: DeviceProfile, tr: Transport, artifact: Artifact, inputs: Path | None,
-         deadline: float) -> dict[str, Any]:
+def _job(profile: DeviceProfile, tr: Transport, artifact: Artifact, inputs: Path | str | None,
+         deadline: float, outputs: Path | None = None) -> dict[str, Any]:
     context = f"{profile.name}: {Path(artifact.path).name}"
 
     def remaining() -> float:
@@ -86,17 +106,24 @@ def _job(profile: DeviceProfile, tr: Transport, artifact: Artifact, inputs: Path
             remaining()
             tr.put(Path(f), f"{job}/{Path(f).name}")
         inputs_name = None
-        if inputs is not None:
+        if isinstance(inputs, str):          # already on the device (push_inputs)
+            inputs_name = inputs
+        elif inputs is not None:
             inputs_name = inputs.name
             tr.put(inputs, f"{job}/{inputs_name}")
         argv = runner_argv(profile, tr.python(profile.python), job, Path(artifact.path).name,
-                           artifact.backend, inputs_name)
+                           artifact.backend, inputs_name, outputs=outputs is not None)
         res = tr.run(argv, timeout=min(profile.connection.command_timeout, remaining()))
         record = parse_runner_output(res.stdout, context) if res.stdout.strip() else None
         if record is None or "error" in record or not res.ok:
             detail = (record or {}).get("error") or res.stderr.strip().splitlines()[-1:] or ["no output"]
             raise RemoteCommandError(f"{context}: runner failed (exit {res.exit_status}): {detail}",
                                      exit_status=res.exit_status, stderr=res.stderr)
+        if outputs is not None and record.get("outputs"):
+            Path(outputs).parent.mkdir(parents=True, exist_ok=True)
+            part = Path(str(outputs) + ".part")
+            tr.get(f"{job}/outputs.npz", part)
+            part.replace(outputs)
         return record
     finally:
         tr.remove_tree(job)

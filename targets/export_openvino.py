@@ -20,19 +20,40 @@ import numpy as np
 import openvino as ov  # at module level: a missing runtime surfaces in get_exporter as the extra to install
 import torch
 
-from targets._export_common import export_failure, first_line, keep_float_not_found
+from targets._export_common import (
+    calib_samples,
+    count_outputs,
+    export_failure,
+    first_line,
+    io_names,
+    keep_float_not_found,
+)
 from targets.artifact import Artifact
 from targets.errors import ExportError, MissingDependencyError
 from targets.export_config import ExportConfig
 
+_OV_TYPES = {torch.float32: ov.Type.f32, torch.float16: ov.Type.f16, torch.int64: ov.Type.i64,
+             torch.int32: ov.Type.i32, torch.uint8: ov.Type.u8, torch.bool: ov.Type.boolean}
+# ONNX op type spelling (what keep_float_ops uses everywhere) -> OpenVINO op types
+_OV_OPS = {"Add": ["Add"], "Mul": ["Multiply"], "Sub": ["Subtract"], "Div": ["Divide"], "Where": ["Select"],
+           "Softmax": ["SoftMax", "Softmax"], "MatMul": ["MatMul"], "Gemm": ["MatMul"], "Conv": ["Convolution"],
+           "LayerNormalization": ["MVN"], "Gather": ["Gather"]}
 
-def _convert(model: torch.nn.Module, example_inputs: tuple[torch.Tensor, ...]) -> Any:
-    shape = ov.PartialShape([int(d) for d in example_inputs[0].shape])
+
+def _convert(model: torch.nn.Module, example_inputs: tuple[torch.Tensor, ...],
+             cfg: ExportConfig | None = None) -> Any:
+    """Static shapes, every input typed as the example (int64 ids stay int64) and every input/output named."""
+    names_in, names_out = io_names(cfg or ExportConfig(), example_inputs, count_outputs(model, example_inputs))
+    shapes = [(ov.PartialShape([int(d) for d in x.shape]), _OV_TYPES.get(x.dtype, ov.Type.f32))
+              for x in example_inputs]
     try:
-        ov_model = ov.convert_model(model.eval(), example_input=example_inputs, input=[shape])
+        ov_model = ov.convert_model(model.eval(), example_input=example_inputs, input=shapes)
     except Exception as exc:  # the frontend raises OpConversionFailure, RuntimeError, GeneralFailure...
         raise export_failure("openvino", exc, model, example_inputs) from exc
-    ov_model.outputs[0].get_tensor().set_names({"output"})
+    for port, name in zip(ov_model.inputs, names_in, strict=True):
+        port.get_tensor().set_names({name})
+    for port, name in zip(ov_model.outputs, names_out, strict=True):
+        port.get_tensor().set_names({name})
     return ov_model
 
 
@@ -51,16 +72,28 @@ def _ignored_scope(ov_model: Any, keep_float: list[str]) -> Any:
     return nncf.IgnoredScope(patterns=list(patterns.values()))
 
 
-def _quantize(ov_model: Any, calib: np.ndarray, cfg: ExportConfig) -> Any:
+def _quantize(ov_model: Any, calib: Any, cfg: ExportConfig) -> tuple[Any, dict[str, Any]]:
+    """NNCF post-training INT8; every input fed by name. A transformer-shaped model (Softmax attention) uses NNCF's
+    transformer scheme (weights of MatMuls in INT8, mask/residual/score arithmetic in float); ``keep_float_ops``
+    keeps op types in float."""
     try:
         import nncf
     except ImportError as exc:
         raise MissingDependencyError("nncf", "openvino", purpose="openvino-int8") from exc
-    data = [np.ascontiguousarray(calib[i:i + 1], dtype=np.float32) for i in range(min(len(calib), cfg.calib_samples))]
+    names = [p.get_any_name() for p in ov_model.inputs]
+    data = calib_samples(calib, names, cfg.calib_samples)
+    types = {op.get_type_name() for op in ov_model.get_ops()}
+    transformer = "MatMul" in types and bool({"SoftMax", "Softmax"} & types)
     preset = nncf.QuantizationPreset.PERFORMANCE if cfg.ov_preset == "performance" else nncf.QuantizationPreset.MIXED
+    scope = _ignored_scope(ov_model, cfg.keep_float)
+    ops = [t for o in cfg.keep_float_ops or [] for t in _OV_OPS.get(o, [o]) if t in types]
+    if ops:
+        scope = nncf.IgnoredScope(patterns=list(scope.patterns) if scope else [], types=ops)
+    plan = {"transformer": transformer, "keep_float_ops": list(cfg.keep_float_ops or [])}
+    kwargs: dict[str, Any] = {"model_type": nncf.ModelType.TRANSFORMER} if transformer else {}
     try:
         return nncf.quantize(ov_model, nncf.Dataset(data), preset=preset, subset_size=len(data),
-                             ignored_scope=_ignored_scope(ov_model, cfg.keep_float))
+                             ignored_scope=scope, **kwargs), plan
     except ExportError:
         raise
     except Exception as exc:  # NNCF raises many internal types
@@ -68,24 +101,28 @@ def _quantize(ov_model: Any, calib: np.ndarray, cfg: ExportConfig) -> Any:
                           hint="keep the failing layer in float (keep_float) or use another backend") from exc
 
 
-def export(model: torch.nn.Module, example_inputs: tuple[torch.Tensor, ...], calib: np.ndarray | None,
+def export(model: torch.nn.Module, example_inputs: tuple[torch.Tensor, ...], calib: Any,
            cfg: ExportConfig, out_dir: Path) -> Artifact:
     """Write ``<name>.<precision>.xml`` and ``.bin`` into ``out_dir`` (atomically) with the sidecar record."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     final = out_dir / f"{cfg.name}.{cfg.precision}.xml"
     metadata: dict[str, Any] = {"openvino": ov.get_version(), "input_shape": list(example_inputs[0].shape),
+                                "inputs": {n: [list(x.shape), str(x.dtype).replace("torch.", "")] for n, x in
+                                           zip(cfg.input_names or [f"input{i}" for i in range(len(example_inputs))],
+                                               example_inputs, strict=False)},
                                 "weights_on_disk": cfg.precision}
-    ov_model = _convert(model, example_inputs)
+    ov_model = _convert(model, example_inputs, cfg)
     if cfg.precision == "int8":
         if calib is None or len(calib) == 0:
             raise ExportError("openvino", "INT8 needs calibration inputs", hint="give data.calib in the recipe")
-        ov_model = _quantize(ov_model, calib, cfg)
+        ov_model, plan = _quantize(ov_model, calib, cfg)
         import nncf
 
-        metadata.update(quantizer=f"nncf {nncf.__version__}", preset=cfg.ov_preset,
+        n_calib = len(calib) if isinstance(calib, np.ndarray) else min(len(v) for v in calib.values())
+        metadata.update(quantizer=f"nncf {nncf.__version__}", preset=cfg.ov_preset, op_plan=plan,
                         calibration="nncf's range estimators for the preset (ExportConfig.calibration is onnx-only)",
-                        calib_samples=int(min(len(calib), cfg.calib_samples)), keep_float=list(cfg.keep_float))
+                        calib_samples=int(min(n_calib, cfg.calib_samples)), keep_float=list(cfg.keep_float))
     with tempfile.TemporaryDirectory(dir=out_dir, prefix=".openvino-") as tmp:
         tmp_xml = Path(tmp) / final.name
         ov.save_model(ov_model, str(tmp_xml), compress_to_fp16=cfg.precision == "fp16")

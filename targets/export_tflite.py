@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from targets._export_common import export_failure, keep_float_not_found, module_paths
+from targets._export_common import calib_samples, export_failure, keep_float_not_found, module_paths
 from targets.artifact import Artifact
 from targets.errors import ExportError, MissingDependencyError
 from targets.export_config import ExportConfig
@@ -25,31 +25,51 @@ os.environ.setdefault("LITERT_TORCH_SHOW_PROGRESS", "n")  # litert-torch prints 
 
 import litert_torch  # after the env var; at module level so get_exporter reports a missing extra
 
+# ONNX op type spelling (keep_float_ops) -> the aten ops of the exported graph
+_ATEN = {"Add": ("add",), "Mul": ("mul",), "Sub": ("sub", "rsub"), "Div": ("div",), "Where": ("where",),
+         "Softmax": ("softmax", "_softmax"), "MatMul": ("matmul", "bmm", "mm"), "Gemm": ("linear", "addmm"),
+         "Conv": ("conv2d", "conv1d", "convolution"), "LayerNormalization": ("layer_norm",),
+         "Gather": ("embedding", "index_select")}
+_WEIGHT_OPS = ("linear", "conv1d", "conv2d", "convolution", "addmm")
 
-def _keep_float_quantizer(base: type, graph: torch.fx.GraphModule, keep_float: list[str]) -> Any:
+
+def _aten_name(node: torch.fx.Node) -> str:
+    target = node.target
+    name = target.name() if hasattr(target, "name") else str(target)
+    return name.replace("::", ".").split(".")[1] if "." in name.replace("::", ".") else name
+
+
+def _keep_float_quantizer(base: type, graph: torch.fx.GraphModule, keep_float: list[str],
+                          keep_ops: list[str] | None = None) -> Any:
     """litert-torch's PT2EQuantizer with the ``keep_float`` layers left unannotated, so they stay float between a
     DEQUANTIZE and a QUANTIZE. Its own ``set_module_name`` refuses ``None`` and matches names by rewriting ``_`` to
     ``.``, which breaks on module names with underscores; the exported graph's module stack names them exactly."""
-    if not keep_float:
-        return base()
     calls = [n for n in graph.graph.nodes if n.op == "call_function"]
+    ops_here = {_aten_name(n) for n in calls}
+    transformer = bool({"softmax", "_softmax"} & ops_here) and bool({"matmul", "bmm", "mm"} & ops_here)
+    if not keep_float and keep_ops is None and not transformer:
+        return base()
     missing = [k for k in keep_float if not any(k in module_paths(n) for n in calls)]
     if missing:
         raise keep_float_not_found("tflite", missing)
     kept = set(keep_float)
+    float_ops = {a for o in keep_ops or [] for a in _ATEN.get(o, (o.lower(),))}
+    only_weights = keep_ops is None and transformer   # transformer default: only weight products in INT8
 
     class KeepFloat(base):  # type: ignore[misc, valid-type]
         def annotate(self, model: torch.fx.GraphModule) -> torch.fx.GraphModule:
             model = super().annotate(model)
             for node in model.graph.nodes:
-                if kept.intersection(module_paths(node)):
+                op = _aten_name(node) if node.op == "call_function" else ""
+                if kept.intersection(module_paths(node)) or op in float_ops \
+                        or (only_weights and node.op == "call_function" and op not in _WEIGHT_OPS):
                     node.meta.pop("quantization_annotation", None)
             return model
 
     return KeepFloat()
 
 
-def _quantized_program(model: torch.nn.Module, example_inputs: tuple[torch.Tensor, ...], calib: np.ndarray,
+def _quantized_program(model: torch.nn.Module, example_inputs: tuple[torch.Tensor, ...], calib: Any,
                        cfg: ExportConfig) -> tuple[Any, Any]:
     from litert_torch.quantize import pt2e_quantizer as pq
     from litert_torch.quantize.quant_config import QuantConfig
@@ -60,19 +80,21 @@ def _quantized_program(model: torch.nn.Module, example_inputs: tuple[torch.Tenso
         raise MissingDependencyError("torchao", "tflite", purpose="tflite-int8 (PT2E quantization)") from exc
 
     graph = torch.export.export(model.eval(), example_inputs).module()
-    quantizer = _keep_float_quantizer(pq.PT2EQuantizer, graph, cfg.keep_float)
+    quantizer = _keep_float_quantizer(pq.PT2EQuantizer, graph, cfg.keep_float, cfg.keep_float_ops)
     quantizer.set_global(pq.get_symmetric_quantization_config(is_per_channel=cfg.per_channel))
     prepared = quantize_pt2e.prepare_pt2e(graph, quantizer)
+    names = list(cfg.input_names) or (["input"] if len(example_inputs) == 1
+                                      else [f"input{i}" for i in range(len(example_inputs))])
     with torch.no_grad():
-        for i in range(min(len(calib), cfg.calib_samples)):
-            prepared(torch.from_numpy(np.ascontiguousarray(calib[i:i + 1], dtype=np.float32)))
+        for sample in calib_samples(calib, names, cfg.calib_samples):   # every input, by name
+            prepared(*(torch.from_numpy(sample[n]) for n in names))
     converted = quantize_pt2e.convert_pt2e(prepared, fold_quantize=False)
     # litert-torch warns that this GraphModule is "in training mode": it is not, an exported graph has no mode
     # (the model was put in eval before torch.export), and calling .eval() on it breaks litert's conversion.
     return converted, QuantConfig(pt2e_quantizer=quantizer)
 
 
-def _convert(model: torch.nn.Module, example_inputs: tuple[torch.Tensor, ...], calib: np.ndarray | None,
+def _convert(model: torch.nn.Module, example_inputs: tuple[torch.Tensor, ...], calib: Any,
              cfg: ExportConfig) -> Any:
     if cfg.precision == "fp32":
         return litert_torch.convert(model.eval(), example_inputs)
@@ -84,7 +106,7 @@ def _convert(model: torch.nn.Module, example_inputs: tuple[torch.Tensor, ...], c
     return litert_torch.convert(program, example_inputs, quant_config=qcfg)
 
 
-def export(model: torch.nn.Module, example_inputs: tuple[torch.Tensor, ...], calib: np.ndarray | None,
+def export(model: torch.nn.Module, example_inputs: tuple[torch.Tensor, ...], calib: Any,
            cfg: ExportConfig, out_dir: Path) -> Artifact:
     """Write ``<name>.<precision>.tflite`` into ``out_dir`` (atomically) with its sidecar record."""
     if cfg.precision == "int8":
@@ -105,9 +127,12 @@ def export(model: torch.nn.Module, example_inputs: tuple[torch.Tensor, ...], cal
                         + ("per-channel" if cfg.per_channel else "per-tensor") + " weights",
                         quantizer="litert_torch PT2EQuantizer",
                         calibration="the PT2E config's observers (ExportConfig.calibration is onnx-only)",
-                        calib_samples=int(min(len(calib), cfg.calib_samples)), keep_float=list(cfg.keep_float))
+                        calib_samples=int(min(len(calib) if isinstance(calib, np.ndarray)
+                                              else min(len(v) for v in calib.values()), cfg.calib_samples)),
+                        keep_float=list(cfg.keep_float), keep_float_ops=cfg.keep_float_ops)
     elif cfg.precision == "fp16":
         metadata["fp16"] = "float16 weights dequantized at load; float32 compute and I/O"
+    metadata["inputs"] = list(cfg.input_names) or None   # the runner matches args_<i> to these, in order
     with tempfile.TemporaryDirectory(dir=out_dir, prefix=".tflite-") as tmp:
         tmp_path = Path(tmp) / final.name
         edge_model.export(str(tmp_path))

@@ -1,0 +1,75 @@
+"""The task on the host: the eval inputs by name, the targets, the original model's outputs, and the metric.
+
+The orchestrator builds one ``TaskContext`` per run; every figure a run reports -- the baseline, each stage, each
+artifact on the host and on a device -- goes through ``TaskContext.record`` so it is the same metric, computed the
+same way, on the same samples. The stages get their pieces resolved (``stage_plan``), never the recipe.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from torch import nn
+
+from pipeline.config import Recipe, import_factory
+from pipeline.metrics import MetricSpec, chance_level, label, resolve_metric
+from pipeline.model import eval_arrays, objective, predict, targets_array
+from pipeline.stages import StagePlan
+from pipeline.stages.common import example_from
+
+
+@dataclass
+class TaskContext:
+    metric: MetricSpec
+    input_names: list[str]
+    inputs: dict[str, np.ndarray]          # eval inputs, one array per input name (bounded by data.eval_samples)
+    targets: Any                            # stacked array or list
+    reference: list[np.ndarray]             # the original model's outputs on ``inputs``
+
+    @property
+    def label(self) -> str:
+        return label(self.metric.name)
+
+    def score(self, outputs: list[np.ndarray]) -> dict[str, Any]:
+        return self.metric.score(outputs, self.targets, self.reference)
+
+    def record(self, outputs: list[np.ndarray]) -> dict[str, Any]:
+        """``{"metric": {...}}`` plus ``accuracy`` (top-1 as a fraction) where the task is classification."""
+        scored = self.score(outputs)
+        out: dict[str, Any] = {"metric": scored}
+        if self.metric.classification:
+            out["accuracy"] = scored["values"].get("top1", scored["value"])
+        return out
+
+    def evaluate(self, model: Any) -> dict[str, Any]:
+        return self.record(predict(model, self.inputs))
+
+    def chance_warning(self, baseline: dict[str, Any]) -> str | None:
+        """A baseline near chance on its own metric means the metric does not fit the model (argmax of an
+        embedding is not accuracy)."""
+        chance = chance_level(self.metric, self.reference)
+        value = baseline["metric"]["value"]
+        if chance is not None and value <= max(1.5 * chance, chance + 0.05):
+            return (f"the original model scores {self.label} {value:.3f}, about chance ({chance:.3f}) on its own "
+                    f"metric: task.metric {self.metric.name!r} probably does not fit this model's outputs")
+        return None
+
+
+def build_context(recipe: Recipe, teacher: nn.Module, data: dict[str, Any]) -> TaskContext:
+    names = [s.name for s in recipe.model.input_specs]
+    metric = resolve_metric(recipe.task.metric, recipe.base_dir, recipe.task.postprocess)
+    inputs, targets = eval_arrays(recipe, data["eval"])
+    reference = predict(teacher, inputs)
+    return TaskContext(metric, names, inputs, targets_array(targets), reference)
+
+
+def stage_plan(recipe: Recipe, ctx: TaskContext, data: dict[str, Any], timing: Any = None) -> StagePlan:
+    stages = recipe.stages
+    student = stages.distill.student if stages.distill else None
+    return StagePlan(distill=stages.distill, prune=stages.prune, quantize=stages.quantize,
+                     example=example_from(data["calib"], ctx.input_names), input_names=ctx.input_names,
+                     objective=objective(recipe), evaluate=ctx.evaluate,
+                     student_factory=import_factory(student, recipe.base_dir) if student else None,
+                     timing=timing, metric_label=ctx.label)

@@ -37,11 +37,13 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    from pipeline.config import load_recipe
+    from pipeline.check import check
 
-    recipe = load_recipe(args.recipe, args.set)
+    recipe, facts = check(args.recipe, args.set)
     stages = [n for n in ("distill", "prune", "quantize") if getattr(recipe.stages, n) is not None]
-    print(f"{args.recipe}: ok (recipe {recipe.name!r}, stages: {', '.join(stages) or 'none'}, "
+    inputs = ", ".join(f"{s.name} {s.dtype}{s.shape}" for s in recipe.model.input_specs)
+    print(f"{args.recipe}: ok (recipe {recipe.name!r}, inputs: {inputs}, outputs: {facts.get('outputs')}, "
+          f"metric: {recipe.task.metric}, stages: {', '.join(stages) or 'none'}, "
           f"backends: {', '.join(recipe.backends) if recipe.backends else 'the device profile list'})")
     return 0
 

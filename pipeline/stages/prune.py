@@ -85,9 +85,18 @@ class _Where:
         self.stack: list[str] = []
         names = {m: n for n, m in model.named_modules()}
         self.handles = []
+        def enter(name: str) -> Callable[..., None]:
+            def hook(_m: nn.Module, _i: Any) -> None:
+                self.stack.append(name)
+            return hook
+
+        def leave(_m: nn.Module, _i: Any, _o: Any) -> None:   # a hook must return None (else it replaces outputs)
+            if self.stack:
+                self.stack.pop()
+
         for m, n in names.items():
-            self.handles.append(m.register_forward_pre_hook(lambda _m, _i, n=n: self.stack.append(n)))
-            self.handles.append(m.register_forward_hook(lambda _m, _i, _o: self.stack.pop() if self.stack else None))
+            self.handles.append(m.register_forward_pre_hook(enter(n)))
+            self.handles.append(m.register_forward_hook(leave))
 
     def failing(self) -> str:
         return (self.stack[-1] or "<root>") if self.stack else "<root>"

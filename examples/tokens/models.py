@@ -51,8 +51,8 @@ class Block(nn.Module):
 
 
 class TokenEncoder(nn.Module):
-    def __init__(self, vocab: int = 18, seq: int = 64, dim: int = 64, num_heads: int = 4, hidden: int = 128,
-                 depth: int = 2, classes: int = 10) -> None:
+    def __init__(self, vocab: int = 18, seq: int = 64, dim: int = 32, num_heads: int = 4, hidden: int = 64,
+                 depth: int = 1, classes: int = 10) -> None:
         super().__init__()
         self.embed = nn.Embedding(vocab, dim)
         self.pos = nn.Embedding(seq, dim)
@@ -72,7 +72,7 @@ class TokenEncoder(nn.Module):
         return self.head(pooled)
 
 
-def train(model: nn.Module, epochs: int = 30, lr: float = 3e-3, seed: int = 0) -> nn.Module:
+def train(model: nn.Module, epochs: int = 12, lr: float = 5e-3, seed: int = 0) -> nn.Module:
     from data import splits
 
     data = splits()["train"]

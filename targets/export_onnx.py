@@ -103,11 +103,45 @@ def _export_graph(model: torch.nn.Module, example_inputs: tuple[torch.Tensor, ..
                   cfg: ExportConfig | None = None) -> None:
     names_in, names_out = io_names(cfg or ExportConfig(), example_inputs, count_outputs(model, example_inputs))
     try:
-        program = torch.onnx.export(model.eval(), example_inputs, dynamo=True, opset_version=opset,
-                                    input_names=names_in, output_names=names_out, verbose=False)
+        program = torch.onnx.export(model.eval(), example_inputs, dynamo=True, opset_version=opset, verbose=False)
         program.save(str(path))
     except Exception as exc:  # exporter failures come in many types
         raise export_failure("onnx", exc, model, example_inputs) from exc
+    _rename_io(path, names_in, names_out)
+
+
+def _rename_io(path: Path, names_in: list[str], names_out: list[str]) -> None:
+    """Give the graph's inputs and outputs the recipe's names. Done on the proto, not by the exporter: a user's
+    output called ``embedding`` would otherwise collide with the exporter's own value of that name (an invalid
+    model); an internal value that holds a wanted name is renamed out of the way first."""
+    import onnx
+
+    proto = onnx.load(str(path))
+    g = proto.graph
+    wanted = dict(zip([v.name for v in g.input], names_in, strict=True))
+    wanted.update(zip([v.name for v in g.output], names_out, strict=True))
+    taken = set(wanted.values())
+    mapping: dict[str, str] = {}
+    values = {o for n in g.node for o in n.output} | {i.name for i in g.initializer} | {v.name for v in g.input}
+    for v in values:
+        if v in taken and wanted.get(v) != v:
+            mapping[v] = f"{v}__edgepipe_internal"
+    mapping.update({old: new for old, new in wanted.items() if old != new})
+    if not mapping:
+        return
+
+    def rn(name: str) -> str:
+        return mapping.get(name, name)
+
+    for n in g.node:
+        n.input[:] = [rn(x) for x in n.input]
+        n.output[:] = [rn(x) for x in n.output]
+    for coll in (g.input, g.output, g.value_info):
+        for v in coll:
+            v.name = rn(v.name)
+    for init in g.initializer:
+        init.name = rn(init.name)
+    onnx.save(proto, str(path))
 
 
 def _nodes_to_exclude(model_path: Path, keep_float: list[str]) -> list[str]:

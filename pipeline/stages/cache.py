@@ -41,6 +41,22 @@ def model_hash(model: nn.Module) -> str:
     return h.hexdigest()
 
 
+def _hash_item(h: Any, obj: Any) -> None:
+    """Inputs and targets of any shape: tensors, arrays, numbers, and tuples/lists/dicts of them."""
+    if isinstance(obj, dict):
+        for k in sorted(obj, key=str):
+            h.update(str(k).encode())
+            _hash_item(h, obj[k])
+    elif isinstance(obj, (tuple, list)):
+        h.update(f"[{len(obj)}".encode())
+        for o in obj:
+            _hash_item(h, o)
+    elif obj is None or isinstance(obj, str):
+        h.update(repr(obj).encode())
+    else:
+        h.update(torch.as_tensor(obj).numpy().tobytes())
+
+
 def data_fingerprint(data: dict[str, Any], samples: int = 256) -> str:
     """Lengths plus up to ``samples`` evenly spaced items per split: cheap on big datasets, catches real changes."""
     h = hashlib.sha256()
@@ -49,9 +65,8 @@ def data_fingerprint(data: dict[str, Any], samples: int = 256) -> str:
         n = len(ds)
         h.update(f"{split}:{n}".encode())
         for i in sorted({int(k * (n - 1) / max(samples - 1, 1)) for k in range(min(samples, n))}):
-            x, y = ds[i][0], ds[i][1]
-            h.update(torch.as_tensor(x).numpy().tobytes())
-            h.update(torch.as_tensor(y).numpy().tobytes())
+            _hash_item(h, ds[i][0])
+            _hash_item(h, ds[i][1])
     return h.hexdigest()
 
 

@@ -101,6 +101,7 @@ def test_a_user_module_does_not_shadow_an_installed_library(tmp_path):
     (tmp_path / "yaml.py").write_text("BROKEN = True\n")
     (tmp_path / "m.py").write_text("import yaml\nclass M:\n    primary = 'x'\n    higher_is_better = True\n"
                                    "    def update(self, o, t):\n        self.v = float(o[0].mean())\n"
-                                   "    def compute(self):\n        return {'x': self.v, 'lib': hasattr(yaml, 'safe_load')}\n")
+                                   "    def compute(self):\n"
+                                   "        return {'x': self.v, 'lib': hasattr(yaml, 'safe_load')}\n")
     spec = resolve_metric("m:M", tmp_path)
     assert spec.score([np.ones((2, 3))], [0, 0])["values"] == {"x": 1.0, "lib": 1.0}

@@ -35,3 +35,28 @@ def test_demo_runs_over_ssh_and_locally_as_a_fleet(sshd, tmp_path, digits_recipe
     leftovers = [p.name for p in (tmp_path / "work").iterdir()] if (tmp_path / "work").exists() else []
     assert not [n for n in leftovers if n.startswith("job")], leftovers
     assert "bench onnx-int8 on board" in (out / "run.log").read_text()
+
+
+@pytest.mark.openvino
+@pytest.mark.parametrize("example,metric", [("tokens", "top1"), ("multihead", "all_heads")])
+def test_any_model_example_runs_over_ssh_with_outputs_scored_on_the_host(sshd, tmp_path, example, metric):
+    from pathlib import Path
+
+    recipe = Path(__file__).resolve().parents[2] / "examples" / example / "recipe.yaml"
+    board = sshd.profile("board", tmp_path)
+    out = tmp_path / example
+    proc = run_cli("run", str(recipe), "--device", str(board), "--out", str(out),
+                   "--set", "backends=[onnx-int8, tflite-int8]", "--set", "stages.distill.epochs=1",
+                   "--set", "stages.prune.finetune_epochs=1", "--set", "stages.prune.latency_guard=false",
+                   "--set", "data.eval_samples=100", timeout=1500)
+    summary = json.loads((out / "summary.json").read_text())
+    assert proc.returncode in (0, 3), proc.stderr[-3000:]
+    arts = {a["name"]: a for a in summary["artifacts"]}
+    assert set(arts) == {"onnx-int8", "tflite-int8"}
+    for a in arts.values():
+        assert not a.get("error") and a["metric"]["name"] == metric and a["latency_ms"]["n"] >= 20
+        assert (out / "outputs" / f"{a['name']}.npz").is_file()      # raw outputs came back and were scored here
+    log = (out / "run.log").read_text()
+    assert log.count("send eval inputs to board") == 1
+    leftovers = [p.name for p in (tmp_path / "work").iterdir()] if (tmp_path / "work").exists() else []
+    assert not [n for n in leftovers if n.startswith(("job", "inputs-"))], leftovers

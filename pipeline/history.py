@@ -6,7 +6,7 @@ import argparse
 import json
 from typing import TYPE_CHECKING, Any
 
-from pipeline.rundir import artifact_name, is_usable, pick_best
+from pipeline.rundir import artifact_name, is_usable, metric_label, metric_value, pick_best
 
 if TYPE_CHECKING:
     from pipeline.store import Store
@@ -37,7 +37,8 @@ def history(store: Store, device: str | None = None, recipe: str | None = None, 
                 "gate_passed": r["gate_passed"], "artifacts": len(arts),
                 "valid": sum(1 for a in arts if is_usable(a)),
                 "best": artifact_name(best) if best else None,
-                "best_accuracy": best["accuracy"] if best else None,
+                "best_accuracy": metric_value(best) if best else None,
+                "metric": metric_label(summary) if summary else None,
                 "best_p50_ms": (best.get("latency_ms") or {}).get("p50") if best else None,
                 "best_p90_ms": (best.get("latency_ms") or {}).get("p90") if best else None,
                 "best_bytes": best.get("bytes") if best else None,
@@ -63,16 +64,17 @@ def format_history(rows: list[dict]) -> str:
         return "no runs recorded yet (edgepipe run ... records them; EDGEPIPE_DB picks the store)"
     cols = [("started", "started", ""), ("recipe", "recipe", ""), ("device", "device", ""),
             ("status", "status", ""), ("gate", "gate_passed", "gate"), ("base acc", "baseline_accuracy", "acc"),
-            ("best", "best", ""), ("acc", "best_accuracy", "acc"), ("p50 ms", "best_p50_ms", "ms"),
+            ("best", "best", ""), ("metric", "metric", ""), ("value", "best_accuracy", "acc"),
+            ("p50 ms", "best_p50_ms", "ms"),
             ("p90 ms", "best_p90_ms", "ms"), ("valid", "valid", ""), ("run id", "run_id", "")]
     table = [[h for h, _, _ in cols]]
     for r in rows:
         cells = [_fmt(r.get(key), kind) for _, key, kind in cols]
         cells[0] = (r.get("started") or "-")[:19].replace("T", " ")
-        cells[10] = f"{r.get('valid', 0)}/{r.get('artifacts', 0)}"
+        cells[11] = f"{r.get('valid', 0)}/{r.get('artifacts', 0)}"
         table.append(cells)
     widths = [max(len(row[i]) for row in table) for i in range(len(cols))]
-    numeric = {5, 7, 8, 9}
+    numeric = {5, 8, 9, 10}
     lines = []
     for row in table:
         cells = [c.rjust(w) if i in numeric else c.ljust(w) for i, (c, w) in enumerate(zip(row, widths, strict=True))]

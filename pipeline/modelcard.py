@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from pipeline.rundir import artifact_name, human_bytes, latency
+from pipeline.rundir import artifact_name, human_bytes, latency, metric_label, metric_value
 
 
 def _fmt(value: Any, digits: int = 3) -> str:
@@ -38,21 +38,22 @@ def model_card(summary: dict[str, Any], manifest: dict[str, Any], chosen: list[d
         "",
         "## Data",
         "",
-        "Accuracy is top-1 on the recipe's held-out evaluation split (`data.eval`"
+        f"Every figure is {metric_label(summary)} (the recipe's task metric) on its held-out evaluation split "
+        "(`data.eval`"
         + (f", {n_eval} samples" if n_eval else "") + "), measured on the device by the "
         "runner for each artifact and in PyTorch for the original model and each stage.",
         "",
         "## How it was made",
         "",
-        "| step | accuracy | params | MACs |",
+        f"| step | {metric_label(summary)} | params | MACs |",
         "|---|---:|---:|---:|",
-        f"| original model | {_fmt(base.get('accuracy'))} | {base.get('params', '-')} | {base.get('macs', '-')} |",
+        f"| original model | {_fmt(metric_value(base))} | {base.get('params', '-')} | {base.get('macs', '-')} |",
     ]
     for st in summary.get("stages") or []:
-        lines.append(f"| {st.get('name')} | {_fmt(st.get('accuracy'))} | {st.get('params', '-')} | "
+        lines.append(f"| {st.get('name')} | {_fmt(metric_value(st))} | {st.get('params', '-')} | "
                      f"{st.get('macs', '-')} |")
     lines += ["", f"## Artifacts in this bundle (measured on {device})", "",
-              "| artifact | file | size | accuracy | p50 ms | p90 ms | p99 ms | n | runtime | gate |",
+              f"| artifact | file | size | {metric_label(summary)} | p50 ms | p90 ms | p99 ms | n | runtime | gate |",
               "|---|---|---:|---:|---:|---:|---:|---:|---|---|"]
     by_name = {a["name"]: a for a in manifest["artifacts"]}
     for art in chosen:
@@ -64,7 +65,7 @@ def model_card(summary: dict[str, Any], manifest: dict[str, Any], chosen: list[d
         verdict = "-" if gate is None else ("pass" if gate else "FAIL")
         label = f"{name} (pick)" if name == pick else name
         lines.append(f"| {label} | `{entry['path']}` | {human_bytes(art.get('bytes'))}"
-                     f" | {_fmt(art.get('accuracy'))} | {_fmt(latency(art, 'p50'))} | {_fmt(latency(art, 'p90'))} | "
+                     f" | {_fmt(metric_value(art))} | {_fmt(latency(art, 'p50'))} | {_fmt(latency(art, 'p90'))} | "
                      f"{_fmt(latency(art, 'p99'))} | {lat.get('n', '-')} | {runtime} | {verdict} |")
     lines += ["", "Latency is one inference at a time (batch 1) after warm-up; p50/p90/p99 over n timed runs. The "
               "figures hold for this device with the environment below; another board, runtime version, thread "
@@ -80,7 +81,7 @@ def model_card(summary: dict[str, Any], manifest: dict[str, Any], chosen: list[d
     if tools:
         lines.append("- tools on the build host: " + ", ".join(f"{k} {v}" for k, v in sorted(tools.items())))
     gate = manifest["gate"]
-    limits = ", ".join(f"{k} {gate[k]}" for k in ("max_accuracy_drop", "max_latency_ms", "max_bytes")
+    limits = ", ".join(f"{k} {gate[k]}" for k in ("max_metric_drop", "max_latency_ms", "max_bytes")
                        if gate.get(k) is not None) or "none"
     verdict = "passed" if gate.get("passed") else "FAILED"
     lines += ["", "## Quality gate", "", f"Limits: {limits}. Verdict: **{verdict}**."]

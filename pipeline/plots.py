@@ -6,7 +6,7 @@ import base64
 import io
 from typing import Any
 
-from pipeline.rundir import artifact_name, is_usable, latency
+from pipeline.rundir import artifact_name, is_usable, latency, metric_label, metric_value
 from targets.errors import MissingDependencyError
 
 FAMILY_COLORS = {"onnx": "#1f77b4", "openvino": "#9467bd", "tflite": "#ff7f0e"}
@@ -45,15 +45,16 @@ def pareto_front(points: list[tuple[str, float, float]]) -> list[str]:
 PRECISION_MARKERS = {"fp32": "o", "fp16": "s", "int8": "^"}
 
 
-def accuracy_vs_latency(artifacts: list[dict[str, Any]], baseline: float | None, title: str) -> str:
+def accuracy_vs_latency(artifacts: list[dict[str, Any]], baseline: float | None, title: str,
+                        ylabel: str = "top-1 accuracy") -> str:
     """Each artifact in the legend (colour = backend, marker = precision) rather than as a text label, so close
     points never print on top of each other; Pareto points are outlined and joined by a dashed staircase."""
     plt = _plt()
     fig, ax = plt.subplots(figsize=(6.0, 3.6))
-    points = [(artifact_name(a), latency(a) or 0.0, float(a["accuracy"])) for a in artifacts if is_usable(a)]
+    points = [(artifact_name(a), latency(a) or 0.0, float(metric_value(a) or 0.0)) for a in artifacts if is_usable(a)]
     front = pareto_front(points)
     for a in artifacts:
-        lat, acc = latency(a), a.get("accuracy")
+        lat, acc = latency(a), metric_value(a)
         if lat is None or not isinstance(acc, (int, float)):
             continue
         name, marker = artifact_name(a), PRECISION_MARKERS.get(a.get("precision"), "D")
@@ -72,7 +73,7 @@ def accuracy_vs_latency(artifacts: list[dict[str, Any]], baseline: float | None,
     if isinstance(baseline, (int, float)):
         ax.axhline(baseline, color="green", linestyle=":", linewidth=1, label=f"original {baseline:.3f}")
     ax.set_xlabel("p90 latency (ms, lower is better)")
-    ax.set_ylabel("top-1 accuracy")
+    ax.set_ylabel(ylabel)
     ax.set_title(title, fontsize=10)
     ax.grid(alpha=0.3)
     if ax.get_legend_handles_labels()[0]:
@@ -117,8 +118,9 @@ def stage_trail(summary: dict[str, Any], title: str) -> str:
     labels = [n for n, _ in steps]
     fig, axes = plt.subplots(1, 3, figsize=(10.5, 2.8))
     for ax, key, label, scale in ((axes[0], "params", "parameters (k)", 1e3), (axes[1], "macs", "MACs (M)", 1e6),
-                                  (axes[2], "accuracy", "top-1 accuracy", 1.0)):
-        values = [s.get(key) / scale if isinstance(s.get(key), (int, float)) else float("nan") for _, s in steps]
+                                  (axes[2], "accuracy", metric_label(summary), 1.0)):
+        values = [(metric_value(s) if key == "accuracy" else s.get(key)) for _, s in steps]
+        values = [v / scale if isinstance(v, (int, float)) else float("nan") for v in values]
         if key == "accuracy":
             ax.plot(labels, values, marker="o", color="#2ca02c")
             for i, v in enumerate(values):
@@ -153,11 +155,11 @@ def trend(summaries: list[dict[str, Any]], title: str) -> str:
         marker = PRECISION_MARKERS.get(name.split("-")[-1], "D")
         per_run = [{artifact_name(a): a for a in s.get("artifacts") or []}.get(name) or {} for s in summaries]
         p50 = [latency(a, "p50") if a else None for a in per_run]
-        acc = [a.get("accuracy") if a else None for a in per_run]
+        acc = [metric_value(a) if a else None for a in per_run]
         for ax, ys in ((ax_lat, p50), (ax_acc, acc)):
             ax.plot(range(len(labels)), [float("nan") if y is None else y for y in ys], marker=marker,
                     color=FAMILY_COLORS.get(family, "gray"), label=name)
-    for ax, label in ((ax_lat, "p50 latency (ms)"), (ax_acc, "top-1 accuracy")):
+    for ax, label in ((ax_lat, "p50 latency (ms)"), (ax_acc, metric_label(summaries[-1]) if summaries else "metric")):
         ax.set_xticks(range(len(labels)), labels, fontsize=7, rotation=15, ha="right")
         ax.set_title(label, fontsize=9)
         ax.grid(alpha=0.3)

@@ -180,6 +180,7 @@ def build_bundle(run_dir: str | Path, device: str | None = None, dist: str | Pat
             "name": artifact_name(art), "backend": art["backend"], "precision": art["precision"],
             "path": f"{folder}/{files[0].name}", "files": [f"{folder}/{f.name}" for f in files],
             "sha256": art.get("sha256"), "bytes": art.get("bytes"), "accuracy": art.get("accuracy"),
+            "metric": art.get("metric"),
             "latency_ms": art.get("latency_ms"), "valid": art.get("valid"), "gate": verdicts.get(artifact_name(art)),
             "runtime": (art.get("bench") or {}).get("runtime"), "validation": art.get("validation"),
             "lineage": {"parent": art.get("parent", record.get("parent")), "produced_by": record.get("produced_by"),

@@ -22,6 +22,8 @@ from pipeline.rundir import (
     is_usable,
     latency,
     load_summary,
+    metric_label,
+    metric_value,
     parse_time,
     pick_best,
 )
@@ -81,10 +83,10 @@ def _artifact_table(summary: dict[str, Any]) -> str:
         shown = [] if a.get("error") else gate.get("failures") or []  # an export error is already in "valid"
         gate_cell = _verdict(gate.get("passed")) + "".join(f"<br><span class='muted'>{_e(f)}</span>" for f in shown)
         rows.append([_e(artifact_name(a)) + (" ★" if a is best else ""), _e(a.get("backend")), _e(a.get("precision")),
-                     human_bytes(a.get("bytes")), _num(a.get("accuracy")), _num(lat.get("p50")),
+                     human_bytes(a.get("bytes")), _num(metric_value(a)), _num(lat.get("p50")),
                      _num(lat.get("p90")), _num(lat.get("p99")), _e(lat.get("n")), valid, gate_cell])
         classes.append("pick" if a is best else "")
-    return _table(["artifact", "backend", "precision", "size", "accuracy", "p50 ms", "p90 ms", "p99 ms", "n",
+    return _table(["artifact", "backend", "precision", "size", metric_label(summary), "p50 ms", "p90 ms", "p99 ms", "n",
                    "valid", "gate"], rows, {3, 4, 5, 6, 7, 8}, classes)
 
 
@@ -184,28 +186,29 @@ def _comparison(cmp: dict[str, Any]) -> str:
 def _run_section(summary: dict[str, Any], run_dir: Path) -> str:
     title = f"{summary['recipe']} · {summary['device']} · {summary['run_id']}"
     gate = summary.get("gate") or {}
-    limits = ", ".join(f"{k} {gate[k]}" for k in ("max_accuracy_drop", "max_latency_ms", "max_bytes")
+    limits = ", ".join(f"{k} {gate[k]}" for k in ("max_metric_drop", "max_latency_ms", "max_bytes")
                        if gate.get(k) is not None)
     base = summary.get("baseline") or {}
+    name = metric_label(summary)
     head = (f"<h3>Run <code>{_e(summary['run_id'])}</code> — recipe {_e(summary['recipe'])}</h3>"
             f"<p>status <b>{_e(summary.get('status', 'complete'))}</b> · started {_e(summary.get('started'))} · "
             f"finished {_e(summary.get('finished'))} · folder <code>{_e(run_dir)}</code><br>"
-            f"original model: accuracy {_num(base.get('accuracy'))}, {_e(base.get('params'))} params, "
+            f"original model: {_e(name)} {_num(metric_value(base))}, {_e(base.get('params'))} params, "
             f"{_e(base.get('macs'))} MACs · gate {_verdict(gate.get('passed'))}"
             f"{' (' + _e(limits) + ')' if limits else ''}</p>")
     failures = "".join(f"<li>{_e(f)}</li>" for f in gate.get("failures") or [])
     if failures:
         head += f'<ul class="bad">{failures}</ul>'
     arts = summary.get("artifacts") or []
-    imgs = [(plots.accuracy_vs_latency(arts, base.get("accuracy"), f"accuracy vs p90 latency — {summary['device']}"),
-             "accuracy versus p90 latency with the Pareto front"),
+    imgs = [(plots.accuracy_vs_latency(arts, metric_value(base), f"{name} vs p90 latency — {summary['device']}", name),
+             f"{name} versus p90 latency with the Pareto front"),
             (plots.size_bars(arts, "artifact size"), "size per artifact"),
-            (plots.stage_trail(summary, "stage-by-stage trail"), "params, MACs and accuracy per stage")]
+            (plots.stage_trail(summary, "stage-by-stage trail"), f"params, MACs and {name} per stage")]
     figures = "".join(f'<img src="{src}" alt="{_e(alt)}">' for src, alt in imgs)
     usable = sum(1 for a in arts if is_usable(a))
     anchor = f"{summary['run_id']}-{summary['device']}"
     return (f'<section class="run" id="{_e(anchor)}" title="{_e(title)}">{head}'
-            f"<p class='muted'>{usable} of {len(arts)} artifacts valid and measured; ★ = best (highest accuracy, "
+            f"<p class='muted'>{usable} of {len(arts)} artifacts valid and measured; ★ = best ({_e(name)}, "
             f"then lowest p90)</p>{_artifact_table(summary)}<div class='plots'>{figures}</div>"
             f"<h4>Environment</h4>{_environment(summary)}</section>")
 
@@ -220,9 +223,10 @@ def _overview(devices: dict[str, list[tuple[Path, dict[str, Any]]]]) -> str:
             rows.append([f"<a href='#device-{_e(device)}'>{_e(device)}</a>", _e(s["recipe"]),
                          f"<a href='#{_e(s['run_id'])}-{_e(device)}'>{_e(s['run_id'])}</a>",
                          _e(s.get("status", "complete")), _verdict((s.get("gate") or {}).get("passed")),
-                         _e(artifact_name(best)) if best else "-", _num((best or {}).get("accuracy")),
+                         _e(artifact_name(best)) if best else "-",
+                         _num(metric_value(best) if best else None) + (f" {_e(metric_label(s))}" if best else ""),
                          _num(lat.get("p50")), _num(lat.get("p90")), human_bytes((best or {}).get("bytes"))])
-    return "<h2>Overview</h2>" + _table(["device", "recipe", "run", "status", "gate", "best artifact", "accuracy",
+    return "<h2>Overview</h2>" + _table(["device", "recipe", "run", "status", "gate", "best artifact", "metric",
                                          "p50 ms", "p90 ms", "size"], rows, {6, 7, 8, 9})
 
 
@@ -256,7 +260,8 @@ def write_report(run_dirs: list[Path], out: Path, regression_threshold: float = 
     doc = (f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>edgepipe report</title>"
            f"<style>{CSS}</style></head><body><h1>edgepipe report</h1><p class='muted'>generated {now} from "
            f"{len(loaded)} run folder(s); latency is one inference at batch 1, p50/p90/p99 over n timed runs on the "
-           f"device; accuracy is top-1 on the recipe's eval split</p>{index}{''.join(parts)}</body></html>\n")
+           f"device; figures are the recipe's task metric (named in each table)</p>{index}{''.join(parts)}"
+           "</body></html>\n")
     out = Path(out)
     atomic_write_bytes(out, doc.encode("utf-8"))
     out.chmod(0o644)  # a report is shared; the temp file behind the atomic write was private

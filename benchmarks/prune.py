@@ -17,8 +17,9 @@ import onnxruntime
 import torch
 
 from benchmarks.zoo import mobilenet_v2, resnet18
+from pipeline.latency import interleaved_onnx_latency
 from pipeline.stages.common import footprint
-from pipeline.stages.prune import interleaved_onnx_latency, structured_prune
+from pipeline.stages.prune import structured_prune
 
 VARIANTS = {
     "resnet18": (resnet18, [(0.3, 8), (0.5, 8)]),

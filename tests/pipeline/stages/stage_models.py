@@ -12,6 +12,7 @@ from torch.utils.data import TensorDataset
 
 from benchmarks.zoo import BasicBlock, InvertedResidual
 from pipeline.config import Recipe
+from pipeline.stages import StagePlan
 
 SIZE = 16
 HERE = Path(__file__).resolve().parent
@@ -85,10 +86,16 @@ def data() -> dict[str, TensorDataset]:
     return {"train": train, "calib": TensorDataset(x[tr[:64]], y[tr[:64]]), "eval": TensorDataset(x[ev], y[ev])}
 
 
-def make_recipe(stages: dict) -> Recipe:
-    """A recipe in this folder, so ``stage_models:student`` resolves like a user's ``models:student``."""
+def make_recipe(stages: dict) -> StagePlan:
+    """The stage plan of a recipe in this folder, so ``stage_models:student`` resolves like a user's
+    ``models:student`` (the stages take resolved factories, never the recipe)."""
+    from pipeline.config import import_factory
+
     shape = [1, 1, SIZE, SIZE]
     recipe = Recipe.model_validate({"name": "tiny", "model": {"factory": "stage_models:teacher", "input_shape": shape},
                                     "data": {"factory": "stage_models:data"}, "stages": stages})
     recipe._path = HERE / "recipe.yaml"
-    return recipe
+    st = recipe.stages
+    student = st.distill.student if st.distill else None
+    return StagePlan(distill=st.distill, prune=st.prune, quantize=st.quantize,
+                     student_factory=import_factory(student, HERE) if student else None)

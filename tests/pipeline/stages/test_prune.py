@@ -3,6 +3,7 @@ from __future__ import annotations
 import copy
 
 import pytest
+import torch
 from torch import nn
 
 from pipeline.config import load_recipe
@@ -69,7 +70,9 @@ def test_prune_rejects_unknown_ignored_layer(teacher, example) -> None:
 
 def test_prune_measures_latency_against_parent(digits, teacher, example) -> None:
     cfg = PruneConfig(ratio=0.5, finetune_epochs=1, guard_iterations=30, guard_seconds=0.2, batch_size=32)
-    pruned, extra = prune(teacher, example, digits, cfg, teacher=teacher)
+    from pipeline.latency import onnx_latency_ratio
+
+    pruned, extra = prune(teacher, example, digits, cfg, teacher=teacher, timing=onnx_latency_ratio)
     guard = extra["latency_guard"]
     assert guard["n"] >= 30 and guard["pruned_p50_ms"] > 0 and guard["parent_p50_ms"] > 0
     assert guard["latency_ratio"] == pytest.approx(guard["pruned_p50_ms"] / guard["parent_p50_ms"], rel=0.01)
@@ -77,10 +80,12 @@ def test_prune_measures_latency_against_parent(digits, teacher, example) -> None
 
 def test_prune_warns_loudly_when_pruned_model_is_slower(digits, teacher, example, monkeypatch) -> None:
     # a slower pruned model cannot be produced on demand, so the measurement is replaced to exercise the report path
-    monkeypatch.setattr("pipeline.stages.prune.onnx_latency_ratio", lambda *a, **k: {
-        "pruned_p50_ms": 1.17, "parent_p50_ms": 1.0, "latency_ratio": 1.17, "n": 300})
+    def slower(*a, **k):   # the guard is handed its timing function: hand it one that reports a slowdown
+        return {"pruned_p50_ms": 1.17, "parent_p50_ms": 1.0, "latency_ratio": 1.17, "n": 300}
+
     lines: list[str] = []
-    _, extra = prune(teacher, example, digits, PruneConfig(ratio=0.5, finetune_epochs=0), log=lines.append)
+    _, extra = prune(teacher, example, digits, PruneConfig(ratio=0.5, finetune_epochs=0), log=lines.append,
+                     timing=slower)
     assert any(line.startswith("WARNING: prune:") and "SLOWER" in line for line in lines)
     assert "1.17x" in extra["warnings"][0]
 
@@ -91,3 +96,73 @@ def test_prune_warns_loudly_when_pruned_model_is_slower(digits, teacher, example
 def test_recipe_rejects_bad_prune_config_naming_key_path(override: str, path: str) -> None:
     with pytest.raises(ConfigError, match=path.replace(".", r"\.")):
         load_recipe(DIGITS_RECIPE, [override])
+
+
+class _Attention(nn.Module):
+    def __init__(self, dim: int = 32, num_heads: int = 4) -> None:
+        super().__init__()
+        self.num_heads, self.head_dim = num_heads, dim // num_heads
+        self.q, self.k, self.v, self.out = (nn.Linear(dim, dim) for _ in range(4))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, t, _ = x.shape
+
+        def heads(y: torch.Tensor) -> torch.Tensor:
+            return y.reshape(b, t, self.num_heads, self.head_dim).transpose(1, 2)
+
+        a = torch.softmax(heads(self.q(x)) @ heads(self.k(x)).transpose(-2, -1), -1) @ heads(self.v(x))
+        return self.out(a.transpose(1, 2).reshape(b, t, self.num_heads * self.head_dim))
+
+
+class _TwoHeads(nn.Module):
+    """Token ids in; an attention block, then two output heads (classes and a vector)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.embed = nn.Embedding(10, 32)
+        self.attn = _Attention()
+        self.mid = nn.Linear(32, 48)
+        self.classes, self.vector = nn.Linear(48, 5), nn.Linear(48, 7)
+
+    def forward(self, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        h = torch.relu(self.mid(self.attn(self.embed(ids)).mean(1)))
+        return self.classes(h), self.vector(h)
+
+
+def test_prune_keeps_attention_heads_consistent_and_every_output_head_whole() -> None:
+    model = _TwoHeads().eval()
+    ids = torch.randint(0, 10, (1, 6))
+    pruned = structured_prune(copy.deepcopy(model), (ids,), ratio=0.5, round_to=None)
+    attn = pruned.attn
+    assert attn.q.out_features < 32 and attn.num_heads == 4
+    assert attn.head_dim * attn.num_heads == attn.q.out_features == attn.k.out_features == attn.v.out_features
+    assert pruned.classes.out_features == 5 and pruned.vector.out_features == 7      # both outputs protected
+    assert pruned.mid.out_features < 48
+    a, b = pruned(ids)
+    assert a.shape == (1, 5) and b.shape == (1, 7)
+
+
+class _HardCoded(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.body = nn.Sequential(nn.Conv2d(1, 16, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(2))
+        self.head = _Flatten64()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.body(x))
+
+
+class _Flatten64(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(64, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(x.reshape(len(x), 64))          # a hard-coded width the pruner cannot follow
+
+
+def test_prune_names_the_module_it_cannot_handle_in_one_line() -> None:
+    with pytest.raises(ConfigError, match=r"stages\.prune: .* in module 'head' \(_Flatten64\)") as info:
+        structured_prune(_HardCoded().eval(), torch.randn(1, 1, 8, 8), ratio=0.5, round_to=None)
+    assert "stages.prune.ignore" in str(info.value)

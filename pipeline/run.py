@@ -31,6 +31,7 @@ from pipeline.stages.qat_export import openvino_from_qdq_onnx
 from pipeline.store import Store, open_store
 from targets import get_exporter, parse_backend
 from targets.artifact import Artifact, atomic_write_json
+from targets.artifact_trust import artifact_for_bench
 from targets.device import benchmark
 from targets.errors import DeviceError, EdgeError, GateError, OutputMismatchError
 from targets.export_config import ExportConfig
@@ -303,12 +304,7 @@ def bench_artifact(path: str | Path, device: str, profile_overrides: dict[str, A
                    inputs: Path | None = None) -> dict[str, Any]:
     """``edgepipe bench``: one artifact on one device, same runner and rules as a run."""
     profile = load_profile(device, profile_overrides)
-    p = Path(path)
-    if not p.is_file():
-        from targets.errors import ConfigError
-
-        raise ConfigError(f"{p}: artifact not found", hint="give the path of a .onnx, .xml or .tflite file")
-    art = Artifact.load(p)
+    art = artifact_for_bench(path)  # the file given is what is measured; its sidecar is checked, not trusted
     start = time.perf_counter()
     rec = benchmark(profile, art, inputs)
     rec["seconds"] = round(time.perf_counter() - start, 2)

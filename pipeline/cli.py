@@ -60,6 +60,10 @@ def cmd_bench(args: argparse.Namespace) -> int:
               + (f" ({'; '.join(rec['invalid_reasons'])})" if rec.get("invalid_reasons") else ""))
         if "accuracy" in rec:
             print(f"accuracy on the given inputs: {rec['accuracy']:.4f} (n={rec.get('n_eval')})")
+    if not rec.get("valid"):  # exit 3: the figure fails its own measurement rules, so no gate could pass on it
+        print(f"edgepipe: error: the measurement is not valid: {'; '.join(rec.get('invalid_reasons') or [])}"
+              " (exit 3; pass --allow-invalid to exit 0 anyway)", file=sys.stderr)
+        return 0 if args.allow_invalid else 3
     return 0
 
 
@@ -134,6 +138,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", required=True)
     p.add_argument("--inputs", help=".npz with x (and labels y) to measure accuracy too")
     p.add_argument("--json", action="store_true")
+    p.add_argument("--allow-invalid", action="store_true",
+                   help="exit 0 even when the measurement is not valid (default: exit 3)")
     _add_conn(p)
     p.set_defaults(func=cmd_bench)
 

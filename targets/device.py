@@ -35,6 +35,8 @@ def runner_argv(profile: DeviceProfile, python: str, job: str, artifact_name: st
                         ("--power-mode-cmd", tel.power_mode), ("--clocks-cmd", tel.clocks)):
         if value:
             argv += [flag, value]
+    if tel.max_temp_c is not None:
+        argv += ["--max-temp-c", str(tel.max_temp_c)]
     return argv
 
 
@@ -48,6 +50,25 @@ def parse_runner_output(result_stdout: str, context: str) -> dict[str, Any]:
                 break
     raise RemoteCommandError(f"{context}: the runner printed no JSON result",
                              hint="run `edgepipe doctor` on the device to check python and numpy")
+
+
+def repeat_check(records: list[dict[str, Any]], tolerance: float) -> dict[str, Any]:
+    """The first measurement, with the medians of all and their spread; apart by more than ``tolerance``, the
+    figure is not reproducible on this board and is marked invalid."""
+    p50s = [float(r["latency_ms"]["p50"]) for r in records]
+    spread = (max(p50s) - min(p50s)) / min(p50s) if min(p50s) > 0 else 0.0
+    record = dict(records[0])
+    record["repeat"] = {"p50": p50s, "spread": round(spread, 4), "tolerance": tolerance,
+                        "stable": spread <= tolerance}
+    reasons = list(record.get("invalid_reasons") or [])
+    for other in records[1:]:
+        reasons += [r for r in other.get("invalid_reasons") or [] if r not in reasons]
+    if spread > tolerance:
+        reasons.append(f"repeat check: medians {', '.join(f'{p:g}' for p in p50s)} ms differ by {spread:.1%} "
+                       f"(tolerance {tolerance:.0%})")
+    record["invalid_reasons"] = reasons
+    record["valid"] = not reasons
+    return record
 
 
 def benchmark(profile: DeviceProfile, artifact: Artifact, inputs: Path | None = None,
@@ -91,12 +112,18 @@ def _job(profile: DeviceProfile, tr: Transport, artifact: Artifact, inputs: Path
             tr.put(inputs, f"{job}/{inputs_name}")
         argv = runner_argv(profile, tr.python(profile.python), job, Path(artifact.path).name,
                            artifact.backend, inputs_name)
-        res = tr.run(argv, timeout=min(profile.connection.command_timeout, remaining()))
-        record = parse_runner_output(res.stdout, context) if res.stdout.strip() else None
-        if record is None or "error" in record or not res.ok:
-            detail = (record or {}).get("error") or res.stderr.strip().splitlines()[-1:] or ["no output"]
-            raise RemoteCommandError(f"{context}: runner failed (exit {res.exit_status}): {detail}",
-                                     exit_status=res.exit_status, stderr=res.stderr)
+        records = []
+        for _ in range(profile.bench.repeat):
+            res = tr.run(argv, timeout=min(profile.connection.command_timeout, remaining()))
+            record = parse_runner_output(res.stdout, context) if res.stdout.strip() else None
+            if record is None or "error" in record or not res.ok:
+                detail = (record or {}).get("error") or res.stderr.strip().splitlines()[-1:] or ["no output"]
+                raise RemoteCommandError(f"{context}: runner failed (exit {res.exit_status}): {detail}",
+                                         exit_status=res.exit_status, stderr=res.stderr)
+            records.append(record)
+        record = records[0]
+        if len(records) > 1:
+            record = repeat_check(records, profile.bench.repeat_tolerance)
         return record
     finally:
         tr.remove_tree(job)

@@ -74,7 +74,7 @@ def test_benchmark_removes_stale_job_folders_when_it_holds_the_lock(tmp_path):
     os.utime(old, (hour_ago, hour_ago))
     prof_file = tmp_path / "p.yaml"
     prof_file.write_text(f"name: p\npython: current\nworkdir: {wd}\nbackends: [onnx-fp32]\n"
-                         "bench: {warmup: 1, min_iterations: 5, min_seconds: 0, max_seconds: 5}\n")
+                         "bench: {warmup: 1, min_iterations: 20, min_seconds: 0.05, max_seconds: 5}\n")
     benchmark(load_profile(str(prof_file)), Artifact.from_files(tmp_path / "relu.onnx", backend="onnx",
                                                                 precision="fp32"))
     assert sorted(p.name for p in wd.iterdir()) == ["job-running"]  # only the recent one is left alone

@@ -20,6 +20,7 @@ from targets.runner import RUNNER_PATH
 from targets.transport import Transport, open_transport
 
 STALE_JOB_MIN = 10
+LEASE_GRACE_S = 120  # cleanup after the job timeout
 
 
 def runner_argv(profile: DeviceProfile, python: str, job: str, artifact_name: str, backend: str,
@@ -77,8 +78,11 @@ def benchmark(profile: DeviceProfile, artifact: Artifact, inputs: Path | None = 
     own = transport is None
     tr = transport or open_transport(profile)
     job_timeout = profile.connection.job_timeout
+    lease = job_timeout + LEASE_GRACE_S
     try:
-        with device_lock(tr, profile.workdir, lease_s=job_timeout + 120, wait_s=job_timeout, device=profile.name):
+        # A waiter outwaits a whole lease (plus a poll): a holder that died mid-job leaves a lease that expires
+        # within that time, so a crashed job never makes the next one give up as "busy".
+        with device_lock(tr, profile.workdir, lease_s=lease, wait_s=lease + 30, device=profile.name):
             return _job(profile, tr, artifact, inputs, time.monotonic() + job_timeout)
     finally:
         if own:

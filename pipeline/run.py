@@ -7,7 +7,6 @@ A backend that fails is recorded and the others go on; the run exits non-zero at
 
 from __future__ import annotations
 
-import datetime as dt
 import os
 import shutil
 import sys
@@ -26,6 +25,7 @@ from pipeline.gate import apply_gate
 from pipeline.model import accuracy, arrays, complexity, load_data, load_model, predict
 from pipeline.progress import Progress
 from pipeline.rundir import now_iso
+from pipeline.runstate import claim_run_folder, new_run_id
 from pipeline.stages import StagesResult, run_stages
 from pipeline.stages.qat_export import openvino_from_qdq_onnx
 from pipeline.store import Store, open_store
@@ -187,17 +187,16 @@ def run(recipe_path: str | Path, devices: list[str], out: Path | None = None, ov
     recipe = load_recipe(recipe_path, overrides)
     profiles = [load_profile(d, profile_overrides) for d in devices]
     started = now_iso()
-    stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%d-%H%M%S")
-    root = Path(out) if out else Path("runs") / f"{recipe.name}-{stamp}"
-    root.mkdir(parents=True, exist_ok=True)
-    run_id = f"{recipe.name}-{stamp}"
-    store = open_store()  # a bad EDGEPIPE_DB fails here, before any work
-    progress = Progress(root / "run.log", stream)
-    try:
-        return _run(recipe, profiles, root, run_id, started, progress, store)
-    finally:
-        progress.close()
-        store.close()
+    run_id = new_run_id(recipe.name)  # time + random suffix: two runs in one second never share an id
+    root = Path(out) if out else Path("runs") / run_id
+    with claim_run_folder(root, run_id):  # a live run's folder is refused
+        store = open_store()  # a bad EDGEPIPE_DB fails here, before any work
+        progress = Progress(root / "run.log", stream)
+        try:
+            return _run(recipe, profiles, root, run_id, started, progress, store)
+        finally:
+            progress.close()
+            store.close()
 
 
 def _run(recipe: Recipe, profiles: list[DeviceProfile], root: Path, run_id: str, started: str,

@@ -30,6 +30,29 @@ class Channel(Protocol):
     def fileno(self) -> int: ...
 
 
+MAX_OUTPUT_BYTES = 4 << 20  # per stream: a runner prints one JSON line; a flood must not fill the host's memory
+
+
+class TailBuffer(bytearray):
+    """A bytearray that keeps the first line (the pid marker) and the last ``cap`` bytes of what is appended."""
+
+    def __init__(self, cap: int = MAX_OUTPUT_BYTES, head: int = 4096) -> None:
+        super().__init__()
+        self.cap, self.head_cap = cap, head
+        self.dropped = 0
+
+    def __iadd__(self, data: bytes) -> TailBuffer:  # type: ignore[override,misc]
+        self.extend(data)
+        if len(self) > self.cap + self.head_cap:
+            nl = self.find(b"\n", 0, self.head_cap)
+            keep_head = nl + 1 if nl >= 0 else 0
+            cut = len(self) - self.cap
+            if cut > keep_head:
+                self.dropped += cut - keep_head
+                del self[keep_head:cut]
+        return self
+
+
 def wrap_command(argv: Sequence[str], secs: int) -> str:
     """One shell line: print our pid, then become `timeout`, which runs the quoted argv in its own process group."""
     return f"echo {PID_MARK.decode()}$$; exec timeout -k {KILL_GRACE_S} {secs} {shlex.join(argv)}"

@@ -197,9 +197,24 @@ def run(recipe_path: str | Path, devices: list[str], out: Path | None = None, ov
         progress = Progress(root / "run.log", stream)
         try:
             return _run(recipe, profiles, root, run_id, started, progress, store)
+        except Exception:
+            _mark_failed(store, run_id, recipe, profiles, started)  # never left `incomplete` by a failure
+            raise
         finally:
             progress.close()
             store.close()
+
+
+def _mark_failed(store: Store, run_id: str, recipe: Recipe, profiles: list[DeviceProfile], started: str) -> None:
+    """Rows a failure left ``incomplete`` (it happened before a device's summary was written) become ``failed``."""
+    for p in profiles:
+        try:
+            row = store.get_run(run_id, p.name)
+            if row is not None and row.get("status") == "incomplete":
+                store.finish_run({"run_id": run_id, "recipe": recipe.name, "device": p.name, "status": "failed",
+                                  "started": started, "finished": now_iso()})
+        except Exception:  # noqa: BLE001 - the store itself may be what failed; the original error matters more
+            pass
 
 
 def _run(recipe: Recipe, profiles: list[DeviceProfile], root: Path, run_id: str, started: str,
@@ -236,7 +251,11 @@ def _run(recipe: Recipe, profiles: list[DeviceProfile], root: Path, run_id: str,
     def one(profile: DeviceProfile) -> tuple[dict[str, Any], list[EdgeError]]:
         device_dir = root if len(profiles) == 1 else root / profile.name
         wanted = {b: by_arch[profile.arch][b] for b in _backends_for(recipe, profile)}
-        records, errors = measure_device(profile, wanted, root, device_dir, inputs, progress)
+        try:
+            records, errors = measure_device(profile, wanted, root, device_dir, inputs, progress)
+        except EdgeError as exc:  # one device's failure must not lose the others' summaries or store rows
+            records = [_artifact_record(b, e, device_dir, None, str(exc)) for b, e in wanted.items()]
+            errors = [exc]
         summary = {
             "schema": 1, "recipe": recipe.name, "device": profile.name, "run_id": run_id,
             "baseline": baseline, "stages": result.records, "artifacts": records,
@@ -246,14 +265,20 @@ def _run(recipe: Recipe, profiles: list[DeviceProfile], root: Path, run_id: str,
         }
         apply_gate(summary, recipe.gate, profile.name)
         atomic_write_json(device_dir / "summary.json", summary)
-        store.finish_run(summary, device_dir)
+        try:
+            store.finish_run(summary, device_dir)
+        except EdgeError as exc:  # e.g. a store that broke during the run: the summary is already on disk
+            store_errors.append(exc)
         return summary, errors
 
+    store_errors: list[EdgeError] = []
     with ThreadPoolExecutor(max_workers=len(profiles)) as pool:
         done = list(pool.map(one, profiles))
     summaries = [s for s, _ in done]
     for s in summaries:
         progress.say(format_table(s))
+    if store_errors:
+        raise store_errors[0]
     _raise_worst(summaries, [e for _, errs in done for e in errs], outcomes)
     return summaries
 
@@ -261,9 +286,12 @@ def _run(recipe: Recipe, profiles: list[DeviceProfile], root: Path, run_id: str,
 def _raise_worst(summaries: list[dict[str, Any]], device_errors: list[EdgeError],
                  outcomes: dict[str, dict[str, Any]]) -> None:
     if device_errors:
-        raise DeviceError(f"{len(device_errors)} benchmark(s) failed on the device: {device_errors[0]}"
+        first_code = device_errors[0].exit_code
+        err = DeviceError(f"{len(device_errors)} benchmark(s) failed on the device: {device_errors[0]}"
                           + (f" (and {len(device_errors) - 1} more)" if len(device_errors) > 1 else ""),
                           hint="see run.log; `edgepipe doctor DEVICE` checks the board")
+        err.exit_code = first_code  # a ConfigError in one device's thread stays exit 2
+        raise err
     failed = {n: o for n, o in outcomes.items() if o.get("error")}
     if failed:
         first = next(iter(failed.values()))

@@ -17,7 +17,14 @@ from targets import BACKENDS
 from targets.errors import ConfigError
 from targets.schema import StrictModel, read_yaml, validation_problems
 
-PROFILE_DIR = Path(__file__).resolve().parent.parent / "device_profiles"
+def _bundled_profiles() -> Path:
+    """The checkout's device_profiles/, else the copy a wheel ships as ``targets/device_profiles``."""
+    here = Path(__file__).resolve().parent
+    source = here.parent / "device_profiles"
+    return source if (source / "local.yaml").is_file() else here / "device_profiles"
+
+
+PROFILE_DIR = _bundled_profiles()
 OVERRIDABLE = ("host", "user", "port", "key", "known_hosts")
 
 

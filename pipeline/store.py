@@ -150,7 +150,7 @@ def store_errors(method: Callable[..., Any]) -> Callable[..., Any]:
     def wrapper(self: Store, *args: Any, **kwargs: Any) -> Any:
         try:
             return method(self, *args, **kwargs)
-        except (SQLAlchemyError, TypeError, ValueError) as exc:
+        except SQLAlchemyError as exc:
             url = self.engine.url.render_as_string(hide_password=True)
             raise ConfigError(f"results store {url}: {method.__name__.replace('_', ' ')} failed: "
                               f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}",

@@ -17,6 +17,7 @@ from targets import BACKENDS
 from targets.errors import ConfigError
 from targets.schema import StrictModel, read_yaml, validation_problems
 
+
 def _bundled_profiles() -> Path:
     """The checkout's device_profiles/, else the copy a wheel ships as ``targets/device_profiles``."""
     here = Path(__file__).resolve().parent

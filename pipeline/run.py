@@ -7,6 +7,7 @@ A backend that fails is recorded and the others go on; the run exits non-zero at
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import sys
@@ -21,6 +22,7 @@ import yaml
 
 import pipeline
 from pipeline.config import Recipe, load_recipe
+from pipeline.console import third_party_to_log
 from pipeline.gate import apply_gate
 from pipeline.model import accuracy, arrays, complexity, load_data, load_model, predict
 from pipeline.progress import Progress
@@ -194,15 +196,18 @@ def run(recipe_path: str | Path, devices: list[str], out: Path | None = None, ov
     root = Path(out) if out else Path("runs") / run_id
     with claim_run_folder(root, run_id):  # a live run's folder is refused
         store = open_store()  # a bad EDGEPIPE_DB fails here, before any work
-        progress = Progress(root / "run.log", stream)
-        try:
-            return _run(recipe, profiles, root, run_id, started, progress, store)
-        except Exception:
-            _mark_failed(store, run_id, recipe, profiles, started)  # never left `incomplete` by a failure
-            raise
-        finally:
-            progress.close()
-            store.close()
+        with contextlib.ExitStack() as quiet:
+            if stream is None:  # the CLI: third-party console noise goes to run.log, our lines to the console
+                stream = quiet.enter_context(third_party_to_log(root / "run.log"))
+            progress = Progress(root / "run.log", stream)
+            try:
+                return _run(recipe, profiles, root, run_id, started, progress, store)
+            except Exception:
+                _mark_failed(store, run_id, recipe, profiles, started)  # never left `incomplete` by a failure
+                raise
+            finally:
+                progress.close()
+                store.close()
 
 
 def _mark_failed(store: Store, run_id: str, recipe: Recipe, profiles: list[DeviceProfile], started: str) -> None:

@@ -198,7 +198,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"edgepipe: error: {exc}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
-        print("edgepipe: interrupted; finished stages are cached and a re-run resumes from them", file=sys.stderr)
+        what = ("finished stages are cached and a re-run resumes from them" if args.command == "run" else
+                "the device's job folder and lock were cleaned up" if args.command == "bench" else "nothing was kept")
+        print(f"edgepipe: interrupted; {what}", file=sys.stderr)
         return 130
 
 

@@ -29,6 +29,9 @@ def _call_factory(spec: str, recipe: Recipe, where: str) -> Any:
 
 
 def load_state_dict(path: str, where: str) -> dict[str, torch.Tensor]:
+    from pipeline.program_archive import check_model_file
+
+    check_model_file(path, where)  # empty files and Git LFS pointers say so
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:

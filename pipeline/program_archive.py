@@ -40,9 +40,26 @@ def _payload_config(z: zipfile.ZipFile, name: str, path: Path) -> dict[str, Any]
     return config
 
 
+def check_model_file(path: str | Path, where: str) -> None:
+    """Say what a file is when it is plainly not a model: empty, or a Git LFS pointer (the weights were never
+    fetched) -- rather than "pickled Python objects" or a traceback."""
+    path = Path(path)
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(64)
+    except OSError as exc:
+        raise ConfigError(f"{path}: {where}: cannot read it ({exc.strerror})") from None
+    if not head:
+        raise ConfigError(f"{path}: {where}: the file is empty", hint="save the model again; a copy may have failed")
+    if head.startswith(b"version https://git-lfs"):
+        raise ConfigError(f"{path}: {where}: this is a Git LFS pointer, not the model",
+                          hint="fetch the real file with `git lfs pull` (or download it), then run again")
+
+
 def check_program_archive(path: str | Path) -> None:
     """Raise a ConfigError naming the member when loading ``path`` could run pickled code; return when safe."""
     path = Path(path)
+    check_model_file(path, "model.program")
     try:
         z = zipfile.ZipFile(path)
     except (zipfile.BadZipFile, OSError) as exc:

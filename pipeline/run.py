@@ -8,6 +8,8 @@ A backend that fails is recorded and the others go on; the run exits non-zero at
 from __future__ import annotations
 
 import contextlib
+import errno
+import io
 import os
 import shutil
 import sys
@@ -32,10 +34,10 @@ from pipeline.stages import StagesResult, run_stages
 from pipeline.stages.qat_export import openvino_from_qdq_onnx
 from pipeline.store import Store, open_store
 from targets import get_exporter, parse_backend
-from targets.artifact import Artifact, atomic_write_json
+from targets.artifact import Artifact, atomic_write_bytes, atomic_write_json
 from targets.artifact_trust import artifact_for_bench
 from targets.device import benchmark
-from targets.errors import DeviceError, EdgeError, GateError, OutputMismatchError
+from targets.errors import ConfigError, DeviceError, EdgeError, GateError, OutputMismatchError
 from targets.export_config import ExportConfig
 from targets.preflight import preflight
 from targets.profiles import DeviceProfile, load_profile
@@ -194,6 +196,17 @@ def run(recipe_path: str | Path, devices: list[str], out: Path | None = None, ov
     started = now_iso()
     run_id = new_run_id(recipe.name)  # time + random suffix: two runs in one second never share an id
     root = Path(out) if out else Path("runs") / run_id
+    try:
+        return _claimed_run(recipe, profiles, root, run_id, started, stream)
+    except OSError as exc:
+        if exc.errno not in (errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EPERM, errno.EDQUOT, errno.ENOTDIR):
+            raise
+        raise ConfigError(f"{root}: cannot write the run folder: {exc.strerror} ({exc.filename or root})",
+                          hint="give --out a writable folder with free space; finished stages stay cached") from None
+
+
+def _claimed_run(recipe: Recipe, profiles: list[DeviceProfile], root: Path, run_id: str, started: str,
+                 stream: TextIO | None) -> list[dict[str, Any]]:
     with claim_run_folder(root, run_id):  # a live run's folder is refused
         store = open_store()  # a bad EDGEPIPE_DB fails here, before any work
         with contextlib.ExitStack() as quiet:
@@ -241,8 +254,9 @@ def _run(recipe: Recipe, profiles: list[DeviceProfile], root: Path, run_id: str,
     x_eval, y_eval = arrays(data["eval"])
     ref = predict(result.model, x_eval)
     inputs = root / "inputs" / "eval.npz"
-    inputs.parent.mkdir(parents=True, exist_ok=True)
-    np.savez(inputs, x=x_eval, y=y_eval)
+    buf = io.BytesIO()
+    np.savez(buf, x=x_eval, y=y_eval)
+    atomic_write_bytes(inputs, buf.getvalue())  # a full disk never leaves a truncated eval.npz at its final name
     arches = sorted({p.arch for p in profiles})
     by_arch: dict[str, dict[str, dict[str, Any]]] = {}
     for arch in arches:

@@ -126,8 +126,12 @@ def _check_members(tar: tarfile.TarFile, top: str, files: dict[str, tarfile.TarI
     manifest_bytes = _read_small(tar, files[MANIFEST])
     try:
         manifest = json.loads(manifest_bytes)
-        listed = {str(f["path"]): f for f in manifest["files"]}
-    except (json.JSONDecodeError, KeyError, TypeError, UnicodeDecodeError) as exc:
+        listed = {str(f["path"]): f for f in manifest["files"] if isinstance(f, dict)}
+        if not isinstance(manifest.get("pick", {}), dict) or not isinstance(manifest.get("artifacts", []), list):
+            raise TypeError("pick must be an object and artifacts a list")
+        if not all(isinstance(a, dict) for a in manifest.get("artifacts") or []):
+            raise TypeError("every artifact must be an object")
+    except (json.JSONDecodeError, KeyError, TypeError, AttributeError, UnicodeDecodeError) as exc:
         return [f"{top}/{MANIFEST}: unreadable ({type(exc).__name__}: {str(exc)[:120]})"]
     present = set(files)
     reported: set[str] = set()
@@ -156,8 +160,8 @@ def _check_members(tar: tarfile.TarFile, top: str, files: dict[str, tarfile.TarI
                             f"{str(listed[rel].get('sha256'))[:16]}...)")
             reported.add(rel)
     for art in manifest.get("artifacts") or []:  # the model files the card and the pick point at
-        for rel in art.get("files") or []:
-            if rel not in listed:
+        for rel in art.get("files") if isinstance(art.get("files"), list) else []:
+            if not isinstance(rel, str) or rel not in listed:
                 problems.append(f"{top}/{MANIFEST}: artifact {art.get('name')} names {rel}, which is not in its files")
         main = art.get("path")
         if main in listed and main in present and art.get("sha256") and listed[main].get("sha256") != art["sha256"]:

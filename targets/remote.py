@@ -16,7 +16,7 @@ from typing import Protocol
 KILL_GRACE_S = 5  # after SIGTERM, `timeout -k` sends SIGKILL this much later
 PID_MARK = b"__edgepipe_pid="  # first line of every command's stdout: the pid of its `timeout` wrapper
 TIMEOUT_EXITS = (124, 137)  # GNU timeout: 124 = timed out (TERM worked), 137 = needed KILL
-SHA256_SH = ('sha256sum "$1" 2>/dev/null || python3 -c '
+SHA256_SH = ('sha256sum < "$1" 2>/dev/null || python3 -c '
              '"import hashlib,sys; print(hashlib.sha256(open(sys.argv[1],\'rb\').read()).hexdigest())" "$1"')
 
 

@@ -454,6 +454,10 @@ class SSHTransport:
             link = client.get_transport()
             if link is None or not link.is_active():  # paramiko says "Socket is closed": the link died
                 raise ConnectionResetError(f"connection lost: {exc}") from exc
+            if "size mismatch in put" in str(exc):  # the upload stopped short: the device's disk is full
+                raise TransferError(f"{self.profile_name}: the device ran out of space while uploading ({exc})",
+                                    hint="free space in the profile's workdir on the device (`df -h` there)"
+                                    ) from exc
             # The SFTP server said no (no such folder, permission denied): retrying will not change its mind.
             raise TransferError(f"{self.profile_name}: SFTP error: {exc}",
                                 hint="check the workdir exists and is writable on the device") from exc

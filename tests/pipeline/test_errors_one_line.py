@@ -57,3 +57,67 @@ def test_a_run_that_fails_at_load_time_is_failed_not_incomplete(write_recipe, tm
     finally:
         st.close()
     assert statuses == ["failed"]
+
+
+@pytest.mark.parametrize("content, expected", [
+    (b"", "the file is empty"),
+    (b"version https://git-lfs.github.com/spec/v1\noid sha256:abc\nsize 12\n", "Git LFS pointer"),
+])
+def test_weights_that_are_empty_or_an_lfs_pointer_say_so(tmp_path, content, expected):
+    from pipeline.model import load_state_dict
+
+    (tmp_path / "w.pt").write_bytes(content)
+    with pytest.raises(ConfigError, match=expected) as info:
+        load_state_dict(str(tmp_path / "w.pt"), "model.weights")
+    assert "pickled" not in str(info.value)
+
+
+def test_doctor_trust_without_a_terminal_is_a_one_line_error(monkeypatch):
+    import io
+
+    from targets.doctor import _ask
+
+    monkeypatch.setattr("sys.stdin", io.StringIO(""))
+    with pytest.raises(ConfigError, match="needs a terminal"):
+        _ask("fingerprint SHA256:x")
+
+
+def test_command_timeout_inf_is_refused_by_the_profile(tmp_path):
+    from targets.profiles import load_profile
+
+    prof = tmp_path / "p.yaml"
+    prof.write_text("name: p\nconnection: {transport: local, command_timeout: .inf}\nbackends: [onnx-fp32]\n")
+    with pytest.raises(ConfigError, match="command_timeout"):
+        load_profile(str(prof))
+
+
+def test_a_read_only_out_is_a_one_line_error_and_leaves_no_eval_npz(tmp_path, digits_recipe):
+    import os
+
+    if os.geteuid() == 0:  # root writes anywhere: make the folder a file's child instead
+        (tmp_path / "file").write_text("x")
+        out = tmp_path / "file" / "r"
+    else:
+        (tmp_path / "ro").mkdir(mode=0o500)
+        out = tmp_path / "ro" / "r"
+    proc = run_cli("run", str(digits_recipe), "--device", "local", "--out", str(out), "--set", "stages={}",
+                   "--set", "backends=[onnx-fp32]")
+    assert proc.returncode == 2, proc.stderr[-1500:]
+    _one_line(proc)
+
+
+def test_verify_reports_odd_manifests_without_a_traceback(tmp_path):
+    import io
+    import tarfile
+
+    from pipeline.verify import verify_bundle
+
+    bundle = tmp_path / "odd.tar.gz"
+    for manifest in (b"[1, 2]", b'{"files": [{"path": "a", "sha256": "x", "bytes": 1}], "pick": [1]}',
+                     b'{"files": "nope"}'):
+        with tarfile.open(bundle, "w:gz") as tar:
+            info = tarfile.TarInfo("top/manifest.json")
+            info.size = len(manifest)
+            tar.addfile(info, io.BytesIO(manifest))
+        problems = verify_bundle(bundle)
+        assert problems and "manifest.json" in problems[0]

@@ -63,3 +63,18 @@ def test_a_link_lost_mid_command_is_exit_4_naming_the_host_with_no_paramiko_nois
     assert "runner failed (exit -1)" not in str(info.value)
     assert logging.getLogger("paramiko").handlers  # never Python's last-resort handler on stderr
     assert "Traceback" not in capfd.readouterr().err
+
+
+def test_put_of_a_file_whose_name_holds_a_newline_arrives_intact(sshd, tmp_path):
+    prof = load_profile(str(sshd.profile("nl", tmp_path)))
+    tr = SSHTransport.from_profile(prof)
+    try:
+        job = tr.make_job_dir(prof.workdir)
+        src = tmp_path / "odd\nname.onnx"
+        src.write_bytes(b"model bytes")
+        tr.put(src, f"{job}/odd\nname.onnx")
+    finally:
+        tr.close()
+    from pathlib import Path
+
+    assert Path(job, "odd\nname.onnx").read_bytes() == b"model bytes"

@@ -9,7 +9,7 @@ import pytest
 
 from pipeline.run import run
 from pipeline.store import open_store
-from targets.errors import ConfigError
+from targets.errors import ConfigError, EdgeError
 from tests.conftest import run_cli
 from tests.pipeline.runfolder import make_run
 
@@ -121,3 +121,61 @@ def test_verify_reports_odd_manifests_without_a_traceback(tmp_path):
             tar.addfile(info, io.BytesIO(manifest))
         problems = verify_bundle(bundle)
         assert problems and "manifest.json" in problems[0]
+
+
+TINY = """
+    import torch
+    from torch import nn
+    from torch.utils.data import TensorDataset
+
+    def model():
+        torch.manual_seed(0)
+        return nn.Sequential(nn.Flatten(), nn.Linear(64, 10))
+
+    def splits():
+        g = torch.Generator().manual_seed(0)
+        ds = TensorDataset(torch.randn(32, 1, 8, 8, generator=g), torch.randint(0, 10, (32,), generator=g))
+        return {"train": ds, "calib": ds, "eval": ds}
+"""
+
+
+@pytest.mark.onnx
+def test_a_config_error_on_one_device_keeps_the_other_devices_summary_and_rows(write_recipe, tmp_path, monkeypatch):
+    import pipeline.run as run_mod
+
+    monkeypatch.setenv("EDGEPIPE_DB", str(tmp_path / "s.db"))
+    recipe = write_recipe("""
+        name: fleet
+        model: {factory: "tiny:model", input_shape: [1, 1, 8, 8]}
+        data: {factory: "tiny:splits"}
+        backends: [onnx-fp32]
+        gate: {max_accuracy_drop: 100}
+    """, {"tiny.py": TINY})
+    profiles = []
+    for name in ("good", "bad"):
+        prof = tmp_path / f"{name}.yaml"
+        prof.write_text(f"name: {name}\nconnection: {{transport: local}}\npython: current\nworkdir: {tmp_path / name}\n"
+                        "backends: [onnx-fp32]\nbench: {warmup: 1, min_iterations: 20, min_seconds: 0.05, "
+                        "max_seconds: 5}\n")
+        profiles.append(str(prof))
+    real = run_mod.benchmark
+
+    def flaky(profile, art, inputs=None, transport=None):
+        if profile.name == "bad":
+            raise ConfigError("bad: connection.key: /nope does not exist")
+        return real(profile, art, inputs, transport=transport)
+
+    monkeypatch.setattr(run_mod, "benchmark", flaky)
+    with pytest.raises(EdgeError, match="connection.key") as info:
+        run(recipe, profiles, tmp_path / "out", stream=__import__("io").StringIO())
+    assert info.value.exit_code == 2
+    good = json.loads((tmp_path / "out" / "good" / "summary.json").read_text())
+    bad = json.loads((tmp_path / "out" / "bad" / "summary.json").read_text())
+    assert good["status"] == "complete" and bad["status"] == "failed"
+    st = open_store()
+    try:
+        with st.engine.connect() as conn:
+            rows = sorted(conn.exec_driver_sql("SELECT device, status FROM runs WHERE recipe = 'fleet'"))
+    finally:
+        st.close()
+    assert rows == [("bad", "failed"), ("good", "complete")]

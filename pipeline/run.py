@@ -201,7 +201,7 @@ def run(recipe_path: str | Path, devices: list[str], out: Path | None = None, ov
     except OSError as exc:
         if exc.errno not in (errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EPERM, errno.EDQUOT, errno.ENOTDIR):
             raise
-        raise ConfigError(f"{root}: cannot write the run folder: {exc.strerror} ({exc.filename or root})",
+        raise ConfigError(f"{exc.filename or root}: cannot write: {exc.strerror} (run folder {root})",
                           hint="give --out a writable folder with free space; finished stages stay cached") from None
 
 

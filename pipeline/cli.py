@@ -49,7 +49,8 @@ def cmd_check(args: argparse.Namespace) -> int:
 def cmd_bench(args: argparse.Namespace) -> int:
     from pipeline.run import bench_artifact
 
-    rec = bench_artifact(args.artifact, args.device, _conn_overrides(args), Path(args.inputs) if args.inputs else None)
+    rec = bench_artifact(args.artifact, args.device, _conn_overrides(args), Path(args.inputs) if args.inputs else None,
+                         repeat=args.repeat)
     if args.json:
         print(json.dumps(rec))
     else:
@@ -138,6 +139,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", required=True)
     p.add_argument("--inputs", help=".npz with x (and labels y) to measure accuracy too")
     p.add_argument("--json", action="store_true")
+    p.add_argument("--repeat", type=int, default=None, metavar="N",
+                   help="measure N times in one job; medians further apart than bench.repeat_tolerance: invalid")
     p.add_argument("--allow-invalid", action="store_true",
                    help="exit 0 even when the measurement is not valid (default: exit 3)")
     _add_conn(p)

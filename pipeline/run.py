@@ -353,9 +353,13 @@ def format_table(summary: dict[str, Any]) -> str:
 
 
 def bench_artifact(path: str | Path, device: str, profile_overrides: dict[str, Any] | None = None,
-                   inputs: Path | None = None) -> dict[str, Any]:
+                   inputs: Path | None = None, repeat: int | None = None) -> dict[str, Any]:
     """``edgepipe bench``: one artifact on one device, same runner and rules as a run."""
     profile = load_profile(device, profile_overrides)
+    if repeat is not None:
+        if not 1 <= repeat <= 10:
+            raise ConfigError(f"--repeat {repeat}: give 1 to 10")
+        profile.bench.repeat = repeat
     art = artifact_for_bench(path)  # the file given is what is measured; its sidecar is checked, not trusted
     start = time.perf_counter()
     rec = benchmark(profile, art, inputs)

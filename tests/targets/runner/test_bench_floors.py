@@ -78,3 +78,12 @@ def test_repeat_check_records_spread_and_flags_medians_apart(tmp_path):
     assert len(rep["p50"]) == 2 and rep["spread"] >= 0 and rep["tolerance"] == 0.0
     if rep["spread"] > 0:
         assert rec["valid"] is False and any("repeat check" in r for r in rec["invalid_reasons"])
+
+
+def test_bench_cli_repeat_records_both_medians(tmp_path):
+    prof = _profile(tmp_path, "{warmup: 1, min_iterations: 20, min_seconds: 0.05, max_seconds: 5, "
+                              "repeat_tolerance: 100}")
+    proc = run_cli("bench", str(_tiny(tmp_path / "t.onnx")), "--device", str(prof), "--json", "--repeat", "2")
+    assert proc.returncode == 0, proc.stderr[-1500:]
+    rep = json.loads(proc.stdout)["repeat"]
+    assert len(rep["p50"]) == 2 and rep["stable"] is True

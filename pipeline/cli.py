@@ -51,7 +51,8 @@ def cmd_check(args: argparse.Namespace) -> int:
 def cmd_bench(args: argparse.Namespace) -> int:
     from pipeline.run import bench_artifact
 
-    rec = bench_artifact(args.artifact, args.device, _conn_overrides(args), Path(args.inputs) if args.inputs else None)
+    rec = bench_artifact(args.artifact, args.device, _conn_overrides(args), Path(args.inputs) if args.inputs else None,
+                         repeat=args.repeat)
     if args.json:
         print(json.dumps(rec))
     else:
@@ -62,6 +63,10 @@ def cmd_bench(args: argparse.Namespace) -> int:
               + (f" ({'; '.join(rec['invalid_reasons'])})" if rec.get("invalid_reasons") else ""))
         if "accuracy" in rec:
             print(f"accuracy on the given inputs: {rec['accuracy']:.4f} (n={rec.get('n_eval')})")
+    if not rec.get("valid"):  # exit 3: the figure fails its own measurement rules, so no gate could pass on it
+        print(f"edgepipe: error: the measurement is not valid: {'; '.join(rec.get('invalid_reasons') or [])}"
+              " (exit 3; pass --allow-invalid to exit 0 anyway)", file=sys.stderr)
+        return 0 if args.allow_invalid else 3
     return 0
 
 
@@ -136,6 +141,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", required=True)
     p.add_argument("--inputs", help=".npz with x (and labels y) to measure accuracy too")
     p.add_argument("--json", action="store_true")
+    p.add_argument("--repeat", type=int, default=None, metavar="N",
+                   help="measure N times in one job; medians further apart than bench.repeat_tolerance: invalid")
+    p.add_argument("--allow-invalid", action="store_true",
+                   help="exit 0 even when the measurement is not valid (default: exit 3)")
     _add_conn(p)
     p.set_defaults(func=cmd_bench)
 
@@ -194,7 +203,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"edgepipe: error: {exc}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
-        print("edgepipe: interrupted; finished stages are cached and a re-run resumes from them", file=sys.stderr)
+        what = ("finished stages are cached and a re-run resumes from them" if args.command == "run" else
+                "the device's job folder and lock were cleaned up" if args.command == "bench" else "nothing was kept")
+        print(f"edgepipe: interrupted; {what}", file=sys.stderr)
         return 130
 
 

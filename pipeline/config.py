@@ -16,7 +16,6 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any, Literal
 
-import yaml
 from pydantic import Field, PrivateAttr, ValidationError, field_validator, model_validator
 
 from pipeline.stages.distill import DistillConfig
@@ -24,7 +23,7 @@ from pipeline.stages.prune import PruneConfig
 from pipeline.stages.quantize import QuantConfig
 from targets import BACKENDS
 from targets.errors import ConfigError
-from targets.schema import StrictModel, read_yaml, validation_problems
+from targets.schema import StrictModel, read_yaml, safe_load_yaml, validation_problems
 
 DTYPES = ("float32", "float16", "int64", "int32", "uint8", "bool")
 FACTORY = r"^[\w.]+:[\w.]+$"
@@ -317,7 +316,7 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
             node = node.setdefault(part, {})
             if not isinstance(node, dict):
                 raise ConfigError(f"override {item!r}: {part!r} is not a mapping")
-        node[parts[-1]] = yaml.safe_load(value)
+        node[parts[-1]] = safe_load_yaml(value, f"--set {key}=")
     return raw
 
 

@@ -86,14 +86,17 @@ def format_history(rows: list[dict]) -> str:
 # -------------------------------------------------------------------------------------------------- CLI
 def _cmd_history(args: argparse.Namespace) -> int:
     from pipeline.rundir import find_run_dirs
-    from pipeline.store import open_store, record_summary
+    from pipeline.store import open_store, record_summary, store_errors
 
     store = open_store(args.db)
     try:
         for given in args.add or []:
             for run_dir in find_run_dirs(given):
                 record_summary(run_dir=run_dir, store=store)
-        rows = history(store, args.device, args.recipe, args.limit)
+        def reading_history(st: Any) -> list[dict]:
+            return history(st, args.device, args.recipe, args.limit)
+
+        rows = store_errors(reading_history)(store)
     finally:
         store.close()
     print(json.dumps(rows, indent=2) if args.json else format_history(rows))

@@ -31,6 +31,9 @@ def _call_factory(spec: str, recipe: Recipe, where: str) -> Any:
 
 
 def load_state_dict(path: str, where: str) -> dict[str, torch.Tensor]:
+    from pipeline.program_archive import check_model_file
+
+    check_model_file(path, where)  # empty files and Git LFS pointers say so
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
@@ -52,13 +55,9 @@ def load_state_dict(path: str, where: str) -> dict[str, torch.Tensor]:
 def load_model(recipe: Recipe) -> nn.Module:
     spec = recipe.model
     if spec.program:
-        path = recipe.resolve(spec.program)
-        try:
-            model = torch.export.load(str(path)).module()
-        except Exception as exc:  # noqa: BLE001 - any failure to read the archive is a bad input file
-            raise ConfigError(f"{path}: model.program: not a torch.export program: {str(exc).splitlines()[0]}",
-                              hint="save one with torch.export.save(torch.export.export(model, args), path)") from None
-        return model
+        from pipeline.program_archive import load_program
+
+        return load_program(recipe.resolve(spec.program))
     model = _call_factory(spec.factory, recipe, "model.factory")
     if not isinstance(model, nn.Module):
         raise ConfigError(f"{recipe.path}: model.factory: {spec.factory!r} returned {type(model).__name__}, "

@@ -47,6 +47,7 @@ from pipeline.rundir import (
     rank_key,
     recipe_file,
 )
+from pipeline.signing import SIGNATURE, default_key_path, generate_key, load_public_key, sign_manifest
 from pipeline.verify import MANIFEST, SUMS, check_bundle, verify_bundle
 from targets import CAPABILITIES, parse_backend
 from targets.artifact import sha256_file
@@ -75,17 +76,27 @@ def _epoch(summary: dict[str, Any]) -> int:
 
 
 def _gate_block(run_dir: Path, summary: dict[str, Any], device: str) -> dict[str, Any]:
-    """The verdict stored in the summary; a summary without one is judged now against its recipe's ``gate:``."""
-    gate = summary.get("gate")
-    if isinstance(gate, dict) and isinstance(gate.get("passed"), bool):
-        return gate
+    """The verdict judged now from the summary's figures, never the stored one alone: the limits are the recipe's
+    ``gate:`` as run (else the limits stored with the verdict). A stored pass the figures do not bear out fails."""
     from pipeline.config import Gate
 
-    raw: Any = {}
+    raw: Any = None
     found = recipe_file(run_dir)
     if found is not None:
-        raw = (yaml.safe_load(found.read_text()) or {}).get("gate") or {}
-    return evaluate_gate(summary, Gate.model_validate(raw), device)
+        try:
+            loaded = yaml.safe_load(found.read_text()) or {}
+        except (OSError, yaml.YAMLError) as exc:
+            raise ConfigError(f"{found}: not readable YAML ({str(exc).splitlines()[0][:160]})",
+                              hint="re-run the pipeline to rewrite it") from None
+        raw = loaded.get("gate") if isinstance(loaded, dict) else None
+    stored = summary.get("gate") if isinstance(summary.get("gate"), dict) else {}
+    if raw is None:
+        raw = {k: stored[k] for k in ("max_accuracy_drop", "max_latency_ms", "max_bytes") if stored.get(k) is not None}
+    try:
+        limits = Gate.model_validate(raw or {})
+    except Exception as exc:  # noqa: BLE001 - pydantic's ValidationError; shown in one line
+        raise ConfigError(f"{run_dir}: the gate limits are not valid ({str(exc).splitlines()[0]})") from None
+    return evaluate_gate(summary, limits, device)
 
 
 def default_version(summary: dict[str, Any]) -> str:
@@ -118,7 +129,8 @@ def _supported(device: str, present: set[str]) -> set[str]:
 
 def choose(summary: dict[str, Any], device: str) -> tuple[list[dict[str, Any]], dict[str, str]]:
     """The best usable artifact per supported family, best first, and {family: name}."""
-    usable = [a for a in summary.get("artifacts") or [] if is_usable(a)]
+    usable = [a for a in summary.get("artifacts") or [] if is_usable(a) and a.get("backend") in CAPABILITIES
+              and a.get("precision") in CAPABILITIES[a["backend"]]["precisions"]]  # names become bundle paths
     families = _supported(device, {a["backend"] for a in usable})
     chosen: dict[str, dict[str, Any]] = {}
     for art in sorted(usable, key=rank_key):
@@ -129,8 +141,37 @@ def choose(summary: dict[str, Any], device: str) -> tuple[list[dict[str, Any]], 
 
 
 # ------------------------------------------------------------------------------------------------------ build
+def _inside_run(run_dir: Path, art: dict[str, Any]) -> list[Path]:
+    """The artifact's files, each a regular file inside the run folder; the main one with the sha256 the run
+    measured and all of them with its total size. summary.json can be edited by anyone: it names, it does not
+    vouch."""
+    name = artifact_name(art)
+    if not isinstance(art.get("file"), str) or not isinstance(art.get("sha256"), str):
+        raise ConfigError(f"{run_dir}: {name}: summary.json gives no file or sha256 for it",
+                          hint="re-run the pipeline; a release only packs files the run measured")
+    root = run_dir.resolve()
+    files = artifact_files(run_dir, art)
+    for f in files:
+        real = f.resolve()
+        if not real.is_relative_to(root) or f.is_symlink():
+            raise ConfigError(f"{run_dir}: {name}: {art['file']} is outside the run folder (or a link)",
+                              hint="a release only packs files the run wrote inside its folder")
+    missing = [str(f) for f in files if not f.is_file()]
+    if missing:
+        raise ConfigError(f"{run_dir}: {name}: file(s) missing: {', '.join(missing)}",
+                          hint="the run folder is incomplete; re-run the pipeline")
+    if sha256_file(files[0]) != art["sha256"]:
+        raise ConfigError(f"{files[0]}: checksum differs from summary.json ({art['sha256'][:12]}...)",
+                          hint="the artifact changed after the run; re-run the pipeline instead of editing it")
+    total = sum(f.stat().st_size for f in files)
+    if isinstance(art.get("bytes"), int) and art["bytes"] != total:
+        raise ConfigError(f"{run_dir}: {name}: its files hold {total} bytes, summary.json says {art['bytes']}",
+                          hint="the artifact changed after the run; re-run the pipeline")
+    return files
+
+
 def build_bundle(run_dir: str | Path, device: str | None = None, dist: str | Path = "dist",
-                 version: str | None = None, allow_failed_gate: bool = False) -> Path:
+                 version: str | None = None, allow_failed_gate: bool = False, key: str | Path | None = None) -> Path:
     """Write ``dist/<recipe>-<device>-<version>.tar.gz`` from a finished run folder and return its path."""
     found = find_run_dirs(run_dir, device)
     if len(found) > 1:
@@ -160,14 +201,7 @@ def build_bundle(run_dir: str | Path, device: str | None = None, dist: str | Pat
     verdicts = artifact_verdicts({**summary, "gate": gate})
     manifest_artifacts = []
     for art in chosen:
-        files = artifact_files(run_dir, art)
-        missing = [str(f) for f in files if not f.is_file()]
-        if missing:
-            raise ConfigError(f"{run_dir}: {artifact_name(art)}: file(s) missing: {', '.join(missing)}",
-                              hint="the run folder is incomplete; re-run the pipeline")
-        if art.get("sha256") and sha256_file(files[0]) != art["sha256"]:
-            raise ConfigError(f"{files[0]}: checksum differs from summary.json ({art['sha256'][:12]}...)",
-                              hint="the artifact changed after the run; re-run the pipeline instead of editing it")
+        files = _inside_run(run_dir, art)
         folder = f"models/{art['backend']}"
         for f in files:
             sources[f"{folder}/{f.name}"] = f
@@ -213,6 +247,8 @@ def build_bundle(run_dir: str | Path, device: str | None = None, dist: str | Pat
     sources[MANIFEST] = manifest_bytes
     digests[MANIFEST] = _digest(manifest_bytes)
     sources[SUMS] = "".join(f"{d}  {arc}\n" for arc, (d, _) in sorted(digests.items())).encode()
+    signature, _ = sign_manifest(manifest_bytes, Path(key).expanduser() if key else None)
+    sources[SIGNATURE] = (json.dumps(signature, indent=2, sort_keys=True) + "\n").encode()
     dest = Path(dist) / f"{name}.tar.gz"
     _write_tar(dest, {f"{name}/{arc}": src for arc, src in sources.items()}, mtime)
     return dest
@@ -256,17 +292,28 @@ def _write_tar(dest: Path, entries: dict[str, Path | bytes], mtime: int) -> None
 
 # ------------------------------------------------------------------------------------------------------ CLI
 def _cmd_release(args: argparse.Namespace) -> int:
-    path = build_bundle(args.run_dir, args.device, Path(args.dist), args.version, args.allow_failed_gate)
+    path = build_bundle(args.run_dir, args.device, Path(args.dist), args.version, args.allow_failed_gate, args.key)
     manifest = check_bundle(path)
     print(f"{path}  (pick {manifest['pick']['overall']}; {len(manifest['files'])} files; "
-          f"sha256 {sha256_file(path)})")
+          f"sha256 {sha256_file(path)}; signed by {manifest['_signature']['key_id']})")
     return 0
 
 
 def _cmd_verify(args: argparse.Namespace) -> int:
-    manifest = check_bundle(args.bundle)
+    trusted = [load_public_key(Path(p).expanduser()) for p in args.pubkey] if args.pubkey else None
+    manifest = check_bundle(args.bundle, trusted)
+    sig = manifest["_signature"]
+    who = (f"signed by trusted key {sig['key_id']}" if sig["trusted"] else
+           f"signature valid for key {sig['key_id']}, NOT checked against a trusted key (pass --pubkey KEY.pub)")
     print(f"{args.bundle}: OK ({len(manifest['files'])} files verified; {manifest['name']} for {manifest['device']} "
-          f"version {manifest['version']}, gate {'passed' if manifest['gate'].get('passed') else 'FAILED'})")
+          f"version {manifest['version']}, gate {'passed' if manifest['gate'].get('passed') else 'FAILED'}; {who})")
+    return 0
+
+
+def _cmd_keygen(args: argparse.Namespace) -> int:
+    out = Path(args.out).expanduser() if args.out else default_key_path()
+    pub = generate_key(out)
+    print(f"{out}: new Ed25519 release key (keep it private); give {pub} to whoever runs `edgepipe verify --pubkey`")
     return 0
 
 
@@ -280,7 +327,13 @@ def register_cli(sub: argparse._SubParsersAction) -> None:
                    help="bundle version (default: the summary's version, else the run id's timestamp)")
     p.add_argument("--allow-failed-gate", action="store_true",
                    help="release although the quality gate failed (recorded in the manifest)")
+    p.add_argument("--key", default=None, help="Ed25519 private key (PEM) that signs the manifest (default: "
+                   "EDGEPIPE_SIGNING_KEY, else ~/.config/edgepipe/release-ed25519.key, created on first use)")
     p.set_defaults(func=_cmd_release)
     v = sub.add_parser("verify", help="check a release bundle's checksums and contents")
     v.add_argument("bundle", help="a .tar.gz written by `edgepipe release`")
+    v.add_argument("--pubkey", action="append", default=[], help="trusted release public key (.pub); repeatable")
     v.set_defaults(func=_cmd_verify)
+    k = sub.add_parser("keygen", help="create an Ed25519 release signing key (and its .pub)")
+    k.add_argument("--out", default=None, help="private key file (default: ~/.config/edgepipe/release-ed25519.key)")
+    k.set_defaults(func=_cmd_keygen)

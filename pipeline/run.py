@@ -7,7 +7,9 @@ A backend that fails is recorded and the others go on; the run exits non-zero at
 
 from __future__ import annotations
 
-import datetime as dt
+import contextlib
+import errno
+import io
 import os
 import shutil
 import sys
@@ -22,21 +24,25 @@ import yaml
 
 import pipeline
 from pipeline.config import Recipe, load_recipe
+from pipeline.console import third_party_to_log
 from pipeline.gate import apply_gate
 from pipeline.latency import onnx_latency_ratio
 from pipeline.model import complexity, load_data, load_model, predict
 from pipeline.progress import Progress
 from pipeline.rundir import now_iso
+from pipeline.runstate import claim_run_folder, new_run_id
 from pipeline.stages import StagesResult, run_stages
 from pipeline.stages.common import example_from
 from pipeline.stages.qat_export import openvino_from_qdq_onnx
 from pipeline.store import Store, open_store
 from pipeline.task import TaskContext, build_context, stage_plan
 from targets import get_exporter, parse_backend
-from targets.artifact import Artifact, atomic_write_json
+from targets.artifact import Artifact, atomic_write_bytes, atomic_write_json
+from targets.artifact_trust import artifact_for_bench
 from targets.device import benchmark, push_inputs, remove_inputs
-from targets.errors import DeviceError, EdgeError, GateError, OutputMismatchError
+from targets.errors import ConfigError, DeviceError, EdgeError, GateError, OutputMismatchError
 from targets.export_config import ExportConfig
+from targets.preflight import preflight
 from targets.profiles import DeviceProfile, load_profile
 from targets.transport import open_transport
 from targets.validate import validate
@@ -224,18 +230,48 @@ def run(recipe_path: str | Path, devices: list[str], out: Path | None = None, ov
         profile_overrides: dict[str, Any] | None = None, stream: TextIO | None = None) -> list[dict[str, Any]]:
     recipe = load_recipe(recipe_path, overrides)
     profiles = [load_profile(d, profile_overrides) for d in devices]
+    for profile in profiles:  # exit 4 in seconds, before minutes of stages, when a device cannot benchmark
+        preflight(profile, _backends_for(recipe, profile))
     started = now_iso()
-    stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%d-%H%M%S")
-    root = Path(out) if out else Path("runs") / f"{recipe.name}-{stamp}"
-    root.mkdir(parents=True, exist_ok=True)
-    run_id = f"{recipe.name}-{stamp}"
-    store = open_store()  # a bad EDGEPIPE_DB fails here, before any work
-    progress = Progress(root / "run.log", stream)
+    run_id = new_run_id(recipe.name)  # time + random suffix: two runs in one second never share an id
+    root = Path(out) if out else Path("runs") / run_id
     try:
-        return _run(recipe, profiles, root, run_id, started, progress, store)
-    finally:
-        progress.close()
-        store.close()
+        return _claimed_run(recipe, profiles, root, run_id, started, stream)
+    except OSError as exc:
+        if exc.errno not in (errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EPERM, errno.EDQUOT, errno.ENOTDIR):
+            raise
+        raise ConfigError(f"{exc.filename or root}: cannot write: {exc.strerror} (run folder {root})",
+                          hint="give --out a writable folder with free space; finished stages stay cached") from None
+
+
+def _claimed_run(recipe: Recipe, profiles: list[DeviceProfile], root: Path, run_id: str, started: str,
+                 stream: TextIO | None) -> list[dict[str, Any]]:
+    with claim_run_folder(root, run_id):  # a live run's folder is refused
+        store = open_store()  # a bad EDGEPIPE_DB fails here, before any work
+        with contextlib.ExitStack() as quiet:
+            if stream is None:  # the CLI: third-party console noise goes to run.log, our lines to the console
+                stream = quiet.enter_context(third_party_to_log(root / "run.log"))
+            progress = Progress(root / "run.log", stream)
+            try:
+                return _run(recipe, profiles, root, run_id, started, progress, store)
+            except Exception:
+                _mark_failed(store, run_id, recipe, profiles, started)  # never left `incomplete` by a failure
+                raise
+            finally:
+                progress.close()
+                store.close()
+
+
+def _mark_failed(store: Store, run_id: str, recipe: Recipe, profiles: list[DeviceProfile], started: str) -> None:
+    """Rows a failure left ``incomplete`` (it happened before a device's summary was written) become ``failed``."""
+    for p in profiles:
+        try:
+            row = store.get_run(run_id, p.name)
+            if row is not None and row.get("status") == "incomplete":
+                store.finish_run({"run_id": run_id, "recipe": recipe.name, "device": p.name, "status": "failed",
+                                  "started": started, "finished": now_iso()})
+        except Exception:  # noqa: BLE001 - the store itself may be what failed; the original error matters more
+            pass
 
 
 def _run(recipe: Recipe, profiles: list[DeviceProfile], root: Path, run_id: str, started: str,
@@ -261,9 +297,10 @@ def _run(recipe: Recipe, profiles: list[DeviceProfile], root: Path, run_id: str,
     result = run_stages(model, data, stage_plan(recipe, ctx, data, timing=onnx_latency_ratio), root, progress)
     ref = predict(result.model, ctx.inputs)
     inputs = root / "inputs" / "eval.npz"
-    inputs.parent.mkdir(parents=True, exist_ok=True)
     extra = {"y": np.asarray(ctx.targets)} if ctx.metric.classification and "y" not in ctx.inputs else {}
-    np.savez(inputs, **ctx.inputs, __order__=np.array(ctx.input_names), **extra)
+    buf = io.BytesIO()
+    np.savez(buf, **ctx.inputs, __order__=np.array(ctx.input_names), **extra)
+    atomic_write_bytes(inputs, buf.getvalue())  # a full disk never leaves a truncated eval.npz at its final name
     arches = sorted({p.arch for p in profiles})
     by_arch: dict[str, dict[str, dict[str, Any]]] = {}
     for arch in arches:
@@ -277,7 +314,11 @@ def _run(recipe: Recipe, profiles: list[DeviceProfile], root: Path, run_id: str,
     def one(profile: DeviceProfile) -> tuple[dict[str, Any], list[EdgeError]]:
         device_dir = root if len(profiles) == 1 else root / profile.name
         wanted = {b: by_arch[profile.arch][b] for b in _backends_for(recipe, profile)}
-        records, errors = measure_device(profile, wanted, root, device_dir, inputs, progress, ctx)
+        try:
+            records, errors = measure_device(profile, wanted, root, device_dir, inputs, progress, ctx)
+        except EdgeError as exc:  # one device's failure must not lose the others' summaries or store rows
+            records = [_artifact_record(b, e, device_dir, None, str(exc)) for b, e in wanted.items()]
+            errors = [exc]
         summary = {
             "schema": 1, "recipe": recipe.name, "device": profile.name, "run_id": run_id,
             "baseline": baseline, "stages": result.records, "artifacts": records,
@@ -287,14 +328,20 @@ def _run(recipe: Recipe, profiles: list[DeviceProfile], root: Path, run_id: str,
         }
         apply_gate(summary, recipe.gate, profile.name)
         atomic_write_json(device_dir / "summary.json", summary)
-        store.finish_run(summary, device_dir)
+        try:
+            store.finish_run(summary, device_dir)
+        except EdgeError as exc:  # e.g. a store that broke during the run: the summary is already on disk
+            store_errors.append(exc)
         return summary, errors
 
+    store_errors: list[EdgeError] = []
     with ThreadPoolExecutor(max_workers=len(profiles)) as pool:
         done = list(pool.map(one, profiles))
     summaries = [s for s, _ in done]
     for s in summaries:
         progress.say(format_table(s))
+    if store_errors:
+        raise store_errors[0]
     _raise_worst(summaries, [e for _, errs in done for e in errs], outcomes)
     return summaries
 
@@ -302,9 +349,12 @@ def _run(recipe: Recipe, profiles: list[DeviceProfile], root: Path, run_id: str,
 def _raise_worst(summaries: list[dict[str, Any]], device_errors: list[EdgeError],
                  outcomes: dict[str, dict[str, Any]]) -> None:
     if device_errors:
-        raise DeviceError(f"{len(device_errors)} benchmark(s) failed on the device: {device_errors[0]}"
+        first_code = device_errors[0].exit_code
+        err = DeviceError(f"{len(device_errors)} benchmark(s) failed on the device: {device_errors[0]}"
                           + (f" (and {len(device_errors) - 1} more)" if len(device_errors) > 1 else ""),
                           hint="see run.log; `edgepipe doctor DEVICE` checks the board")
+        err.exit_code = first_code  # a ConfigError in one device's thread stays exit 2
+        raise err
     failed = {n: o for n, o in outcomes.items() if o.get("error")}
     if failed:
         first = next(iter(failed.values()))
@@ -342,22 +392,24 @@ def format_table(summary: dict[str, Any]) -> str:
                      f"{'-' if size is None else f'{size / 1024:.1f} KiB':>10}  "
                      f"{'yes' if r.get('valid') else 'NO: ' + '; '.join(r.get('invalid_reasons', []))[:80]}")
     gate = summary["gate"]
-    lines.append(f"  gate: {'passed' if gate['passed'] else 'FAILED'} (max {name} drop "
-                 f"{gate.get('max_metric_drop', gate.get('max_accuracy_drop'))}"
-                 f"{' points' if (base.get('metric') or {}).get('unit', 'fraction') == 'fraction' else ''})")
+    if not any(r.get("latency_ms") for r in summary["artifacts"]):  # a verdict on figures that do not exist
+        lines.append(f"  gate: not measured (no artifact was benchmarked on {summary['device']})")
+    else:
+        lines.append(f"  gate: {'passed' if gate['passed'] else 'FAILED'} (max {name} drop "
+                     f"{gate.get('max_metric_drop', gate.get('max_accuracy_drop'))}"
+                     f"{' points' if (base.get('metric') or {}).get('unit', 'fraction') == 'fraction' else ''})")
     return "\n".join(lines)
 
 
 def bench_artifact(path: str | Path, device: str, profile_overrides: dict[str, Any] | None = None,
-                   inputs: Path | None = None) -> dict[str, Any]:
+                   inputs: Path | None = None, repeat: int | None = None) -> dict[str, Any]:
     """``edgepipe bench``: one artifact on one device, same runner and rules as a run."""
     profile = load_profile(device, profile_overrides)
-    p = Path(path)
-    if not p.is_file():
-        from targets.errors import ConfigError
-
-        raise ConfigError(f"{p}: artifact not found", hint="give the path of a .onnx, .xml or .tflite file")
-    art = Artifact.load(p)
+    if repeat is not None:
+        if not 1 <= repeat <= 10:
+            raise ConfigError(f"--repeat {repeat}: give 1 to 10")
+        profile.bench.repeat = repeat
+    art = artifact_for_bench(path)  # the file given is what is measured; its sidecar is checked, not trusted
     start = time.perf_counter()
     import tempfile
 

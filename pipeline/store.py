@@ -141,6 +141,24 @@ def store_url(location: str | os.PathLike[str] | None = None) -> str:
     return f"sqlite:///{path}"
 
 
+def store_errors(method: Callable[..., Any]) -> Callable[..., Any]:
+    """A database error (a corrupt file, a value the schema cannot take) becomes one ConfigError naming the store,
+    never a traceback; the caller's work (summary.json) is already on disk by then."""
+    import functools
+
+    @functools.wraps(method)
+    def wrapper(self: Store, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return method(self, *args, **kwargs)
+        except SQLAlchemyError as exc:
+            url = self.engine.url.render_as_string(hide_password=True)
+            raise ConfigError(f"results store {url}: {method.__name__.replace('_', ' ')} failed: "
+                              f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}",
+                              hint="a corrupt store can be moved aside (EDGEPIPE_DB picks another); the run folder "
+                                   "keeps summary.json and `edgepipe history --add DIR` imports it later") from None
+    return wrapper
+
+
 class Store:
     """A results database; cheap to open, safe to use from one process at a time per run."""
 
@@ -188,6 +206,7 @@ class Store:
                 time.sleep(0.05 * (attempt + 1))
 
     # ---------------------------------------------------------------------------------------------- writes
+    @store_errors
     def begin_run(self, run_id: str, recipe: str | dict[str, Any], device: str, run_dir: str | Path | None = None,
                   started: str | None = None) -> str:
         """Record a run as ``incomplete`` before any work starts (a re-run of the same id starts over)."""
@@ -200,6 +219,7 @@ class Store:
             self._upsert_run(conn, run_id, device, values)
         return run_id
 
+    @store_errors
     def finish_run(self, summary: dict[str, Any], run_dir: str | Path | None = None) -> str:
         """Write stages, artifacts and benchmarks and the final status in ONE transaction."""
         run_id = str(summary["run_id"])
@@ -260,11 +280,13 @@ class Store:
                 invalid_reasons=json.dumps(bench.get("invalid_reasons") or art.get("invalid_reasons") or []),
                 record_json=json.dumps(bench, sort_keys=True) if bench else None))
 
+    @store_errors
     def record_summary(self, summary: dict[str, Any], run_dir: str | Path | None = None) -> str:
         """Import a finished summary (e.g. an existing run folder) in one transaction."""
         return self.finish_run(summary, run_dir)
 
     # ---------------------------------------------------------------------------------------------- reads
+    @store_errors
     def get_run(self, run_id: str, device: str | None = None) -> dict[str, Any] | None:
         """One run with its stages, artifacts and benchmarks (the newest, when a fleet run has several devices)."""
         query = select(runs).where(runs.c.run_id == run_id)

@@ -1,30 +1,39 @@
-"""``edgepipe verify BUNDLE``: is this release bundle exactly what ``edgepipe release`` wrote?
+"""``edgepipe verify BUNDLE``: is this release bundle exactly what ``edgepipe release`` wrote, and who signed it?
 
-Checked on the receiving side, before anything is deployed: every file against ``manifest.json`` and ``SHA256SUMS``,
-nothing added or removed, the artifacts the manifest points at. Entries that could write outside the folder
-(absolute paths, ``..``, links) or create special files are refused by name before extraction, and the rest is
-extracted with tarfile's ``data`` filter into a temporary folder, so a hostile archive cannot touch the host.
+Checked on the receiving side, before anything is deployed, without writing a byte to disk: first the tar index
+alone (every name canonical and inside one top folder, no duplicates however spelled -- ``top/./x``, ``top//x`` --,
+regular files only, no setuid/setgid/sticky bits, each size equal to the manifest's, the total under a cap), then
+every file is hashed as it streams out of the archive and compared with ``manifest.json`` and ``SHA256SUMS``, and the
+Ed25519 signature over ``manifest.json`` is checked (against ``--pubkey`` when given). Nothing is extracted.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import posixpath
 import re
 import tarfile
-import tempfile
 import zlib
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from targets.artifact import sha256_file
+from pipeline.signing import SIGNATURE, check_signature
 from targets.errors import ConfigError
 
 MANIFEST = "manifest.json"
 SUMS = "SHA256SUMS"
+META_MAX = 16 << 20  # manifest, sums and signature are read into memory: bounded
+DEFAULT_MAX_BYTES = 4 << 30
 
 
-# ------------------------------------------------------------------------------------------------------ verify
+def max_bundle_bytes() -> int:
+    raw = os.environ.get("EDGEPIPE_VERIFY_MAX_BYTES", "")
+    return int(raw) if raw.isdigit() else DEFAULT_MAX_BYTES
+
+
+# ------------------------------------------------------------------------------------------------------ index
 def _member_problem(m: tarfile.TarInfo) -> str | None:
     name = m.name
     if name.startswith(("/", "\\")) or re.match(r"^[A-Za-z]:", name):
@@ -42,75 +51,117 @@ def _member_problem(m: tarfile.TarInfo) -> str | None:
         return "device or FIFO entry; a bundle holds regular files only"
     if not (m.isreg() or m.isdir()):
         return f"unsupported entry type {m.type!r}"
+    if m.mode & 0o7000:
+        return f"mode {m.mode:o} sets setuid/setgid/sticky bits; a bundle holds plain 0644 files"
+    if posixpath.normpath(name) != name.rstrip("/") or "\\" in name or "\n" in name:
+        return "non-canonical name (./, //, a backslash or a newline): another entry may spell the same path"
     return None
 
 
-def verify_bundle(path: str | Path) -> list[str]:
-    """Every problem with a bundle (empty list: intact). Never extracts anything unsafe."""
+def _index_problems(members: list[tarfile.TarInfo]) -> tuple[list[str], str | None, dict[str, tarfile.TarInfo]]:
+    problems: list[str] = []
+    tops: set[str] = set()
+    seen: set[str] = set()
+    files: dict[str, tarfile.TarInfo] = {}
+    for m in members:
+        canon = posixpath.normpath(m.name.replace("\\", "/"))
+        if canon in seen:  # extraction keeps the last copy, a listing shows the first: never both
+            problems.append(f"{m.name}: appears more than once in the archive")
+        seen.add(canon)
+        problem = _member_problem(m)
+        if problem:
+            problems.append(f"{m.name}: {problem}")
+            continue
+        parts = PurePosixPath(m.name).parts
+        tops.add(parts[0])
+        if m.isreg():
+            if len(parts) < 2:
+                problems.append(f"{m.name}: a file outside the bundle's folder")
+                continue
+            files["/".join(parts[1:])] = m
+    if len(tops) != 1:
+        problems.append(f"expected one top folder, found {sorted(tops) or 'none'}")
+        return problems, None, files
+    return problems, tops.pop(), files
+
+
+def _read_small(tar: tarfile.TarFile, m: tarfile.TarInfo) -> bytes:
+    fh = tar.extractfile(m)
+    return fh.read(META_MAX + 1) if fh is not None else b""
+
+
+def _hash(tar: tarfile.TarFile, m: tarfile.TarInfo) -> str:
+    digest = hashlib.sha256()
+    fh = tar.extractfile(m)
+    if fh is not None:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+# ------------------------------------------------------------------------------------------------------ verify
+def verify_bundle(path: str | Path, trusted: list[bytes] | None = None) -> list[str]:
+    """Every problem with a bundle (empty list: intact and signed). Writes nothing to disk."""
     path = Path(path)
     if not path.is_file():
         return [f"{path}: no such file"]
-    problems: list[str] = []
     try:
-        with tarfile.open(path, "r:gz") as tar, tempfile.TemporaryDirectory(prefix="edgepipe-verify-") as tmp:
-            members = tar.getmembers()
-            safe = []
-            tops = set()
-            seen: set[str] = set()
-            for m in members:
-                if m.name in seen:  # extraction keeps the last copy, a listing shows the first: never both
-                    problems.append(f"{m.name}: appears more than once in the archive")
-                seen.add(m.name)
-                problem = _member_problem(m)
-                if problem:
-                    problems.append(f"{m.name}: {problem}")
-                    continue
-                tops.add(PurePosixPath(m.name).parts[0])
-                if m.isreg():
-                    safe.append(m)
-            if len(tops) != 1:
-                problems.append(f"expected one top folder, found {sorted(tops) or 'none'}")
+        with tarfile.open(path, "r:gz") as tar:
+            problems, top, files = _index_problems(tar.getmembers())
+            if top is None:
                 return problems
-            top = tops.pop()
-            try:
-                tar.extractall(tmp, members=safe, filter="data")
-            except tarfile.FilterError as exc:
-                return [*problems, f"unsafe entry refused: {exc}"]
-            problems += _check_tree(Path(tmp) / top, top)
+            return problems + _check_members(tar, top, files, trusted, bool(problems))
     except (tarfile.TarError, EOFError, OSError, zlib.error) as exc:
-        problems.append(f"not a readable .tar.gz ({type(exc).__name__}: {exc})")
-    return problems
+        return [f"not a readable .tar.gz ({type(exc).__name__}: {exc})"]
 
 
-def _check_tree(root: Path, top: str) -> list[str]:
+def _check_members(tar: tarfile.TarFile, top: str, files: dict[str, tarfile.TarInfo], trusted: list[bytes] | None,
+                   index_failed: bool) -> list[str]:
     problems: list[str] = []
-    present = {p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file()}
-    if MANIFEST not in present:
+    if MANIFEST not in files:
         return [f"{top}/{MANIFEST}: missing, nothing can be checked"]
+    for meta in (MANIFEST, SUMS, SIGNATURE):
+        if meta in files and files[meta].size > META_MAX:
+            return [f"{top}/{meta}: {files[meta].size} bytes, more than a manifest ever holds ({META_MAX})"]
+    manifest_bytes = _read_small(tar, files[MANIFEST])
     try:
-        manifest = json.loads((root / MANIFEST).read_text())
-        listed = {f["path"]: f for f in manifest["files"]}
-    except (json.JSONDecodeError, KeyError, TypeError, UnicodeDecodeError) as exc:
-        return [f"{top}/{MANIFEST}: unreadable ({exc})"]
-    reported = set()
-    for rel in sorted(present - set(listed) - {MANIFEST, SUMS}):
+        manifest = json.loads(manifest_bytes)
+        listed = {str(f["path"]): f for f in manifest["files"] if isinstance(f, dict)}
+        if not isinstance(manifest.get("pick", {}), dict) or not isinstance(manifest.get("artifacts", []), list):
+            raise TypeError("pick must be an object and artifacts a list")
+        if not all(isinstance(a, dict) for a in manifest.get("artifacts") or []):
+            raise TypeError("every artifact must be an object")
+    except (json.JSONDecodeError, KeyError, TypeError, AttributeError, UnicodeDecodeError) as exc:
+        return [f"{top}/{MANIFEST}: unreadable ({type(exc).__name__}: {str(exc)[:120]})"]
+    present = set(files)
+    reported: set[str] = set()
+    for rel in sorted(present - set(listed) - {MANIFEST, SUMS, SIGNATURE}):
         problems.append(f"{top}/{rel}: added (not listed in {MANIFEST})")
         reported.add(rel)
     for rel in sorted(set(listed) - present):
         problems.append(f"{top}/{rel}: removed (listed in {MANIFEST} but not in the bundle)")
         reported.add(rel)
+    total = 0
     for rel in sorted(set(listed) & present):
-        actual = sha256_file(root / rel)
-        if actual != listed[rel].get("sha256"):
-            problems.append(f"{top}/{rel}: changed (sha256 {actual[:16]}..., {MANIFEST} says "
+        size = files[rel].size
+        total += size
+        if size != listed[rel].get("bytes"):
+            problems.append(f"{top}/{rel}: size {size} differs from {listed[rel].get('bytes')} in {MANIFEST}")
+            reported.add(rel)
+    if total > max_bundle_bytes():
+        problems.append(f"{top}: the files add up to {total} bytes, over the cap of {max_bundle_bytes()} "
+                        "(EDGEPIPE_VERIFY_MAX_BYTES)")
+    if problems or index_failed:  # the index is wrong: nothing is read beyond the manifest
+        return problems
+    digests = {rel: _hash(tar, files[rel]) for rel in sorted(present - {SIGNATURE})}
+    for rel in sorted(set(listed) & present):
+        if digests[rel] != listed[rel].get("sha256"):
+            problems.append(f"{top}/{rel}: changed (sha256 {digests[rel][:16]}..., {MANIFEST} says "
                             f"{str(listed[rel].get('sha256'))[:16]}...)")
             reported.add(rel)
-        elif (root / rel).stat().st_size != listed[rel].get("bytes"):
-            problems.append(f"{top}/{rel}: size {(root / rel).stat().st_size} differs from {listed[rel].get('bytes')}")
-            reported.add(rel)
     for art in manifest.get("artifacts") or []:  # the model files the card and the pick point at
-        for rel in art.get("files") or []:
-            if rel not in listed:
+        for rel in art.get("files") if isinstance(art.get("files"), list) else []:
+            if not isinstance(rel, str) or rel not in listed:
                 problems.append(f"{top}/{MANIFEST}: artifact {art.get('name')} names {rel}, which is not in its files")
         main = art.get("path")
         if main in listed and main in present and art.get("sha256") and listed[main].get("sha256") != art["sha256"]:
@@ -118,34 +169,50 @@ def _check_tree(root: Path, top: str) -> list[str]:
                             f"(sha256 {art['sha256'][:16]}...)")
     if (manifest.get("pick") or {}).get("overall") not in {a.get("name") for a in manifest.get("artifacts") or []}:
         problems.append(f"{top}/{MANIFEST}: the pick names no artifact of the bundle")
-    if SUMS not in present:
-        problems.append(f"{top}/{SUMS}: removed (every bundle has one)")
-        return problems
-    pairs = [line.split("  ", 1) for line in (root / SUMS).read_text().splitlines() if "  " in line]
-    sums = {rel: digest for digest, rel in pairs}
-    for rel in sorted(set(sums) | (present - {SUMS})):
+    problems += _check_sums(tar, top, files, digests, reported)
+    if SIGNATURE not in files:
+        problems.append(f"{top}/{SIGNATURE}: missing: the bundle is not signed")
+    else:
+        try:
+            record = json.loads(_read_small(tar, files[SIGNATURE]))
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            record = None
+        problems += [f"{top}/{p}" for p in check_signature(manifest_bytes, record, trusted)]
+    return problems
+
+
+def _check_sums(tar: tarfile.TarFile, top: str, files: dict[str, tarfile.TarInfo], digests: dict[str, str],
+                reported: set[str]) -> list[str]:
+    if SUMS not in files:
+        return [f"{top}/{SUMS}: removed (every bundle has one)"]
+    problems: list[str] = []
+    text = _read_small(tar, files[SUMS]).decode(errors="replace")
+    pairs = [line.split("  ", 1) for line in text.splitlines() if "  " in line]
+    sums = {rel: digest for digest, rel in pairs if rel != SIGNATURE}
+    for rel in sorted(set(sums) | (set(files) - {SUMS, SIGNATURE})):
         if rel in reported:
             continue
         if rel not in sums:
             problems.append(f"{top}/{rel}: not listed in {SUMS}")
-        elif rel not in present:
+        elif rel not in files:
             problems.append(f"{top}/{rel}: listed in {SUMS} but not in the bundle")
-        elif sums[rel] != sha256_file(root / rel):
+        elif sums[rel] != digests.get(rel):
             problems.append(f"{top}/{rel}: changed (differs from {SUMS})")
     return problems
 
 
-def check_bundle(path: str | Path) -> dict[str, Any]:
+def check_bundle(path: str | Path, trusted: list[bytes] | None = None) -> dict[str, Any]:
     """The manifest of an intact bundle; a ConfigError (exit 2) listing every problem otherwise."""
     if not Path(path).is_file():
         raise ConfigError(f"{path}: no such file", hint="give the .tar.gz that `edgepipe release` wrote")
-    problems = verify_bundle(path)
+    problems = verify_bundle(path, trusted)
     if problems:
         n = len(problems)
         raise ConfigError(f"{path}: bundle failed verification ({n} problem{'s' if n > 1 else ''})", problems=problems,
                           hint="do not deploy it; rebuild it with `edgepipe release` from the run folder")
     with tarfile.open(path, "r:gz") as tar:
-        top = PurePosixPath(tar.getmembers()[0].name).parts[0]
-        fh = tar.extractfile(f"{top}/{MANIFEST}")
-        assert fh is not None
-        return json.loads(fh.read())
+        _, top, files = _index_problems(tar.getmembers())
+        manifest = json.loads(_read_small(tar, files[MANIFEST]))
+        sig = json.loads(_read_small(tar, files[SIGNATURE]))
+    manifest["_signature"] = {"key_id": sig.get("key_id"), "trusted": trusted is not None}
+    return manifest

@@ -21,6 +21,7 @@ from targets.runner import RUNNER_PATH
 from targets.transport import Transport, open_transport
 
 STALE_JOB_MIN = 10
+LEASE_GRACE_S = 120  # cleanup after the job timeout
 
 
 def runner_argv(profile: DeviceProfile, python: str, job: str, artifact_name: str, backend: str,
@@ -38,6 +39,8 @@ def runner_argv(profile: DeviceProfile, python: str, job: str, artifact_name: st
                         ("--power-mode-cmd", tel.power_mode), ("--clocks-cmd", tel.clocks)):
         if value:
             argv += [flag, value]
+    if tel.max_temp_c is not None:
+        argv += ["--max-temp-c", str(tel.max_temp_c)]
     return argv
 
 
@@ -68,6 +71,25 @@ def remove_inputs(tr: Transport, remote: str) -> None:
     tr.run(["rm", "-f", remote], timeout=60)
 
 
+def repeat_check(records: list[dict[str, Any]], tolerance: float) -> dict[str, Any]:
+    """The first measurement, with the medians of all and their spread; apart by more than ``tolerance``, the
+    figure is not reproducible on this board and is marked invalid."""
+    p50s = [float(r["latency_ms"]["p50"]) for r in records]
+    spread = (max(p50s) - min(p50s)) / min(p50s) if min(p50s) > 0 else 0.0
+    record = dict(records[0])
+    record["repeat"] = {"p50": p50s, "spread": round(spread, 4), "tolerance": tolerance,
+                        "stable": spread <= tolerance}
+    reasons = list(record.get("invalid_reasons") or [])
+    for other in records[1:]:
+        reasons += [r for r in other.get("invalid_reasons") or [] if r not in reasons]
+    if spread > tolerance:
+        reasons.append(f"repeat check: medians {', '.join(f'{p:g}' for p in p50s)} ms differ by {spread:.1%} "
+                       f"(tolerance {tolerance:.0%})")
+    record["invalid_reasons"] = reasons
+    record["valid"] = not reasons
+    return record
+
+
 def benchmark(profile: DeviceProfile, artifact: Artifact, inputs: Path | str | None = None,
               transport: Transport | None = None, outputs: Path | None = None) -> dict[str, Any]:
     """Run the on-device runner for one artifact and return its JSON record (latency, state). ``inputs`` is a local
@@ -76,8 +98,11 @@ def benchmark(profile: DeviceProfile, artifact: Artifact, inputs: Path | str | N
     own = transport is None
     tr = transport or open_transport(profile)
     job_timeout = profile.connection.job_timeout
+    lease = job_timeout + LEASE_GRACE_S
     try:
-        with device_lock(tr, profile.workdir, lease_s=job_timeout + 120, wait_s=job_timeout, device=profile.name):
+        # A waiter outwaits a whole lease (plus a poll): a holder that died mid-job leaves a lease that expires
+        # within that time, so a crashed job never makes the next one give up as "busy".
+        with device_lock(tr, profile.workdir, lease_s=lease, wait_s=lease + 30, device=profile.name):
             return _job(profile, tr, artifact, inputs, time.monotonic() + job_timeout, outputs)
     finally:
         if own:
@@ -113,12 +138,18 @@ def _job(profile: DeviceProfile, tr: Transport, artifact: Artifact, inputs: Path
             tr.put(inputs, f"{job}/{inputs_name}")
         argv = runner_argv(profile, tr.python(profile.python), job, Path(artifact.path).name,
                            artifact.backend, inputs_name, outputs=outputs is not None)
-        res = tr.run(argv, timeout=min(profile.connection.command_timeout, remaining()))
-        record = parse_runner_output(res.stdout, context) if res.stdout.strip() else None
-        if record is None or "error" in record or not res.ok:
-            detail = (record or {}).get("error") or res.stderr.strip().splitlines()[-1:] or ["no output"]
-            raise RemoteCommandError(f"{context}: runner failed (exit {res.exit_status}): {detail}",
-                                     exit_status=res.exit_status, stderr=res.stderr)
+        records = []
+        for _ in range(profile.bench.repeat):
+            res = tr.run(argv, timeout=min(profile.connection.command_timeout, remaining()))
+            record = parse_runner_output(res.stdout, context) if res.stdout.strip() else None
+            if record is None or "error" in record or not res.ok:
+                detail = (record or {}).get("error") or res.stderr.strip().splitlines()[-1:] or ["no output"]
+                raise RemoteCommandError(f"{context}: runner failed (exit {res.exit_status}): {detail}",
+                                         exit_status=res.exit_status, stderr=res.stderr)
+            records.append(record)
+        record = records[0]
+        if len(records) > 1:
+            record = repeat_check(records, profile.bench.repeat_tolerance)
         if outputs is not None and record.get("outputs"):
             Path(outputs).parent.mkdir(parents=True, exist_ok=True)
             part = Path(str(outputs) + ".part")

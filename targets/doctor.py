@@ -35,7 +35,18 @@ class Check:
 
 
 def _ask(message: str) -> bool:
-    return input(f"{message}\nAdd this key to known_hosts? [y/N] ").strip().lower() in ("y", "yes")
+    import sys
+
+    from targets.errors import ConfigError
+
+    if not sys.stdin or not sys.stdin.isatty():
+        raise ConfigError("doctor --trust needs a terminal to confirm the host key fingerprint",
+                          hint="run it interactively, or add the key yourself: ssh-keyscan -p PORT HOST >> known_hosts "
+                               "after checking its fingerprint on the device")
+    try:
+        return input(f"{message}\nAdd this key to known_hosts? [y/N] ").strip().lower() in ("y", "yes")
+    except EOFError:
+        return False
 
 
 def check_host_key(profile: DeviceProfile, trust: bool, confirm: Callable[[str], bool]) -> Check:

@@ -39,6 +39,28 @@ echo "held $cur"
 RELEASE_SH = r'''cur=$(readlink -- "$1") && [ "${cur% *}" = "$2" ] && rm -f -- "$1"; exit 0'''
 
 
+# $1 lock path, $2 the exact lease text read before: remove it only if it is still that one.
+BREAK_SH = r'''[ "$(readlink -- "$1")" = "$2" ] && rm -f -- "$1"; exit 0'''
+
+
+def holder_is_dead(held_by: str) -> bool:
+    """True when the lease belongs to a process on this very host that no longer exists (a crashed or killed run):
+    its lease need not be outwaited. Holders on other hosts cannot be checked from here; their lease expires."""
+    owner = held_by.rsplit(" ", 1)[0]
+    user_host, _, rest = owner.partition(":")
+    host = user_host.rpartition("@")[2]
+    pid = rest.partition(":")[0]
+    if host != socket.gethostname().replace(" ", "_") or not pid.isdigit():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except OSError:  # exists, owned by someone else
+        return False
+    return False
+
+
 class DeviceBusyError(DeviceError):
     """Another job holds the device longer than we were willing to wait."""
 
@@ -69,6 +91,9 @@ def device_lock(transport: Transport, workdir: str, *, lease_s: float, wait_s: f
                               f"{(res.stderr.strip().splitlines() or ['no output'])[-1]}",
                               hint="check the profile's workdir exists and is writable")
         held_by = text.removeprefix("held").strip()
+        if held_by and holder_is_dead(held_by):
+            transport.run(["sh", "-c", BREAK_SH, "sh", path, held_by], 60)
+            continue
         if time.monotonic() >= deadline:
             raise DeviceBusyError(f"{device}: busy, another job holds {path} ({held_by})",
                                   hint="wait for it to finish; a crashed job's lease expires by itself")

@@ -11,13 +11,21 @@ import os
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, ValidationError, field_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 
 from targets import BACKENDS
 from targets.errors import ConfigError
 from targets.schema import StrictModel, read_yaml, validation_problems
 
-PROFILE_DIR = Path(__file__).resolve().parent.parent / "device_profiles"
+
+def _bundled_profiles() -> Path:
+    """The checkout's device_profiles/, else the copy a wheel ships as ``targets/device_profiles``."""
+    here = Path(__file__).resolve().parent
+    source = here.parent / "device_profiles"
+    return source if (source / "local.yaml").is_file() else here / "device_profiles"
+
+
+PROFILE_DIR = _bundled_profiles()
 OVERRIDABLE = ("host", "user", "port", "key", "known_hosts")
 
 
@@ -28,9 +36,9 @@ class Connection(StrictModel):
     port: int | None = Field(default=None, ge=1, le=65535)
     key: str | None = None
     known_hosts: str | None = None
-    connect_timeout: float = Field(default=10.0, gt=0)
-    command_timeout: float = Field(default=600.0, gt=0)
-    job_timeout: float = Field(default=1800.0, gt=0)
+    connect_timeout: float = Field(default=10.0, gt=0, le=3600, allow_inf_nan=False)
+    command_timeout: float = Field(default=600.0, gt=0, le=7 * 86400, allow_inf_nan=False)
+    job_timeout: float = Field(default=1800.0, gt=0, le=7 * 86400, allow_inf_nan=False)
 
 
 class RuntimeSettings(StrictModel):
@@ -38,11 +46,26 @@ class RuntimeSettings(StrictModel):
     onnx_providers: list[str] = Field(default_factory=lambda: ["CPUExecutionProvider"])
 
 
+# Floors no profile can go below (TFLite's benchmark_model and MLPerf both insist on tens of runs and a duration):
+# a figure from fewer iterations or no timed duration is noise, not a latency.
+MIN_ITERATIONS_FLOOR = 20
+MIN_SECONDS_FLOOR = 0.05
+
+
 class BenchRules(StrictModel):
     warmup: int = Field(default=20, ge=0)
-    min_iterations: int = Field(default=100, ge=1)
-    min_seconds: float = Field(default=10.0, ge=0)
-    max_seconds: float = Field(default=120.0, gt=0)
+    min_iterations: int = Field(default=100, ge=MIN_ITERATIONS_FLOOR)
+    min_seconds: float = Field(default=10.0, ge=MIN_SECONDS_FLOOR, allow_inf_nan=False)
+    max_seconds: float = Field(default=120.0, gt=0, allow_inf_nan=False)
+    repeat: int = Field(default=1, ge=1, le=10)             # measure each artifact this many times in one job
+    repeat_tolerance: float = Field(default=0.05, ge=0)     # max relative spread of the medians before "invalid"
+
+    @model_validator(mode="after")
+    def _max_not_below_min(self) -> BenchRules:
+        if self.max_seconds < self.min_seconds:
+            raise ValueError(f"bench.max_seconds ({self.max_seconds:g}) is below bench.min_seconds "
+                             f"({self.min_seconds:g}): every run would stop before its minimum")
+        return self
 
 
 class Telemetry(StrictModel):
@@ -50,6 +73,7 @@ class Telemetry(StrictModel):
     throttled: str | None = None
     power_mode: str | None = None
     clocks: str | None = None
+    max_temp_c: float | None = Field(default=None, gt=0, lt=150)  # hotter before or after the run: invalid
 
 
 class DeviceProfile(StrictModel):

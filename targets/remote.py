@@ -16,7 +16,7 @@ from typing import Protocol
 KILL_GRACE_S = 5  # after SIGTERM, `timeout -k` sends SIGKILL this much later
 PID_MARK = b"__edgepipe_pid="  # first line of every command's stdout: the pid of its `timeout` wrapper
 TIMEOUT_EXITS = (124, 137)  # GNU timeout: 124 = timed out (TERM worked), 137 = needed KILL
-SHA256_SH = ('sha256sum "$1" 2>/dev/null || python3 -c '
+SHA256_SH = ('sha256sum < "$1" 2>/dev/null || python3 -c '
              '"import hashlib,sys; print(hashlib.sha256(open(sys.argv[1],\'rb\').read()).hexdigest())" "$1"')
 
 
@@ -28,6 +28,29 @@ class Channel(Protocol):
     def recv_ready(self) -> bool: ...
     def recv(self, nbytes: int) -> bytes: ...
     def fileno(self) -> int: ...
+
+
+MAX_OUTPUT_BYTES = 4 << 20  # per stream: a runner prints one JSON line; a flood must not fill the host's memory
+
+
+class TailBuffer(bytearray):
+    """A bytearray that keeps the first line (the pid marker) and the last ``cap`` bytes of what is appended."""
+
+    def __init__(self, cap: int = MAX_OUTPUT_BYTES, head: int = 4096) -> None:
+        super().__init__()
+        self.cap, self.head_cap = cap, head
+        self.dropped = 0
+
+    def __iadd__(self, data: bytes) -> TailBuffer:  # type: ignore[override,misc]
+        self.extend(data)
+        if len(self) > self.cap + self.head_cap:
+            nl = self.find(b"\n", 0, self.head_cap)
+            keep_head = nl + 1 if nl >= 0 else 0
+            cut = len(self) - self.cap
+            if cut > keep_head:
+                self.dropped += cut - keep_head
+                del self[keep_head:cut]
+        return self
 
 
 def wrap_command(argv: Sequence[str], secs: int) -> str:

@@ -39,9 +39,73 @@ def validation_problems(exc: ValidationError, source: str, prefix: tuple[Any, ..
         else:
             msg = err["msg"]
             if "input" in err and err["type"] not in ("model_type", "dict_type"):
-                msg += f" (got {err['input']!r})"
+                msg += f" (got {short(err['input'])})"
         problems.append(f"{source}: {key_path(loc)}: {msg}")
     return problems
+
+
+MAX_ALIASES = 100  # a recipe or profile needs a handful; a "billion laughs" needs thousands
+MAX_EXPANDED_NODES = 20_000  # values as they are after every alias is expanded (what validation and messages see)
+MAX_YAML_BYTES = 1 << 20
+
+
+def short(value: Any, limit: int = 80) -> str:
+    """A value for an error message, never more than ``limit`` characters (inputs may be huge or hostile)."""
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit] + f"... ({len(text)} characters)"
+
+
+class _BudgetLoader(yaml.SafeLoader):
+    """SafeLoader that counts aliases: each may expand to a whole subtree, so a few hundred bytes can hold billions."""
+
+    aliases = 0
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        if self.check_event(yaml.AliasEvent):
+            self.aliases += 1
+            if self.aliases > MAX_ALIASES:
+                mark = self.peek_event().start_mark
+                raise yaml.YAMLError(f"more than {MAX_ALIASES} aliases (*name) at line {mark.line + 1}; refused "
+                                     "as a possible alias bomb")
+        return super().compose_node(parent, index)
+
+
+def _expanded_size(node: yaml.Node, memo: dict[int, int]) -> int:
+    """How many values a node stands for once aliases are expanded; shared nodes are counted once per use."""
+    if id(node) in memo:
+        return memo[id(node)]
+    memo[id(node)] = 1  # a recursive alias counts as one
+    if isinstance(node, yaml.SequenceNode):
+        total = 1 + sum(_expanded_size(n, memo) for n in node.value)
+    elif isinstance(node, yaml.MappingNode):
+        total = 1 + sum(_expanded_size(k, memo) + _expanded_size(v, memo) for k, v in node.value)
+    else:
+        total = 1
+    memo[id(node)] = min(total, 1 << 62)
+    return memo[id(node)]
+
+
+def safe_load_yaml(text: str, source: str) -> Any:
+    """``yaml.safe_load`` with an alias budget and a size cap; errors are one-line ConfigErrors naming ``source``."""
+    if len(text) > MAX_YAML_BYTES:
+        raise ConfigError(f"{source}: {len(text)} characters, more than a config ever needs ({MAX_YAML_BYTES})")
+    loader = _BudgetLoader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        size = _expanded_size(node, {})
+        if size > MAX_EXPANDED_NODES:
+            raise ConfigError(f"{source}: its aliases expand to {size} values (more than {MAX_EXPANDED_NODES}); "
+                              "refused as a possible alias bomb", hint="write the values out, or use fewer aliases")
+        return loader.construct_document(node)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f":{mark.line + 1}:{mark.column + 1}" if mark else ""
+        raise ConfigError(f"{source}{where}: not valid YAML: {str(getattr(exc, 'problem', None) or exc)[:200]}") \
+            from None
+    finally:
+        loader.dispose()
 
 
 def read_yaml(path: Path, what: str) -> dict[str, Any]:
@@ -49,11 +113,10 @@ def read_yaml(path: Path, what: str) -> dict[str, Any]:
     if not path.is_file():
         raise ConfigError(f"{path}: {what} file not found", hint="check the path")
     try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f":{mark.line + 1}:{mark.column + 1}" if mark else ""
-        raise ConfigError(f"{path}{where}: not valid YAML: {getattr(exc, 'problem', exc)}") from None
+        text = path.read_text()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: cannot read the {what} ({type(exc).__name__}: {exc})") from None
+    data = safe_load_yaml(text, str(path))
     if data is None:
         data = {}
     if not isinstance(data, dict):

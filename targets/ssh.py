@@ -10,6 +10,7 @@ renamed, so the final path never holds half a file.
 from __future__ import annotations
 
 import getpass
+import logging
 import math
 import os
 import select
@@ -26,10 +27,21 @@ import paramiko
 
 from targets.artifact import sha256_file
 from targets.errors import ConfigError, DeviceError, HostKeyError, RemoteCommandError, TransferError
-from targets.remote import KILL_GRACE_S, SHA256_SH, TIMEOUT_EXITS, await_pid, split_pid, wrap_command
+from targets.remote import (
+    KILL_GRACE_S,
+    SHA256_SH,
+    TIMEOUT_EXITS,
+    TailBuffer,
+    await_pid,
+    split_pid,
+    wrap_command,
+)
 from targets.transport import CommandResult
 
 T = TypeVar("T")
+# paramiko logs transport failures with tracebacks; without a handler Python prints them on stderr. They belong in
+# run.log (a run attaches its log handler to the root logger), never on the console.
+logging.getLogger("paramiko").addHandler(logging.NullHandler())
 CONNECT_ERRORS = (paramiko.SSHException, OSError, EOFError)
 
 class Unreachable(DeviceError):
@@ -268,6 +280,7 @@ class SSHTransport:
         try once instead of backing off again, until a connection succeeds.
         """
         retries = 0 if self._gone else self.retries
+        lost = False  # the link broke after it was up (as opposed to never coming up)
         for attempt in range(retries + 1):
             try:
                 result = fn()
@@ -275,9 +288,15 @@ class SSHTransport:
                 return result
             except TRANSPORT_ERRORS as exc:
                 self.close()
+                lost = lost or not isinstance(exc, Unreachable)
                 if attempt == retries:
                     self._gone = self._gone or isinstance(exc, Unreachable)
                     detail = exc.message if isinstance(exc, DeviceError) else f"{type(exc).__name__}: {exc}"
+                    if lost:
+                        raise error(f"{self.profile_name}: lost the connection to {self.host} while {what} "
+                                    f"({attempt + 1} attempts; {detail})",
+                                    hint="check the device and the network; the next run cleans up its job folder "
+                                         "and lock") from exc
                     raise error(f"{self.profile_name}: {what} failed after {attempt + 1} attempts: {detail}",
                                 hint="check the network to the device; the job folder may need cleanup") from exc
                 time.sleep(self.backoff_s * 2 ** attempt)
@@ -295,12 +314,13 @@ class SSHTransport:
         command = wrap_command(argv, secs)
         start = time.perf_counter()
         chan = self.connect().get_transport().open_session(timeout=self.connect_timeout)
-        out, err = bytearray(), bytearray()
+        out, err = TailBuffer(), TailBuffer()  # capped: only the tail of a flood is kept
         finished = False
         try:
             chan.exec_command(command)
             chan.shutdown_write()
             deadline = time.monotonic() + secs + KILL_GRACE_S + self.connect_timeout
+            exited_at = 0.0
             while True:  # drain both streams together: a chatty command must never fill a window and hang
                 busy = False
                 while chan.recv_ready():
@@ -310,7 +330,12 @@ class SSHTransport:
                     err += chan.recv_stderr(1 << 16)
                     busy = True
                 if chan.exit_status_ready() and not chan.recv_ready() and not chan.recv_stderr_ready():
-                    break
+                    # sshd may send the exit status before the last output: read on until EOF (briefly)
+                    if chan.eof_received or chan.closed:
+                        break
+                    exited_at = exited_at or time.monotonic()
+                    if time.monotonic() - exited_at > 2.0:
+                        break
                 if chan.closed and not busy:
                     raise EOFError("channel closed before the command's exit status arrived")
                 if time.monotonic() > deadline:
@@ -320,6 +345,14 @@ class SSHTransport:
                 if not busy:
                     select.select([chan], [], [], 0.2)
             status = chan.recv_exit_status()
+            if status == -1:  # no exit status: the link died, or the command was killed by a signal
+                link = self._client.get_transport() if self._client else None
+                if link is None or not link.is_active():
+                    raise ConnectionResetError("the connection dropped while the command ran")
+                raise RemoteCommandError(f"{self.profile_name}: {argv[0]} was killed by a signal on the device "
+                                         "(out of memory? the OOM killer uses SIGKILL)", exit_status=-1,
+                                         stderr=err.decode(errors="replace")[-2000:],
+                                         hint="check `dmesg` on the device; a smaller model or fewer threads helps")
             finished = True
         finally:
             if not finished:
@@ -421,6 +454,10 @@ class SSHTransport:
             link = client.get_transport()
             if link is None or not link.is_active():  # paramiko says "Socket is closed": the link died
                 raise ConnectionResetError(f"connection lost: {exc}") from exc
+            if "size mismatch in put" in str(exc):  # the upload stopped short: the device's disk is full
+                raise TransferError(f"{self.profile_name}: the device ran out of space while uploading ({exc})",
+                                    hint="free space in the profile's workdir on the device (`df -h` there)"
+                                    ) from exc
             # The SFTP server said no (no such folder, permission denied): retrying will not change its mind.
             raise TransferError(f"{self.profile_name}: SFTP error: {exc}",
                                 hint="check the workdir exists and is writable on the device") from exc

@@ -22,6 +22,8 @@ from typing import Any
 import numpy as np
 
 PROTOCOL = 1
+MIN_ITERATIONS_FLOOR = 20  # the same floors as targets/profiles.py (this file cannot import it)
+MIN_SECONDS_FLOOR = 0.05
 SUFFIXES = {".onnx": "onnx", ".xml": "openvino", ".tflite": "tflite"}
 
 
@@ -403,6 +405,29 @@ def state_problems(before: dict[str, Any], after: dict[str, Any]) -> tuple[list[
     return reasons, warnings
 
 
+def rule_problems(args: argparse.Namespace, n: int) -> list[str]:
+    """A figure that did not meet its own minimums, or whose minimums are below the floor, is not valid."""
+    reasons = []
+    if n < args.min_iterations:
+        reasons.append(f"only {n} of {args.min_iterations} iterations within max_seconds={args.max_seconds}")
+    if args.max_seconds < args.min_seconds:
+        reasons.append(f"stopped at max_seconds={args.max_seconds:g} before min_seconds={args.min_seconds:g}")
+    if args.min_iterations < MIN_ITERATIONS_FLOOR or args.min_seconds < MIN_SECONDS_FLOOR:
+        reasons.append(f"rules below the floor (min_iterations={args.min_iterations}, min_seconds="
+                       f"{args.min_seconds:g}; the floor is {MIN_ITERATIONS_FLOOR} iterations and "
+                       f"{MIN_SECONDS_FLOOR:g} s)")
+    return reasons
+
+
+def temperature_problems(before: dict[str, Any], after: dict[str, Any], max_temp_c: float | None) -> list[str]:
+    """Hotter than the board's rule before or after the run: the figure includes thermal throttling or will."""
+    if not max_temp_c:
+        return []
+    hot = [(when, st.get("temp_c")) for when, st in (("before", before), ("after", after))
+           if isinstance(st.get("temp_c"), (int, float)) and st["temp_c"] >= max_temp_c]
+    return [f"device at {t:.1f} °C {when} the run (rule: below {max_temp_c:g} °C)" for when, t in hot]
+
+
 def environment(session: Session | None = None, threads: int | None = None,
                 requested_providers: list[str] | None = None) -> dict[str, Any]:
     """The fingerprint a figure is only meaningful with: OS, kernel, runtime versions, what actually executed."""
@@ -475,9 +500,8 @@ def benchmark(args: argparse.Namespace) -> dict[str, Any]:
         result["outputs"] = {"file": os.path.basename(args.outputs), "n": count(inputs), "count": len(outs),
                              "bytes": write_outputs(args.outputs, outs, int(args.max_output_mb * 2**20))}
     reasons, warnings = state_problems(before, after)
-    if len(samples) < args.min_iterations:
-        reasons.insert(0, f"only {len(samples)} of {args.min_iterations} iterations within "
-                          f"max_seconds={args.max_seconds}")
+    reasons[:0] = rule_problems(args, len(samples))
+    reasons += temperature_problems(before, after, args.max_temp_c)
     family = (args.backend or SUFFIXES.get(os.path.splitext(args.artifact)[1], "")).split("-")[0]
     fallback = provider_fallback(family, providers, session.providers)
     if fallback:
@@ -505,6 +529,7 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--throttled-cmd", default=None)
     ap.add_argument("--power-mode-cmd", default=None)
     ap.add_argument("--clocks-cmd", default=None)
+    ap.add_argument("--max-temp-c", type=float, default=None, help="invalid when the device is this hot or hotter")
     ap.add_argument("--probe", action="store_true", help="report runtimes and device state, then exit")
     return ap
 

@@ -82,7 +82,7 @@ def test_build_bundle_holds_best_artifact_per_family_and_manifest(bundle: Path) 
     files = _members(bundle)
     top = "digits-local-1.2.0"
     assert {n.removeprefix(top + "/") for n in files} == {
-        "manifest.json", "SHA256SUMS", "MODEL_CARD.md", "example.py", "bench.py", "summary.json",
+        "manifest.json", "SHA256SUMS", "manifest.sig.json", "MODEL_CARD.md", "example.py", "bench.py", "summary.json",
         "recipe.yaml", "models/onnx/digits.fp32.onnx", "models/openvino/digits.int8.xml",
         "models/openvino/digits.int8.bin", "bench/onnx-fp32.json", "bench/openvino-int8.json"}
     manifest = json.loads(files[f"{top}/manifest.json"])
@@ -92,7 +92,7 @@ def test_build_bundle_holds_best_artifact_per_family_and_manifest(bundle: Path) 
     listed = {f["path"]: f for f in manifest["files"]}
     for path, data in files.items():
         rel = path.removeprefix(top + "/")
-        if rel not in ("manifest.json", "SHA256SUMS"):
+        if rel not in ("manifest.json", "SHA256SUMS", "manifest.sig.json"):
             assert listed[rel]["sha256"] == hashlib.sha256(data).hexdigest()
     assert manifest["gate"]["passed"] is True and manifest["gate"]["allow_failed_gate"] is False
     assert [s["name"] for s in manifest["lineage"]["stages"]] == ["distill", "prune", "quantize"]
@@ -131,8 +131,8 @@ def test_build_bundle_rejects_wrong_device_and_tampered_artifact(passing_run: Pa
 
 
 @pytest.mark.parametrize("tamper, expected", [
-    ({"change": "MODEL_CARD.md"}, "MODEL_CARD.md: changed"),
-    ({"change": "digits.fp32.onnx"}, "models/onnx/digits.fp32.onnx: changed"),
+    ({"change": "MODEL_CARD.md"}, "MODEL_CARD.md: size"),
+    ({"change": "digits.fp32.onnx"}, "models/onnx/digits.fp32.onnx: size"),
     ({"drop": "bench/onnx-fp32.json"}, "bench/onnx-fp32.json: removed"),
     ({"add": "reg"}, "digits-local-1.2.0/extra.sh: added"),
     ({"add": "dotdot"}, "digits-local-1.2.0/../../evil.sh: path traversal"),
@@ -195,7 +195,7 @@ def test_cli_release_and_verify_exit_codes(passing_run: Path, run_dir: Path, tmp
     assert gate.returncode == 3 and "tflite-int8" in gate.stderr and "Traceback" not in gate.stderr
     bad = _rewrite(bundle, tmp_path / "bad.tar.gz", change="example.py")
     tampered = run_cli("verify", str(bad))
-    assert tampered.returncode == 2 and "digits-local-2.0/example.py: changed" in tampered.stderr
+    assert tampered.returncode == 2 and "digits-local-2.0/example.py: size" in tampered.stderr
     assert "Traceback" not in tampered.stderr
 
 
@@ -273,4 +273,6 @@ def test_verify_bundle_catches_model_swapped_with_recomputed_checksums(bundle: P
             info.size = len(data)
             tar.addfile(info, io.BytesIO(data))
     assert verify_bundle(forged) == [f"{top}/models/onnx/digits.fp32.onnx: differs from the artifact the run "
-                                     f"measured (sha256 {manifest['artifacts'][0]['sha256'][:16]}...)"]
+                                     f"measured (sha256 {manifest['artifacts'][0]['sha256'][:16]}...)",
+                                     f"{top}/manifest.sig.json: the signature does not match manifest.json (the "
+                                     "manifest was changed after signing)"]

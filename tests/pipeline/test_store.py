@@ -140,12 +140,28 @@ def test_finish_run_from_concurrent_threads_records_every_device(tmp_path: Path)
     assert sorted((r["device"], r["status"]) for r in history(st)) == [(f"dev{i}", "complete") for i in range(4)]
 
 
-@pytest.mark.skipif(not os.environ.get("EDGEPIPE_TEST_POSTGRES"),
-                    reason="set EDGEPIPE_TEST_POSTGRES=postgresql+pg8000://user@host:port/db to test a real PostgreSQL")
-def test_store_round_trip_and_rollback_on_postgresql(tmp_path: Path) -> None:
+@pytest.fixture(scope="module")
+def postgres_url(tmp_path_factory: pytest.TempPathFactory):
+    """EDGEPIPE_TEST_POSTGRES when set, else a throw-away server started from Debian's postgresql (CI installs it)."""
+    if os.environ.get("EDGEPIPE_TEST_POSTGRES"):
+        yield os.environ["EDGEPIPE_TEST_POSTGRES"]
+        return
+    from tests import pgserver
+
+    reason = pgserver.missing_reason()
+    if reason:
+        (pytest.fail if os.environ.get("EDGEPIPE_REQUIRE_SYSTEM_TESTS") else pytest.skip)(reason)
+    server = pgserver.Server()
+    try:
+        yield server.url
+    finally:
+        server.stop()
+
+
+def test_store_round_trip_and_rollback_on_postgresql(tmp_path: Path, postgres_url: str) -> None:
     import uuid
 
-    st = open_store(os.environ["EDGEPIPE_TEST_POSTGRES"])
+    st = open_store(postgres_url)
     run_id = f"pg-{uuid.uuid4().hex[:8]}"
     summary = json.loads((make_run(tmp_path / "run", run_id=run_id) / "summary.json").read_text())
     st.begin_run(run_id, {"name": "digits"}, "local", None, summary["started"])

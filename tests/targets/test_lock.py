@@ -74,7 +74,7 @@ def test_benchmark_removes_stale_job_folders_when_it_holds_the_lock(tmp_path):
     os.utime(old, (hour_ago, hour_ago))
     prof_file = tmp_path / "p.yaml"
     prof_file.write_text(f"name: p\npython: current\nworkdir: {wd}\nbackends: [onnx-fp32]\n"
-                         "bench: {warmup: 1, min_iterations: 5, min_seconds: 0, max_seconds: 5}\n")
+                         "bench: {warmup: 1, min_iterations: 20, min_seconds: 0.05, max_seconds: 5}\n")
     benchmark(load_profile(str(prof_file)), Artifact.from_files(tmp_path / "relu.onnx", backend="onnx",
                                                                 precision="fp32"))
     assert sorted(p.name for p in wd.iterdir()) == ["job-running"]  # only the recent one is left alone
@@ -88,3 +88,37 @@ def test_doctor_lock_check_names_holder_when_lease_live(tmp_path):
     os.symlink(f"ci@runner:7:abc {int(time.time()) + 300}", tmp_path / ".lock")
     detail = lock_check(prof, LocalTransport()).detail
     assert detail.startswith("held by ci@runner:7:abc, lease ") and "s left" in detail
+
+
+def test_lock_breaks_a_live_lease_whose_local_holder_process_is_gone(tmp_path):
+    import socket
+    import subprocess
+
+    proc = subprocess.Popen(["true"])
+    proc.wait()
+    lock = Path(tmp_path) / ".lock"
+    os.symlink(f"me@{socket.gethostname()}:{proc.pid}:abc {int(time.time()) + 3600}", lock)
+    start = time.monotonic()
+    with device_lock(LocalTransport(), str(tmp_path), lease_s=60, wait_s=0.5, poll_s=0.05):
+        pass
+    assert time.monotonic() - start < 5
+
+
+def test_benchmark_waits_at_least_a_whole_lease(tmp_path, monkeypatch):
+    import contextlib
+
+    import targets.device as device
+
+    seen = {}
+
+    @contextlib.contextmanager
+    def spy(tr, workdir, *, lease_s, wait_s, device="device", poll_s=1.0):
+        seen.update(lease=lease_s, wait=wait_s)
+        raise RuntimeError("stop here")
+        yield
+
+    monkeypatch.setattr(device, "device_lock", spy)
+    prof = load_profile("local")
+    with pytest.raises(RuntimeError, match="stop here"):
+        device.benchmark(prof, Artifact(path="x.onnx", backend="onnx", precision="fp32", sha256="", bytes=0))
+    assert seen["wait"] > seen["lease"]

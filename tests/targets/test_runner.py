@@ -111,7 +111,7 @@ def test_runner_runs_a_real_onnx_model_where_torch_cannot_be_imported(tmp_path: 
     runner.write_text(RUNNER_PATH.read_text())
     env = {"PYTHONPATH": str(tmp_path / "site"), "PATH": "/usr/bin:/bin"}
     proc = subprocess.run([sys.executable, str(runner), "--artifact", str(model_path), "--threads", "1",
-                           "--warmup", "2", "--min-iterations", "30", "--min-seconds", "0", "--inputs",
+                           "--warmup", "2", "--min-iterations", "30", "--min-seconds", "0.05", "--inputs",
                            str(tmp_path / "in.npz")], capture_output=True, text=True, env=env, cwd=tmp_path,
                           timeout=120, check=False)
     assert proc.returncode == 0, proc.stdout + proc.stderr

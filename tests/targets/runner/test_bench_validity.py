@@ -79,7 +79,7 @@ def _profile(tmp_path: Path, providers: list[str], min_iterations: int = 20, max
     f = tmp_path / "here.yaml"
     f.write_text(f"name: here\nconnection: {{transport: local}}\npython: current\nworkdir: {tmp_path / 'wd'}\n"
                  f"backends: [onnx-fp32]\nruntime: {{threads: 1, onnx_providers: {providers}}}\n"
-                 f"bench: {{warmup: 1, min_iterations: {min_iterations}, min_seconds: 0, "
+                 f"bench: {{warmup: 1, min_iterations: {min_iterations}, min_seconds: 0.05, "
                  f"max_seconds: {max_seconds}}}\n")
     return f
 

@@ -23,9 +23,10 @@ STALE_JOB_MIN = 10
 
 
 def runner_argv(profile: DeviceProfile, python: str, job: str, artifact_name: str, backend: str,
-                inputs_name: str | None) -> list[str]:
+                inputs_name: str | None, precision: str | None = None) -> list[str]:
     rules, rt, tel = profile.bench, profile.runtime, profile.telemetry
     argv = [python, f"{job}/bench.py", "--artifact", f"{job}/{artifact_name}", "--backend", backend,
+            *(["--precision", precision] if precision else []),
             "--threads", str(rt.threads), "--warmup", str(rules.warmup),
             "--min-iterations", str(rules.min_iterations), "--min-seconds", str(rules.min_seconds),
             "--max-seconds", str(rules.max_seconds), "--providers", ",".join(rt.onnx_providers)]
@@ -90,7 +91,7 @@ def _job(profile: DeviceProfile, tr: Transport, artifact: Artifact, inputs: Path
             inputs_name = inputs.name
             tr.put(inputs, f"{job}/{inputs_name}")
         argv = runner_argv(profile, tr.python(profile.python), job, Path(artifact.path).name,
-                           artifact.backend, inputs_name)
+                           artifact.backend, inputs_name, artifact.precision)
         res = tr.run(argv, timeout=min(profile.connection.command_timeout, remaining()))
         record = parse_runner_output(res.stdout, context) if res.stdout.strip() else None
         if record is None or "error" in record or not res.ok:

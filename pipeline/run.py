@@ -111,7 +111,7 @@ def _artifact_record(name: str, entry: dict[str, Any], device_dir: Path, bench_r
                    parent=art.parent, metadata=art.metadata)
     validation = entry.get("validation")
     if validation:
-        rec["validation"] = {k: validation[k] for k in ("max_abs_error", "top1_agreement", "computed_in")
+        rec["validation"] = {k: validation[k] for k in ("max_abs_error", "top1_agreement", "computed_in", "check")
                              if k in validation}
         rec["accuracy"] = validation.get("accuracy")
     err = entry.get("error") or error

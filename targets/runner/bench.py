@@ -182,7 +182,7 @@ PROBE_TFLITE = (
 def _tflite_build(interpreter_cls: Any, runtime: str, **kwargs: Any) -> Any:
     """Make and allocate an interpreter. Every tflite_runtime wheel (the last is 2.14, 2023) was compiled against
     NumPy 1.x; under NumPy 2 its extension fails on the first interpreter with an opaque ``SystemError ...
-    CreateWrapperFromFile`` (cause: ``_ARRAY_API not found``): say what it is and what to install."""
+    CreateWrapperFromFile`` (cause: ``numpy.core.multiarray failed to import``): say what it is and what to install."""
     try:
         interp = interpreter_cls(**kwargs)
         interp.allocate_tensors()
@@ -192,7 +192,7 @@ def _tflite_build(interpreter_cls: Any, runtime: str, **kwargs: Any) -> Any:
             chain.append(str(cause))
             cause = cause.__cause__ or cause.__context__
         numpy2 = int(np.__version__.split(".")[0]) >= 2
-        if runtime == "tflite_runtime" and numpy2 and any("_ARRAY_API" in t or "NumPy" in t for t in chain):
+        if runtime == "tflite_runtime" and numpy2 and any("_ARRAY_API" in t or "numpy" in t.lower() for t in chain):
             raise RunnerError(f"{NUMPY1_BUILD} (this device has numpy {np.__version__})") from exc
         raise
     return interp

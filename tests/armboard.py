@@ -153,6 +153,7 @@ def ensure_root(log: Path | None = None) -> tuple[Path, float]:
     cache.mkdir(parents=True, exist_ok=True)
     final = cache / f"arm64-rpi5-{key}"
     if (final / ".complete").is_file():
+        os.utime(final / ".complete")  # in use: kept by the clean-up below
         return final / "root", 0.0
     with open(cache / ".lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
@@ -170,8 +171,9 @@ def ensure_root(log: Path | None = None) -> tuple[Path, float]:
             tmp.rename(final)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
-        for old in cache.glob("arm64-rpi5-*"):  # earlier pins: one root per machine is enough
-            if old != final:
+        for old in cache.glob("arm64-rpi5-*"):  # roots of other pins unused for a week (another checkout may
+            done = old / ".complete"            # be using one right now)
+            if old != final and (not done.is_file() or time.time() - done.stat().st_mtime > 7 * 86400):
                 shutil.rmtree(old, ignore_errors=True)
         return final / "root", time.monotonic() - start
 

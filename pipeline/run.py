@@ -125,7 +125,7 @@ def _artifact_record(name: str, entry: dict[str, Any], device_dir: Path, bench_r
     validation = entry.get("validation")
     if validation:
         rec["validation"] = {k: validation[k] for k in ("max_abs_error", "top1_agreement", "computed_in", "cosine",
-                                                        "per_output", "metric_drop") if k in validation}
+                                                        "per_output", "metric_drop", "check") if k in validation}
         if "metric" in validation:
             rec["metric"] = validation["metric"]
         if validation.get("accuracy") is not None:

@@ -25,9 +25,10 @@ LEASE_GRACE_S = 120  # cleanup after the job timeout
 
 
 def runner_argv(profile: DeviceProfile, python: str, job: str, artifact_name: str, backend: str,
-                inputs_name: str | None, outputs: bool = False) -> list[str]:
+                inputs_name: str | None, precision: str | None = None, outputs: bool = False) -> list[str]:
     rules, rt, tel = profile.bench, profile.runtime, profile.telemetry
     argv = [python, f"{job}/bench.py", "--artifact", f"{job}/{artifact_name}", "--backend", backend,
+            *(["--precision", precision] if precision else []),
             "--threads", str(rt.threads), "--warmup", str(rules.warmup),
             "--min-iterations", str(rules.min_iterations), "--min-seconds", str(rules.min_seconds),
             "--max-seconds", str(rules.max_seconds), "--providers", ",".join(rt.onnx_providers)]
@@ -137,7 +138,7 @@ def _job(profile: DeviceProfile, tr: Transport, artifact: Artifact, inputs: Path
             inputs_name = inputs.name
             tr.put(inputs, f"{job}/{inputs_name}")
         argv = runner_argv(profile, tr.python(profile.python), job, Path(artifact.path).name,
-                           artifact.backend, inputs_name, outputs=outputs is not None)
+                           artifact.backend, inputs_name, artifact.precision, outputs=outputs is not None)
         records = []
         for _ in range(profile.bench.repeat):
             res = tr.run(argv, timeout=min(profile.connection.command_timeout, remaining()))

@@ -117,14 +117,18 @@ def lock_check(profile: DeviceProfile, tr: Transport) -> Check:
 
 def probe_checks(profile: DeviceProfile, info: dict[str, Any]) -> list[Check]:
     env, state = info.get("environment", {}), info.get("state", {})
-    checks = [Check("python", True, f"{profile.python}: Python {env.get('python')} on {env.get('os')}"),
+    board = env.get("board") or {}
+    facts = ", ".join(str(v) for v in (board.get("model"), board.get("cpu"), board.get("l4t")) if v)
+    checks = [Check("python", True, f"{profile.python}: Python {env.get('python')} on {env.get('os')}"
+                    + (f" ({facts})" if facts else "")),
               Check("numpy", True, f"numpy {env.get('numpy')}")]
     families = sorted({b.split("-")[0] for b in profile.backends})
     for fam in families:
         name = RUNTIME_OF[fam]
         version = info.get("runtimes", {}).get(name)
+        why = (info.get("runtime_errors") or {}).get(name)  # present but unusable, e.g. a NumPy 1.x build
         checks.append(Check(f"runtime {name}", bool(version),
-                            version or f"not importable by {profile.python}; needed for {fam}-* backends"))
+                            version or why or f"not importable by {profile.python}; needed for {fam}-* backends"))
     if "onnx" in families:
         have = info.get("onnx_providers") or []
         missing = [p for p in profile.runtime.onnx_providers if p not in have]

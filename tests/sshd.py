@@ -96,7 +96,8 @@ class Server:
                 self.proc.wait(10)
 
 
-def start_server(root: Path) -> Server:
+def start_server(root: Path, extra_config: list[str] | None = None) -> Server:
+    """``extra_config``: more sshd_config lines (e.g. ``SetEnv PATH=...`` for a board whose python3 is elsewhere)."""
     root.mkdir(parents=True, exist_ok=True)
     host_key = root / "ssh_host_ed25519_key"
     host_line = " ".join(keygen(host_key).split()[:2])
@@ -108,7 +109,7 @@ def start_server(root: Path) -> Server:
         f"AuthorizedKeysFile {root / 'authorized_keys'}", "UsePAM no", "StrictModes no",
         "PermitRootLogin prohibit-password", "PasswordAuthentication no", "KbdInteractiveAuthentication no",
         "PubkeyAuthentication yes", "AllowTcpForwarding yes", "Subsystem sftp internal-sftp",
-        "MaxStartups 64", "MaxSessions 64", "LogLevel ERROR", ""]))
+        "MaxStartups 64", "MaxSessions 64", "LogLevel ERROR", *(extra_config or []), ""]))
     if os.geteuid() == 0:
         os.makedirs("/run/sshd", mode=0o755, exist_ok=True)  # privilege separation folder sshd insists on
     blockers = root / "blockers"

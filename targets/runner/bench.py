@@ -71,7 +71,8 @@ def _float_out(y: Any) -> np.ndarray:
     return y.astype(np.float32) if np.issubdtype(y.dtype, np.floating) else y.copy()
 
 
-def load_onnx(path: str, threads: int, providers: list[str] | None = None) -> Session:
+def load_onnx(path: str, threads: int, providers: list[str] | None = None, optimization: str = "all",
+              provider_options: dict[str, dict[str, Any]] | None = None) -> Session:
     try:
         import onnxruntime as ort
     except ImportError as exc:
@@ -79,10 +80,12 @@ def load_onnx(path: str, threads: int, providers: list[str] | None = None) -> Se
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = threads
     opts.inter_op_num_threads = 1
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    opts.graph_optimization_level = {"all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+                                     "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC}[optimization]
     available = ort.get_available_providers()
     wanted = [p for p in (providers or ["CPUExecutionProvider"]) if p in available] or ["CPUExecutionProvider"]
-    sess = ort.InferenceSession(path, sess_options=opts, providers=wanted)
+    with_options = [(p, provider_options[p]) if p in (provider_options or {}) else p for p in wanted]
+    sess = ort.InferenceSession(path, sess_options=opts, providers=with_options)
     ins = [{"name": i.name, "shape": _static_shape(i.shape), "dtype": np.dtype(_ONNX_TYPES.get(i.type, np.float32))}
            for i in sess.get_inputs()]
 
@@ -174,8 +177,7 @@ def load_tflite(path: str, threads: int, input_names: list[str] | None = None) -
     (``args_<i>`` is the i-th forward() argument); integer tensors with a scale are quantized values, integer tensors
     without one are raw integers (ids, masks) and pass through."""
     interpreter_cls, runtime, version = _tflite_interpreter()
-    interp = interpreter_cls(model_path=path, num_threads=threads)
-    interp.allocate_tensors()
+    interp = _tflite_build(interpreter_cls, runtime, model_path=path, num_threads=threads)
     sigs = interp.get_signature_list() if hasattr(interp, "get_signature_list") else {}
     if sigs:
         runner = interp.get_signature_runner(next(iter(sigs)))
@@ -222,11 +224,57 @@ def load_tflite(path: str, threads: int, input_names: list[str] | None = None) -
                        "inputs": {i["name"]: i["dtype"].name for i in ins}})
 
 
+NUMPY1_BUILD = "tflite_runtime was built for NumPy 1.x: install numpy<2 or ai-edge-litert"
+# A float32 [1] -> [1] model computing x + 1 (812 bytes, zlib + base64): doctor builds and runs an interpreter on it,
+# because a broken runtime/numpy pair imports fine and fails only when the first interpreter is made.
+PROBE_TFLITE = (
+    "eNptUs1KAlEUPtqklxQTEnMh5bKFSJFBUNAiCAPdhPuL5dWGdEbGO657lOgBWvUQPkRLFz1ENH3nzrGCGvg455455zu/dSLqX3WPK9QgjxQVqUwV2"
+    "GpUd3IDOAcOgU6G8J/oVd454D1LtAIs8AYo+Cxhz3BcJpVLkWXibwuyiEwetJSvDjSAbWBuooUfjPXQjAbxxLq4ivAdAEpiFXSkg0ZOD2M7i63msm"
+    "jvM0k8qW8QjedsZd+O+C+TJOGYTWAXeDBmpud2cDsx95NQ34UBHoGlkfAwbBQbzs2ZleRk+w4w9QMdxYH1p0YvTDT3w4CeJZZ7PmqdtFxh8nGfve7"
+    "1TeMyDOBvzbAFSwkz/9lACZZToCmzqUg+xnTgByQzaYvMiiTZWRGPJ96ts5RcPHPnwV5K3Qo1mT9zrlDvmicrPBnZl3Iy3RfbRpgfq23JpeQe9v/u"
+    "T6/3IoqLZ/TB8SI8DcmppNcCoDV3qXWrd/Yd42Gjnqsl524g92smRI8XRFXMULmu0ivmLw9r2k5TeJTcUvWfetf3ss75kfAePZfjC5xNcRA=")
+
+
+def _tflite_build(interpreter_cls: Any, runtime: str, **kwargs: Any) -> Any:
+    """Make and allocate an interpreter. Every tflite_runtime wheel (the last is 2.14, 2023) was compiled against
+    NumPy 1.x; under NumPy 2 its extension fails on the first interpreter with an opaque ``SystemError ...
+    CreateWrapperFromFile`` (cause: ``numpy.core.multiarray failed to import``): say what it is and what to install."""
+    try:
+        interp = interpreter_cls(**kwargs)
+        interp.allocate_tensors()
+    except (SystemError, ImportError, AttributeError) as exc:
+        chain, cause = [], exc
+        while cause is not None and len(chain) < 5:
+            chain.append(str(cause))
+            cause = cause.__cause__ or cause.__context__
+        numpy2 = int(np.__version__.split(".")[0]) >= 2
+        if runtime == "tflite_runtime" and numpy2 and any("_ARRAY_API" in t or "numpy" in t.lower() for t in chain):
+            raise RunnerError(f"{NUMPY1_BUILD} (this device has numpy {np.__version__})") from exc
+        raise
+    return interp
+
+
+def tflite_selftest() -> str:
+    """Build an interpreter on PROBE_TFLITE and run it once: 'runtime version' when it computes 2 + 1 = 3."""
+    import base64
+    import zlib
+
+    interpreter_cls, runtime, version = _tflite_interpreter()
+    interp = _tflite_build(interpreter_cls, runtime, model_content=zlib.decompress(base64.b64decode(PROBE_TFLITE)))
+    inp, out = interp.get_input_details()[0], interp.get_output_details()[0]
+    interp.set_tensor(inp["index"], np.array([2.0], dtype=np.float32))
+    interp.invoke()
+    got = float(np.asarray(interp.get_tensor(out["index"])).reshape(-1)[0])
+    if abs(got - 3.0) > 1e-6:
+        raise RunnerError(f"{runtime} {version} computed 2 + 1 = {got}: this TFLite runtime is broken on this device")
+    return f"{runtime} {version}"
+
+
 def load(path: str, backend: str | None = None, threads: int = 1, providers: list[str] | None = None,
-         input_names: list[str] | None = None) -> Session:
+         input_names: list[str] | None = None, **onnx_options: Any) -> Session:
     family = (backend or SUFFIXES.get(os.path.splitext(path)[1], "")).split("-")[0]
     if family == "onnx":
-        return load_onnx(path, threads, providers)
+        return load_onnx(path, threads, providers, **onnx_options)
     if family == "openvino":
         return load_openvino(path, threads)
     if family == "tflite":
@@ -317,6 +365,22 @@ def time_session(session: Session, inputs: dict[str, np.ndarray] | np.ndarray, w
         elapsed = time.perf_counter() - start
         if (len(samples) >= min_iterations and elapsed >= min_seconds) or elapsed >= max_seconds:
             return samples
+
+
+def first_inference_ms(session: Session, inputs: dict[str, np.ndarray] | np.ndarray) -> float:
+    feeds = _feeds(session, inputs)
+    batch = session.input_shape[0] if session.input_shape else 1
+    t0 = time.perf_counter()
+    session.run({k: v[:batch] for k, v in feeds.items()})
+    return (time.perf_counter() - t0) * 1000
+
+
+def artifact_precision(args: argparse.Namespace) -> str | None:
+    """--precision, else the exporters' file naming (``<name>.<precision>.<suffix>``)."""
+    if args.precision:
+        return args.precision
+    parts = os.path.basename(args.artifact).split(".")
+    return parts[-2] if len(parts) >= 3 and parts[-2] in ("fp32", "fp16", "int8") else None
 
 
 # --------------------------------------------------------------------------------------------------------- device state
@@ -432,7 +496,8 @@ def environment(session: Session | None = None, threads: int | None = None,
                 requested_providers: list[str] | None = None) -> dict[str, Any]:
     """The fingerprint a figure is only meaningful with: OS, kernel, runtime versions, what actually executed."""
     env: dict[str, Any] = {"os": platform.platform(), "kernel": platform.release(), "machine": platform.machine(),
-                           "python": platform.python_version(), "numpy": np.__version__, "cpus": os.cpu_count()}
+                           "python": platform.python_version(), "numpy": np.__version__, "cpus": os.cpu_count(),
+                           "board": board_facts()}
     if session is not None:
         env.update(runtime=f"{session.runtime} {session.version}", providers=session.providers,
                    requested_providers=requested_providers or [], threads=threads)
@@ -452,11 +517,15 @@ def provider_fallback(family: str, requested: list[str], used: list[str]) -> str
 def probe(args: argparse.Namespace | None = None) -> dict[str, Any]:
     """What the device offers: used by ``edgepipe doctor``."""
     runtimes: dict[str, str | None] = {}
+    errors: dict[str, str] = {}
     for name, loader in (("onnxruntime", lambda: __import__("onnxruntime").__version__),
                          ("openvino", lambda: __import__("openvino").get_version()),
-                         ("tflite", lambda: "{1} {2}".format(*_tflite_interpreter()))):
+                         ("tflite", tflite_selftest)):
         try:
             runtimes[name] = loader()
+        except RunnerError as exc:  # present but unusable (or absent), with what to do about it
+            runtimes[name] = None
+            errors[name] = str(exc)
         except Exception:  # noqa: BLE001 - absent or broken runtimes are reported, not raised
             runtimes[name] = None
     try:
@@ -467,8 +536,104 @@ def probe(args: argparse.Namespace | None = None) -> dict[str, Any]:
     here = os.path.dirname(os.path.abspath(__file__))  # the job folder, under the profile's workdir
     st = os.statvfs(here)
     tel = (args.thermal, args.throttled_cmd, args.power_mode_cmd, args.clocks_cmd) if args else ()
-    return {"protocol": PROTOCOL, "runtimes": runtimes, "onnx_providers": providers, "environment": environment(),
+    return {"protocol": PROTOCOL, "runtimes": runtimes, "runtime_errors": errors, "onnx_providers": providers,
+            "environment": environment(),
             "state": device_state(*tel), "free_bytes": st.f_bavail * st.f_frsize, "workdir": os.path.dirname(here)}
+
+
+# --------------------------------------------------------------------------------------------------------- board facts
+ARM_CORES = {"0xd03": "Cortex-A53", "0xd04": "Cortex-A35", "0xd05": "Cortex-A55", "0xd07": "Cortex-A57",
+             "0xd08": "Cortex-A72", "0xd09": "Cortex-A73", "0xd0a": "Cortex-A75", "0xd0b": "Cortex-A76",
+             "0xd0c": "Neoverse-N1", "0xd0d": "Cortex-A77", "0xd41": "Cortex-A78", "0xd42": "Cortex-A78AE",
+             "0xd4b": "Cortex-A78C", "0xd46": "Cortex-A510", "0xd47": "Cortex-A710", "0xd80": "Cortex-A520",
+             "0xd81": "Cortex-A720"}
+
+
+def board_facts() -> dict[str, Any]:
+    """What the board says about itself. ``platform`` reports the kernel the process runs under -- the host's under
+    emulation or in some containers -- while /proc/cpuinfo, the device tree and L4T's release file are the board's."""
+    fields = [(k.strip(), v.strip()) for k, _, v in
+              (ln.partition(":") for ln in (_read("/proc/cpuinfo") or "").splitlines() if ":" in ln)]
+    names = sorted({v for k, v in fields if k == "model name"})
+    cores = sorted({ARM_CORES.get(v.lower(), f"Arm part {v}") for k, v in fields if k == "CPU part"})
+    model = (_read("/proc/device-tree/model") or "").replace("\x00", "").strip()
+    model = model or next((v for k, v in fields if k in ("Model", "Hardware")), "")
+    tegra = (_read("/etc/nv_tegra_release") or "").splitlines()
+    return {"model": model or None, "cpu": ", ".join(names or cores) or None,
+            "cpu_count": sum(1 for k, _ in fields if k == "processor") or None,
+            "l4t": tegra[0].lstrip("# ").strip() if tegra else None}
+
+
+# --------------------------------------------------------------------------------------------------------- TensorRT
+TRT = "TensorrtExecutionProvider"
+ENGINE_CACHE_MAX_AGE_DAYS = 30
+
+
+def tensorrt_version() -> str:
+    """The TensorRT the EP will load: its Python module if present, else libnvinfer's own getInferLibVersion()."""
+    try:
+        import tensorrt
+
+        return str(tensorrt.__version__)
+    except Exception:  # noqa: BLE001 - JetPack images often lack the Python bindings
+        pass
+    import ctypes
+
+    for lib in ("libnvinfer.so.10", "libnvinfer.so.8", "libnvinfer.so"):
+        try:
+            v = int(ctypes.CDLL(lib).getInferLibVersion())
+        except (OSError, AttributeError):
+            continue
+        major, rest = (v // 10000, v % 10000) if v >= 100000 else (v // 1000, v % 1000)  # TRT 10 vs 8 encoding
+        return f"{major}.{rest // 100}.{rest % 100}"
+    return "unknown"
+
+
+def tensorrt_options(precision: str | None, cache_dir: str) -> dict[str, Any]:
+    """The EP's options for an artifact: the precision the file was made for (without the flag TensorRT builds an
+    fp16 file's layers in fp32 and rejects INT8 Q/DQ) and an engine + timing cache, so later jobs skip the build."""
+    return {"trt_fp16_enable": precision == "fp16", "trt_int8_enable": precision == "int8",
+            "trt_engine_cache_enable": True, "trt_engine_cache_path": cache_dir,
+            "trt_timing_cache_enable": True, "trt_timing_cache_path": cache_dir}
+
+
+def _engines(folder: str) -> dict[str, float]:
+    try:
+        return {e.name: e.stat().st_mtime for e in os.scandir(folder) if e.name.endswith(".engine")}
+    except OSError:
+        return {}
+
+
+def engine_cache(artifact: str, root: str, max_age_days: float = ENGINE_CACHE_MAX_AGE_DAYS) -> dict[str, Any]:
+    """The artifact's engine folder under ``root`` (the device workdir, kept across jobs), keyed by the file's
+    sha256 and the TensorRT version (an engine is only valid for the exact build that made it); folders unused for
+    ``max_age_days`` are removed."""
+    import hashlib
+    import shutil
+
+    h = hashlib.sha256()
+    with open(artifact, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    version = tensorrt_version()
+    key = f"{h.hexdigest()[:16]}-trt{version}"
+    path = os.path.join(root, key)
+    os.makedirs(path, exist_ok=True)
+    os.utime(path)
+    removed = []
+    for entry in os.scandir(root):
+        if entry.is_dir() and entry.path != path and time.time() - entry.stat().st_mtime > max_age_days * 86400:
+            shutil.rmtree(entry.path, ignore_errors=True)
+            removed.append(entry.name)
+    return {"path": path, "key": key, "tensorrt": version, "before": _engines(path), "removed": removed}
+
+
+def engine_cache_result(cache: dict[str, Any], used: list[str]) -> dict[str, Any]:
+    """A hit: TensorRT ran and the session reused engines that were there before (none built or rewritten)."""
+    after = _engines(cache["path"])
+    hit = TRT in used and bool(cache["before"]) and after == cache["before"]
+    return {"path": cache["path"], "key": cache["key"], "tensorrt": cache["tensorrt"], "hit": hit,
+            "engines": sorted(after), "removed_stale": cache["removed"]}
 
 
 # --------------------------------------------------------------------------------------------------------- main
@@ -477,10 +642,19 @@ def benchmark(args: argparse.Namespace) -> dict[str, Any]:
     inputs: dict[str, np.ndarray] | None = None
     if args.inputs:
         inputs, _ = read_inputs(args.inputs)
+    family = (args.backend or SUFFIXES.get(os.path.splitext(args.artifact)[1], "")).split("-")[0]
+    trt_cache, onnx_options = None, {}
+    if family == "onnx" and TRT in providers:
+        job = os.path.dirname(os.path.abspath(args.artifact))
+        trt_cache = engine_cache(args.artifact, os.path.join(os.path.dirname(job), "tensorrt-cache"))
+        onnx_options["provider_options"] = {TRT: tensorrt_options(artifact_precision(args), trt_cache["path"])}
+    t0 = time.perf_counter()
     session = load(args.artifact, args.backend, args.threads, providers or None,
-                   input_names=list(inputs) if inputs else None)
+                   input_names=list(inputs) if inputs else None, **onnx_options)
+    load_ms = (time.perf_counter() - t0) * 1000
     if inputs is None:   # no data: zeros of each input's shape and dtype (valid ids and masks, unlike noise)
         inputs = {i["name"]: np.zeros((8, *i["shape"][1:]), dtype=i["dtype"]) for i in session.inputs}
+    first_ms = first_inference_ms(session, inputs)  # an engine build or JIT lands here, not in the figures
     telemetry = (args.thermal, args.throttled_cmd, args.power_mode_cmd, args.clocks_cmd)
     before = device_state(*telemetry)
     samples = time_session(session, inputs, args.warmup, args.min_iterations, args.min_seconds, args.max_seconds)
@@ -492,6 +666,7 @@ def benchmark(args: argparse.Namespace) -> dict[str, Any]:
         "rules": {"warmup": args.warmup, "min_iterations": args.min_iterations, "min_seconds": args.min_seconds,
                   "max_seconds": args.max_seconds},
         "state": {"before": before, "after": after},
+        "startup_ms": {"load": round(load_ms, 3), "first_inference": round(first_ms, 3)},
         "environment": {**environment(session, args.threads, providers),  # DESIGN §6 keeps these two here
                         "governor": before.get("governor"), "temp_c": after.get("temp_c")},
     }
@@ -502,7 +677,9 @@ def benchmark(args: argparse.Namespace) -> dict[str, Any]:
     reasons, warnings = state_problems(before, after)
     reasons[:0] = rule_problems(args, len(samples))
     reasons += temperature_problems(before, after, args.max_temp_c)
-    family = (args.backend or SUFFIXES.get(os.path.splitext(args.artifact)[1], "")).split("-")[0]
+    if trt_cache is not None:
+        result["tensorrt"] = {"options": onnx_options["provider_options"][TRT],
+                              "engine_cache": engine_cache_result(trt_cache, session.providers)}
     fallback = provider_fallback(family, providers, session.providers)
     if fallback:
         reasons.append(fallback)
@@ -516,6 +693,7 @@ def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--artifact")
     ap.add_argument("--backend", default=None, help="onnx | openvino | tflite (default: from the file suffix)")
+    ap.add_argument("--precision", default=None, help="fp32 | fp16 | int8: sets TensorRT's precision flags")
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     ap.add_argument("--warmup", type=int, default=20)
     ap.add_argument("--min-iterations", type=int, default=100)

@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import importlib
 import os
+import time
 from collections.abc import Iterator
 
 import pytest
 
 from targets.export_config import ExportConfig
+from tests import armboard as armboard_mod
 from tests import sshd as sshd_mod
 from tests.targets._models import data, example, tiny_cnn
 
@@ -65,3 +67,19 @@ def tiny(tmp_path_factory):
 
     t.artifact = artifact
     return t
+
+
+@pytest.fixture(scope="session")
+def armboard(tmp_path_factory: pytest.TempPathFactory, sshd: sshd_mod.Server) -> Iterator[armboard_mod.Board]:
+    """The emulated Raspberry Pi 5 (tests/armboard.py): its root is cached across sessions, its sshd is fresh.
+
+    Depends on ``sshd`` for the empty ssh_config the SSH tests share."""
+    reason = armboard_mod.missing_reason()
+    if reason:
+        pytest.skip(reason)
+    start = time.monotonic()
+    with armboard_mod.board(tmp_path_factory.mktemp("rpi5")) as board:
+        # the fixture's cost, shown by `pytest -rA`/-s and in the CI log: build (0 when cached) and start
+        print(f"\n[armboard] root {board.root}: built in {board.build_seconds:.0f} s, ready in "
+              f"{time.monotonic() - start:.0f} s")
+        yield board

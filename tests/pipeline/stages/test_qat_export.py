@@ -33,7 +33,8 @@ def test_openvino_from_qdq_onnx_runs_int8_and_matches_onnx_int8(digits, teacher,
     assert not [p for p in (tmp_path / "ov").iterdir() if p.name.startswith(".")]   # no temp left behind
     x = np.stack([digits["eval"][i][0].numpy() for i in range(64)]).astype(np.float32)
     ov_out = predict(load(art.path, "openvino", threads=1), x)
-    ort_out = predict(load(str(qdq), "onnx", threads=1), x)
+    # the QDQ model's own arithmetic: ORT's fused U8S8 kernels saturate on these 8-bit weights on x86 without VNNI
+    ort_out = predict(load(str(qdq), "onnx", threads=1, optimization="basic"), x)
     assert (ov_out.argmax(1) == ort_out.argmax(1)).mean() >= 0.95
 
     import openvino as ov

@@ -27,9 +27,8 @@ from pipeline.model import accuracy, arrays, complexity, load_data, load_model, 
 from pipeline.progress import Progress
 from pipeline.rundir import now_iso
 from pipeline.stages import StagesResult, run_stages
-from pipeline.stages.qat_export import openvino_from_qdq_onnx
 from pipeline.store import Store, open_store
-from targets import get_exporter, parse_backend
+from targets import export_order, get_exporter, parse_backend, requires
 from targets.artifact import Artifact, atomic_write_json
 from targets.device import benchmark
 from targets.errors import DeviceError, EdgeError, GateError, OutputMismatchError
@@ -69,8 +68,10 @@ def export_all(result: StagesResult, recipe: Recipe, backends: list[str], out_di
     example = (torch.zeros(*recipe.model.input_shape),)
     parent = f"{recipe.name}:{result.records[-1]['name'] if result.records else 'original'}"
     outcomes: dict[str, dict[str, Any]] = {}
-    qat = recipe.stages.quantize is not None and recipe.stages.quantize.mode == "qat"
-    for name in backends:
+    ov_from = result.export_overrides.get("ov_int8_from", "model")
+    qcfg = recipe.stages.quantize
+    mixed = qcfg.mixed_precision() if qcfg is not None else None
+    for name in export_order(backends, ov_from):  # a backend that reads another's artifact comes after it
         family, precision = parse_backend(name)
         entry: dict[str, Any] = {"backend": family, "precision": precision}
         outcomes[name] = entry
@@ -79,13 +80,8 @@ def export_all(result: StagesResult, recipe: Recipe, backends: list[str], out_di
                 cfg = ExportConfig(name=recipe.name, precision=precision, parent=parent, target_arch=target_arch,
                                    **result.export_overrides)
                 calib = result.calib if precision == "int8" else None
-                qdq = outcomes.get("onnx-int8", {}).get("artifact")
-                if name == "openvino-int8" and qat and qdq is not None:
-                    # QAT weights: NNCF's re-quantization loses what QAT learned; OpenVINO reads ORT's verified QDQ
-                    # model and runs it in INT8 (measured on digits: 99.17% vs 98.33% top-1).
-                    art: Artifact = openvino_from_qdq_onnx(qdq, out_dir, recipe.name)
-                else:
-                    art = get_exporter(family)(result.model, example, calib, cfg, out_dir)
+                art = _export_one(name, family, result, example, calib, cfg, out_dir, outcomes, mixed, x_eval,
+                                  y_eval, ref, progress)
             entry["artifact"] = art
             with progress.step(f"check {name}"):
                 entry["validation"] = validate(art, x_eval, ref, y_eval)
@@ -99,6 +95,27 @@ def export_all(result: StagesResult, recipe: Recipe, backends: list[str], out_di
             entry["exit_code"] = exc.exit_code
             progress.warn(f"{name}: {exc}")
     return outcomes
+
+
+def _export_one(name: str, family: str, result: StagesResult, example: tuple[Any, ...], calib: np.ndarray | None,
+                cfg: ExportConfig, out_dir: Path, outcomes: dict[str, dict[str, Any]], mixed: dict[str, Any] | None,
+                x_eval: np.ndarray, y_eval: np.ndarray, ref: np.ndarray, progress: Progress) -> Artifact:
+    """One exporter call: from another backend's artifact where the path declares one (targets.REQUIRES), through
+    the accuracy-aware mixed-precision search for INT8 with ``auto_keep_float``, else straight."""
+    deps = requires(name, cfg.ov_int8_from)
+    if deps:
+        missing = [d for d in deps if outcomes.get(d, {}).get("artifact") is None]
+        if missing:
+            raise EdgeError(f"{name} is built from {', '.join(missing)}, which failed",
+                            hint=f"fix {', '.join(missing)} first (see its error above)")
+        return get_exporter(family)(result.model, example, calib, cfg, out_dir,
+                                    sources={d: outcomes[d]["artifact"] for d in deps})
+    if mixed is not None and cfg.precision == "int8" and calib is not None:
+        from targets.mixed_precision import MixedPrecisionConfig, search
+
+        return search(family, get_exporter(family), result.model, example, calib, cfg, out_dir, x_eval, ref,
+                      MixedPrecisionConfig(**mixed), labels=y_eval, log=progress.say)
+    return get_exporter(family)(result.model, example, calib, cfg, out_dir)
 
 
 # ------------------------------------------------------------------------------------------------ device phase

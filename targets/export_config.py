@@ -27,3 +27,6 @@ class ExportConfig(StrictModel):
     onnx_activation_type: Literal["auto", "uint8", "int8"] = "auto"
     reduce_range: bool | None = None         # None = auto (x86 without VNNI)
     ov_preset: Literal["performance", "mixed"] = "performance"   # NNCF preset: symmetric / asymmetric activations
+    # openvino-int8 from the model (NNCF PTQ), or from the onnx-int8 QDQ artifact (after QAT: its scales as decided
+    # there); the latter declares a dependency on onnx-int8 (targets.REQUIRES), exported first whatever the order.
+    ov_int8_from: Literal["model", "onnx-qdq"] = "model"

@@ -23,6 +23,7 @@ import yaml
 import pipeline
 from pipeline.config import Recipe, load_recipe
 from pipeline.gate import apply_gate
+from pipeline.int8_guard import guard_records
 from pipeline.model import accuracy, arrays, complexity, load_data, load_model, predict
 from pipeline.progress import Progress
 from pipeline.rundir import now_iso
@@ -251,6 +252,9 @@ def _run(recipe: Recipe, profiles: list[DeviceProfile], root: Path, run_id: str,
         device_dir = root if len(profiles) == 1 else root / profile.name
         wanted = {b: by_arch[profile.arch][b] for b in _backends_for(recipe, profile)}
         records, errors = measure_device(profile, wanted, root, device_dir, inputs, progress)
+        for warning in guard_records(records, {b: o["artifact"] for b, o in wanted.items() if o.get("artifact")},
+                                     profile.name):
+            progress.warn(warning)
         summary = {
             "schema": 1, "recipe": recipe.name, "device": profile.name, "run_id": run_id,
             "baseline": baseline, "stages": result.records, "artifacts": records,
@@ -310,10 +314,26 @@ def format_table(summary: dict[str, Any]) -> str:
                      f"{lat.get('p50', '-'):>8} {lat.get('p90', '-'):>8} {lat.get('n', '-'):>6} "
                      f"{'-' if size is None else f'{size / 1024:.1f} KiB':>10}  "
                      f"{'yes' if r.get('valid') else 'NO: ' + '; '.join(r.get('invalid_reasons', []))[:80]}")
+    for r in summary["artifacts"]:
+        lines += _notes(r)
     gate = summary["gate"]
     lines.append(f"  gate: {'passed' if gate['passed'] else 'FAILED'} (max accuracy drop {gate['max_accuracy_drop']} "
                  f"points)")
     return "\n".join(lines)
+
+
+def _notes(rec: dict[str, Any]) -> list[str]:
+    """Lines under the table for one artifact: the INT8 guard's flag and the layers mixed precision kept float."""
+    out = []
+    guard = rec.get("int8_guard") or {}
+    if guard.get("flagged"):
+        out.append(f"  ! {guard['message']}")
+    mp = (rec.get("metadata") or {}).get("mixed_precision")
+    if mp:
+        out.append(f"  {rec['name']}: kept in float by auto_keep_float: {', '.join(mp.get('reverted') or []) or 'none'}"
+                   f" ({mp['metric']} drop {mp.get('drop', float('nan')):.2f} pt vs FP32 parent, limit "
+                   f"{mp['max_drop']:g})")
+    return out
 
 
 def bench_artifact(path: str | Path, device: str, profile_overrides: dict[str, Any] | None = None,

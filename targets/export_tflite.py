@@ -67,8 +67,13 @@ def _quantized_program(model: torch.nn.Module, example_inputs: tuple[torch.Tenso
         for i in range(min(len(calib), cfg.calib_samples)):
             prepared(torch.from_numpy(np.ascontiguousarray(calib[i:i + 1], dtype=np.float32)))
     converted = quantize_pt2e.convert_pt2e(prepared, fold_quantize=False)
-    # litert-torch warns that this GraphModule is "in training mode": it is not, an exported graph has no mode
-    # (the model was put in eval before torch.export), and calling .eval() on it breaks litert's conversion.
+    # litert-torch warned "converted in training mode" because an exported GraphModule keeps nn.Module's default
+    # ``training=True``. The graph itself was traced from the model in eval mode: batch norm is already
+    # ``_native_batch_norm_legit_no_training`` and prepare_pt2e folds it into the preceding convolution (no
+    # batch_norm node survives convert_pt2e, and the .tflite holds no separate MUL/ADD per BN), so the warning cost
+    # nothing but a false alarm. ``.eval()`` is refused on exported modules, so the flag is cleared directly.
+    for module in converted.modules():
+        module.training = False
     return converted, QuantConfig(pt2e_quantizer=quantizer)
 
 

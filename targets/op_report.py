@@ -78,11 +78,18 @@ def openvino_ops(path: str) -> dict[str, Any]:
 
 
 def tflite_ops(path: str) -> dict[str, Any]:
-    """LiteRT's op list; an op runs in float when its first input tensor is float."""
+    """LiteRT's op list (before XNNPACK swallows it into one DELEGATE node); an op runs in float when its first input
+    tensor is float."""
     from targets.runner.bench import _tflite_interpreter
 
     interpreter_cls, name, version = _tflite_interpreter()
-    interp = interpreter_cls(model_path=path)
+    try:
+        from ai_edge_litert.interpreter import OpResolverType
+
+        interp = interpreter_cls(model_path=path,
+                                 experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES)
+    except (ImportError, TypeError, ValueError):
+        interp = interpreter_cls(model_path=path)
     interp.allocate_tensors()
     dtypes = {t["index"]: str(t["dtype"]) for t in interp.get_tensor_details()}
     float_ops, quantized, converts = [], 0, 0

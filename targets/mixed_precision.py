@@ -88,13 +88,31 @@ class _Trial:
         self.exporter, self.model, self.example, self.calib, self.cfg = exporter, model, example, calib, cfg
         self.x, self.score, self.workdir = x, score, workdir
         self.count = 0
+        self.artifacts: dict[tuple[str, ...], tuple[Artifact, float]] = {}
 
     def __call__(self, keep: list[str]) -> float:
+        key = tuple(sorted(set(self.cfg.keep_float) | set(keep)))
+        if key in self.artifacts:
+            return self.artifacts[key][1]
         self.count += 1
-        cfg = self.cfg.model_copy(update={"keep_float": sorted(set(self.cfg.keep_float) | set(keep))})
+        cfg = self.cfg.model_copy(update={"keep_float": list(key)})
         art = self.exporter(self.model, self.example, self.calib, cfg, self.workdir / f"t{self.count}")
         out = bench.predict(bench.load(art.path, art.backend, threads=1), self.x)
-        return self.score(out)
+        self.artifacts[key] = (art, self.score(out))
+        return self.artifacts[key][1]
+
+    def adopt(self, keep: list[str], out_dir: Path) -> Artifact:
+        """Move the artifact already exported for ``keep`` into ``out_dir`` (the .bin before the .xml, each with an
+        atomic rename) instead of exporting it once more."""
+        art, _ = self.artifacts[tuple(sorted(set(self.cfg.keep_float) | set(keep)))]
+        files = [Path(f) for f in art.files or [art.path]]
+        main = Path(art.path)
+        for f in sorted(files, key=lambda f: f == main):
+            f.replace(out_dir / f.name)
+        moved = Artifact.from_dict({**art.to_dict(), "path": str(out_dir / main.name),
+                                    "files": [str(out_dir / f.name) for f in files]})
+        Path(art.sidecar()).unlink(missing_ok=True)
+        return moved
 
 
 def _revert_until_met(trial: _Trial, ranking: list[dict[str, Any]], base: float, fp32_score: float,
@@ -157,12 +175,10 @@ def search(family: str, exporter: Exporter, model: torch.nn.Module, example: tup
                 + ", ".join(f"{r['group']} {r['gain']:+.2f}" for r in ranking))
             if drop > mp.max_drop:
                 reverted = _revert_until_met(trial, ranking, base, fp32_score, mp, metric, backend, log)
-        record.update(reverted=reverted, tries=trial.count, seconds=round(time.perf_counter() - start, 1), met=True)
-    final_cfg = cfg.model_copy(update={"keep_float": sorted(set(cfg.keep_float) | set(reverted))})
-    art = exporter(model, example, calib, final_cfg, out_dir)
-    final = bench.predict(bench.load(art.path, art.backend, threads=1), x)
-    record["final_score"] = fn(final)
-    record["drop"] = fp32_score - record["final_score"]
+        record.update(reverted=reverted, tries=trial.count, seconds=round(time.perf_counter() - start, 1), met=True,
+                      final_score=trial(reverted))
+        record["drop"] = fp32_score - record["final_score"]
+        art = trial.adopt(reverted, Path(out_dir))
     log(f"{backend}: kept in float: {', '.join(reverted) or 'nothing'}; {metric} {record['final_score']:.2f} "
         f"(drop {record['drop']:.2f} pt) after {record['tries']} tries in {record['seconds']:.0f}s")
     art.metadata["mixed_precision"] = record

@@ -43,6 +43,7 @@ from pipeline.rundir import (
     find_run_dirs,
     is_usable,
     load_summary,
+    outranked,
     parse_time,
     rank_key,
     recipe_file,
@@ -129,7 +130,8 @@ def _supported(device: str, present: set[str]) -> set[str]:
 
 def choose(summary: dict[str, Any], device: str) -> tuple[list[dict[str, Any]], dict[str, str]]:
     """The best usable artifact per supported family, best first, and {family: name}."""
-    usable = [a for a in summary.get("artifacts") or [] if is_usable(a) and a.get("backend") in CAPABILITIES
+    arts = summary.get("artifacts") or []
+    usable = [a for a in arts if is_usable(a) and a.get("backend") in CAPABILITIES and not outranked(a, arts)
               and a.get("precision") in CAPABILITIES[a["backend"]]["precisions"]]  # names become bundle paths
     families = _supported(device, {a["backend"] for a in usable})
     chosen: dict[str, dict[str, Any]] = {}

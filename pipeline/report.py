@@ -82,12 +82,37 @@ def _artifact_table(summary: dict[str, Any]) -> str:
         gate = verdicts.get(artifact_name(a)) or {}
         shown = [] if a.get("error") else gate.get("failures") or []  # an export error is already in "valid"
         gate_cell = _verdict(gate.get("passed")) + "".join(f"<br><span class='muted'>{_e(f)}</span>" for f in shown)
-        rows.append([_e(artifact_name(a)) + (" ★" if a is best else ""), _e(a.get("backend")), _e(a.get("precision")),
+        slow = " ⚠ slower than fp32" if (a.get("int8_guard") or {}).get("slower") else ""
+        rows.append([_e(artifact_name(a)) + (" ★" if a is best else "") + slow, _e(a.get("backend")),
+                     _e(a.get("precision")),
                      human_bytes(a.get("bytes")), _num(metric_value(a)), _num(lat.get("p50")),
                      _num(lat.get("p90")), _num(lat.get("p99")), _e(lat.get("n")), valid, gate_cell])
         classes.append("pick" if a is best else "")
     return _table(["artifact", "backend", "precision", "size", metric_label(summary), "p50 ms", "p90 ms", "p99 ms", "n",
                    "valid", "gate"], rows, {3, 4, 5, 6, 7, 8}, classes)
+
+
+def _int8_section(summary: dict[str, Any]) -> str:
+    """The INT8 guard's flags (slower or bigger than the FP32 parent, with the ops left in float) and, per artifact
+    made with auto_keep_float, the layer groups kept in float and the sensitivity ranking they came from."""
+    arts = summary.get("artifacts") or []
+    flags = [(a.get("int8_guard") or {}) for a in arts]
+    out = [f'<p class="bad">⚠ {_e(g["message"])}</p>' for g in flags if g.get("flagged")]
+    rows = []
+    for a in arts:
+        mp = (a.get("metadata") or {}).get("mixed_precision")
+        if not mp:
+            continue
+        ranking = ", ".join(f"{r['group']} {r['gain']:+.1f}" for r in (mp.get("ranking") or [])[:8])
+        rows.append([_e(artifact_name(a)), _e(", ".join(mp.get("reverted") or []) or "none"),
+                     _e(f"{mp.get('int8_score', 0):.2f} → {mp.get('final_score', 0):.2f} (FP32 "
+                        f"{mp.get('fp32_score', 0):.2f})"), _num(mp.get("drop"), 2), _e(mp.get("max_drop")),
+                     _e(mp.get("metric")), _e(mp.get("samples")), _e(ranking or "-")])
+    if rows:
+        out.append("<h4>Mixed precision (auto_keep_float)</h4>" + _table(
+            ["artifact", "kept in float", "metric all-INT8 → chosen", "drop pt", "max drop", "metric", "samples",
+             "sensitivity (pt gained when alone float)"], rows, {3}))
+    return "".join(out)
 
 
 def _state(st: dict[str, Any] | None) -> str:
@@ -209,7 +234,7 @@ def _run_section(summary: dict[str, Any], run_dir: Path) -> str:
     anchor = f"{summary['run_id']}-{summary['device']}"
     return (f'<section class="run" id="{_e(anchor)}" title="{_e(title)}">{head}'
             f"<p class='muted'>{usable} of {len(arts)} artifacts valid and measured; ★ = best ({_e(name)}, "
-            f"then lowest p90)</p>{_artifact_table(summary)}<div class='plots'>{figures}</div>"
+            f"then lowest p90)</p>{_artifact_table(summary)}{_int8_section(summary)}<div class='plots'>{figures}</div>"
             f"<h4>Environment</h4>{_environment(summary)}</section>")
 
 

@@ -26,6 +26,7 @@ import pipeline
 from pipeline.config import Recipe, load_recipe
 from pipeline.console import third_party_to_log
 from pipeline.gate import apply_gate
+from pipeline.int8_guard import guard_records
 from pipeline.latency import onnx_latency_ratio
 from pipeline.model import complexity, load_data, load_model, predict
 from pipeline.progress import Progress
@@ -33,10 +34,9 @@ from pipeline.rundir import now_iso
 from pipeline.runstate import claim_run_folder, new_run_id
 from pipeline.stages import StagesResult, run_stages
 from pipeline.stages.common import example_from
-from pipeline.stages.qat_export import openvino_from_qdq_onnx
 from pipeline.store import Store, open_store
 from pipeline.task import TaskContext, build_context, stage_plan
-from targets import get_exporter, parse_backend
+from targets import export_order, get_exporter, parse_backend, requires
 from targets.artifact import Artifact, atomic_write_bytes, atomic_write_json
 from targets.artifact_trust import artifact_for_bench
 from targets.device import benchmark, push_inputs, remove_inputs
@@ -79,8 +79,10 @@ def export_all(result: StagesResult, recipe: Recipe, backends: list[str], out_di
     parent_score = ctx.score(ref)
     names = {"input_names": ctx.input_names, "output_names": list(recipe.model.outputs or [])}
     outcomes: dict[str, dict[str, Any]] = {}
-    qat = recipe.stages.quantize is not None and recipe.stages.quantize.mode == "qat"
-    for name in backends:
+    ov_from = result.export_overrides.get("ov_int8_from", "model")
+    qcfg = recipe.stages.quantize
+    mixed = qcfg.mixed_precision() if qcfg is not None else None
+    for name in export_order(backends, ov_from):  # a backend that reads another's artifact comes after it
         family, precision = parse_backend(name)
         entry: dict[str, Any] = {"backend": family, "precision": precision}
         outcomes[name] = entry
@@ -89,13 +91,8 @@ def export_all(result: StagesResult, recipe: Recipe, backends: list[str], out_di
                 cfg = ExportConfig(name=recipe.name, precision=precision, parent=parent, target_arch=target_arch,
                                    **names, **result.export_overrides)
                 calib = result.calib if precision == "int8" else None
-                qdq = outcomes.get("onnx-int8", {}).get("artifact")
-                if name == "openvino-int8" and qat and qdq is not None:
-                    # QAT weights: NNCF's re-quantization loses what QAT learned; OpenVINO reads ORT's verified QDQ
-                    # model and runs it in INT8 (measured on digits: 99.17% vs 98.33% top-1).
-                    art: Artifact = openvino_from_qdq_onnx(qdq, out_dir, recipe.name)
-                else:
-                    art = get_exporter(family)(result.model, example, calib, cfg, out_dir)
+                art = _export_one(name, family, result, example, calib, cfg, out_dir, outcomes, mixed, ctx, ref,
+                                  progress)
             entry["artifact"] = art
             with progress.step(f"check {name}"):
                 labels = ctx.targets if ctx.metric.classification else None
@@ -112,6 +109,42 @@ def export_all(result: StagesResult, recipe: Recipe, backends: list[str], out_di
             entry["exit_code"] = exc.exit_code
             progress.warn(f"{name}: {exc}")
     return outcomes
+
+
+def _export_one(name: str, family: str, result: StagesResult, example: tuple[Any, ...], calib: Any,
+                cfg: ExportConfig, out_dir: Path, outcomes: dict[str, dict[str, Any]], mixed: dict[str, Any] | None,
+                ctx: TaskContext, ref: list[np.ndarray], progress: Progress) -> Artifact:
+    """One exporter call: from another backend's artifact where the path declares one (targets.REQUIRES), through
+    the accuracy-aware mixed-precision search for INT8 with ``auto_keep_float``, else straight."""
+    deps = requires(name, cfg.ov_int8_from)
+    if deps:
+        missing = [d for d in deps if outcomes.get(d, {}).get("artifact") is None]
+        if missing:
+            raise EdgeError(f"{name} is built from {', '.join(missing)}, which failed",
+                            hint=f"fix {', '.join(missing)} first (see its error above)")
+        return get_exporter(family)(result.model, example, calib, cfg, out_dir,
+                                    sources={d: outcomes[d]["artifact"] for d in deps})
+    if mixed is not None and cfg.precision == "int8" and calib is not None:
+        from targets.mixed_precision import MixedPrecisionConfig, search
+
+        mp = MixedPrecisionConfig(**mixed)
+        return search(family, get_exporter(family), result.model, example, calib, cfg, out_dir, ctx.inputs, ref, mp,
+                      score=_points_scorer(ctx, mp.samples), log=progress.say)
+    return get_exporter(family)(result.model, example, calib, cfg, out_dir)
+
+
+def _points_scorer(ctx: TaskContext, n: int) -> tuple[str, Any]:
+    """The task metric on the first ``n`` eval samples as points where higher is better (x100 for fractions,
+    negated for lower-is-better metrics), so the mixed-precision search compares drops in the gate's units."""
+    targets = ctx.targets[:n] if ctx.targets is not None else None
+    reference = [r[:n] for r in ctx.reference]
+
+    def points(outputs: list[np.ndarray]) -> float:
+        m = ctx.metric.score(outputs, targets, reference)
+        value = float(m["value"]) * (100.0 if m.get("unit") == "fraction" else 1.0)
+        return value if m.get("higher_is_better", True) else -value
+
+    return ctx.metric.name, points
 
 
 # ------------------------------------------------------------------------------------------------ device phase
@@ -319,6 +352,9 @@ def _run(recipe: Recipe, profiles: list[DeviceProfile], root: Path, run_id: str,
         except EdgeError as exc:  # one device's failure must not lose the others' summaries or store rows
             records = [_artifact_record(b, e, device_dir, None, str(exc)) for b, e in wanted.items()]
             errors = [exc]
+        for warning in guard_records(records, {b: o["artifact"] for b, o in wanted.items() if o.get("artifact")},
+                                     profile.name):
+            progress.warn(warning)
         summary = {
             "schema": 1, "recipe": recipe.name, "device": profile.name, "run_id": run_id,
             "baseline": baseline, "stages": result.records, "artifacts": records,
@@ -391,6 +427,8 @@ def format_table(summary: dict[str, Any]) -> str:
                      f"{lat.get('p50', '-'):>8} {lat.get('p90', '-'):>8} {lat.get('n', '-'):>6} "
                      f"{'-' if size is None else f'{size / 1024:.1f} KiB':>10}  "
                      f"{'yes' if r.get('valid') else 'NO: ' + '; '.join(r.get('invalid_reasons', []))[:80]}")
+    for r in summary["artifacts"]:
+        lines += _notes(r)
     gate = summary["gate"]
     if not any(r.get("latency_ms") for r in summary["artifacts"]):  # a verdict on figures that do not exist
         lines.append(f"  gate: not measured (no artifact was benchmarked on {summary['device']})")
@@ -399,6 +437,20 @@ def format_table(summary: dict[str, Any]) -> str:
                      f"{gate.get('max_metric_drop', gate.get('max_accuracy_drop'))}"
                      f"{' points' if (base.get('metric') or {}).get('unit', 'fraction') == 'fraction' else ''})")
     return "\n".join(lines)
+
+
+def _notes(rec: dict[str, Any]) -> list[str]:
+    """Lines under the table for one artifact: the INT8 guard's flag and the layers mixed precision kept float."""
+    out = []
+    guard = rec.get("int8_guard") or {}
+    if guard.get("flagged"):
+        out.append(f"  ! {guard['message']}")
+    mp = (rec.get("metadata") or {}).get("mixed_precision")
+    if mp:
+        out.append(f"  {rec['name']}: kept in float by auto_keep_float: {', '.join(mp.get('reverted') or []) or 'none'}"
+                   f" ({mp['metric']} drop {mp.get('drop', float('nan')):.2f} pt vs FP32 parent, limit "
+                   f"{mp['max_drop']:g})")
+    return out
 
 
 def bench_artifact(path: str | Path, device: str, profile_overrides: dict[str, Any] | None = None,

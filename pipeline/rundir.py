@@ -108,8 +108,23 @@ def rank_key(art: dict[str, Any]) -> tuple[float, float, str]:
     return (-value if higher else value, latency(art) or float("inf"), artifact_name(art))
 
 
+EQUAL_METRIC = 1e-3
+
+
+def outranked(art: dict[str, Any], artifacts: list[dict[str, Any]]) -> bool:
+    """The INT8 guard's rule: an int8/fp16 artifact measured slower than its FP32 parent is never picked over that
+    parent when the parent is usable and its metric is as good, within ``EQUAL_METRIC`` (0.1 point: less than one
+    sample of a typical eval split, so a quantization-noise "gain" does not buy a slower model its place)."""
+    guard = art.get("int8_guard") or {}
+    if not guard.get("slower"):
+        return False
+    parent = next((a for a in artifacts if artifact_name(a) == guard.get("parent")), None)
+    return parent is not None and is_usable(parent) and \
+        float(parent["accuracy"]) >= float(art["accuracy"]) - EQUAL_METRIC
+
+
 def pick_best(artifacts: list[dict[str, Any]]) -> dict[str, Any] | None:
-    usable = [a for a in artifacts if is_usable(a)]
+    usable = [a for a in artifacts if is_usable(a) and not outranked(a, artifacts)]
     return min(usable, key=rank_key) if usable else None
 
 

@@ -30,6 +30,10 @@ EXPORTERS: dict[str, str] = {
     "tflite": "targets.export_tflite:export",
 }
 
+# Exporter paths that read another backend's artifact instead of the model: (backend, ExportConfig.ov_int8_from) ->
+# the backend whose artifact they need (passed as ``sources={name: Artifact}``).
+REQUIRES: dict[tuple[str, str], str] = {("openvino-int8", "onnx-qdq"): "onnx-int8"}
+
 BACKENDS: tuple[str, ...] = tuple(f"{fam}-{p}" for fam, cap in CAPABILITIES.items() for p in cap["precisions"])
 
 
@@ -40,6 +44,31 @@ def parse_backend(name: str) -> tuple[str, str]:
     if cap is None or precision not in cap["precisions"]:
         raise ConfigError(f"unknown backend {name!r}", hint=f"choose from: {', '.join(BACKENDS)}")
     return family, precision
+
+
+def requires(backend: str, ov_int8_from: str = "model") -> list[str]:
+    """The backends whose artifacts this backend's exporter path reads (empty for a path from the model)."""
+    dep = REQUIRES.get((backend, ov_int8_from))
+    return [dep] if dep else []
+
+
+def export_order(backends: list[str], ov_int8_from: str = "model") -> list[str]:
+    """``backends`` with every dependency before the backend that reads it (list order otherwise kept); a dependency
+    that was not asked for is added, so it is exported (and checked) but never benchmarked."""
+    out: list[str] = []
+
+    def visit(name: str, path: tuple[str, ...]) -> None:
+        if name in out:
+            return
+        if name in path:
+            raise ConfigError(f"export dependency cycle: {' -> '.join((*path, name))}")
+        for dep in requires(name, ov_int8_from):
+            visit(dep, (*path, name))
+        out.append(name)
+
+    for name in backends:
+        visit(name, ())
+    return out
 
 
 def backend_for_file(path: str | Path) -> str:

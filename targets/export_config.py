@@ -34,3 +34,6 @@ class ExportConfig(StrictModel):
     # op types (ONNX spelling: Add, Mul, Where, Softmax...) kept in float by every INT8 exporter; None = automatic:
     # nothing for CNNs, and for transformer-shaped graphs (Softmax attention) everything but MatMul/Gemm weights
     keep_float_ops: list[str] | None = None
+    # openvino-int8 from the model (NNCF PTQ), or from the onnx-int8 QDQ artifact (after QAT: its scales as decided
+    # there); the latter declares a dependency on onnx-int8 (targets.REQUIRES), exported first whatever the order.
+    ov_int8_from: Literal["model", "onnx-qdq"] = "model"

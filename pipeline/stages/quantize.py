@@ -41,12 +41,26 @@ class QuantConfig(StrictModel):
     alpha: float = Field(default=0.5, ge=0, le=1)
     bn_train: bool = False                                         # qat: False keeps BN on running statistics
     simulate: bool = True                                          # measure fake-quant accuracy in the stage record
+    # Accuracy-aware mixed precision (targets/mixed_precision.py), per INT8 backend in its own runtime: revert the
+    # most sensitive layer groups to float, one at a time, until the metric is within max_drop of the FP32 parent.
+    auto_keep_float: bool = False
+    max_drop: float = Field(default=1.0, ge=0)                     # points below the FP32 parent (auto_keep_float)
+    sensitivity_samples: int = Field(default=300, ge=16)           # eval inputs the search measures on
+    max_groups: int = Field(default=12, ge=1)                      # layer groups ranked by sensitivity
 
     def export_overrides(self) -> dict[str, Any]:
         """The ExportConfig fields (targets/export_config.py) this stage decides for every INT8 exporter."""
         return {"calibration": self.calibration, "calib_samples": self.calib_samples, "per_channel": self.per_channel,
                 "keep_float": [k for k in self.keep_float if not k.startswith("op:")],
-                "keep_float_ops": [k[3:] for k in self.keep_float if k.startswith("op:")]}
+                "keep_float_ops": [k[3:] for k in self.keep_float if k.startswith("op:")],
+                # QAT weights: NNCF re-quantization loses what QAT learned; OpenVINO reads the QDQ ONNX instead
+                "ov_int8_from": "onnx-qdq" if self.mode == "qat" else "model"}
+
+    def mixed_precision(self) -> dict[str, Any] | None:
+        """targets.mixed_precision.MixedPrecisionConfig fields, or None when auto_keep_float is off."""
+        if not self.auto_keep_float:
+            return None
+        return {"max_drop": self.max_drop, "samples": self.sensitivity_samples, "max_groups": self.max_groups}
 
 
 # ------------------------------------------------------------------------------------------------ PT2E helpers

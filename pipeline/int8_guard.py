@@ -1,0 +1,66 @@
+"""The INT8 guard: a reduced-precision artifact that is slower or bigger than its FP32 parent on the same device.
+
+INT8 (or fp16) exists to be faster or smaller; when it is neither, shipping it is a loss the user never asked for
+(the field's most common complaint after accuracy: onnxruntime #20052, XNNPACK #999, openvino_notebooks #837). So
+after benchmarking, each int8/fp16 record is compared with the same family's fp32 record measured on the same device
+(p50, and bytes on disk); a slower or bigger one is flagged in summary.json (``int8_guard``), the console table and
+the report, with the ops its runtime left in float (targets/op_report.py) as the first answer to "why". The release
+never picks a flagged-slower artifact over its faster FP32 parent of equal or better metric (rundir.outranked).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pipeline.rundir import latency
+from targets.artifact import Artifact
+
+
+def _ops(art: Artifact | None) -> dict[str, Any] | None:
+    if art is None:
+        return None
+    try:
+        from targets.op_report import float_ops
+
+        return float_ops(art.path, art.backend)
+    except Exception as exc:  # noqa: BLE001 - a missing runtime on the host must not cost the run its figures
+        return {"error": f"could not list the ops: {type(exc).__name__}: {exc}"}
+
+
+def guard_records(records: list[dict[str, Any]], artifacts: dict[str, Artifact] | None = None,
+                  device: str = "the device") -> list[str]:
+    """Add ``int8_guard`` to every int8/fp16 record with a measured FP32 sibling; return one warning per flag."""
+    by_name = {f"{r['backend']}-{r['precision']}": r for r in records}
+    warnings = []
+    for r in records:
+        if r.get("precision") not in ("int8", "fp16"):
+            continue
+        parent = by_name.get(f"{r['backend']}-fp32")
+        if parent is None:
+            continue
+        p50, parent_p50 = latency(r, "p50"), latency(parent, "p50")
+        guard: dict[str, Any] = {"parent": f"{r['backend']}-fp32"}
+        if p50 is not None and parent_p50:
+            guard["latency_ratio"] = round(p50 / parent_p50, 3)
+            guard["slower"] = p50 > parent_p50
+        if isinstance(r.get("bytes"), int) and isinstance(parent.get("bytes"), int) and parent["bytes"]:
+            guard["size_ratio"] = round(r["bytes"] / parent["bytes"], 3)
+            guard["bigger"] = r["bytes"] > parent["bytes"]
+        guard["flagged"] = bool(guard.get("slower") or guard.get("bigger"))
+        if guard["flagged"]:
+            what = []
+            if guard.get("slower"):
+                what.append(f"SLOWER than {guard['parent']} on {device} (p50 {p50:.4g} vs {parent_p50:.4g} ms, "
+                            f"{guard['latency_ratio']:.2f}x)")
+            if guard.get("bigger"):
+                what.append(f"BIGGER than {guard['parent']} ({r['bytes']} vs {parent['bytes']} bytes, "
+                            f"{guard['size_ratio']:.2f}x)")
+            ops = _ops((artifacts or {}).get(f"{r['backend']}-{r['precision']}"))
+            if ops is not None:
+                guard["ops"] = ops
+            why = f"; ops left in float: {ops['text']}" if ops and "text" in ops else ""
+            guard["message"] = (f"{r['backend']}-{r['precision']} is " + " and ".join(what) + why
+                                + f"; prefer {guard['parent']} here, or keep the float ops' layers in float")
+            warnings.append(guard["message"])
+        r["int8_guard"] = guard
+    return warnings

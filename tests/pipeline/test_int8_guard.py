@@ -1,0 +1,77 @@
+"""The INT8 guard: an int8/fp16 artifact slower or bigger than its FP32 parent on the same device is flagged."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from pipeline.int8_guard import guard_records
+from pipeline.release import choose
+from pipeline.report import write_report
+from pipeline.run import format_table
+from pipeline.rundir import pick_best
+from targets.artifact import Artifact, atomic_write_json
+from tests.pipeline.runfolder import make_run
+
+SLOW_INT8 = {"onnx-fp32": (0.981, 0.050, 4), "onnx-int8": (0.981, 0.090, 1), "openvino-int8": (0.975, 0.052, 1)}
+
+
+def _guarded_run(root: Path, artifacts: dict[str, Artifact] | None = None) -> Path:
+    run = make_run(root, figures=SLOW_INT8)
+    summary = json.loads((run / "summary.json").read_text())
+    for a in summary["artifacts"]:
+        a["name"] = f"{a['backend']}-{a['precision']}"
+    warnings = guard_records(summary["artifacts"], artifacts, "local")
+    assert len(warnings) == 1 and warnings[0].startswith("onnx-int8 is SLOWER than onnx-fp32 on local")
+    atomic_write_json(run / "summary.json", summary)
+    return run
+
+
+def test_int8_slower_than_its_fp32_parent_is_flagged_in_summary_table_and_report(tmp_path: Path) -> None:
+    run = _guarded_run(tmp_path / "run")
+    summary = json.loads((run / "summary.json").read_text())
+    by = {a["name"]: a for a in summary["artifacts"]}
+    guard = by["onnx-int8"]["int8_guard"]
+    assert guard["flagged"] and guard["slower"] and guard["latency_ratio"] == pytest.approx(1.8)
+    assert guard["bigger"] is False and guard["parent"] == "onnx-fp32"
+    assert "int8_guard" not in by["openvino-int8"]           # no openvino-fp32 measured: nothing to compare with
+    assert "! onnx-int8 is SLOWER than onnx-fp32" in format_table(summary)
+    html = write_report([run], tmp_path / "r.html").read_text()
+    assert "onnx-int8 is SLOWER than onnx-fp32 on local" in html and "slower than fp32" in html
+
+
+def test_release_and_best_never_pick_a_slower_int8_over_its_fp32_parent_of_equal_metric(tmp_path: Path) -> None:
+    summary = json.loads((_guarded_run(tmp_path / "run") / "summary.json").read_text())
+    _, per_family = choose(summary, "local")
+    assert per_family["onnx"] == "onnx-fp32"
+    assert pick_best(summary["artifacts"])["name"] != "onnx-int8"
+    # a quantization-noise "gain" (less than 0.1 point) would win the plain accuracy-first ranking; not here
+    by = {a["name"]: a for a in summary["artifacts"]}
+    by["onnx-int8"]["accuracy"] = 0.9815
+    assert choose(summary, "local")[1]["onnx"] == "onnx-fp32"
+    assert pick_best(summary["artifacts"])["name"] != "onnx-int8"
+    by["onnx-int8"]["accuracy"] = 0.99                        # a real gain in the metric is worth its latency
+    assert choose(summary, "local")[1]["onnx"] == "onnx-int8"
+
+
+@pytest.mark.onnx
+def test_flagged_artifact_names_the_ops_its_runtime_left_in_float(tmp_path: Path, tiny_onnx: Path) -> None:
+    # a float model recorded as int8: exactly the "INT8 that is not INT8" the op report is for
+    art = Artifact.from_files(tiny_onnx, backend="onnx", precision="int8")
+    run = _guarded_run(tmp_path / "run", {"onnx-int8": art})
+    arts = json.loads((run / "summary.json").read_text())["artifacts"]
+    guard = {a["name"]: a for a in arts}["onnx-int8"]["int8_guard"]
+    assert guard["ops"]["quantized_ops"] == 0 and guard["ops"]["float_ops"] >= 2
+    assert "Conv" in guard["message"] and "in float" in guard["message"]
+
+
+def test_faster_and_smaller_int8_is_not_flagged() -> None:
+    recs = [{"name": "tflite-fp32", "backend": "tflite", "precision": "fp32", "bytes": 400,
+             "latency_ms": {"p50": 0.2}},
+            {"name": "tflite-int8", "backend": "tflite", "precision": "int8", "bytes": 100,
+             "latency_ms": {"p50": 0.1}}]
+    assert guard_records(recs) == []
+    assert recs[1]["int8_guard"] == {"parent": "tflite-fp32", "latency_ratio": 0.5, "slower": False,
+                                     "size_ratio": 0.25, "bigger": False, "flagged": False}

@@ -28,6 +28,10 @@ def _add_conn(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from pipeline import distributed
+
+    if args.nproc is not None and args.nproc > 1 and not distributed.launched_by_torchrun():
+        return distributed.launch(args.nproc, distributed.strip_nproc(args.argv))
     from pipeline.run import run
 
     summaries = run(args.recipe, args.device, Path(args.out) if args.out else None, args.set, _conn_overrides(args))
@@ -121,6 +125,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a recipe value, e.g. --set stages.prune.ratio=0.3")
     p.add_argument("--json", action="store_true", help="print summary.json to stdout")
+    p.add_argument("--nproc", type=int, metavar="N",
+                   help="train the stages on N data-parallel processes on this machine (torchrun underneath; one "
+                        "per GPU, gloo on CPU); for several machines launch `torchrun ... -m pipeline.cli run` instead")
     _add_conn(p)
     p.set_defaults(func=cmd_run)
 
@@ -186,6 +193,7 @@ def main(argv: list[str] | None = None) -> int:
     _quiet_libraries()
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
     try:
         return int(args.func(args) or 0)
     except EdgeError as exc:

@@ -21,6 +21,7 @@ import numpy as np
 import yaml
 
 import pipeline
+from pipeline import distributed
 from pipeline.config import Recipe, load_recipe
 from pipeline.gate import apply_gate
 from pipeline.model import accuracy, arrays, complexity, load_data, load_model, predict
@@ -28,6 +29,7 @@ from pipeline.progress import Progress
 from pipeline.rundir import now_iso
 from pipeline.stages import StagesResult, run_stages
 from pipeline.stages.qat_export import openvino_from_qdq_onnx
+from pipeline.stages.train import resolve_device
 from pipeline.store import Store, open_store
 from targets import get_exporter, parse_backend
 from targets.artifact import Artifact, atomic_write_json
@@ -188,8 +190,15 @@ def run(recipe_path: str | Path, devices: list[str], out: Path | None = None, ov
     started = now_iso()
     stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%d-%H%M%S")
     root = Path(out) if out else Path("runs") / f"{recipe.name}-{stamp}"
-    root.mkdir(parents=True, exist_ok=True)
     run_id = f"{recipe.name}-{stamp}"
+    if distributed.init(resolve_device(recipe.train.device).type):   # launched by torchrun / --nproc
+        root, run_id, started = distributed.broadcast_object((root, run_id, started))   # rank 0's run folder
+        if not distributed.is_main():
+            try:
+                return _train_alongside(recipe, root)
+            finally:
+                distributed.shutdown()
+    root.mkdir(parents=True, exist_ok=True)
     store = open_store()  # a bad EDGEPIPE_DB fails here, before any work
     progress = Progress(root / "run.log", stream)
     try:
@@ -197,6 +206,15 @@ def run(recipe_path: str | Path, devices: list[str], out: Path | None = None, ov
     finally:
         progress.close()
         store.close()
+        distributed.shutdown()
+
+
+def _train_alongside(recipe: Recipe, root: Path) -> list[dict[str, Any]]:
+    """A rank other than 0: train its share of every stage, then leave; rank 0 exports, measures and writes."""
+    model = load_model(recipe)
+    data = load_data(recipe)
+    run_stages(model, data, recipe, root, lambda _m: None, train=recipe.train)
+    return []
 
 
 def _run(recipe: Recipe, profiles: list[DeviceProfile], root: Path, run_id: str, started: str,
@@ -214,7 +232,7 @@ def _run(recipe: Recipe, profiles: list[DeviceProfile], root: Path, run_id: str,
         macs, params = complexity(model, recipe.model.input_shape)
     baseline = {"accuracy": base_acc, "params": params, "macs": macs}
     progress.say(f"original model: accuracy {base_acc:.4f}, {params:,} params, {macs:,} MACs")
-    result = run_stages(model, data, recipe, root, progress)
+    result = run_stages(model, data, recipe, root, progress, train=recipe.train)
     x_eval, y_eval = arrays(data["eval"])
     ref = predict(result.model, x_eval)
     inputs = root / "inputs" / "eval.npz"

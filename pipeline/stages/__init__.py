@@ -63,12 +63,20 @@ def _loud(log: Callable[[str], None]) -> Callable[[str], None]:
 
 
 def run_stages(model: nn.Module, data: dict[str, Any], recipe: Any, run_dir: Path,
-               log: Callable[[str], None]) -> StagesResult:
-    """Run the configured stages on ``model`` (the teacher), each cached by the hash of its inputs."""
+               log: Callable[[str], None], train: Any = None) -> StagesResult:
+    """Run the configured stages on ``model`` (the teacher), each cached by the hash of its inputs.
+
+    ``train`` is the recipe's ``train:`` section (TrainConfig): where and how the stages train. Under torchrun every
+    rank runs this together; rank 0 alone reads and writes the cache and hands cached models to the others.
+    """
     log = _loud(log)
+    from pipeline import distributed
     from pipeline.config import import_factory
-    from pipeline.stages.cache import StageCache, data_fingerprint, load_model, model_hash, stage_key
+    from pipeline.stages.cache import StageCache, data_fingerprint, load_model, model_hash, restore_model, stage_key
     from pipeline.stages.common import accuracy, footprint, seed_everything
+    from pipeline.stages.train import settings_for
+
+    main = distributed.is_main()
 
     stages = recipe.stages
     teacher = model.eval()
@@ -85,8 +93,18 @@ def run_stages(model: nn.Module, data: dict[str, Any], recipe: Any, run_dir: Pat
                 base: Callable[[], nn.Module], extra_key: dict[str, Any] | None = None) -> None:
         nonlocal current, parent_hash
         cache = StageCache(run_dir, name)
-        key = stage_key(name, parent_hash, cfg.model_dump(mode="json"), data_fp, extra_key)
-        hit = cache.lookup(key)
+        # the device and the loader's workers are not part of the key: a stage trained on a GPU is reused on a CPU
+        key = stage_key(name, parent_hash, cfg.model_dump(mode="json", exclude={"train"}), data_fp,
+                        {**(extra_key or {}), "train": settings_for(train, cfg).cache_fields()})
+        hit = cache.lookup(key) if main else None
+        if distributed.world_size() > 1:   # rank 0's cache decides; the others get the cached model from it
+            shared = distributed.broadcast_object(
+                (hit is not None, torch.load(hit / "model.pt", weights_only=True) if hit is not None else None))
+            if not main and shared[0]:
+                out = restore_model(base(), shared[1])
+                result.records.append({"name": name, "cached": True})
+                current, parent_hash = out.eval(), model_hash(out)
+                return
         if hit is not None:
             start = time.perf_counter()
             out = load_model(base(), hit / "model.pt")
@@ -101,8 +119,13 @@ def run_stages(model: nn.Module, data: dict[str, Any], recipe: Any, run_dir: Pat
             log(f"stage {name}: running ...")
             start = time.perf_counter()
             out, extra, files = compute()
+            if not main:   # rank 0 measures, records and caches; this rank only carries the model on
+                result.records.append({"name": name, "cached": False})
+                current, parent_hash = out.eval(), model_hash(out)
+                return
             params, macs = footprint(out, example)
-            record = {"name": name, "accuracy": accuracy(out, data["eval"]), "params": params, "macs": macs,
+            record = {"name": name, "accuracy": accuracy(out, data["eval"], settings=settings_for(train, cfg)),
+                      "params": params, "macs": macs,
                       "seconds": 0.0, "key": key, **extra}
             record["seconds"] = round(time.perf_counter() - start, 2)
             cache.store(key, out, record, files)
@@ -124,7 +147,7 @@ def run_stages(model: nn.Module, data: dict[str, Any], recipe: Any, run_dir: Pat
         def do_distill() -> tuple[nn.Module, dict[str, Any], dict[str, Any]]:
             seed_everything(dcfg.seed)   # the student's initial weights are part of what the seed fixes
             student = make_student(teacher, example, dcfg, factory)
-            return distill(teacher, student, data, dcfg, example), {}, {}
+            return distill(teacher, student, data, dcfg, example, settings_for(train, dcfg), log), {}, {}
 
         run_one("distill", dcfg, do_distill, base=lambda: factory() if factory else copy.deepcopy(teacher),
                 extra_key={"student_code": _factory_fingerprint(factory) if factory else None})
@@ -136,7 +159,8 @@ def run_stages(model: nn.Module, data: dict[str, Any], recipe: Any, run_dir: Pat
         parent = current
 
         def do_prune() -> tuple[nn.Module, dict[str, Any], dict[str, Any]]:
-            pruned, extra = prune(parent, example, data, pcfg, teacher=teacher, log=log)
+            pruned, extra = prune(parent, example, data, pcfg, teacher=teacher, log=log,
+                                  settings=settings_for(train, pcfg))
             return pruned, extra, {}
 
         run_one("prune", pcfg, do_prune, base=lambda: copy.deepcopy(parent),
@@ -153,15 +177,17 @@ def run_stages(model: nn.Module, data: dict[str, Any], recipe: Any, run_dir: Pat
             extra: dict[str, Any] = {"mode": qcfg.mode,
                                      "simulated_with": "torchao PT2E X86InductorQuantizer (u8 activations, s8 weights)"}
             files: dict[str, Any] = {}
-            if qcfg.simulate or qcfg.mode == "ptq":
+            if main and (qcfg.simulate or qcfg.mode == "ptq"):   # measurements: rank 0 records them
                 extra["ptq_simulated_accuracy"] = accuracy(ptq_simulated(parent, example, calib_t, qcfg), data["eval"])
             out = copy.deepcopy(parent)
             if qcfg.mode == "qat":
-                out, converted, ranges = qat(parent, example, data, calib_t, qcfg, teacher=teacher)
-                extra["qat_simulated_accuracy"] = accuracy(converted, data["eval"])
-                # what the exporters will do with the QAT weights: calibrate them afresh on the same data
-                extra["qat_recalibrated_accuracy"] = accuracy(ptq_simulated(out, example, calib_t, qcfg),
-                                                              data["eval"])
+                out, converted, ranges = qat(parent, example, data, calib_t, qcfg, teacher=teacher,
+                                             settings=settings_for(train, qcfg), log=log)
+                if main:
+                    extra["qat_simulated_accuracy"] = accuracy(converted, data["eval"])
+                    # what the exporters will do with the QAT weights: calibrate them afresh on the same data
+                    extra["qat_recalibrated_accuracy"] = accuracy(ptq_simulated(out, example, calib_t, qcfg),
+                                                                  data["eval"])
                 files["qat_ranges.json"] = ranges
             return out, extra, files
 

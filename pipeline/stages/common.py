@@ -6,6 +6,7 @@ than each growing its own loop; feature distillation plugs in as an extra loss w
 
 from __future__ import annotations
 
+import dataclasses
 import random
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -14,7 +15,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
+
+from pipeline.stages.train import CPU_SETTINGS, LossFn, TrainSettings, evaluate_top1, fit
 
 
 def seed_everything(seed: int) -> torch.Generator:
@@ -24,16 +26,11 @@ def seed_everything(seed: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
 
 
-@torch.no_grad()
-def accuracy(model: nn.Module | Callable[[torch.Tensor], torch.Tensor], dataset: Any, batch_size: int = 256) -> float:
-    """Top-1 on ``dataset`` (items ``(input, label)``), as a fraction; the model is put in eval mode."""
-    if isinstance(model, nn.Module):
-        model.eval()
-    correct = total = 0
-    for x, y in DataLoader(dataset, batch_size=batch_size, shuffle=False):
-        correct += int((model(x).argmax(1) == y).sum())
-        total += len(y)
-    return correct / max(total, 1)
+def accuracy(model: nn.Module | Callable[[torch.Tensor], torch.Tensor], dataset: Any, batch_size: int = 256,
+             settings: TrainSettings | None = None) -> float:
+    """Top-1 on ``dataset`` (items ``(input, label)``), as a fraction, in batches on the settings' device (CPU when
+    absent); the model is put in eval mode and left where it was."""
+    return evaluate_top1(model, dataset, settings, batch_size=settings.eval_batch_size if settings else batch_size)
 
 
 def footprint(model: nn.Module, example_inputs: torch.Tensor) -> tuple[int, int]:
@@ -62,74 +59,37 @@ def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, labels: 
     return alpha * soft + (1 - alpha) * hard
 
 
-class _Indexed(Dataset):
-    """Items ``(x, y, i)``: the index finds the sample's precomputed teacher logits."""
-
-    def __init__(self, dataset: Any) -> None:
-        self.dataset = dataset
-
-    def __len__(self) -> int:
-        return len(self.dataset)
-
-    def __getitem__(self, i: int) -> tuple[Any, Any, int]:
-        x, y = self.dataset[i][0], self.dataset[i][1]
-        return x, y, i
-
-
-@torch.no_grad()
-def teacher_logits(teacher: nn.Module, dataset: Any, batch_size: int = 256) -> torch.Tensor:
-    teacher.eval()
-    return torch.cat([teacher(x) for x, *_ in DataLoader(dataset, batch_size=batch_size, shuffle=False)])
-
-
 def train(model: nn.Module, dataset: Any, *, epochs: int, lr: float, batch_size: int, seed: int,
           teacher: nn.Module | None = None, temperature: float = 4.0, alpha: float = 0.0,
           optimizer: str = "adamw", weight_decay: float = 1e-4,
           extra_loss: Callable[[], torch.Tensor] | None = None,
-          extra_params: Iterable[nn.Parameter] = (), train_mode: bool = True) -> nn.Module:
-    """The explicit loop: optimizer + per-step cosine schedule; KD from ``teacher`` when given (alpha > 0).
+          extra_params: Iterable[nn.Parameter] = (), train_mode: bool = True,
+          settings: TrainSettings | None = None, extra_modules: Iterable[nn.Module] = (),
+          loss: LossFn | None = None, name: str = "train", log: Callable[[str], None] | None = None) -> nn.Module:
+    """Optimizer + per-step cosine schedule + KD from ``teacher`` when given (alpha > 0), on the engine of train.py.
 
-    The data has no augmentation, so the teacher's logits are computed once, not every epoch (the teacher forward
-    is the largest cost of distillation); feature distillation (``extra_loss``, which reads what hooks captured
-    during the teacher's forward) still runs the teacher per batch. ``train_mode=False`` keeps BatchNorm on its
-    running statistics (QAT fine-tuning of a converged model).
+    ``loss(outputs, teacher_outputs, targets)`` replaces the default (Hinton KD, or cross-entropy without a
+    teacher). ``settings`` say where and how (device, AMP, workers; CPU fp32 when absent) and ``batch_size`` wins
+    over theirs. The teacher's outputs are computed once when the data is deterministic, else per batch; feature
+    distillation (``extra_loss``, which reads what hooks captured during the teacher's forward) always runs the
+    teacher per batch. ``train_mode=False`` keeps BatchNorm on its running statistics (QAT fine-tuning).
     """
-    if epochs <= 0:
-        return model
     kd = teacher is not None and alpha > 0
-    cached = teacher_logits(teacher, dataset) if kd and extra_loss is None and teacher is not None else None
-    gen = seed_everything(seed)
-    loader = DataLoader(_Indexed(dataset), batch_size=batch_size, shuffle=True, generator=gen,
-                        drop_last=len(dataset) > batch_size)
-    params = [p for p in model.parameters() if p.requires_grad] + list(extra_params)
-    if optimizer == "sgd":
-        opt: torch.optim.Optimizer = torch.optim.SGD(params, lr=lr, momentum=0.9, weight_decay=weight_decay,
-                                                     nesterov=True)
-    else:
-        opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, epochs * len(loader)))
-    if teacher is not None:
-        teacher.eval()
-    for _ in range(epochs):
-        model.train(train_mode)
-        for x, y, idx in loader:
-            opt.zero_grad(set_to_none=True)
-            logits = model(x)
-            if kd:
-                if cached is not None:
-                    t_logits = cached[idx]
-                else:
-                    with torch.no_grad():
-                        t_logits = teacher(x)
-                loss = kd_loss(logits, t_logits, y, temperature, alpha)
-            else:
-                loss = F.cross_entropy(logits, y)
-            if extra_loss is not None:
-                loss = loss + extra_loss()
-            loss.backward()
-            opt.step()
-            sched.step()
-    return model.eval()
+    if loss is None:
+        loss = ((lambda out, t_out, y: kd_loss(out, t_out, y, temperature, alpha)) if kd
+                else (lambda out, _t, y: F.cross_entropy(out, y)))
+    settings = dataclasses.replace(settings or CPU_SETTINGS, batch_size=batch_size)
+    extra = list(extra_params)
+
+    def make_optimizer(params: list[nn.Parameter]) -> torch.optim.Optimizer:
+        params = params + [p for p in extra if all(p is not q for q in params)]
+        if optimizer == "sgd":
+            return torch.optim.SGD(params, lr=lr, momentum=0.9, weight_decay=weight_decay, nesterov=True)
+        return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+
+    return fit(model, dataset, loss, epochs=epochs, make_optimizer=make_optimizer, settings=settings, seed=seed,
+               teacher=teacher if kd or extra_loss is not None else None, extra_loss=extra_loss,
+               extra_modules=extra_modules, train_mode=train_mode, name=name, log=log)
 
 
 def final_linear(model: nn.Module) -> list[nn.Module]:

@@ -19,6 +19,7 @@ import torch
 from pydantic import Field
 from torch import nn
 
+from pipeline.stages.train import TrainOverride, TrainSettings
 from targets.schema import StrictModel
 
 
@@ -39,6 +40,7 @@ class PruneConfig(StrictModel):
     guard_iterations: int = Field(default=300, ge=10)
     guard_seconds: float = Field(default=2.0, ge=0)                # and at least this long per model
     guard_tolerance: float = Field(default=0.05, ge=0, le=1)       # slower by more than this fraction -> WARNING
+    train: TrainOverride | None = None                             # this stage's device/amp/... overrides
 
 
 def _importance(name: str) -> Any:
@@ -132,10 +134,12 @@ def onnx_latency_ratio(pruned: nn.Module, parent: nn.Module, example_inputs: tor
 
 
 def prune(model: nn.Module, example_inputs: torch.Tensor, data: dict[str, Any], cfg: PruneConfig,
-          teacher: nn.Module | None = None, log: Callable[[str], None] = print) -> tuple[nn.Module, dict[str, Any]]:
+          teacher: nn.Module | None = None, log: Callable[[str], None] = print,
+          settings: TrainSettings | None = None) -> tuple[nn.Module, dict[str, Any]]:
     """Prune a copy of ``model``, fine-tune it, check its latency against the parent; returns (model, extra record)."""
     import copy
 
+    from pipeline.distributed import is_main
     from pipeline.stages.common import train
 
     parent = copy.deepcopy(model).eval()
@@ -150,9 +154,10 @@ def prune(model: nn.Module, example_inputs: torch.Tensor, data: dict[str, Any], 
                      global_pruning=cfg.global_pruning, iterative_steps=cfg.iterative_steps, ignore=cfg.ignore,
                      round_to=cfg.round_to, grad_batches=grad_batches)
     train(pruned, data["train"], epochs=cfg.finetune_epochs, lr=cfg.lr, batch_size=cfg.batch_size, seed=cfg.seed,
-          teacher=teacher, temperature=cfg.temperature, alpha=cfg.alpha if teacher is not None else 0.0)
+          teacher=teacher, temperature=cfg.temperature, alpha=cfg.alpha if teacher is not None else 0.0,
+          settings=settings, name="prune fine-tune", log=log)
     extra: dict[str, Any] = {"warnings": []}
-    if cfg.latency_guard and cfg.ratio > 0:
+    if cfg.latency_guard and cfg.ratio > 0 and is_main():   # a measurement: rank 0 only, on a quiet machine
         guard = onnx_latency_ratio(pruned, parent, example_inputs, iterations=cfg.guard_iterations,
                                    min_seconds=cfg.guard_seconds)
         extra["latency_guard"] = guard

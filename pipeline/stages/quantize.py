@@ -16,12 +16,14 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+from collections.abc import Callable
 from typing import Any, Literal
 
 import torch
 from pydantic import Field
 from torch import nn
 
+from pipeline.stages.train import TrainOverride, TrainSettings
 from targets.schema import StrictModel
 
 
@@ -39,6 +41,7 @@ class QuantConfig(StrictModel):
     alpha: float = Field(default=0.5, ge=0, le=1)
     bn_train: bool = False                                         # qat: False keeps BN on running statistics
     simulate: bool = True                                          # measure fake-quant accuracy in the stage record
+    train: TrainOverride | None = None                             # qat: device/workers/... (always fp32, no AMP)
 
     def export_overrides(self) -> dict[str, Any]:
         """The ExportConfig fields (targets/export_config.py) this stage decides for every INT8 exporter."""
@@ -126,7 +129,8 @@ def learned_ranges(prepared: Any) -> list[dict[str, Any]]:
 
 
 def qat(model: nn.Module, example_inputs: torch.Tensor, data: dict[str, Any], calib: torch.Tensor, cfg: QuantConfig,
-        teacher: nn.Module | None = None) -> tuple[nn.Module, Any, list[dict[str, Any]]]:
+        teacher: nn.Module | None = None, settings: TrainSettings | None = None,
+        log: Callable[[str], None] | None = None) -> tuple[nn.Module, Any, list[dict[str, Any]]]:
     """Fake-quantize, fine-tune, and return (float model with QAT weights, frozen fake-quant graph, ranges).
 
     The fake-quant graph (observers frozen, BN in eval) is the simulated-INT8 model; ``convert_pt2e`` is not run
@@ -141,9 +145,11 @@ def qat(model: nn.Module, example_inputs: torch.Tensor, data: dict[str, Any], ca
                                                                  _quantizer(cfg, True, model)))
     prepared.eval()
     _calibrate(prepared, calib)   # initialise the ranges from calibration data before the first gradient step
+    if settings is not None and settings.amp != "none":   # fake-quant scales and rounding need float32
+        settings = dataclasses.replace(settings, amp="none")
     train(prepared, data["train"], epochs=cfg.epochs, lr=cfg.lr, batch_size=cfg.batch_size, seed=cfg.seed,
           teacher=teacher, temperature=cfg.temperature, alpha=cfg.alpha if teacher is not None else 0.0,
-          weight_decay=0.0, train_mode=cfg.bn_train)
+          weight_decay=0.0, train_mode=cfg.bn_train, settings=settings, name="qat", log=log)
     prepared.apply(disable_observer)
     prepared.eval()
     ranges = learned_ranges(prepared)

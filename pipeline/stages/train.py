@@ -1,0 +1,445 @@
+"""The training engine shared by distill, prune fine-tuning and QAT: device, AMP, data loading, DDP, progress.
+
+The stages say *what* to optimise (a model, a loss, an optional teacher); this module decides *where* and *how fast*:
+``train: {device, amp, num_workers, pin_memory, batch_size}`` from the recipe, overridden per stage. Models, teacher,
+inputs and losses go to the chosen device for the loop and come back to the CPU afterwards, so caching and export
+never see a CUDA tensor and a stage cached on a GPU is reused on a laptop (the device is not part of the cache key;
+AMP and the batch size are, because they change the result).
+
+Under ``torchrun`` every rank takes its slice of the same global batch, drawn from the same seeded permutation as a
+single process, and DDP averages the gradients: N processes follow one process's trajectory up to floating-point
+and per-rank BatchNorm statistics.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import torch
+from pydantic import Field
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+from pipeline import distributed
+from targets.schema import StrictModel
+
+LossFn = Callable[[Any, Any, Any], torch.Tensor]        # (outputs, teacher outputs or None, targets) -> scalar
+TEACHER_CACHE_BYTES = 2 << 30                            # beyond this, teacher outputs are computed per batch
+DEVICE_PATTERN = r"^(auto|cpu|cuda|cuda:\d+)$"
+
+
+class TrainOverride(StrictModel):
+    """A stage's own ``train:`` keys; whatever it leaves out comes from the recipe's ``train:`` section."""
+
+    device: str | None = Field(default=None, pattern=DEVICE_PATTERN)
+    amp: Literal["none", "bf16", "fp16"] | None = None
+    num_workers: int | None = Field(default=None, ge=0)
+    pin_memory: bool | None = None
+    batch_size: int | None = Field(default=None, ge=1)
+    eval_batch_size: int | None = Field(default=None, ge=1)
+    progress: bool | None = None
+
+
+class TrainConfig(StrictModel):
+    """The recipe's ``train:`` section (DESIGN §3), shared by the three stages."""
+
+    device: str = Field(default="auto", pattern=DEVICE_PATTERN)     # auto = CUDA when present, else CPU
+    amp: Literal["none", "bf16", "fp16"] = "none"                  # fp16 uses a GradScaler; QAT always trains fp32
+    num_workers: int = Field(default=0, ge=0)                      # DataLoader worker processes (2-8 for file data)
+    pin_memory: bool | None = None                                 # None = on when training on CUDA
+    batch_size: int | None = Field(default=None, ge=1)             # None = each stage's own batch_size
+    eval_batch_size: int = Field(default=256, ge=1)
+    progress: bool = True                                          # one line per epoch
+
+    def merged(self, override: TrainOverride | None) -> TrainConfig:
+        if override is None:
+            return self
+        return self.model_copy(update={k: v for k, v in override.model_dump().items() if v is not None})
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    """A stage's resolved training settings: what the engine reads."""
+
+    device: torch.device
+    amp: str
+    num_workers: int
+    pin_memory: bool
+    batch_size: int
+    eval_batch_size: int
+    progress: bool
+
+    def cache_fields(self) -> dict[str, Any]:
+        """What changes the trained weights; the device and the loader's workers do not (up to float rounding)."""
+        return {"amp": self.amp, "batch_size": self.batch_size}
+
+
+CPU_SETTINGS = TrainSettings(torch.device("cpu"), "none", 0, False, 64, 256, False)
+
+
+def resolve_device(spec: str) -> torch.device:
+    """``auto`` -> this process's GPU when CUDA is present, else the CPU; an absent GPU is a config error."""
+    if spec == "auto":
+        spec = "cuda" if torch.cuda.is_available() else "cpu"
+    if spec.startswith("cuda"):
+        if not torch.cuda.is_available():
+            from targets.errors import ConfigError
+
+            raise ConfigError(f"train.device: {spec!r} but this machine has no CUDA GPU (torch {torch.__version__})",
+                              hint="use train.device: auto (or cpu), or install a CUDA build of torch")
+        index = int(spec.split(":")[1]) if ":" in spec else (distributed.local_rank() % torch.cuda.device_count())
+        if index >= torch.cuda.device_count():
+            from targets.errors import ConfigError
+
+            raise ConfigError(f"train.device: {spec!r} but only {torch.cuda.device_count()} CUDA device(s) exist",
+                              hint="use cuda (this process's GPU) or a lower index")
+        return torch.device("cuda", index)
+    return torch.device("cpu")
+
+
+def settings_for(train: TrainConfig | None, stage_cfg: Any) -> TrainSettings:
+    """The recipe's ``train:`` <- the stage's ``train:`` <- the stage's own ``batch_size`` when the user set it."""
+    base = (train or TrainConfig()).merged(getattr(stage_cfg, "train", None))
+    stage_bs = getattr(stage_cfg, "batch_size", 64)
+    explicit = "batch_size" in getattr(stage_cfg, "model_fields_set", set())
+    batch = stage_bs if explicit or base.batch_size is None else base.batch_size
+    device = resolve_device(base.device)
+    pin = base.pin_memory if base.pin_memory is not None else device.type == "cuda"
+    return TrainSettings(device, base.amp, base.num_workers, pin, batch, base.eval_batch_size, base.progress)
+
+
+# ------------------------------------------------------------------------------------------------ tensors
+def to_device(obj: Any, device: torch.device, non_blocking: bool = False) -> Any:
+    """Tensors inside tuples, lists and dicts (a model's many named inputs) moved to ``device``."""
+    if isinstance(obj, torch.Tensor):
+        return obj.to(device, non_blocking=non_blocking)
+    if isinstance(obj, Mapping):
+        return {k: to_device(v, device, non_blocking) for k, v in obj.items()}
+    if isinstance(obj, (tuple, list)):
+        return type(obj)(to_device(v, device, non_blocking) for v in obj)
+    return obj
+
+
+def call(model: nn.Module | Callable[..., Any], inputs: Any) -> Any:
+    """Feed one input, a tuple of positional inputs, or a dict of named inputs."""
+    if isinstance(inputs, Mapping):
+        return model(**inputs)
+    if isinstance(inputs, (tuple, list)):
+        return model(*inputs)
+    return model(inputs)
+
+
+def _leaves(obj: Any) -> list[torch.Tensor]:
+    if isinstance(obj, torch.Tensor):
+        return [obj]
+    if isinstance(obj, Mapping):
+        return [t for v in obj.values() for t in _leaves(v)]
+    if isinstance(obj, (tuple, list)):
+        return [t for v in obj for t in _leaves(v)]
+    return []
+
+
+def _rebuild(template: Any, leaves: Iterator[torch.Tensor]) -> Any:
+    if isinstance(template, torch.Tensor):
+        return next(leaves)
+    if isinstance(template, Mapping):
+        return {k: _rebuild(v, leaves) for k, v in template.items()}
+    if isinstance(template, (tuple, list)):
+        return type(template)(_rebuild(v, leaves) for v in template)
+    return template
+
+
+def _float(obj: Any) -> Any:
+    """Outputs of an autocast forward back in float32 before the loss (softmax/KL in bf16 loses the soft targets)."""
+    return _rebuild(obj, iter([t.float() if t.is_floating_point() else t for t in _leaves(obj)]))
+
+
+def _batch_len(obj: Any) -> int:
+    leaves = _leaves(obj)
+    return int(leaves[0].shape[0]) if leaves else 0
+
+
+# ------------------------------------------------------------------------------------------------ data
+def is_deterministic(dataset: Any) -> bool:
+    """Whether ``dataset[i]`` is the same every time, so a teacher's outputs can be computed once and reused.
+
+    A dataset says so with a ``deterministic`` attribute; without one, tensors in memory (TensorDataset) are, a
+    Subset/ConcatDataset is when all its parts are, and anything else (a ``transform``, random crops, file readers we
+    cannot see into) is treated as augmented: the teacher then runs on every batch, which is always correct.
+    """
+    flag = getattr(dataset, "deterministic", None)
+    if isinstance(flag, bool):
+        return flag
+    if isinstance(dataset, torch.utils.data.TensorDataset):
+        return True
+    if isinstance(dataset, torch.utils.data.Subset):
+        return is_deterministic(dataset.dataset)
+    if isinstance(dataset, torch.utils.data.ConcatDataset):
+        return all(is_deterministic(d) for d in dataset.datasets)
+    return False
+
+
+class Indexed(Dataset):
+    """Items ``(x, y, i)``: the index finds the sample's cached teacher outputs. Each item is read once."""
+
+    def __init__(self, dataset: Any) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, i: int) -> tuple[Any, Any, int]:
+        item = self.dataset[i]
+        return item[0], item[1], i
+
+
+class GlobalBatches:
+    """Batches of indices drawn exactly as ``DataLoader(shuffle=True, generator=g)`` draws them; under DDP each rank
+    gets its contiguous slice of every global batch, so N processes see the same batches as one."""
+
+    def __init__(self, n: int, batch_size: int, drop_last: bool, generator: torch.Generator,
+                 rank: int = 0, world: int = 1) -> None:
+        self.n, self.batch_size, self.drop_last, self.generator = n, batch_size, drop_last, generator
+        self.rank, self.world = rank, world
+
+    def __len__(self) -> int:
+        return self.n // self.batch_size if self.drop_last else -(-self.n // self.batch_size)
+
+    def __iter__(self) -> Iterator[list[int]]:
+        perm = torch.randperm(self.n, generator=self.generator).tolist()
+        for b in range(len(self)):
+            batch = perm[b * self.batch_size:(b + 1) * self.batch_size]
+            lo, hi = self.rank * len(batch) // self.world, (self.rank + 1) * len(batch) // self.world
+            yield batch[lo:hi]
+
+
+def loader(dataset: Any, settings: TrainSettings, *, shuffle: bool, generator: torch.Generator | None = None,
+           batch_size: int | None = None, drop_last: bool = False, distributed_slices: bool = False) -> DataLoader:
+    """A DataLoader with the settings' workers and pinning; shuffled batches follow ``GlobalBatches``."""
+    bs = batch_size or settings.batch_size
+    common: dict[str, Any] = {"num_workers": settings.num_workers, "pin_memory": settings.pin_memory}
+    if not shuffle:
+        return DataLoader(dataset, batch_size=bs, shuffle=False, **common)
+    gen = generator or torch.Generator().manual_seed(0)
+    world = distributed.world_size() if distributed_slices else 1
+    rank = distributed.rank() if distributed_slices else 0
+    sampler = GlobalBatches(len(dataset), bs, drop_last, gen, rank, world)
+    # generator=gen: the loader draws its worker base seed from it before the permutation, as DataLoader always did
+    return DataLoader(dataset, batch_sampler=sampler, generator=gen, **common)
+
+
+# ------------------------------------------------------------------------------------------------ teacher outputs
+class TeacherOutputs:
+    """The teacher's outputs per sample index, filled on first sight, when the data is deterministic; else None."""
+
+    def __init__(self, teacher: nn.Module, dataset: Any, settings: TrainSettings) -> None:
+        self.teacher, self.settings = teacher, settings
+        self.store: list[torch.Tensor] | None = None
+        self.template: Any = None
+        self.have: torch.Tensor | None = None
+        self.n = len(dataset)
+
+    @torch.no_grad()
+    def precompute(self, dataset: Any) -> None:
+        """All samples up front, in order, in eval batches (what the single-process loop has always done)."""
+        self.teacher.eval()
+        chunks = []
+        for x, *_ in loader(dataset, self.settings, shuffle=False, batch_size=self.settings.eval_batch_size):
+            with _autocast(self.settings):
+                out = _float(call(self.teacher, to_device(x, self.settings.device, self.settings.pin_memory)))
+            chunks.append(out)
+            if sum(t.numel() * t.element_size() for c in chunks for t in _leaves(c)) > TEACHER_CACHE_BYTES:
+                return  # too big to keep: the loop computes them per batch instead
+        self.template = chunks[0]
+        self.store = [torch.cat(parts) for parts in zip(*(_leaves(c) for c in chunks), strict=True)]
+
+    def get(self, idx: torch.Tensor) -> Any:
+        assert self.store is not None
+        idx = idx.to(self.store[0].device)
+        return _rebuild(self.template, iter([t[idx] for t in self.store]))
+
+
+@torch.no_grad()
+def teacher_forward(teacher: nn.Module, x: Any, settings: TrainSettings) -> Any:
+    with _autocast(settings):
+        return _float(call(teacher, x))
+
+
+def _autocast(settings: TrainSettings) -> Any:
+    if settings.amp == "none":
+        return torch.autocast(settings.device.type, enabled=False)
+    dtype = torch.bfloat16 if settings.amp == "bf16" else torch.float16
+    return torch.autocast(settings.device.type, dtype=dtype)
+
+
+# ------------------------------------------------------------------------------------------------ progress
+class EpochMeter:
+    """Loss, running top-1 (when outputs are class scores), samples/s and time left, one line per epoch."""
+
+    def __init__(self, name: str, epochs: int, log: Callable[[str], None] | None) -> None:
+        self.name, self.epochs, self.log = name, epochs, log
+        self.start = time.perf_counter()
+        self.reset()
+
+    def reset(self) -> None:
+        self.t0, self.samples, self.counted = time.perf_counter(), 0, 0
+        self.loss: torch.Tensor | float = 0.0        # summed on the device: no host sync per step
+        self.correct: torch.Tensor | int = 0
+
+    def update(self, loss: torch.Tensor, outputs: Any, targets: Any, n: int) -> None:
+        self.loss = self.loss + loss.detach().float() * n
+        self.samples += n
+        out = outputs[0] if isinstance(outputs, (tuple, list)) else outputs
+        if isinstance(out, torch.Tensor) and isinstance(targets, torch.Tensor) and out.dim() == 2 \
+                and targets.dim() == 1 and not targets.is_floating_point() and len(targets) == len(out):
+            self.correct = self.correct + (out.detach().argmax(1) == targets).sum()
+            self.counted += len(targets)
+
+    def end_epoch(self, epoch: int) -> None:
+        totals = torch.tensor([float(self.loss), float(self.samples), float(self.correct), float(self.counted)])
+        if distributed.world_size() > 1:   # the line speaks for all ranks
+            torch.distributed.all_reduce(totals)
+        loss, samples, correct, counted = totals.tolist()
+        now = time.perf_counter()
+        seconds = now - self.t0
+        left = (now - self.start) / epoch * (self.epochs - epoch)
+        if self.log is not None and distributed.is_main():
+            metric = f", train top-1 {correct / counted * 100:.2f}%" if counted else ""
+            self.log(f"{self.name} epoch {epoch}/{self.epochs}: loss {loss / max(samples, 1):.4f}{metric}, "
+                     f"{samples / max(seconds, 1e-9):,.0f} samples/s, {seconds:.1f}s, {_eta(left)} left")
+        self.reset()
+
+
+def _eta(seconds: float) -> str:
+    if seconds < 60:
+        return f"{seconds:.0f}s"
+    return f"{seconds // 60:.0f}m{seconds % 60:02.0f}s" if seconds < 3600 else f"{seconds / 3600:.1f}h"
+
+
+# ------------------------------------------------------------------------------------------------ the loop
+def fit(model: nn.Module, dataset: Any, loss_fn: LossFn, *, epochs: int, make_optimizer: Callable[
+        [list[nn.Parameter]], torch.optim.Optimizer], settings: TrainSettings = CPU_SETTINGS, seed: int = 0,
+        teacher: nn.Module | None = None, cache_teacher: bool = True, extra_loss: Callable[[], torch.Tensor]
+        | None = None, extra_modules: Iterable[nn.Module] = (), train_mode: bool = True, name: str = "train",
+        log: Callable[[str], None] | None = None) -> nn.Module:
+    """Train ``model`` in place: per-step cosine schedule, ``loss_fn(outputs, teacher_outputs, targets)``.
+
+    ``teacher`` runs once over the data (when ``cache_teacher`` and the data is deterministic) or on every batch.
+    ``extra_loss`` reads what hooks captured in the forward passes (feature distillation); ``extra_modules`` (its
+    adapters) train alongside. Everything is back on the CPU, in eval mode, when this returns.
+    """
+    if epochs <= 0:
+        return model
+    from pipeline.stages.common import seed_everything
+
+    device, world = settings.device, distributed.world_size()
+    extras = [m for m in extra_modules]
+    teacher_device = _device_of(teacher) if teacher is not None else None
+    try:
+        model.to(device)
+        for m in extras:
+            m.to(device)
+        if teacher is not None:
+            teacher.to(device).eval()
+        cache = None
+        if teacher is not None and cache_teacher and extra_loss is None and is_deterministic(dataset):
+            cache = TeacherOutputs(teacher, dataset, settings)
+            cache.precompute(dataset)
+            if cache.store is None:
+                cache = None
+        gen = seed_everything(seed)
+        batches = loader(Indexed(dataset), settings, shuffle=True, generator=gen,
+                         drop_last=len(dataset) > settings.batch_size, distributed_slices=True)
+        params = [p for p in model.parameters() if p.requires_grad]
+        extra_params = [p for m in extras for p in m.parameters() if p.requires_grad]
+        opt = make_optimizer(params + extra_params)
+        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, epochs * len(batches)))
+        scaler = torch.amp.GradScaler(device.type, enabled=settings.amp == "fp16")
+        net: nn.Module = model
+        if world > 1:
+            net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda"
+                                                      else None)
+        meter = EpochMeter(name, epochs, log if settings.progress else None)
+        global_batch = settings.batch_size
+        for epoch in range(1, epochs + 1):
+            net.train(train_mode)
+            for x, y, idx in batches:
+                x, y = to_device(x, device, settings.pin_memory), to_device(y, device, settings.pin_memory)
+                n = _batch_len(x)
+                opt.zero_grad(set_to_none=True)
+                t_out = None
+                if teacher is not None:
+                    t_out = cache.get(idx) if cache is not None else teacher_forward(teacher, x, settings)
+                with _autocast(settings):
+                    outputs = call(net, x)
+                    loss = loss_fn(_float(outputs), t_out, y)
+                    if extra_loss is not None:
+                        loss = loss + extra_loss()
+                if world > 1:   # DDP averages over ranks: weight each rank by its share of the global batch
+                    loss_step = loss * (n * world / min(global_batch, len(dataset)))
+                else:
+                    loss_step = loss
+                scaler.scale(loss_step).backward()
+                if world > 1 and extra_params:   # adapters live outside the DDP module: average by hand
+                    _all_reduce_grads(extra_params, world)
+                scaler.step(opt)
+                scaler.update()
+                sched.step()
+                meter.update(loss, outputs, y, n)
+            meter.end_epoch(epoch)
+        if world > 1:   # BatchNorm statistics differ per rank; rank 0's are the model's
+            for t in model.state_dict().values():
+                torch.distributed.broadcast(t, 0)
+    finally:
+        model.to("cpu")
+        for m in extras:
+            m.to("cpu")
+        if teacher is not None and teacher_device is not None:
+            teacher.to(teacher_device)
+    return model.eval()
+
+
+def _device_of(module: nn.Module) -> torch.device:
+    for t in module.parameters():
+        return t.device
+    for t in module.buffers():
+        return t.device
+    return torch.device("cpu")
+
+
+def _all_reduce_grads(params: list[nn.Parameter], world: int) -> None:
+    for p in params:
+        if p.grad is None:
+            p.grad = torch.zeros_like(p)
+        torch.distributed.all_reduce(p.grad)
+        p.grad /= world
+
+
+# ------------------------------------------------------------------------------------------------ evaluation
+@torch.no_grad()
+def evaluate_top1(model: nn.Module | Callable[..., Any], dataset: Any, settings: TrainSettings | None = None,
+                  batch_size: int = 256) -> float:
+    """Top-1 on ``dataset`` in batches on the settings' device (the model comes back to where it was)."""
+    settings = settings or CPU_SETTINGS
+    device = settings.device
+    moved = isinstance(model, nn.Module) and device.type != "cpu"
+    home = _device_of(model) if isinstance(model, nn.Module) else None
+    if isinstance(model, nn.Module):
+        model.eval()
+        if moved:
+            model.to(device)
+    correct = total = 0
+    try:
+        for x, y in loader(dataset, settings, shuffle=False, batch_size=batch_size):
+            out = call(model, to_device(x, device))
+            out = out[0] if isinstance(out, (tuple, list)) else out
+            correct += int((out.argmax(1).cpu() == y).sum())
+            total += len(y)
+    finally:
+        if moved and home is not None:
+            model.to(home)  # type: ignore[union-attr]
+    return correct / max(total, 1)
+

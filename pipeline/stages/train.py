@@ -214,6 +214,8 @@ class GlobalBatches:
             batch = perm[b * self.batch_size:(b + 1) * self.batch_size]
             lo, hi = self.rank * len(batch) // self.world, (self.rank + 1) * len(batch) // self.world
             yield batch[lo:hi]
+        # RandomSampler draws a second (empty) permutation when exhausted; so do we, to keep the seeded sequence
+        torch.randperm(self.n, generator=self.generator)
 
 
 def loader(dataset: Any, settings: TrainSettings, *, shuffle: bool, generator: torch.Generator | None = None,

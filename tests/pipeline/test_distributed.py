@@ -1,0 +1,65 @@
+"""Data-parallel stages: `edgepipe run --nproc 2` (torchrun's launcher, gloo on the CPU) against one process.
+
+Kept cheap: distill for 3 epochs and QAT for 1 on the demo, no pruning, one FP32 backend.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import run_cli
+
+pytestmark = [pytest.mark.onnx, pytest.mark.slow]
+
+SHORT = ["--set", "stages.distill.epochs=3", "--set", "stages.prune=null", "--set", "stages.quantize.epochs=1",
+         "--set", "backends=[onnx-fp32]", "--set", "train.device=cpu"]
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory, digits_recipe) -> dict[str, tuple[Path, object]]:
+    out: dict[str, tuple[Path, object]] = {}
+    for name, extra in (("one", []), ("ddp", ["--nproc", "2"])):
+        folder = tmp_path_factory.mktemp(name) / "run"
+        proc = run_cli("run", str(digits_recipe), "--device", "local", "--out", str(folder), *SHORT, *extra,
+                       timeout=900)
+        out[name] = (folder, proc)
+    return out
+
+
+def _summary(run: tuple[Path, object]) -> dict:
+    folder, proc = run
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads((folder / "summary.json").read_text())
+
+
+def test_ddp_two_processes_reach_single_process_accuracy_within_one_point(runs) -> None:
+    one, ddp = _summary(runs["one"]), _summary(runs["ddp"])
+    s1, s2 = {s["name"]: s for s in one["stages"]}, {s["name"]: s for s in ddp["stages"]}
+    assert list(s1) == list(s2) == ["distill", "quantize"]
+    for name in s1:
+        assert abs(s1[name]["accuracy"] - s2[name]["accuracy"]) * 100 <= 1.0, (name, s1[name], s2[name])
+        assert s1[name]["params"] == s2[name]["params"] and s1[name]["macs"] == s2[name]["macs"]
+    assert s2["quantize"]["qat_simulated_accuracy"] > 0.9
+    assert ddp["stages"][0]["accuracy"] > 0.9
+
+
+def test_ddp_run_writes_the_same_files_and_summary_format_once(runs) -> None:
+    one, ddp = _summary(runs["one"]), _summary(runs["ddp"])
+    assert set(one) == set(ddp) and [set(s) for s in one["stages"]] == [set(s) for s in ddp["stages"]]
+    assert [set(a) for a in one["artifacts"]] == [set(a) for a in ddp["artifacts"]]
+    (f1, _), (f2, _) = runs["one"], runs["ddp"]
+    names = {p.relative_to(f1).as_posix() for p in f1.rglob("*") if p.is_file()}
+    assert names == {p.relative_to(f2).as_posix() for p in f2.rglob("*") if p.is_file()}
+    for stage in ("distill", "quantize"):   # one cache entry per stage: only rank 0 wrote
+        assert len([d for d in (f2 / "stages" / stage).iterdir() if not d.name.startswith(".")]) == 1
+
+
+def test_ddp_run_prints_one_progress_line_per_epoch_from_rank_zero_only(runs) -> None:
+    folder, proc = runs["ddp"]
+    epochs = [ln for ln in proc.stderr.splitlines() if " epoch " in ln and "samples/s" in ln]
+    assert [ln.split(":")[0] for ln in epochs] == [f"distill epoch {i}/3" for i in (1, 2, 3)] + ["qat epoch 1/1"]
+    log = (folder / "run.log").read_text()
+    assert "distill epoch 3/3: loss" in log and "time left" not in log and " left" in log

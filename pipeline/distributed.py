@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import sys
+import uuid
 from collections.abc import Sequence
 from typing import Any
 
@@ -103,8 +104,8 @@ def launch(nproc: int, argv: Sequence[str]) -> int:
         logging.getLogger(name).setLevel(logging.ERROR)
     if "OMP_NUM_THREADS" not in os.environ:  # N processes share the cores instead of each taking all of them
         os.environ["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // nproc))
-    config = LaunchConfig(min_nodes=1, max_nodes=1, nproc_per_node=nproc, run_id="edgepipe", rdzv_backend="c10d",
-                          rdzv_endpoint="localhost:0", max_restarts=0, monitor_interval=0.2)
+    config = LaunchConfig(min_nodes=1, max_nodes=1, nproc_per_node=nproc, run_id=f"edgepipe-{uuid.uuid4()}",
+                          rdzv_backend="c10d", rdzv_endpoint="localhost:0", max_restarts=0, monitor_interval=0.2)
     try:
         elastic_launch(config, sys.executable)("-m", "pipeline.cli", *argv)
     except ChildFailedError as exc:

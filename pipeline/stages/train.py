@@ -281,8 +281,9 @@ def _autocast(settings: TrainSettings) -> Any:
 class EpochMeter:
     """Loss, running top-1 (when outputs are class scores), samples/s and time left, one line per epoch."""
 
-    def __init__(self, name: str, epochs: int, log: Callable[[str], None] | None) -> None:
-        self.name, self.epochs, self.log = name, epochs, log
+    def __init__(self, name: str, epochs: int, log: Callable[[str], None] | None,
+                 device: torch.device = torch.device("cpu")) -> None:
+        self.name, self.epochs, self.log, self.device = name, epochs, log, device   # device: NCCL reduces there
         self.start = time.perf_counter()
         self.reset()
 
@@ -301,7 +302,8 @@ class EpochMeter:
             self.counted += len(targets)
 
     def end_epoch(self, epoch: int) -> None:
-        totals = torch.tensor([float(self.loss), float(self.samples), float(self.correct), float(self.counted)])
+        totals = torch.tensor([float(self.loss), float(self.samples), float(self.correct), float(self.counted)],
+                              device=self.device)
         if distributed.world_size() > 1:   # the line speaks for all ranks
             torch.distributed.all_reduce(totals)
         loss, samples, correct, counted = totals.tolist()
@@ -364,7 +366,7 @@ def fit(model: nn.Module, dataset: Any, loss_fn: LossFn, *, epochs: int, make_op
         if world > 1:
             net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda"
                                                       else None)
-        meter = EpochMeter(name, epochs, log if settings.progress else None)
+        meter = EpochMeter(name, epochs, log if settings.progress else None, device)
         global_batch = settings.batch_size
         for epoch in range(1, epochs + 1):
             net.train(train_mode)

@@ -1,4 +1,4 @@
-"""The training engine: where it trains (device by name and by ``auto``), what it reads, what it prints, what it caches."""
+"""The training engine: where it trains (device by name and by ``auto``), what it reads, prints and caches."""
 
 from __future__ import annotations
 

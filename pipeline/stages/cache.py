@@ -24,7 +24,7 @@ from torch import nn
 
 _PRIMITIVE = (int, float, bool, str, type(None))
 CODE_FILES = ("__init__.py", "cache.py", "common.py", "distill.py", "prune.py", "quantize.py", "qat_export.py",
-              "train.py")
+              "train.py", "loading.py")
 
 
 def _primitive(value: Any) -> bool:

@@ -13,18 +13,9 @@ from torch.utils.data import DataLoader, Dataset, TensorDataset
 
 from pipeline.stages.common import accuracy, train
 from pipeline.stages.distill import DistillConfig
+from pipeline.stages.loading import GlobalBatches, Indexed, is_deterministic, loader
 from pipeline.stages.prune import PruneConfig
-from pipeline.stages.train import (
-    CPU_SETTINGS,
-    GlobalBatches,
-    Indexed,
-    TrainConfig,
-    fit,
-    is_deterministic,
-    loader,
-    resolve_device,
-    settings_for,
-)
+from pipeline.stages.train import CPU_SETTINGS, TrainConfig, fit, resolve_device, settings_for
 from targets.errors import ConfigError
 
 from . import stage_models

@@ -173,3 +173,16 @@ def test_stage_cache_is_reused_across_device_settings_but_not_amp(digits, teache
     assert again.records[0]["accuracy"] == first.records[0]["accuracy"]
     bf16 = run_stages(teacher, digits, recipe, tmp_path, logs.append, train=TrainConfig(device="cpu", amp="bf16"))
     assert bf16.records[0]["cached"] is False and bf16.records[0]["accuracy"] > 0.3   # AMP changes the result
+
+
+def test_recipe_rejects_bad_train_keys_all_at_once_naming_key_paths() -> None:
+    from pipeline.config import load_recipe
+
+    from .stage_models import DIGITS_RECIPE
+
+    with pytest.raises(ConfigError) as info:
+        load_recipe(DIGITS_RECIPE, ["train.device=gpu", "train.amp=fp8", "stages.distill.train.workers=2"])
+    text = str(info.value)
+    for path in ("train.device", "train.amp", "stages.distill.train.workers"):
+        assert path in text, (path, text)
+    assert load_recipe(DIGITS_RECIPE, ["train.device=cpu", "train.batch_size=32"]).train.batch_size == 32

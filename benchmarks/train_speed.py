@@ -13,13 +13,16 @@ import argparse
 import dataclasses
 import os
 import platform
+import sys
 import time
+from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.zoo import ResNet18
 from pipeline.stages.common import kd_loss, seed_everything
 from pipeline.stages.train import TrainConfig, fit, settings_for

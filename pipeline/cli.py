@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -16,6 +17,12 @@ from targets.errors import EdgeError
 def _conn_overrides(args: argparse.Namespace) -> dict[str, Any]:
     return {k: getattr(args, k, None) for k in ("host", "user", "port", "key", "known_hosts")
             if getattr(args, k, None) is not None}
+
+
+def _positive_int(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number of processes >= 1, got {text!r}")
+    return int(text)
 
 
 def _add_conn(p: argparse.ArgumentParser) -> None:
@@ -125,7 +132,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a recipe value, e.g. --set stages.prune.ratio=0.3")
     p.add_argument("--json", action="store_true", help="print summary.json to stdout")
-    p.add_argument("--nproc", type=int, metavar="N",
+    p.add_argument("--nproc", type=_positive_int, metavar="N",
                    help="train the stages on N data-parallel processes on this machine (torchrun underneath; one "
                         "per GPU, gloo on CPU); for several machines launch `torchrun ... -m pipeline.cli run` instead")
     _add_conn(p)
@@ -197,7 +204,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except EdgeError as exc:
-        print(f"edgepipe: error: {exc}", file=sys.stderr)
+        if os.environ.get("RANK", "0") == "0":   # under torchrun every rank fails alike: rank 0 says it once
+            print(f"edgepipe: error: {exc}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
         print("edgepipe: interrupted; finished stages are cached and a re-run resumes from them", file=sys.stderr)

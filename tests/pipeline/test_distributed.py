@@ -63,3 +63,22 @@ def test_ddp_run_prints_one_progress_line_per_epoch_from_rank_zero_only(runs) ->
     assert [ln.split(":")[0] for ln in epochs] == [f"distill epoch {i}/2" for i in (1, 2)] + ["qat epoch 1/1"]
     log = (folder / "run.log").read_text()
     assert log.count("distill epoch 2/2: loss") == 1 and log.count("qat epoch 1/1: loss") == 1
+
+
+def test_nproc_keeps_rank_zero_exit_code_and_one_line_error(digits_recipe) -> None:
+    proc = run_cli("run", str(digits_recipe), "--device", "local", "--nproc", "2", "--set", "train.device=gpu0")
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert proc.stderr.count("edgepipe: error:") == 1 and "train.device" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_nproc_rejects_zero_processes() -> None:
+    proc = run_cli("run", "recipe.yaml", "--device", "local", "--nproc", "0")
+    assert proc.returncode == 2 and "--nproc" in proc.stderr
+
+
+def test_strip_nproc_leaves_the_rest_of_the_command_line() -> None:
+    from pipeline.distributed import strip_nproc
+
+    assert strip_nproc(["run", "r.yaml", "--nproc", "4", "--device", "x", "--nproc=2", "--set", "a=1"]) == \
+        ["run", "r.yaml", "--device", "x", "--set", "a=1"]

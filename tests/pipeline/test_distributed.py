@@ -36,6 +36,17 @@ def _summary(run: tuple[Path, object]) -> dict:
     return json.loads((folder / "summary.json").read_text())
 
 
+def _files(folder: Path) -> set[str]:
+    """Every file of a run, the stage cache keys masked: a key hashes the parent's weights, which differ in the
+    last bits between one process and two."""
+    out = set()
+    for p in folder.rglob("*"):
+        if p.is_file():
+            parts = p.relative_to(folder).parts
+            out.add("/".join(("*" if i == 2 and parts[0] == "stages" else x) for i, x in enumerate(parts)))
+    return out
+
+
 def test_ddp_two_processes_reach_single_process_accuracy_within_one_point(runs) -> None:
     one, ddp = _summary(runs["one"]), _summary(runs["ddp"])
     s1, s2 = {s["name"]: s for s in one["stages"]}, {s["name"]: s for s in ddp["stages"]}
@@ -52,8 +63,7 @@ def test_ddp_run_writes_the_same_files_and_summary_format_once(runs) -> None:
     assert set(one) == set(ddp) and [set(s) for s in one["stages"]] == [set(s) for s in ddp["stages"]]
     assert [set(a) for a in one["artifacts"]] == [set(a) for a in ddp["artifacts"]]
     (f1, _), (f2, _) = runs["one"], runs["ddp"]
-    names = {p.relative_to(f1).as_posix() for p in f1.rglob("*") if p.is_file()}
-    assert names == {p.relative_to(f2).as_posix() for p in f2.rglob("*") if p.is_file()}
+    assert _files(f1) == _files(f2)
     for stage in ("distill", "quantize"):   # one cache entry per stage: only rank 0 wrote
         assert len([d for d in (f2 / "stages" / stage).iterdir() if not d.name.startswith(".")]) == 1
 

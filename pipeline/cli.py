@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -18,6 +19,12 @@ def _conn_overrides(args: argparse.Namespace) -> dict[str, Any]:
             if getattr(args, k, None) is not None}
 
 
+def _positive_int(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number of processes >= 1, got {text!r}")
+    return int(text)
+
+
 def _add_conn(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("connection overrides (also EDGEPIPE_<DEVICE>_HOST, _USER, _PORT, _KEY)")
     g.add_argument("--host")
@@ -28,6 +35,10 @@ def _add_conn(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from pipeline import distributed
+
+    if args.nproc is not None and args.nproc > 1 and not distributed.launched_by_torchrun():
+        return distributed.launch(args.nproc, distributed.strip_nproc(args.argv))
     from pipeline.run import run
 
     summaries = run(args.recipe, args.device, Path(args.out) if args.out else None, args.set, _conn_overrides(args))
@@ -128,6 +139,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a recipe value, e.g. --set stages.prune.ratio=0.3")
     p.add_argument("--json", action="store_true", help="print summary.json to stdout")
+    p.add_argument("--nproc", type=_positive_int, metavar="N",
+                   help="train the stages on N data-parallel processes on this machine (torchrun underneath; one "
+                        "per GPU, gloo on CPU); for several machines launch `torchrun ... -m pipeline.cli run` instead")
     _add_conn(p)
     p.set_defaults(func=cmd_run)
 
@@ -197,10 +211,12 @@ def main(argv: list[str] | None = None) -> int:
     _quiet_libraries()
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
     try:
         return int(args.func(args) or 0)
     except EdgeError as exc:
-        print(f"edgepipe: error: {exc}", file=sys.stderr)
+        if os.environ.get("RANK", "0") == "0":   # under torchrun every rank fails alike: rank 0 says it once
+            print(f"edgepipe: error: {exc}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
         what = ("finished stages are cached and a re-run resumes from them" if args.command == "run" else

@@ -21,6 +21,7 @@ from pydantic import Field, PrivateAttr, ValidationError, field_validator, model
 from pipeline.stages.distill import DistillConfig
 from pipeline.stages.prune import PruneConfig
 from pipeline.stages.quantize import QuantConfig
+from pipeline.stages.train import TrainConfig
 from targets import BACKENDS
 from targets.errors import ConfigError
 from targets.schema import StrictModel, read_yaml, safe_load_yaml, validation_problems
@@ -149,6 +150,7 @@ class Recipe(StrictModel):
     data: DataSpec
     task: Task = Field(default_factory=Task)
     stages: Stages = Field(default_factory=Stages)
+    train: TrainConfig = Field(default_factory=TrainConfig)       # where and how the stages train (device, amp...)
     backends: list[str] | None = None
     gate: Gate = Field(default_factory=Gate)
     _path: Path = PrivateAttr(default=Path("recipe.yaml"))

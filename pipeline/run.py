@@ -23,6 +23,7 @@ import numpy as np
 import yaml
 
 import pipeline
+from pipeline import distributed
 from pipeline.config import Recipe, load_recipe
 from pipeline.console import third_party_to_log
 from pipeline.gate import apply_gate
@@ -34,6 +35,7 @@ from pipeline.rundir import now_iso
 from pipeline.runstate import claim_run_folder, new_run_id
 from pipeline.stages import StagesResult, run_stages
 from pipeline.stages.common import example_from
+from pipeline.stages.train import resolve_device
 from pipeline.store import Store, open_store
 from pipeline.task import TaskContext, build_context, stage_plan
 from targets import export_order, get_exporter, parse_backend, requires
@@ -268,6 +270,13 @@ def run(recipe_path: str | Path, devices: list[str], out: Path | None = None, ov
     started = now_iso()
     run_id = new_run_id(recipe.name)  # time + random suffix: two runs in one second never share an id
     root = Path(out) if out else Path("runs") / run_id
+    if distributed.init(resolve_device(recipe.train.device).type):   # launched by torchrun / --nproc
+        root, run_id, started = distributed.broadcast_object((root, run_id, started))   # rank 0's run folder
+        if not distributed.is_main():
+            try:
+                return _train_alongside(recipe, root)
+            finally:
+                distributed.shutdown()
     try:
         return _claimed_run(recipe, profiles, root, run_id, started, stream)
     except OSError as exc:
@@ -293,6 +302,7 @@ def _claimed_run(recipe: Recipe, profiles: list[DeviceProfile], root: Path, run_
             finally:
                 progress.close()
                 store.close()
+                distributed.shutdown()
 
 
 def _mark_failed(store: Store, run_id: str, recipe: Recipe, profiles: list[DeviceProfile], started: str) -> None:
@@ -305,6 +315,15 @@ def _mark_failed(store: Store, run_id: str, recipe: Recipe, profiles: list[Devic
                                   "started": started, "finished": now_iso()})
         except Exception:  # noqa: BLE001 - the store itself may be what failed; the original error matters more
             pass
+
+
+def _train_alongside(recipe: Recipe, root: Path) -> list[dict[str, Any]]:
+    """A rank other than 0: train its share of every stage, then leave; rank 0 exports, measures and writes."""
+    model = load_model(recipe)
+    data = load_data(recipe)
+    ctx = build_context(recipe, model, data)
+    run_stages(model, data, stage_plan(recipe, ctx, data), root, lambda _m: None)
+    return []
 
 
 def _run(recipe: Recipe, profiles: list[DeviceProfile], root: Path, run_id: str, started: str,

@@ -48,6 +48,7 @@ class StagePlan:
     student_factory: Callable[[], nn.Module] | None = None
     timing: Callable[..., dict[str, Any]] | None = None
     metric_label: str = "top-1"
+    train: Any = None                                      # pipeline.stages.train.TrainConfig (None = defaults)
 
 
 def calibration_inputs(dataset: Any, n: int, names: list[str]) -> dict[str, np.ndarray]:
@@ -101,10 +102,19 @@ def _simulated(prefix: str, scored: dict[str, Any]) -> dict[str, Any]:
 
 def run_stages(model: nn.Module, data: dict[str, Any], plan: StagePlan, run_dir: Path,
                log: Callable[[str], None]) -> StagesResult:
-    """Run the configured stages on ``model`` (the teacher), each cached by the hash of its inputs."""
+    """Run the configured stages on ``model`` (the teacher), each cached by the hash of its inputs.
+
+    ``plan.train`` is the recipe's ``train:`` section (TrainConfig): where and how the stages train. Under torchrun
+    every rank runs this together; rank 0 alone reads and writes the cache and hands cached models to the others.
+    """
     log = _loud(log)
-    from pipeline.stages.cache import StageCache, data_fingerprint, load_model, model_hash, stage_key
+    from pipeline import distributed
+    from pipeline.stages.cache import StageCache, data_fingerprint, load_model, model_hash, restore_model, stage_key
     from pipeline.stages.common import Objective, example_from, footprint, seed_everything
+    from pipeline.stages.train import settings_for
+
+    main = distributed.is_main()
+    train = plan.train
 
     teacher = model.eval()
     names = plan.input_names
@@ -125,9 +135,19 @@ def run_stages(model: nn.Module, data: dict[str, Any], plan: StagePlan, run_dir:
                 base: Callable[[], nn.Module], extra_key: dict[str, Any] | None = None) -> None:
         nonlocal current, parent_hash
         cache = StageCache(run_dir, name)
-        key_extra = {**(extra_key or {}), **({"task": task_key} if objective.kind != "logits" else {})}
-        key = stage_key(name, parent_hash, cfg.model_dump(mode="json"), data_fp, key_extra or None)
-        hit = cache.lookup(key)
+        # the device and the loader's workers are not part of the key: a stage trained on a GPU is reused on a CPU
+        key_extra = {**(extra_key or {}), **({"task": task_key} if objective.kind != "logits" else {}),
+                     "train": settings_for(train, cfg).cache_fields()}
+        key = stage_key(name, parent_hash, cfg.model_dump(mode="json", exclude={"train"}), data_fp, key_extra)
+        hit = cache.lookup(key) if main else None
+        if distributed.world_size() > 1:   # rank 0's cache decides; the others get the cached model from it
+            shared = distributed.broadcast_object(
+                (hit is not None, torch.load(hit / "model.pt", weights_only=True) if hit is not None else None))
+            if not main and shared[0]:
+                out = restore_model(base(), shared[1])
+                result.records.append({"name": name, "cached": True})
+                current, parent_hash = out.eval(), model_hash(out)
+                return
         if hit is not None:
             start = time.perf_counter()
             out = load_model(base(), hit / "model.pt")
@@ -142,6 +162,10 @@ def run_stages(model: nn.Module, data: dict[str, Any], plan: StagePlan, run_dir:
             log(f"stage {name}: running ...")
             start = time.perf_counter()
             out, extra, files = compute()
+            if not main:   # rank 0 measures, records and caches; this rank only carries the model on
+                result.records.append({"name": name, "cached": False})
+                current, parent_hash = out.eval(), model_hash(out)
+                return
             params, macs = footprint(out, example)
             record = {"name": name, **evaluate(out), "params": params, "macs": macs,
                       "seconds": 0.0, "key": key, **extra}
@@ -165,7 +189,8 @@ def run_stages(model: nn.Module, data: dict[str, Any], plan: StagePlan, run_dir:
         def do_distill() -> tuple[nn.Module, dict[str, Any], dict[str, Any]]:
             seed_everything(dcfg.seed)   # the student's initial weights are part of what the seed fixes
             student = make_student(teacher, example, dcfg, factory)
-            return distill(teacher, student, data, dcfg, example, objective=objective), {}, {}
+            return distill(teacher, student, data, dcfg, example, settings_for(train, dcfg), log,
+                           objective=objective), {}, {}
 
         run_one("distill", dcfg, do_distill, base=lambda: factory() if factory else copy.deepcopy(teacher),
                 extra_key={"student_code": _factory_fingerprint(factory) if factory else None})
@@ -178,7 +203,7 @@ def run_stages(model: nn.Module, data: dict[str, Any], plan: StagePlan, run_dir:
 
         def do_prune() -> tuple[nn.Module, dict[str, Any], dict[str, Any]]:
             pruned, extra = prune(parent, example, data, pcfg, teacher=teacher, log=log, objective=objective,
-                                  timing=plan.timing)
+                                  timing=plan.timing, settings=settings_for(train, pcfg))
             return pruned, extra, {}
 
         run_one("prune", pcfg, do_prune, base=lambda: copy.deepcopy(parent),
@@ -195,15 +220,16 @@ def run_stages(model: nn.Module, data: dict[str, Any], plan: StagePlan, run_dir:
             extra: dict[str, Any] = {"mode": qcfg.mode,
                                      "simulated_with": "torchao PT2E X86InductorQuantizer (u8 activations, s8 weights)"}
             files: dict[str, Any] = {}
-            if qcfg.simulate or qcfg.mode == "ptq":
+            if main and (qcfg.simulate or qcfg.mode == "ptq"):   # measurements: rank 0 records them
                 extra.update(_simulated("ptq_simulated", evaluate(ptq_simulated(parent, example, calib_t, qcfg))))
             out = copy.deepcopy(parent)
             if qcfg.mode == "qat":
                 out, converted, ranges = qat(parent, example, data, calib_t, qcfg, teacher=teacher,
-                                             objective=objective)
-                extra.update(_simulated("qat_simulated", evaluate(converted)))
-                # what the exporters will do with the QAT weights: calibrate them afresh on the same data
-                extra.update(_simulated("qat_recalibrated", evaluate(ptq_simulated(out, example, calib_t, qcfg))))
+                                             objective=objective, settings=settings_for(train, qcfg), log=log)
+                if main:
+                    extra.update(_simulated("qat_simulated", evaluate(converted)))
+                    # what the exporters will do with the QAT weights: calibrate them afresh on the same data
+                    extra.update(_simulated("qat_recalibrated", evaluate(ptq_simulated(out, example, calib_t, qcfg))))
                 files["qat_ranges.json"] = ranges
             return out, extra, files
 

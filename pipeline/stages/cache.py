@@ -23,7 +23,8 @@ import torch
 from torch import nn
 
 _PRIMITIVE = (int, float, bool, str, type(None))
-CODE_FILES = ("__init__.py", "cache.py", "common.py", "distill.py", "prune.py", "quantize.py")
+CODE_FILES = ("__init__.py", "cache.py", "common.py", "distill.py", "prune.py", "quantize.py", "train.py",
+              "loading.py")
 
 
 def _primitive(value: Any) -> bool:

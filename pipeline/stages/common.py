@@ -12,6 +12,7 @@ classification, output-matching KD on every output otherwise, or the user's own 
 
 from __future__ import annotations
 
+import dataclasses
 import random
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -21,7 +22,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import DataLoader, Dataset, default_collate
+from torch.utils.data import DataLoader
+
+from pipeline.stages.loading import collate
+from pipeline.stages.train import CPU_SETTINGS, TrainSettings, fit
 
 
 # ------------------------------------------------------------------------------------------------ inputs, outputs
@@ -48,17 +52,6 @@ def outputs_list(out: Any) -> list[torch.Tensor]:
             flat += outputs_list(o)
         return flat
     raise TypeError(f"the model returned {type(out).__name__}; expected a tensor, a tuple/list or a dict of tensors")
-
-
-def collate(batch: list[Any]) -> Any:
-    """Inputs are stacked; targets are stacked when they can be (labels, vectors), else kept as a list (boxes)."""
-    inputs = default_collate([b[0] for b in batch])
-    targets = [b[1] for b in batch]
-    try:
-        stacked: Any = default_collate(targets)
-    except (TypeError, RuntimeError):
-        stacked = targets
-    return (inputs, stacked, *[default_collate([b[i] for b in batch]) for i in range(2, len(batch[0]))])
 
 
 def example_from(dataset: Any, names: Sequence[str] | None = None) -> tuple[torch.Tensor, ...]:
@@ -165,47 +158,26 @@ def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, labels: 
     return alpha * soft + (1 - alpha) * hard
 
 
-class _Indexed(Dataset):
-    """Items ``(x, y, i)``: the index finds the sample's precomputed teacher outputs."""
-
-    def __init__(self, dataset: Any) -> None:
-        self.dataset = dataset
-
-    def __len__(self) -> int:
-        return len(self.dataset)
-
-    def __getitem__(self, i: int) -> tuple[Any, Any, int]:
-        x, y = self.dataset[i][0], self.dataset[i][1]
-        return x, y, i
-
-
-@torch.no_grad()
-def teacher_logits(teacher: nn.Module, dataset: Any, batch_size: int = 256,
-                   input_names: Sequence[str] | None = None) -> list[torch.Tensor]:
-    """Every output of the teacher on the whole dataset (one tensor per output, samples first)."""
-    teacher.eval()
-    outs = [outputs_list(teacher(*as_args(x, input_names)))
-            for x, *_ in DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=collate)]
-    return [torch.cat([o[i] for o in outs]) for i in range(len(outs[0]))]
-
-
 def train(model: nn.Module, dataset: Any, *, epochs: int, lr: float, batch_size: int, seed: int,
           teacher: nn.Module | None = None, temperature: float = 4.0, alpha: float = 0.0,
           optimizer: str = "adamw", weight_decay: float = 1e-4,
           extra_loss: Callable[[], torch.Tensor] | None = None,
           extra_params: Iterable[nn.Parameter] = (), train_mode: bool = True,
-          objective: Objective | None = None) -> nn.Module:
-    """The explicit loop: optimizer + per-step cosine schedule; KD from ``teacher`` when given (alpha > 0).
+          objective: Objective | None = None, settings: TrainSettings | None = None,
+          extra_modules: Iterable[nn.Module] = (), name: str = "train",
+          log: Callable[[str], None] | None = None) -> nn.Module:
+    """Optimizer + per-step cosine schedule + the task's loss (``objective``: Hinton KD from ``teacher`` when alpha
+    > 0 for classification, output matching on every output, or the user's loss), on the engine of train.py.
 
-    The data has no augmentation, so the teacher's logits are computed once, not every epoch (the teacher forward
-    is the largest cost of distillation); feature distillation (``extra_loss``, which reads what hooks captured
-    during the teacher's forward) still runs the teacher per batch. ``train_mode=False`` keeps BatchNorm on its
-    running statistics (QAT fine-tuning of a converged model).
+    ``loss(outputs, teacher_outputs, targets)`` replaces the default (Hinton KD, or cross-entropy without a
+    teacher). ``settings`` say where and how (device, AMP, workers; CPU fp32 when absent) and ``batch_size`` wins
+    over theirs. The teacher's outputs are computed once when the data is deterministic, else per batch; feature
+    distillation (``extra_loss``, which reads what hooks captured during the teacher's forward) always runs the
+    teacher per batch. ``train_mode=False`` keeps BatchNorm on its running statistics (QAT fine-tuning).
     """
     if epochs <= 0:
         return model
     obj = objective or Objective()
-    names = obj.input_names
     if obj.needs_teacher and teacher is None:
         import copy
 
@@ -213,40 +185,23 @@ def train(model: nn.Module, dataset: Any, *, epochs: int, lr: float, batch_size:
         for p in teacher.parameters():
             p.requires_grad_(False)
     kd = teacher is not None and (alpha > 0 or obj.kind != "logits")
-    cached = teacher_logits(teacher, dataset, input_names=names) \
-        if kd and extra_loss is None and teacher is not None else None
-    gen = seed_everything(seed)
-    loader = DataLoader(_Indexed(dataset), batch_size=batch_size, shuffle=True, generator=gen,
-                        drop_last=len(dataset) > batch_size, collate_fn=collate)
-    params = [p for p in model.parameters() if p.requires_grad] + list(extra_params)
-    if optimizer == "sgd":
-        opt: torch.optim.Optimizer = torch.optim.SGD(params, lr=lr, momentum=0.9, weight_decay=weight_decay,
-                                                     nesterov=True)
-    else:
-        opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, epochs * len(loader)))
-    if teacher is not None:
-        teacher.eval()
-    for _ in range(epochs):
-        model.train(train_mode)
-        for x, y, idx in loader:
-            opt.zero_grad(set_to_none=True)
-            args = as_args(x, names)
-            outs = outputs_list(model(*args))
-            t_outs = None
-            if kd:
-                if cached is not None:
-                    t_outs = [c[idx] for c in cached]
-                else:
-                    with torch.no_grad():
-                        t_outs = outputs_list(teacher(*args))
-            loss = obj.loss(outs, t_outs, y, temperature, alpha)
-            if extra_loss is not None:
-                loss = loss + extra_loss()
-            loss.backward()
-            opt.step()
-            sched.step()
-    return model.eval()
+
+    def loss(outputs: Any, t_outputs: Any, targets: Any) -> torch.Tensor:
+        return obj.loss(outputs_list(outputs), outputs_list(t_outputs) if kd and t_outputs is not None else None,
+                        targets, temperature, alpha)
+
+    settings = dataclasses.replace(settings or CPU_SETTINGS, batch_size=batch_size)
+    extra = list(extra_params)
+
+    def make_optimizer(params: list[nn.Parameter]) -> torch.optim.Optimizer:
+        params = params + [p for p in extra if all(p is not q for q in params)]
+        if optimizer == "sgd":
+            return torch.optim.SGD(params, lr=lr, momentum=0.9, weight_decay=weight_decay, nesterov=True)
+        return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+
+    return fit(model, dataset, loss, epochs=epochs, make_optimizer=make_optimizer, settings=settings, seed=seed,
+               teacher=teacher if kd or extra_loss is not None else None, extra_loss=extra_loss,
+               extra_modules=extra_modules, train_mode=train_mode, name=name, log=log, input_names=obj.input_names)
 
 
 def final_linear(model: nn.Module) -> list[nn.Module]:

@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import nn
 
+from pipeline.stages.train import TrainOverride, TrainSettings
 from targets.schema import StrictModel
 
 
@@ -36,6 +37,7 @@ class DistillConfig(StrictModel):
     weight_decay: float = Field(default=1e-4, ge=0)
     seed: int = 0
     features: list[FeaturePair] = Field(default_factory=list)
+    train: TrainOverride | None = None                                     # this stage's device/amp/... overrides
 
 
 class _Capture:
@@ -88,7 +90,8 @@ def make_student(teacher: nn.Module, example_inputs: torch.Tensor | tuple[torch.
 
 
 def distill(teacher: nn.Module, student: nn.Module, data: dict[str, Any], cfg: DistillConfig,
-            example_inputs: torch.Tensor | tuple[torch.Tensor, ...], objective: Any = None) -> nn.Module:
+            example_inputs: torch.Tensor | tuple[torch.Tensor, ...], settings: TrainSettings | None = None,
+            log: Callable[[str], None] | None = None, objective: Any = None) -> nn.Module:
     """Train ``student`` in place with the task's distillation loss (logit KD for classification, output matching
     on every output otherwise, or the user's loss) plus optional feature distillation from the frozen ``teacher``."""
     from pipeline.stages.common import train
@@ -114,7 +117,7 @@ def distill(teacher: nn.Module, student: nn.Module, data: dict[str, Any], cfg: D
 
         def feature_loss() -> torch.Tensor:
             assert s_cap is not None and t_cap is not None
-            total = torch.zeros(())
+            total = torch.zeros((), device=s_cap.out[pairs[0].student].device)
             for p, adapter in zip(pairs, adapters, strict=True):
                 s, t = s_cap.out[p.student], t_cap.out[p.teacher].detach()
                 total = total + p.weight * F.mse_loss(_match(adapter(s), t), t)
@@ -123,7 +126,7 @@ def distill(teacher: nn.Module, student: nn.Module, data: dict[str, Any], cfg: D
         train(student, data["train"], epochs=cfg.epochs, lr=cfg.lr, batch_size=cfg.batch_size, seed=cfg.seed,
               teacher=teacher, temperature=cfg.temperature, alpha=cfg.alpha, optimizer=cfg.optimizer,
               weight_decay=cfg.weight_decay, extra_loss=feature_loss if pairs else None,
-              extra_params=list(adapters.parameters()), objective=objective)
+              extra_modules=[adapters], settings=settings, name="distill", log=log, objective=objective)
     finally:
         for cap in (s_cap, t_cap):
             if cap is not None:

@@ -15,6 +15,7 @@ import torch
 from pydantic import Field
 from torch import nn
 
+from pipeline.stages.train import TrainOverride, TrainSettings
 from targets.schema import StrictModel
 
 
@@ -36,6 +37,7 @@ class PruneConfig(StrictModel):
     guard_iterations: int = Field(default=300, ge=10)
     guard_seconds: float = Field(default=2.0, ge=0)                # and at least this long per model
     guard_tolerance: float = Field(default=0.05, ge=0, le=1)       # slower by more than this fraction -> WARNING
+    train: TrainOverride | None = None                             # this stage's device/amp/... overrides
 
 
 def _importance(name: str) -> Any:
@@ -189,11 +191,13 @@ Timing = Callable[..., dict[str, Any]]   # (pruned, parent, example_inputs, iter
 
 def prune(model: nn.Module, example_inputs: torch.Tensor | tuple[torch.Tensor, ...], data: dict[str, Any],
           cfg: PruneConfig, teacher: nn.Module | None = None, log: Callable[[str], None] = print,
-          objective: Any = None, timing: Timing | None = None) -> tuple[nn.Module, dict[str, Any]]:
+          objective: Any = None, timing: Timing | None = None,
+          settings: TrainSettings | None = None) -> tuple[nn.Module, dict[str, Any]]:
     """Prune a copy of ``model``, fine-tune it with the task's loss, check its latency against the parent with the
     given ``timing`` function (the orchestrator hands one in; none means no guard); returns (model, extra record)."""
     import copy
 
+    from pipeline.distributed import is_main
     from pipeline.stages.common import Objective, collate, train
 
     obj = objective or Objective()
@@ -219,9 +223,9 @@ def prune(model: nn.Module, example_inputs: torch.Tensor | tuple[torch.Tensor, .
                      grad_loss=grad_loss)
     train(pruned, data["train"], epochs=cfg.finetune_epochs, lr=cfg.lr, batch_size=cfg.batch_size, seed=cfg.seed,
           teacher=teacher, temperature=cfg.temperature, alpha=cfg.alpha if teacher is not None else 0.0,
-          objective=obj)
+          objective=obj, settings=settings, name="prune fine-tune", log=log)
     extra: dict[str, Any] = {"warnings": []}
-    if cfg.latency_guard and cfg.ratio > 0 and timing is not None:
+    if cfg.latency_guard and cfg.ratio > 0 and timing is not None and is_main():   # a measurement: rank 0 only
         guard = timing(pruned, parent, example_inputs, iterations=cfg.guard_iterations,
                        min_seconds=cfg.guard_seconds)
         extra["latency_guard"] = guard

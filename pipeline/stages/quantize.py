@@ -16,12 +16,14 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+from collections.abc import Callable
 from typing import Any, Literal
 
 import torch
 from pydantic import Field
 from torch import nn
 
+from pipeline.stages.train import TrainOverride, TrainSettings
 from targets.schema import StrictModel
 
 
@@ -47,6 +49,7 @@ class QuantConfig(StrictModel):
     max_drop: float = Field(default=1.0, ge=0)                     # points below the FP32 parent (auto_keep_float)
     sensitivity_samples: int = Field(default=300, ge=16)           # eval inputs the search measures on
     max_groups: int = Field(default=12, ge=1)                      # layer groups ranked by sensitivity
+    train: TrainOverride | None = None                             # qat: device/workers/... (always fp32, no AMP)
 
     def export_overrides(self) -> dict[str, Any]:
         """The ExportConfig fields (targets/export_config.py) this stage decides for every INT8 exporter."""
@@ -153,7 +156,8 @@ def learned_ranges(prepared: Any) -> list[dict[str, Any]]:
 
 def qat(model: nn.Module, example_inputs: torch.Tensor | tuple[torch.Tensor, ...], data: dict[str, Any],
         calib: torch.Tensor | tuple[torch.Tensor, ...], cfg: QuantConfig, teacher: nn.Module | None = None,
-        objective: Any = None) -> tuple[nn.Module, Any, list[dict[str, Any]]]:
+        objective: Any = None, settings: TrainSettings | None = None,
+        log: Callable[[str], None] | None = None) -> tuple[nn.Module, Any, list[dict[str, Any]]]:
     """Fake-quantize, fine-tune, and return (float model with QAT weights, frozen fake-quant graph, ranges).
 
     The fake-quant graph (observers frozen, BN in eval) is the simulated-INT8 model; ``convert_pt2e`` is not run
@@ -168,9 +172,11 @@ def qat(model: nn.Module, example_inputs: torch.Tensor | tuple[torch.Tensor, ...
                                                                  _quantizer(cfg, True, model)))
     prepared.eval()
     _calibrate(prepared, calib)   # initialise the ranges from calibration data before the first gradient step
+    if settings is not None and settings.amp != "none":   # fake-quant scales and rounding need float32
+        settings = dataclasses.replace(settings, amp="none")
     train(prepared, data["train"], epochs=cfg.epochs, lr=cfg.lr, batch_size=cfg.batch_size, seed=cfg.seed,
           teacher=teacher, temperature=cfg.temperature, alpha=cfg.alpha if teacher is not None else 0.0,
-          weight_decay=0.0, train_mode=cfg.bn_train, objective=objective)
+          weight_decay=0.0, train_mode=cfg.bn_train, objective=objective, settings=settings, name="qat", log=log)
     prepared.apply(disable_observer)
     prepared.eval()
     ranges = learned_ranges(prepared)

@@ -134,6 +134,12 @@ def _artifact_record(name: str, entry: dict[str, Any], device_dir: Path, bench_r
     return rec
 
 
+def artifact_record(name: str, entry: dict[str, Any], device_dir: Path, bench_rec: dict[str, Any] | None,
+                    error: str | None = None) -> dict[str, Any]:
+    """One artifact's summary record from a runner record (used by ``edgepipe search`` for cached measurements)."""
+    return _artifact_record(name, entry, device_dir, bench_rec, error)
+
+
 def measure_device(profile: DeviceProfile, outcomes: dict[str, dict[str, Any]], root: Path, device_dir: Path,
                    inputs: Path, progress: Progress) -> tuple[list[dict[str, Any]], list[EdgeError]]:
     """Benchmark every artifact this device wants, over one transport; returns records and device errors."""

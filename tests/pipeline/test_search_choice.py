@@ -8,7 +8,7 @@ from types import SimpleNamespace
 import yaml
 
 from pipeline.config import Gate, load_recipe
-from pipeline.search import DeviceSearch
+from pipeline.search_device import DeviceSearch
 from pipeline.search_report import pareto_front, write_chosen_recipe
 from pipeline.search_space import SearchConfig
 

@@ -76,6 +76,8 @@ def search(recipe_path: str | Path, devices: list[str], out: Path | None = None,
             report = write_search_report(results, root / "search.html")
             for r in results:
                 progress.say(format_result(r))
+            if len(results) > 1:
+                progress.say(fleet_line(results))
             progress.say(f"report: {report}")
     finally:
         progress.close()
@@ -125,3 +127,12 @@ def format_result(r: dict[str, Any]) -> str:
                      f"written {med.get('recipe_best')} ms, original FP32 ONNX {med['original_fp32']} ms "
                      f"({cmp['speedup_vs_original_fp32']}x faster than the original)")
     return "\n".join(lines)
+
+
+def fleet_line(results: list[dict[str, Any]]) -> str:
+    """Whether the boards agree on the best candidate: the reason to search each board rather than one."""
+    picks = {r["device"]: next((c["label"] for c in r["candidates"] if c["id"] == r.get("chosen")), None)
+             for r in results}
+    if len(set(picks.values())) > 1:
+        return "the best choice differs per board: " + "; ".join(f"{d}: {p}" for d, p in picks.items())
+    return f"every board chose the same candidate: {next(iter(picks.values()))}"

@@ -91,3 +91,18 @@ def test_load_recipe_rejects_a_value_the_stage_config_refuses(write_recipe):
 def test_search_config_defaults_are_a_bounded_budget():
     cfg = SearchConfig()
     assert cfg.budget.candidates == 24 and cfg.budget.minutes == 60 and cfg.strategy == "halving"
+
+
+def test_search_cli_rejects_a_bad_space_in_one_line_with_exit_2(write_recipe):
+    from tests.conftest import run_cli
+
+    path = write_recipe("""
+        name: tiny
+        model: {factory: "models:tiny", input_shape: [1, 1, 8, 8]}
+        data: {factory: "models:tiny"}
+        search: {space: {prune.ratoi: [0.5]}}
+    """, {"models.py": "def tiny():\n    pass\n"})
+    proc = run_cli("search", str(path), "--device", "local")
+    assert proc.returncode == 2, proc.stderr
+    assert "search.space: Value error, 'prune.ratoi': prune has no field 'ratoi'" in proc.stderr
+    assert "Traceback" not in proc.stderr

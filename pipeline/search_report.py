@@ -107,8 +107,11 @@ def front_plot(result: dict[str, Any], png_path: Path | None = None) -> str:
                    edgecolor="black", zorder=4, label=f"chosen: {chosen['backend']}")
     base = (result.get("baseline") or {}).get("accuracy")
     drop = (result.get("gate") or {}).get("drop")
-    if isinstance(base, (int, float)) and isinstance(drop, (int, float)):
-        ax.axhline(base - drop / 100, color="#cf222e", linestyle=":", linewidth=1, label=f"gate: -{drop:g} points")
+    ys = [c["accuracy"] for c in cands]
+    if isinstance(base, (int, float)) and isinstance(drop, (int, float)) and ys:
+        line = base - drop / 100
+        if line >= min(ys) - 0.5 * (max(ys) - min(ys) + 0.01):  # a far-away gate would squash every point
+            ax.axhline(line, color="#cf222e", linestyle=":", linewidth=1, label=f"gate: -{drop:g} points")
     cmp = result.get("comparison") or {}
     orig = (cmp.get("median_p90_ms") or {}).get("original_fp32")
     if orig:

@@ -152,7 +152,14 @@ class DeviceSearch:
             return f"export or check failed: {entry['error']}"
         drop, limit = rec["host_check"]["drop"], self.limit["drop"]
         if drop is not None and limit is not None and drop > limit + 1e-9:
-            return f"host check: metric {drop:.2f} points below the original (gate {limit:g}); not measured"
+            # it can never be chosen, but a smaller or more accurate one may still belong on the front
+            better = next((r for r in self.records.values() if r.get("latency_ms") and r.get("valid")
+                           and (r.get("bytes") or 0) <= rec.get("bytes", 0)
+                           and r.get("drop") is not None and r["drop"] <= drop), None)
+            if better is not None:
+                return (f"host check: metric {drop:.2f} points below the original (gate {limit:g}), and "
+                        f"{better['id']} is as small and as accurate; not measured")
+            rec["measured_for"] = "the Pareto front (fails the gate on the host check)"
         if self.limit["bytes"] is not None and rec.get("bytes", 0) > self.limit["bytes"]:
             return f"size {rec['bytes']} bytes exceeds gate max_bytes {self.limit['bytes']}; not measured"
         for other in self.records.values():

@@ -17,7 +17,8 @@ from pipeline.progress import Progress
 from pipeline.run import artifact_record, measure_device, tool_versions
 from pipeline.rundir import now_iso
 from pipeline.search_cache import MeasurementCache, device_fingerprint, digest
-from pipeline.search_host import HostWork, max_drop, metric_drop, metric_value
+from pipeline.search_host import HostWork
+from pipeline.search_metric import max_drop, metric_drop, metric_value
 from pipeline.search_report import pareto_front, write_chosen_recipe
 from pipeline.search_space import Candidate, SearchConfig
 from targets.artifact import atomic_write_json
@@ -130,8 +131,9 @@ class DeviceSearch:
         rec["stage_records"] = [{k: s.get(k) for k in ("name", "accuracy", "metric", "params", "macs", "cached")}
                                 for s in info["stage_records"]]
         art = entry.get("artifact")
-        host_rec = {"accuracy": (entry.get("validation") or {}).get("accuracy")}
-        rec["host_check"] = {"accuracy": host_rec["accuracy"], "drop": metric_drop(self.host.baseline, host_rec)}
+        host_rec = dict(entry.get("validation") or {})
+        rec["host_check"] = {"accuracy": host_rec.get("accuracy"), "metric": host_rec.get("metric"),
+                             "drop": metric_drop(self.host.baseline, host_rec)}
         if art is not None:
             rec.update(sha256=art.sha256, bytes=art.bytes, file=art.path)
         reason = self._skip_reason(cand, entry, rec)

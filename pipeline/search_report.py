@@ -15,6 +15,7 @@ import yaml
 from pipeline.config import Recipe
 from pipeline.plots import FAMILY_COLORS, PRECISION_MARKERS, _plt, _png
 from pipeline.rundir import human_bytes, now_iso
+from pipeline.search_metric import metric_value
 from pipeline.search_space import STAGE_CONFIGS, STAGE_ORDER
 from targets.artifact import atomic_write_bytes
 from targets.schema import read_yaml
@@ -60,7 +61,7 @@ def write_chosen_recipe(recipe: Recipe, chosen: dict[str, Any], device: str) -> 
     raw["backends"] = [chosen["backend"]]
     p90 = (chosen.get("latency_ms") or {}).get("p90")
     head = (f"# Chosen by `edgepipe search` on {device} ({now_iso()}): {chosen['label']}\n"
-            f"# p90 {p90} ms, metric {chosen.get('accuracy')}, {chosen.get('bytes')} bytes; "
+            f"# p90 {p90} ms, metric {metric_value(chosen)[0]}, {chosen.get('bytes')} bytes; "
             f"run it with: edgepipe run {recipe.path.name.replace('.yaml', f'.{device}.yaml')} --device {device}\n")
     text = head + yaml.safe_dump(raw, sort_keys=False, default_flow_style=None, width=110)
     path = chosen_recipe_path(recipe, device)
@@ -74,7 +75,7 @@ def front_plot(result: dict[str, Any], png_path: Path | None = None) -> str:
     artifact size; the Pareto front joined, the chosen point starred, the original FP32 ONNX as a reference line."""
     plt = _plt()
     fig, ax = plt.subplots(figsize=(7.2, 4.2))
-    cands = [c for c in result["candidates"] if c.get("latency_ms") and c.get("accuracy") is not None]
+    cands = [c for c in result["candidates"] if c.get("latency_ms") and metric_value(c)[0] is not None]
     sizes = [c.get("bytes") or 1 for c in cands]
     smax = max(sizes) if sizes else 1
     seen: set[str] = set()
@@ -82,7 +83,7 @@ def front_plot(result: dict[str, Any], png_path: Path | None = None) -> str:
         fam, prec = c["backend"].split("-")
         label = c["backend"] if c["backend"] not in seen else None
         seen.add(c["backend"])
-        x, y = c["latency_ms"]["p90"], c["accuracy"]
+        x, y = c["latency_ms"]["p90"], metric_value(c)[0]
         area = 25 + 220 * (c.get("bytes") or 0) / smax
         kw = dict(marker=PRECISION_MARKERS.get(prec, "D"), s=area, zorder=3, label=label)
         if c.get("feasible"):
@@ -92,7 +93,7 @@ def front_plot(result: dict[str, Any], png_path: Path | None = None) -> str:
             ax.scatter(x, y, facecolor="none", edgecolor=FAMILY_COLORS.get(fam, "gray"), **kw)
     front = [c for c in cands if c.get("pareto")]
     if front:
-        pts = sorted((c["latency_ms"]["p90"], c["accuracy"]) for c in front)
+        pts = sorted((c["latency_ms"]["p90"], metric_value(c)[0]) for c in front)
         best, xs, ys = float("-inf"), [], []
         for x, y in pts:
             if y > best:
@@ -103,11 +104,11 @@ def front_plot(result: dict[str, Any], png_path: Path | None = None) -> str:
                 label=f"Pareto front ({len(front)} points, metric × p90 × size)")
     chosen = next((c for c in cands if c["id"] == result.get("chosen")), None)
     if chosen is not None:
-        ax.scatter(chosen["latency_ms"]["p90"], chosen["accuracy"], marker="*", s=420, color="gold",
+        ax.scatter(chosen["latency_ms"]["p90"], metric_value(chosen)[0], marker="*", s=420, color="gold",
                    edgecolor="black", zorder=4, label=f"chosen: {chosen['backend']}")
-    base = (result.get("baseline") or {}).get("accuracy")
+    base, _ = metric_value(result.get("baseline") or {})
     drop = (result.get("gate") or {}).get("drop")
-    ys = [c["accuracy"] for c in cands]
+    ys = [metric_value(c)[0] for c in cands]
     if isinstance(base, (int, float)) and isinstance(drop, (int, float)) and ys:
         line = base - drop / 100
         if line >= min(ys) - 0.5 * (max(ys) - min(ys) + 0.01):  # a far-away gate would squash every point
@@ -117,7 +118,8 @@ def front_plot(result: dict[str, Any], png_path: Path | None = None) -> str:
     if orig:
         ax.axvline(orig, color="gray", linestyle="-.", linewidth=1, label=f"original FP32 ONNX {orig:.3f} ms")
     ax.set_xlabel(f"p90 latency on {result['device']} (ms, lower is better)")
-    ax.set_ylabel("top-1 accuracy (measured on the device)")
+    name = ((result.get("baseline") or {}).get("metric") or {}).get("name", "top-1 accuracy")
+    ax.set_ylabel(f"{name} (measured on the device)")
     ax.set_title(f"{result['recipe']} on {result['device']}: {len(cands)} candidates measured "
                  f"(marker area = size; hollow = fails the gate)", fontsize=9)
     ax.grid(alpha=0.3)
@@ -146,7 +148,7 @@ def _device_section(result: dict[str, Any], img: str) -> str:
                    or c.get("reason") or c.get("status"))
         sec = c.get("seconds") or {}
         rows.append(f"<tr><td>{_e(c['label'])}{mark}</td><td>{_e(c['status'])}</td><td>{_e(c['rung'])}</td>"
-                    f"<td class=n>{_num(c.get('accuracy'))}</td><td class=n>{_num(lat.get('p50'))}</td>"
+                    f"<td class=n>{_num(metric_value(c)[0])}</td><td class=n>{_num(lat.get('p50'))}</td>"
                     f"<td class=n>{_num(lat.get('p90'))}</td><td class=n>{_e(lat.get('n'))}</td>"
                     f"<td class=n>{human_bytes(c.get('bytes'))}</td><td>{_e(c.get('valid'))}</td>"
                     f"<td class=n>{_e(sec.get('stages'))} / {_e(sec.get('export'))} / {_e(sec.get('device'))}</td>"
@@ -163,7 +165,7 @@ def _device_section(result: dict[str, Any], img: str) -> str:
                     f" ms, recipe as written {_num(med.get('recipe_best'))} ms, original FP32 ONNX "
                     f"{_num(med.get('original_fp32'))} ms → {_e(cmp.get('speedup_vs_original_fp32'))}× faster than "
                     f"the original, {_e(cmp.get('speedup_vs_recipe_best'))}× the recipe as written.</p>")
-    head = ("<tr><th>candidate (★ chosen, ◆ Pareto)</th><th>status</th><th>rung</th><th>accuracy</th><th>p50 ms</th>"
+    head = ("<tr><th>candidate (★ chosen, ◆ Pareto)</th><th>status</th><th>rung</th><th>metric</th><th>p50 ms</th>"
             "<th>p90 ms</th><th>n</th><th>size</th><th>valid</th><th>s: stages / export / device</th>"
             "<th>verdict</th></tr>")
     return (f"<h2>{_e(result['recipe'])} on {_e(result['device'])}</h2>{summary}"
@@ -181,9 +183,9 @@ def _fleet_table(results: list[dict[str, Any]]) -> str:
             "<p>The same candidate is best on every board.</p>")
     rows = "".join(f"<tr><td>{_e(d)}</td><td>{_e(c['label'] if c else 'none meets the gate')}</td>"
                    f"<td class=n>{_num((c or {}).get('latency_ms', {}).get('p90'))}</td>"
-                   f"<td class=n>{_num((c or {}).get('accuracy'))}</td>"
+                   f"<td class=n>{_num(metric_value(c or {})[0])}</td>"
                    f"<td class=n>{human_bytes((c or {}).get('bytes'))}</td></tr>" for d, c in picks.items())
-    return (f"<h2>Fleet</h2>{note}<table><tr><th>device</th><th>chosen</th><th>p90 ms</th><th>accuracy</th>"
+    return (f"<h2>Fleet</h2>{note}<table><tr><th>device</th><th>chosen</th><th>p90 ms</th><th>metric</th>"
             f"<th>size</th></tr>{rows}</table>")
 
 
@@ -200,7 +202,7 @@ def write_search_report(results: list[dict[str, Any]], out: Path, png_dir: Path 
     fleet = _fleet_table(results) if len(results) > 1 else ""
     doc = (f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>edgepipe search</title>"
            f"<style>{CSS}</style></head><body><h1>edgepipe search — {_e(results[0]['recipe'])}</h1>"
-           f"<p>Every latency is the on-device runner's p90 under the profile's validity rules; accuracy is measured "
+           f"<p>Every latency is the on-device runner's p90 under the profile's validity rules; the metric is measured "
            f"on the device's outputs.</p>{fleet}{''.join(sections)}</body></html>\n")
     atomic_write_bytes(out, doc.encode())
     out.chmod(0o644)

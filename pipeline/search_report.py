@@ -122,9 +122,12 @@ def front_plot(result: dict[str, Any], png_path: Path | None = None) -> str:
     ax.set_ylabel(f"{name} (measured on the device)")
     ax.set_title(f"{result['recipe']} on {result['device']}: {len(cands)} candidates measured "
                  f"(marker area = size; hollow = fails the gate)", fontsize=9)
-    ax.grid(alpha=0.3)
+    xs_all = [c["latency_ms"]["p90"] for c in cands]
+    if xs_all and min(xs_all) > 0 and max(xs_all) / min(xs_all) > 8:  # one slow backend must not squash the rest
+        ax.set_xscale("log")
+    ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
-    ax.ticklabel_format(useOffset=False, style="plain")
+    ax.ticklabel_format(axis="y", useOffset=False, style="plain")
     if png_path is not None:
         fig.savefig(png_path, dpi=110, bbox_inches="tight", metadata={"Software": None})
     return _png(fig)

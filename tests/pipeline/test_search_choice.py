@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import io
 import threading
 from types import SimpleNamespace
 
 import yaml
 
 from pipeline.config import Gate, load_recipe
+from pipeline.progress import Progress
 from pipeline.search_device import DeviceSearch
 from pipeline.search_report import pareto_front, write_chosen_recipe
 from pipeline.search_space import SearchConfig
@@ -80,3 +82,35 @@ def test_chosen_recipe_is_a_plain_recipe_with_the_chosen_settings(tmp_path, digi
     again = load_recipe(path)
     assert again.stages.prune.ratio == 0.5 and again.stages.prune.round_to == 16
     assert again.backends == ["onnx-fp32"] and again.stages.quantize is None
+
+
+def test_successive_halving_keeps_the_fastest_backends_and_widens_their_settings():
+    from pipeline.search_space import Candidate
+
+    backends = ["a-fp32", "b-fp32", "c-fp32", "d-fp32"]
+    speed = {"a-fp32": 4.0, "b-fp32": 1.0, "c-fp32": 2.0, "d-fp32": 3.0}
+    points = [f"p{i}" for i in range(6)]
+    cells = {p: {b: Candidate({"prune": {"ratio": i / 10}}, b, {"point": p}) for b in backends}
+             for i, p in enumerate(points)}
+    s = _search([])
+    s.grid = {"points": points, "cells": cells, "backends": backends}
+    s.progress = Progress(None, io.StringIO())
+    calls: list[tuple[str, str]] = []
+
+    def fake_process(cand, rung, role="candidate"):
+        calls.append((rung, cand.backend))
+        s.records[cand.id] = {"id": cand.id, "backend": cand.backend, "feasible": True,
+                              "latency_ms": {"p90": speed[cand.backend]}}
+        s.measurements += 1
+        return s.records[cand.id]
+
+    s._process = fake_process
+    for b in backends:                        # rung 0: every backend at the recipe's point
+        fake_process(Candidate({"prune": None}, b, {}), "0 (recipe)")
+    s._halving(backends)
+    rungs: dict[str, list[str]] = {}
+    for rung, backend in calls:
+        rungs.setdefault(rung, []).append(backend)
+    assert sorted(set(rungs["1"])) == ["b-fp32", "c-fp32"] and len(rungs["1"]) == 2 * 2   # 1/eta kept, eta points
+    assert set(rungs["2"]) == {"b-fp32"} and len(rungs["2"]) == 4      # the last one gets the rest of the space
+    assert len(calls) == 4 + 4 + 4 < 4 + 4 * 6                          # fewer than exhaustive enumeration

@@ -182,9 +182,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _extension_registrars() -> list[Callable[[Any], None]]:
-    """Subcommands that live with their modules (history, report, release, verify)."""
+    """Subcommands that live with their modules (history, report, release, verify, search)."""
     out = []
-    for module in ("pipeline.store", "pipeline.report", "pipeline.release"):
+    for module in ("pipeline.store", "pipeline.report", "pipeline.release", "pipeline.search_cli"):
         try:
             mod = __import__(module, fromlist=["register_cli"])
         except ModuleNotFoundError as exc:

@@ -18,6 +18,7 @@ from typing import Any, Literal
 
 from pydantic import Field, PrivateAttr, ValidationError, field_validator, model_validator
 
+from pipeline.search_space import SearchConfig, space_problems
 from pipeline.stages.distill import DistillConfig
 from pipeline.stages.prune import PruneConfig
 from pipeline.stages.quantize import QuantConfig
@@ -153,7 +154,15 @@ class Recipe(StrictModel):
     train: TrainConfig = Field(default_factory=TrainConfig)       # where and how the stages train (device, amp...)
     backends: list[str] | None = None
     gate: Gate = Field(default_factory=Gate)
+    search: SearchConfig | None = None                            # read by `edgepipe search` only
     _path: Path = PrivateAttr(default=Path("recipe.yaml"))
+
+    @model_validator(mode="after")
+    def _search_values(self) -> Recipe:
+        problems = space_problems(self.search, self.stages) if self.search is not None else []
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
 
     @field_validator("backends")
     @classmethod

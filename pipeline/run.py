@@ -192,6 +192,12 @@ def _read_outputs(path: Path) -> list[np.ndarray]:
         return [np.asarray(data[k]) for k in keys]
 
 
+def artifact_record(name: str, entry: dict[str, Any], device_dir: Path, bench_rec: dict[str, Any] | None,
+                    error: str | None = None, scored: dict[str, Any] | None = None) -> dict[str, Any]:
+    """One artifact's summary record from a runner record (used by ``edgepipe search`` for cached measurements)."""
+    return _artifact_record(name, entry, device_dir, bench_rec, error, scored)
+
+
 def measure_device(profile: DeviceProfile, outcomes: dict[str, dict[str, Any]], root: Path, device_dir: Path,
                    inputs: Path, progress: Progress,
                    ctx: TaskContext | None = None) -> tuple[list[dict[str, Any]], list[EdgeError]]:

@@ -1,0 +1,409 @@
+"""One board's search: the successive-halving plan, each candidate measured (or read from the measurement cache),
+the INT8 guard, the choice, the Pareto front and the interleaved comparison; ``search.json`` after every candidate.
+
+The strategy and the reasons for it are described in ``pipeline/search.py``.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pipeline
+from pipeline.progress import Progress
+from pipeline.run import artifact_record, measure_device, tool_versions
+from pipeline.rundir import now_iso
+from pipeline.search_cache import MeasurementCache, device_fingerprint, digest
+from pipeline.search_host import HostWork
+from pipeline.search_metric import max_drop, metric_drop, metric_value
+from pipeline.search_report import pareto_front, write_chosen_recipe
+from pipeline.search_space import Candidate, SearchConfig
+from targets.artifact import atomic_write_json
+from targets.device import benchmark
+from targets.errors import DeviceError
+from targets.profiles import DeviceProfile
+from targets.transport import open_transport
+
+
+def fmt_s(seconds: float) -> str:
+    seconds = max(0, int(seconds))
+    return f"{seconds // 60}m{seconds % 60:02d}s" if seconds >= 60 else f"{seconds}s"
+
+
+class DeviceSearch:
+    """One board's search: plan, measure, choose; the host work is shared (``HostWork``)."""
+
+    def __init__(self, profile: DeviceProfile, host: HostWork, cfg: SearchConfig, grid: dict[str, Any],
+                 references: list[Candidate], out_dir: Path, mcache: MeasurementCache, progress: Progress,
+                 stop: threading.Event, deadline: float | None) -> None:
+        self.profile, self.host, self.cfg, self.grid, self.references = profile, host, cfg, grid, references
+        self.out_dir, self.mcache, self.progress, self.stop, self.deadline = out_dir, mcache, progress, stop, deadline
+        self.records: dict[str, dict[str, Any]] = {}
+        self.order: list[str] = []
+        self.fingerprint: dict[str, Any] = {}
+        self.started = now_iso()
+        self.t0 = time.monotonic()
+        self.status = "running"
+        self.device_errors = 0
+        self.measurements = 0          # device measurements this search used (from the cache or made now)
+        self.measured_now = 0
+        self.comparison: dict[str, Any] | None = None
+        self.comparison_measured_now = 0
+        self.chosen_recipe: str | None = None
+        self.limit = recipe_limits(host)
+
+    # ------------------------------------------------------------------------------------------------ plan
+    def run(self) -> dict[str, Any]:
+        try:
+            self._probe()
+            backends = list(self.grid["backends"])
+            self._note(f"rung 0: the recipe as written, on {len(self.references)} backend(s)")
+            for cand in self.references:
+                self._process(cand, "0 (recipe)")
+            if self.cfg.strategy == "exhaustive":
+                self._rung("exhaustive", backends, self.grid["points"])
+            else:
+                self._halving(backends)
+            if self.status == "running":
+                self.status = "complete"
+            self._guard_chosen()
+            self._compare()
+        except KeyboardInterrupt:
+            self.status = "interrupted"
+            raise
+        finally:
+            self.write()
+        return self.result()
+
+    def _halving(self, backends: list[str]) -> None:
+        alive = list(backends)
+        points = list(self.grid["points"])
+        width = 1
+        rung = 1
+        while points and alive and not self._out_of_budget():
+            keep = max(1, math.ceil(len(alive) / self.cfg.eta)) if len(alive) > 1 else 1
+            ranked = sorted(alive, key=self._score)
+            dropped = ranked[keep:]
+            alive = ranked[:keep]
+            if dropped:
+                self._note(f"rung {rung}: keeping {', '.join(alive)}; dropped {', '.join(dropped)} (slower)")
+            width = len(points) if len(alive) == 1 else width * self.cfg.eta
+            take, points = points[:width], points[width:]
+            self._rung(str(rung), alive, take)
+            rung += 1
+
+    def _rung(self, rung: str, backends: list[str], points: list[str]) -> None:
+        for point in points:
+            for backend in backends:
+                cand = self.grid["cells"][point].get(backend)
+                if cand is not None:
+                    self._process(cand, rung)
+
+    def _score(self, backend: str) -> tuple[float, str]:
+        """A backend's rank: its fastest p90 that met the gate (inf when none did)."""
+        p90s = [r["latency_ms"]["p90"] for r in self.records.values()
+                if r["backend"] == backend and r.get("feasible")]
+        return (min(p90s) if p90s else math.inf, backend)
+
+    def _out_of_budget(self) -> bool:
+        b = self.cfg.budget
+        if self.stop.is_set():
+            self.status = "interrupted"
+        elif b.candidates is not None and self.measurements >= b.candidates:
+            self.status = "budget (candidates)"
+        elif self.deadline is not None and time.monotonic() > self.deadline:
+            self.status = "budget (minutes)"
+        return self.status != "running"
+
+    # ------------------------------------------------------------------------------------------------ one candidate
+    def _process(self, cand: Candidate, rung: str, role: str = "candidate") -> dict[str, Any] | None:
+        if cand.id in self.records:
+            return self.records[cand.id]
+        if self._out_of_budget():
+            return None
+        start = time.monotonic()
+        rec: dict[str, Any] = {**cand.to_dict(), "rung": rung, "role": role}
+        entry, info = self.host.artifact(cand, self.profile.arch)
+        rec["seconds"] = {"stages": info["stages_seconds"], "export": info["export_seconds"], "device": 0.0}
+        rec["stage_records"] = [{k: s.get(k) for k in ("name", "accuracy", "metric", "params", "macs", "cached")}
+                                for s in info["stage_records"]]
+        art = entry.get("artifact")
+        host_rec = dict(entry.get("validation") or {})
+        rec["host_check"] = {"accuracy": host_rec.get("accuracy"), "metric": host_rec.get("metric"),
+                             "drop": metric_drop(self.host.baseline, host_rec)}
+        if art is not None:
+            rec.update(sha256=art.sha256, bytes=art.bytes, file=art.path)
+        reason = self._skip_reason(cand, entry, rec)
+        if reason:
+            rec.update(status="failed" if entry.get("error") else "skipped", reason=reason, feasible=False)
+        else:
+            self._measure(cand, entry, rec)
+        rec["seconds"]["total"] = round(time.monotonic() - start, 2)
+        self.records[cand.id] = rec
+        self.order.append(cand.id)
+        self._mark_int8_guard()
+        self._log(rec)
+        self.write()
+        return rec
+
+    def _skip_reason(self, cand: Candidate, entry: dict[str, Any], rec: dict[str, Any]) -> str | None:
+        if entry.get("error"):
+            return f"export or check failed: {entry['error']}"
+        drop, limit = rec["host_check"]["drop"], self.limit["drop"]
+        if drop is not None and limit is not None and drop > limit + 1e-9:
+            # it can never be chosen, but a smaller or more accurate one may still belong on the front
+            better = next((r for r in self.records.values() if r.get("latency_ms") and r.get("valid")
+                           and (r.get("bytes") or 0) <= rec.get("bytes", 0)
+                           and r.get("drop") is not None and r["drop"] <= drop), None)
+            if better is not None:
+                return (f"host check: metric {drop:.2f} points below the original (gate {limit:g}), and "
+                        f"{better['id']} is as small and as accurate; not measured")
+            rec["measured_for"] = "the Pareto front (fails the gate on the host check)"
+        if self.limit["bytes"] is not None and rec.get("bytes", 0) > self.limit["bytes"]:
+            return f"size {rec['bytes']} bytes exceeds gate max_bytes {self.limit['bytes']}; not measured"
+        for other in self.records.values():
+            if other.get("graph_key") == cand.graph_key and other.get("status") in ("measured", "cached"):
+                if (other["host_check"]["drop"] or 0) <= (drop or 0):
+                    return (f"same graph as {other['id']} (same latency and size by construction) with a metric no "
+                            f"better on the host; not measured")
+        return None
+
+    def _measure(self, cand: Candidate, entry: dict[str, Any], rec: dict[str, Any]) -> None:
+        key = self.mcache.key(rec["sha256"], {**self.fingerprint, "inputs": self.host.eval_fp})
+        hit = self.mcache.get(key)   # {"bench": runner record, "scored": the task metric of its outputs}
+        device_dir = self.out_dir / "candidates" / cand.id
+        start = time.monotonic()
+        if hit is not None:
+            one = artifact_record(cand.backend, entry, device_dir, hit["bench"], None, hit.get("scored"))
+            rec["status"] = "cached"
+        else:
+            records, errors = measure_device(self.profile, {cand.backend: entry}, device_dir, device_dir,
+                                             self.host.inputs, self.progress, self.host.ctx)
+            one = records[0]
+            if errors:
+                self.device_errors += 1
+            else:
+                self.measured_now += 1
+                if one.get("valid") and one.get("bench"):
+                    scored = {k: one[k] for k in ("metric", "accuracy") if one.get(k) is not None}
+                    self.mcache.put(key, {"bench": one["bench"], "scored": scored})
+            rec["status"] = "measured" if not errors else "failed"
+        self.measurements += 1
+        rec["seconds"]["device"] = round(time.monotonic() - start, 2)
+        for k in ("accuracy", "metric", "latency_ms", "valid", "invalid_reasons", "environment", "error"):
+            if k in one:
+                rec[k] = one[k]
+        rec["graph_key"] = cand.graph_key
+        rec["drop"] = metric_drop(self.host.baseline, rec)
+        rec["failures"] = self._failures(rec)
+        rec["feasible"] = not rec["failures"]
+        if self.device_errors >= 2:
+            raise DeviceError(f"{self.profile.name}: two benchmarks failed on the device: {one.get('error')}",
+                              hint="see search.log; `edgepipe doctor DEVICE` checks the board")
+
+    def _failures(self, rec: dict[str, Any]) -> list[str]:
+        out = []
+        if rec.get("error"):
+            out.append(rec["error"])
+        if not rec.get("valid"):
+            out.append("measurement not valid: " + "; ".join(rec.get("invalid_reasons") or []))
+        drop, limit = rec.get("drop"), self.limit["drop"]
+        if drop is None:
+            out.append("no metric measured")
+        elif limit is not None and drop > limit + 1e-9:
+            out.append(f"metric {drop:.2f} points below the original (gate {limit:g})")
+        if self.limit["bytes"] is not None and (rec.get("bytes") or 0) > self.limit["bytes"]:
+            out.append(f"size {rec.get('bytes')} > max_bytes {self.limit['bytes']}")
+        p90 = (rec.get("latency_ms") or {}).get("p90")
+        if self.limit["latency"] is not None and p90 is not None and p90 > self.limit["latency"]:
+            out.append(f"p90 {p90} ms > max_latency_ms {self.limit['latency']}")
+        if rec.get("int8_slower_than_float"):
+            out.append(rec["int8_slower_than_float"])
+        return out
+
+    # ------------------------------------------------------------------------------------------------ INT8 guard
+    def _sibling(self, rec: dict[str, Any]) -> dict[str, Any] | None:
+        """The measured float artifact of the same family and architecture (FP32, else FP16)."""
+        family = rec["backend"].split("-")[0]
+        arch_key = digest([rec["stages"].get("distill"), rec["stages"].get("prune")])
+        for precision in ("fp32", "fp16"):
+            for r in self.records.values():
+                if r["backend"] == f"{family}-{precision}" and r.get("latency_ms") and r.get("valid") and \
+                        digest([r["stages"].get("distill"), r["stages"].get("prune")]) == arch_key:
+                    return r
+        return None
+
+    def _mark_int8_guard(self) -> None:
+        for r in self.records.values():
+            if r["precision"] != "int8" or not r.get("latency_ms") or r.get("int8_slower_than_float"):
+                continue
+            sib = self._sibling(r)
+            if sib is not None and r["latency_ms"]["p90"] > sib["latency_ms"]["p90"]:
+                r["int8_slower_than_float"] = (f"INT8 slower than its float sibling {sib['backend']} on "
+                                               f"{self.profile.name} ({r['latency_ms']['p90']} vs "
+                                               f"{sib['latency_ms']['p90']} ms p90): never chosen")
+                r["failures"] = self._failures(r)
+                r["feasible"] = False
+
+    def _guard_chosen(self) -> None:
+        """Before an INT8 candidate is chosen, its float sibling is measured (outside the budget) and compared."""
+        for _ in range(8):
+            chosen = self.chosen()
+            if chosen is None or chosen["precision"] != "int8" or self._sibling(chosen) is not None:
+                return
+            family = chosen["backend"].split("-")[0]
+            stages = {**chosen["stages"], "quantize": None}
+            sib = Candidate(stages, f"{family}-fp32", {"guard for": chosen["id"], "backends": f"{family}-fp32"})
+            if sib.id in self.records:
+                return
+            if self.stop.is_set():
+                return
+            saved, self.status = self.status, "running"
+            budget, self.cfg.budget.candidates = self.cfg.budget.candidates, None
+            deadline, self.deadline = self.deadline, None
+            try:
+                self._process(sib, "guard", role="int8 guard")
+            finally:
+                self.status, self.cfg.budget.candidates, self.deadline = saved, budget, deadline
+
+    # ------------------------------------------------------------------------------------------------ results
+    def chosen(self) -> dict[str, Any] | None:
+        feasible = [r for r in self.records.values() if r.get("feasible") and r.get("role") != "int8 guard"]
+        if not feasible:
+            return None
+        return min(feasible, key=lambda r: (r["latency_ms"]["p90"], r.get("bytes") or 0,
+                                            -(metric_value(r)[0] or 0), r["id"]))
+
+    def front(self) -> list[str]:
+        pts = [(r["id"], metric_value(r)[0], r["latency_ms"]["p90"], r.get("bytes") or 0)
+               for r in self.records.values() if r.get("valid") and r.get("latency_ms") and not r.get("error")
+               and metric_value(r)[0] is not None]
+        return pareto_front(pts, higher_is_better=metric_value(self.host.baseline)[1])
+
+    def recipe_best(self) -> dict[str, Any] | None:
+        refs = [r for r in self.records.values() if r["rung"].startswith("0") and r.get("feasible")]
+        return min(refs, key=lambda r: r["latency_ms"]["p90"]) if refs else None
+
+    def _compare(self) -> None:
+        """Chosen vs the recipe's fastest artifact vs the original FP32 ONNX, measured interleaved in rounds."""
+        chosen, best = self.chosen(), self.recipe_best()
+        rounds = self.cfg.confirm_rounds
+        if chosen is None or rounds <= 0 or self.stop.is_set():
+            return
+        original = self.host.original_fp32(self.profile.arch)
+        if original.get("error"):
+            self.progress.warn(f"original FP32 ONNX export failed: {original['error']}")
+            return
+        contestants = {"chosen": self._artifact_of(chosen), "original_fp32": original["artifact"]}
+        if best is not None and best["sha256"] != chosen["sha256"]:
+            contestants["recipe_best"] = self._artifact_of(best)
+        key = self.mcache.key("+".join(sorted(a.sha256 for a in contestants.values())) + f"/{rounds}",
+                              self.fingerprint, what="interleaved")
+        cached = self.mcache.get(key)
+        if cached is None:
+            p90s: dict[str, list[float]] = {n: [] for n in contestants}
+            with self.progress.step(f"{self.profile.name}: interleaved comparison, {rounds} rounds"):
+                tr = open_transport(self.profile)
+                try:
+                    for _ in range(rounds):
+                        for name, art in contestants.items():
+                            if self.stop.is_set():
+                                return
+                            p90s[name].append(benchmark(self.profile, art, None, transport=tr)["latency_ms"]["p90"])
+                finally:
+                    tr.close()
+            self.comparison_measured_now = rounds * len(contestants)
+            cached = {"p90_ms": p90s}
+            self.mcache.put(key, cached)
+        med = {n: sorted(v)[len(v) // 2] for n, v in cached["p90_ms"].items()}
+        if best is not None and "recipe_best" not in med:  # the search chose the recipe's own best artifact
+            med["recipe_best"] = med["chosen"]
+        self.comparison = {"rounds": rounds, "p90_ms_per_round": cached["p90_ms"], "median_p90_ms": med,
+                           "chosen": chosen["id"], "recipe_best": best["id"] if best else None,
+                           "speedup_vs_original_fp32": round(med["original_fp32"] / med["chosen"], 3),
+                           "speedup_vs_recipe_best": round(med["recipe_best"] / med["chosen"], 3)
+                           if "recipe_best" in med else None}
+
+    def _artifact_of(self, rec: dict[str, Any]) -> Any:
+        cand = Candidate(rec["stages"], rec["backend"])
+        entry, _ = self.host.artifact(cand, self.profile.arch)
+        return entry["artifact"]
+
+    def _probe(self) -> None:
+        from targets.doctor import probe
+
+        with self.progress.step(f"{self.profile.name}: probe runtimes"):
+            tr = open_transport(self.profile)
+            try:
+                found = probe(self.profile, tr)
+            finally:
+                tr.close()
+        if found.get("error"):
+            raise DeviceError(f"{self.profile.name}: the runner cannot start: {found['error']}",
+                              hint=f"`edgepipe doctor {self.profile.name}` says what is missing")
+        self.fingerprint = device_fingerprint(self.profile, found)
+
+    def _note(self, message: str) -> None:
+        self.progress.say(f"[{self.profile.name}] {message}")
+
+    def _log(self, rec: dict[str, Any]) -> None:
+        done = len(self.records)
+        elapsed = time.monotonic() - self.t0
+        left_cands = self._left()
+        per = elapsed / max(done, 1)
+        lat = (rec.get("latency_ms") or {}).get("p90")
+        what = (f"p90 {lat} ms, metric {metric_value(rec)[0]}, {rec.get('bytes', 0) / 1024:.1f} KiB"
+                + ("" if rec.get("feasible") else " (does not meet the gate)") if lat is not None
+                else rec.get("reason", rec.get("status")))
+        self._note(f"{done:>2} {rec['status']:<8} {rec['label']}: {what} · {fmt_s(elapsed)} elapsed, "
+                   f"~{fmt_s(per * left_cands)} left (≤{left_cands} more at ~{per:.0f}s)")
+
+    def _left(self) -> int:
+        b = self.cfg.budget
+        remaining = sum(1 for cells in self.grid["cells"].values() for c in cells.values()
+                        if c.id not in self.records)
+        if b.candidates is not None:
+            remaining = min(remaining, max(0, b.candidates - self.measurements))
+        return remaining
+
+    def result(self) -> dict[str, Any]:
+        chosen = self.chosen()
+        front = self.front()
+        for r in self.records.values():
+            r["pareto"] = r["id"] in front
+        exhaustive = len({c.id for cells in self.grid["cells"].values() for c in cells.values()})
+        return {
+            "schema": 1, "kind": "search", "recipe": self.host.recipe.name, "device": self.profile.name,
+            "status": self.status, "started": self.started, "finished": now_iso(),
+            "edgepipe_version": pipeline.__version__, "tool_versions": tool_versions(),
+            "strategy": {"name": self.cfg.strategy, "eta": self.cfg.eta,
+                         "budget": self.cfg.budget.model_dump(mode="json"), "space": self.cfg.space},
+            "baseline": self.host.baseline, "gate": {k: v for k, v in self.limit.items()},
+            "fingerprint": self.fingerprint,
+            "counts": {"exhaustive": exhaustive, "candidates": len(self.records),
+                       "device_measurements": self.measurements, "measured_now": self.measured_now,
+                       "from_cache": self.measurements - self.measured_now,
+                       "comparison_measured_now": self.comparison_measured_now},
+            "candidates": [self.records[i] for i in self.order],
+            "front": front, "chosen": chosen["id"] if chosen else None, "chosen_recipe": self.chosen_recipe,
+            "recipe_best": (self.recipe_best() or {}).get("id"), "comparison": self.comparison,
+            "seconds": round(time.monotonic() - self.t0, 1),
+        }
+
+    def write(self) -> dict[str, Any]:
+        res = self.result()
+        chosen = self.chosen()
+        if chosen is not None and self.status not in ("running",):
+            self.chosen_recipe = str(write_chosen_recipe(self.host.recipe, chosen, self.profile.name))
+            res["chosen_recipe"] = self.chosen_recipe
+        atomic_write_json(self.out_dir / "search.json", res)
+        return res
+
+
+def recipe_limits(host: HostWork) -> dict[str, Any]:
+    gate = host.recipe.gate
+    return {"drop": max_drop(gate), "bytes": getattr(gate, "max_bytes", None),
+            "latency": getattr(gate, "max_latency_ms", None)}

@@ -1,0 +1,215 @@
+"""The recipe's ``search:`` section and the candidates it spans (DESIGN §3).
+
+A space maps ``stage.field`` (any field of the distill, prune or quantize config, e.g. ``prune.ratio``,
+``prune.round_to``, ``quantize.calibration``) or ``backends`` to the values to try. One candidate is one point of the
+product: the recipe's stages with those values set, exported to one backend. Points that must give the same artifact
+are folded into one before anything runs, so the count of candidates is the count of distinct artifacts:
+
+* ``prune.ratio: 0`` removes the prune stage (the other prune knobs then change nothing);
+* ``quantize.mode: none`` removes the quantize stage and pairs only with float backends (INT8 needs PTQ or QAT);
+* PTQ does not change the model (the exporters quantize), so PTQ with a float backend is the same as ``none``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from pydantic import Field, ValidationError, field_validator
+
+from pipeline.stages.distill import DistillConfig
+from pipeline.stages.prune import PruneConfig
+from pipeline.stages.quantize import QuantConfig
+from targets import BACKENDS, parse_backend
+from targets.schema import StrictModel
+
+STAGE_CONFIGS: dict[str, type[StrictModel]] = {"distill": DistillConfig, "prune": PruneConfig,
+                                               "quantize": QuantConfig}
+STAGE_ORDER = ("distill", "prune", "quantize")
+# Quantize knobs that change only weights or scales, never the graph a runtime executes: two candidates that differ
+# only in these have the same latency and size by construction (see Candidate.graph_key).
+WEIGHT_ONLY_QUANT = {"mode", "calibration", "calib_samples", "epochs", "lr", "batch_size", "seed", "temperature",
+                     "alpha", "bn_train", "simulate", "max_drop"}
+
+
+class Budget(StrictModel):
+    candidates: int | None = Field(default=24, ge=1)   # device measurements per device (cached ones count too)
+    minutes: float | None = Field(default=60.0, gt=0)  # wall time of one `edgepipe search` invocation
+
+
+class SearchConfig(StrictModel):
+    space: dict[str, list[Any]] = Field(default_factory=dict)
+    budget: Budget = Field(default_factory=Budget)
+    strategy: Literal["halving", "exhaustive"] = "halving"
+    eta: int = Field(default=2, ge=2, le=8)             # successive halving keeps the fastest 1/eta backends
+    confirm_rounds: int = Field(default=3, ge=0, le=20)  # interleaved rounds of chosen vs recipe vs original FP32
+
+    @field_validator("space")
+    @classmethod
+    def _known_keys(cls, space: dict[str, list[Any]]) -> dict[str, list[Any]]:
+        problems = []
+        for key, values in space.items():
+            if not values:
+                problems.append(f"{key}: give at least one value")
+            if len({json.dumps(v, sort_keys=True, default=str) for v in values}) != len(values):
+                problems.append(f"{key}: a value is listed twice")
+            if key == "backends":
+                bad = [b for b in values if b not in BACKENDS]
+                if bad:
+                    problems.append(f"backends: unknown {bad}; choose from {', '.join(BACKENDS)}")
+                continue
+            stage, _, fld = key.partition(".")
+            if stage not in STAGE_CONFIGS or not fld:
+                problems.append(f"{key!r}: expected 'backends' or 'STAGE.FIELD' with STAGE one of "
+                                f"{', '.join(STAGE_ORDER)} (e.g. prune.ratio)")
+            elif fld not in STAGE_CONFIGS[stage].model_fields:
+                problems.append(f"{key!r}: {stage} has no field {fld!r}; choose from "
+                                f"{', '.join(STAGE_CONFIGS[stage].model_fields)}")
+        if problems:
+            raise ValueError("; ".join(problems))
+        return space
+
+
+def space_problems(search: SearchConfig, stages: Any) -> list[str]:
+    """Every value that would not make a valid stage config, checked against the recipe's own stage settings."""
+    problems = []
+    for key, values in search.space.items():
+        if key == "backends":
+            continue
+        stage, _, fld = key.partition(".")
+        base = getattr(stages, stage)
+        base_dict = base.model_dump() if base is not None else {}
+        for v in values:
+            if (stage, fld, v) == ("quantize", "mode", "none"):
+                continue
+            try:
+                STAGE_CONFIGS[stage].model_validate({**base_dict, fld: v})
+            except ValidationError as exc:
+                msg = exc.errors()[0]["msg"]
+                problems.append(f"search.space.{key}: value {v!r}: {msg}")
+    return problems
+
+
+def _stage_dicts(stages: Any) -> dict[str, dict[str, Any] | None]:
+    return {n: (getattr(stages, n).model_dump(mode="json") if getattr(stages, n) is not None else None)
+            for n in STAGE_ORDER}
+
+
+@dataclass
+class Candidate:
+    """One point of the space: normalized stage configs (None = stage left out) and one backend."""
+
+    stages: dict[str, dict[str, Any] | None]
+    backend: str
+    settings: dict[str, Any] = field(default_factory=dict)   # the space's own keys and the value taken
+
+    @property
+    def variant_key(self) -> str:
+        """What the host phase depends on: the stages (shared by every backend of this variant)."""
+        return _digest(self.stages)
+
+    @property
+    def id(self) -> str:
+        return f"{self.backend}-{_digest([self.stages, self.backend])[:10]}"
+
+    @property
+    def precision(self) -> str:
+        return parse_backend(self.backend)[1]
+
+    @property
+    def graph_key(self) -> str:
+        """Equal for candidates whose runtimes execute the same graph (same architecture, same backend)."""
+        q = self.stages.get("quantize")
+        graph_q = {k: v for k, v in (q or {}).items() if k not in WEIGHT_ONLY_QUANT} if self.precision == "int8" \
+            else None
+        return _digest([self.stages.get("distill"), self.stages.get("prune"), graph_q, self.backend])
+
+    @property
+    def aggressiveness(self) -> tuple[float, int]:
+        """Sort key, most compressed first: a higher prune ratio, then INT8 before float."""
+        prune = self.stages.get("prune") or {}
+        return (-float(prune.get("ratio", 0.0)), 0 if self.precision == "int8" else 1)
+
+    def label(self) -> str:
+        parts = []
+        for key, value in self.settings.items():
+            if key != "backends":
+                parts.append(f"{key.split('.')[-1]} {value}")
+        return " · ".join(parts + [self.backend])
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"id": self.id, "label": self.label(), "config": dict(self.settings), "stages": self.stages,
+                "backend": self.backend, "precision": self.precision}
+
+
+def _digest(obj: Any) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _normalize(stages: dict[str, dict[str, Any] | None], backend: str) -> dict[str, dict[str, Any] | None] | None:
+    """Fold equivalent points together; None when the pair is not a combination (INT8 without quantization)."""
+    out = dict(stages)
+    prune = out.get("prune")
+    if prune is not None and float(prune.get("ratio", 0)) <= 0:
+        out["prune"] = None
+    precision = parse_backend(backend)[1]
+    q = out.get("quantize")
+    if q is not None and q.get("mode") == "none":
+        out["quantize"] = q = None
+    if precision == "int8" and q is None:
+        return None
+    if precision != "int8" and q is not None and q.get("mode") == "ptq":
+        out["quantize"] = None
+    return out
+
+
+def expand(search: SearchConfig, recipe_stages: Any, default_backends: list[str]) -> dict[str, Any]:
+    """The space as a grid: ``points`` (settings without the backend, most compressed first), ``cells`` (point ->
+    backend -> Candidate; a cell is absent where the pair is not a combination) and ``backends``. Two cells that give
+    the same artifact hold the same Candidate, so counting distinct ids counts distinct artifacts."""
+    import itertools
+
+    keys = [k for k in search.space if k != "backends"]
+    backends = list(search.space.get("backends") or default_backends)
+    base = _stage_dicts(recipe_stages)
+    seen: dict[str, Candidate] = {}
+    cells: dict[str, dict[str, Candidate]] = {}
+    ratios: dict[str, float] = {}
+    for values in itertools.product(*(search.space[k] for k in keys)):
+        settings = dict(zip(keys, values, strict=True))
+        stages = {n: (dict(d) if d is not None else None) for n, d in base.items()}
+        for key, value in settings.items():
+            stage, _, fld = key.partition(".")
+            if stages[stage] is None:
+                stages[stage] = STAGE_CONFIGS[stage]().model_dump(mode="json")
+            stages[stage][fld] = value
+        stages = {n: (STAGE_CONFIGS[n].model_validate(d).model_dump(mode="json") if d and d.get("mode") != "none"
+                      else d) for n, d in stages.items()}
+        point = json.dumps(settings, sort_keys=True, default=str)
+        ratios[point] = float((stages.get("prune") or {}).get("ratio", 0.0))
+        cells[point] = {}
+        for backend in backends:
+            norm = _normalize(stages, backend)
+            if norm is not None:
+                cand = Candidate(norm, backend, {**settings, "backends": backend})
+                cells[point][backend] = seen.setdefault(cand.id, cand)
+    points = sorted(cells, key=lambda p: -ratios[p])  # stable: ties keep the space's own order
+    return {"points": points, "cells": cells, "backends": backends}
+
+
+def recipe_candidates(recipe_stages: Any, backends: list[str]) -> list[Candidate]:
+    """The hand-written recipe's own point for each backend (the reference a search must beat)."""
+    out = []
+    for backend in backends:
+        norm = _normalize(_stage_dicts(recipe_stages), backend)
+        if norm is not None:
+            out.append(Candidate(norm, backend, {"recipe": "as written", "backends": backend}))
+    return out
+
+
+def candidate_stages(recipe_stages: Any, cand: Candidate) -> Any:
+    """The recipe's ``Stages`` object for this candidate (validated configs, stages left out as None)."""
+    return type(recipe_stages)(**{n: (STAGE_CONFIGS[n].model_validate(d) if d is not None else None)
+                                  for n, d in cand.stages.items()})

@@ -39,6 +39,8 @@ class PruneConfig(StrictModel):
     guard_iterations: int = Field(default=300, ge=10)
     guard_seconds: float = Field(default=2.0, ge=0)                # and at least this long per model
     guard_tolerance: float = Field(default=0.05, ge=0, le=1)       # slower by more than this fraction -> WARNING
+    # attention: fraction of whole heads removed in every module exposing ``num_heads`` (pipeline/stages/heads.py)
+    head_pruning_ratio: float = Field(default=0.0, ge=0, lt=1)
 
 
 def _importance(name: str) -> Any:
@@ -52,13 +54,17 @@ def _importance(name: str) -> Any:
 def structured_prune(model: nn.Module, example_inputs: torch.Tensor, *, ratio: float, importance: str = "l2",
                      global_pruning: bool = False, iterative_steps: int = 1, ignore: list[str] | None = None,
                      round_to: int | None = 8, grad_batches: Callable[[], list[tuple[torch.Tensor, torch.Tensor]]]
-                     | None = None) -> nn.Module:
-    """Prune ``model`` in place (its modules shrink) and return it. ``taylor`` needs ``grad_batches`` (x, y) pairs."""
+                     | None = None, head_ratio: float = 0.0) -> nn.Module:
+    """Prune ``model`` in place (its modules shrink) and return it. ``taylor`` needs ``grad_batches`` (x, y) pairs.
+
+    Attention modules (anything exposing ``num_heads`` with qkv projections) lose whole heads at ``head_ratio`` and
+    keep their head size; without head pruning their heads keep their count and only the other channels shrink."""
     import torch_pruning as tp
 
     from pipeline.stages.common import final_linear
+    from pipeline.stages.heads import num_heads_map, sync_heads
 
-    if ratio <= 0:
+    if ratio <= 0 and head_ratio <= 0:
         return model
     modules = dict(model.named_modules())
     missing = [n for n in ignore or [] if n not in modules]
@@ -69,9 +75,18 @@ def structured_prune(model: nn.Module, example_inputs: torch.Tensor, *, ratio: f
                           hint=f"use names from model.named_modules(), e.g. {list(modules)[1:4]}")
     ignored = final_linear(model) + [modules[n] for n in ignore or []]
     model.eval()
+    heads = num_heads_map(model)
+    attention = {"num_heads": heads, "prune_num_heads": head_ratio > 0, "prune_head_dims": False,
+                 "head_pruning_ratio": head_ratio} if heads else {}
+    if ratio <= 0:
+        # heads only: Torch-Pruning skips every scope when the channel ratio is 0, so give it the head ratio and
+        # leave every layer but the q/k/v projections out (their groups can only lose whole heads)
+        ignored += [m for m in model.modules() if m not in heads and not list(m.children())
+                    and any(True for _ in m.parameters(recurse=False))]
+        ratio = head_ratio
     pruner = tp.pruner.BasePruner(model, example_inputs, importance=_importance(importance),
                                   global_pruning=global_pruning, pruning_ratio=ratio, iterative_steps=iterative_steps,
-                                  ignored_layers=ignored, round_to=round_to)
+                                  ignored_layers=ignored, round_to=round_to, **attention)
     for _ in range(iterative_steps):
         if importance == "taylor":
             if grad_batches is None:
@@ -80,6 +95,8 @@ def structured_prune(model: nn.Module, example_inputs: torch.Tensor, *, ratio: f
             for x, y in grad_batches():
                 nn.functional.cross_entropy(model(x), y).backward()
         pruner.step()
+    if heads:
+        sync_heads(model, pruner.num_heads)
     model.zero_grad(set_to_none=True)
     return model.eval()
 
@@ -148,11 +165,11 @@ def prune(model: nn.Module, example_inputs: torch.Tensor, data: dict[str, Any], 
 
     structured_prune(pruned, example_inputs, ratio=cfg.ratio, importance=cfg.importance,
                      global_pruning=cfg.global_pruning, iterative_steps=cfg.iterative_steps, ignore=cfg.ignore,
-                     round_to=cfg.round_to, grad_batches=grad_batches)
+                     round_to=cfg.round_to, grad_batches=grad_batches, head_ratio=cfg.head_pruning_ratio)
     train(pruned, data["train"], epochs=cfg.finetune_epochs, lr=cfg.lr, batch_size=cfg.batch_size, seed=cfg.seed,
           teacher=teacher, temperature=cfg.temperature, alpha=cfg.alpha if teacher is not None else 0.0)
     extra: dict[str, Any] = {"warnings": []}
-    if cfg.latency_guard and cfg.ratio > 0:
+    if cfg.latency_guard and (cfg.ratio > 0 or cfg.head_pruning_ratio > 0):
         guard = onnx_latency_ratio(pruned, parent, example_inputs, iterations=cfg.guard_iterations,
                                    min_seconds=cfg.guard_seconds)
         extra["latency_guard"] = guard

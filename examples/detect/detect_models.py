@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 CACHE = Path(os.environ.get("EDGEPIPE_DETECT_CACHE", Path(__file__).with_name(".cache")))
-TEACHER_VERSION = 1
+TEACHER_VERSION = 2
 STRIDES = (8, 16)
 NUM_CLASSES = 10
 IMAGE = 64
@@ -40,17 +40,22 @@ class Bottleneck(nn.Module):
 
 
 class C2f(nn.Module):
-    """YOLOv8's CSP block: 1x1 conv, split in two halves, bottlenecks on the second half, concat of all, 1x1 conv."""
+    """YOLOv8's CSP block: split in two halves, bottlenecks on the second half, concat of all, 1x1 conv.
+
+    The split is two 1x1 convs (``cv0``, ``cv1``) rather than ``chunk`` of one: the same function (a 1x1 conv's
+    output halves), but Torch-Pruning 1.6.1 mis-indexes a pruned ``chunk`` (IndexError), which is why its own
+    YOLOv8 example rewrites C2f the same way."""
 
     def __init__(self, cin: int, cout: int, n: int = 1) -> None:
         super().__init__()
         self.c = cout // 2
-        self.cv1 = Conv(cin, 2 * self.c, 1)
+        self.cv0 = Conv(cin, self.c, 1)
+        self.cv1 = Conv(cin, self.c, 1)
         self.m = nn.ModuleList(Bottleneck(self.c) for _ in range(n))
         self.cv2 = Conv((2 + n) * self.c, cout, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = list(self.cv1(x).chunk(2, 1))
+        y = [self.cv0(x), self.cv1(x)]
         for m in self.m:
             y.append(m(y[-1]))
         return self.cv2(torch.cat(y, 1))
@@ -90,6 +95,9 @@ class Detector(nn.Module):
         p16 = self.down16(p8)
         f8 = self.fuse8(torch.cat([p8, self.up(p16)], 1))
         return torch.cat([self.head8(f8), self.head16(p16)], 2).transpose(1, 2)   # (b, anchors, 4 + classes)
+
+
+OUTPUT_LAYERS = ["head8.box.1", "head8.cls.1", "head16.box.1", "head16.cls.1"]   # never pruned: boxes and classes
 
 
 def teacher() -> nn.Module:

@@ -84,9 +84,18 @@ def structured_prune(model: nn.Module, example_inputs: torch.Tensor, *, ratio: f
         ignored += [m for m in model.modules() if m not in heads and not list(m.children())
                     and any(True for _ in m.parameters(recurse=False))]
         ratio = head_ratio
-    pruner = tp.pruner.BasePruner(model, example_inputs, importance=_importance(importance),
-                                  global_pruning=global_pruning, pruning_ratio=ratio, iterative_steps=iterative_steps,
-                                  ignored_layers=ignored, round_to=round_to, **attention)
+    try:
+        pruner = tp.pruner.BasePruner(model, example_inputs, importance=_importance(importance),
+                                      global_pruning=global_pruning, pruning_ratio=ratio,
+                                      iterative_steps=iterative_steps, ignored_layers=ignored, round_to=round_to,
+                                      **attention)
+    except (ZeroDivisionError, IndexError) as exc:   # Torch-Pruning's tracer on a graph it cannot map
+        from targets.errors import ConfigError
+
+        raise ConfigError(f"stages.prune: Torch-Pruning could not map this model's channel dependencies "
+                          f"({type(exc).__name__}: {exc}); known cause: a split/chunk right after a reshape, as in a "
+                          f"ShuffleNet channel shuffle",
+                          hint="leave the prune stage out for this model, or rewrite the split") from None
     for _ in range(iterative_steps):
         if importance == "taylor":
             if grad_batches is None:

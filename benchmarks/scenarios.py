@@ -148,16 +148,24 @@ def run_session(session: bench.Session, inputs: np.ndarray) -> list[np.ndarray]:
     return [session.run(inputs[i:i + 1]) for i in range(len(inputs))]
 
 
+SUFFIX = {"onnx": ".onnx", "openvino": ".xml", "tflite": ".tflite"}
+
+
+def _export(backend: str, model: torch.nn.Module, c: dict[str, Any], cfg: ExportConfig, out: Path) -> Path:
+    """Export once: an artifact already in ``out`` (same name) is reused, so a rerun only measures."""
+    path = out / f"{cfg.name}.{cfg.precision}{SUFFIX[backend]}"
+    if not path.exists():
+        t0 = time.perf_counter()
+        path = Path(get_exporter(backend)(model, (c["example"],), c["calib"], cfg, out).path)
+        print(f"  exported {path.name} in {time.perf_counter() - t0:.0f}s", flush=True)
+    return path
+
+
 def export_all(name: str, c: dict[str, Any], out: Path, backends: list[str]) -> dict[str, Path]:
-    arts = {"teacher onnx-fp32": get_exporter("onnx")(c["teacher"], (c["example"],), None,
-                                                      ExportConfig(name=f"{name}-teacher"), out).path}
+    arts = {"teacher onnx-fp32": _export("onnx", c["teacher"], c, ExportConfig(name=f"{name}-teacher"), out)}
     for b in backends:
         for precision in ("fp32", "int8"):
-            t0 = time.perf_counter()
-            art = get_exporter(b)(c["final"], (c["example"],), c["calib"], ExportConfig(name=name, precision=precision),
-                                  out)
-            arts[f"{b}-{precision}"] = Path(art.path)
-            print(f"  exported {b}-{precision} in {time.perf_counter() - t0:.0f}s", flush=True)
+            arts[f"{b}-{precision}"] = _export(b, c["final"], c, ExportConfig(name=name, precision=precision), out)
     return arts
 
 
@@ -179,6 +187,7 @@ def measure(name: str, c: dict[str, Any], arts: dict[str, Path], args: argparse.
     metric = {"teacher torch-fp32": c["score"](ref), "final torch-fp32": c["score"](fin)}
     for k, s in sessions.items():
         metric[k] = c["score"](run_session(s, c["eval"]))
+        print(f"  {k}: {c['metric']} {metric[k]:.4f}", flush=True)
     runs = {k: s.run for k, s in sessions.items()}
     samples = _interleaved(runs, c["eval"][:64], rounds=args.rounds, iters=args.iters, warmup=args.warmup,
                            gap=args.gap)
@@ -258,8 +267,8 @@ def main() -> int:
                   "inspect": chain_inspect}
         c = chains[name](work)
         if args.run_dir:
-            arts = {"teacher onnx-fp32": Path(get_exporter("onnx")(c["teacher"], (c["example"],), None, ExportConfig(
-                name=f"{name}-teacher"), work / "artifacts").path), **artifacts_from_run(args.run_dir)}
+            arts = {"teacher onnx-fp32": _export("onnx", c["teacher"], c, ExportConfig(name=f"{name}-teacher"),
+                                                 work / "artifacts"), **artifacts_from_run(args.run_dir)}
         else:
             arts = export_all(name, c, work / "artifacts", args.backends.split(","))
         claims = report(name, c, measure(name, c, arts, args))

@@ -96,7 +96,8 @@ def chain_detect(work: Path, prune_ratio: float, student_chain: bool) -> dict[st
         dets = db.postprocess([np.concatenate(outputs)])
         return db.coco_map(dets, [t for _, t in data["eval"]])["map50_95"]
 
-    return {"teacher": teacher, "final": final, "stages": stages, "example": x,
+    tag = f"detect-{'student' if student_chain else 'teacher'}-p{prune_ratio}"   # artifact names per chain
+    return {"teacher": teacher, "final": final, "stages": stages, "example": x, "tag": tag,
             "calib": np.stack([data["calib"][i][0].numpy() for i in range(len(data["calib"]))]),
             "eval": np.stack([img.numpy() for img, _ in data["eval"]]), "score": score, "metric": "mAP@0.5:0.95"}
 
@@ -165,7 +166,8 @@ def export_all(name: str, c: dict[str, Any], out: Path, backends: list[str]) -> 
     arts = {"teacher onnx-fp32": _export("onnx", c["teacher"], c, ExportConfig(name=f"{name}-teacher"), out)}
     for b in backends:
         for precision in ("fp32", "int8"):
-            arts[f"{b}-{precision}"] = _export(b, c["final"], c, ExportConfig(name=name, precision=precision), out)
+            cfg = ExportConfig(name=c.get("tag", name), precision=precision)
+            arts[f"{b}-{precision}"] = _export(b, c["final"], c, cfg, out)
     return arts
 
 

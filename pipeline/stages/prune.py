@@ -25,7 +25,6 @@ class PruneConfig(StrictModel):
     global_pruning: bool = False                                   # rank channels across layers, not per layer
     iterative_steps: int = Field(default=1, ge=1, le=100)
     ignore: list[str] = Field(default_factory=list)                # module paths left intact (+ every output layer)
-    prune_heads: bool = False                                      # attention: drop whole heads, not head width
     round_to: int | None = Field(default=8, ge=1)                  # channel counts rounded to a multiple of this
     finetune_epochs: int = Field(default=3, ge=0)
     lr: float = Field(default=2e-3, gt=0)
@@ -38,6 +37,8 @@ class PruneConfig(StrictModel):
     guard_seconds: float = Field(default=2.0, ge=0)                # and at least this long per model
     guard_tolerance: float = Field(default=0.05, ge=0, le=1)       # slower by more than this fraction -> WARNING
     train: TrainOverride | None = None                             # this stage's device/amp/... overrides
+    # attention: fraction of whole heads removed in every module exposing ``num_heads`` (pipeline/stages/heads.py)
+    head_pruning_ratio: float = Field(default=0.0, ge=0, lt=1)
 
 
 def _importance(name: str) -> Any:
@@ -46,38 +47,6 @@ def _importance(name: str) -> Any:
     if name == "taylor":
         return tp.importance.GroupTaylorImportance()
     return tp.importance.GroupMagnitudeImportance(p=1 if name == "l1" else 2)
-
-
-_QKV = ("q", "k", "v", "query", "key", "value", "q_proj", "k_proj", "v_proj", "qkv", "to_q", "to_k", "to_v")
-
-
-def attention_heads(model: nn.Module) -> dict[nn.Module, tuple[nn.Module, list[nn.Linear]]]:
-    """Attention modules (an int ``num_heads`` and q/k/v or qkv Linear children): {projection: (module, all its
-    projections)}. Torch-Pruning is told each projection's head count, so it prunes within heads (or whole heads)
-    and never leaves 12 "heads" over a width that no longer divides by 12."""
-    found: dict[nn.Module, tuple[nn.Module, list[nn.Linear]]] = {}
-    for m in model.modules():
-        if isinstance(m, nn.MultiheadAttention) or not isinstance(getattr(m, "num_heads", None), int):
-            continue
-        projs = [c for n, c in m.named_children() if n in _QKV and isinstance(c, nn.Linear)]
-        for p in projs:
-            found[p] = (m, projs)
-    return found
-
-
-def _sync_heads(pruner: Any, heads: dict[nn.Module, tuple[nn.Module, list[nn.Linear]]]) -> None:
-    """After a step, write the new head count and width back onto each attention module (its forward reads them)."""
-    for proj, (module, projs) in heads.items():
-        if proj is not projs[0]:
-            continue
-        n = int(pruner.num_heads.get(proj, module.num_heads))
-        per = 3 if len(projs) == 1 else 1            # a fused qkv projection holds three heads' worth per head
-        module.num_heads = n
-        if hasattr(module, "head_dim"):
-            module.head_dim = proj.out_features // (per * n)
-        for attr in ("all_head_size", "inner_dim", "embed_dim"):
-            if isinstance(getattr(module, attr, None), int) and attr != "embed_dim":
-                setattr(module, attr, proj.out_features // per)
 
 
 class _Where:
@@ -121,16 +90,21 @@ def _fail(model: nn.Module, where: str, what: str, exc: BaseException) -> Except
 def structured_prune(model: nn.Module, example_inputs: torch.Tensor | tuple[torch.Tensor, ...], *, ratio: float,
                      importance: str = "l2", global_pruning: bool = False, iterative_steps: int = 1,
                      ignore: list[str] | None = None, round_to: int | None = 8,
-                     grad_batches: Callable[[], list[tuple[Any, Any]]] | None = None, prune_heads: bool = False,
+                     grad_batches: Callable[[], list[tuple[Any, Any]]] | None = None, head_ratio: float = 0.0,
                      grad_loss: Callable[[Any, Any], torch.Tensor] | None = None) -> nn.Module:
     """Prune ``model`` in place (its modules shrink) and return it. Every output layer is protected, attention
     bookkeeping follows the pruned width, and a forward check afterwards names any module that no longer fits.
-    ``taylor`` needs ``grad_batches`` (inputs, targets) pairs and ``grad_loss`` (model outputs, targets) -> loss."""
+    ``taylor`` needs ``grad_batches`` (inputs, targets) pairs and ``grad_loss`` (model outputs, targets) -> loss.
+
+    Attention modules (anything exposing ``num_heads`` with q/k/v or qkv projections) lose whole heads at
+    ``head_ratio`` and keep their head size; without head pruning they keep their head count and Torch-Pruning
+    narrows every head alike, so the width always divides by the head count."""
     import torch_pruning as tp
 
     from pipeline.stages.common import as_args, output_layers, outputs_list
+    from pipeline.stages.heads import num_heads_map, sync_heads
 
-    if ratio <= 0:
+    if ratio <= 0 and head_ratio <= 0:
         return model
     example = example_inputs if isinstance(example_inputs, tuple) else (example_inputs,)
     modules = dict(model.named_modules())
@@ -144,15 +118,29 @@ def structured_prune(model: nn.Module, example_inputs: torch.Tensor | tuple[torc
     with torch.no_grad():
         before = [tuple(o.shape) for o in outputs_list(model(*example))]
     ignored = output_layers(model, example) + [modules[n] for n in ignore or []]
-    heads = attention_heads(model)
+    heads = num_heads_map(model)
+    attention = {"num_heads": heads, "prune_num_heads": head_ratio > 0, "prune_head_dims": head_ratio <= 0,
+                 "head_pruning_ratio": head_ratio} if heads else {}
+    if ratio <= 0:
+        # heads only: Torch-Pruning skips every scope when the channel ratio is 0, so give it the head ratio and
+        # leave every layer but the q/k/v projections out (their groups can only lose whole heads)
+        ignored += [m for m in model.modules() if m not in heads and not list(m.children())
+                    and any(True for _ in m.parameters(recurse=False))]
+        ratio = head_ratio
     where = _Where(model)
     try:
         pruner = tp.pruner.BasePruner(model, example, importance=_importance(importance),
                                       global_pruning=global_pruning, pruning_ratio=ratio,
                                       iterative_steps=iterative_steps, ignored_layers=ignored, round_to=round_to,
-                                      num_heads={p: int(m.num_heads) for p, (m, _) in heads.items()},
-                                      prune_num_heads=prune_heads, head_pruning_ratio=ratio if prune_heads else 0.0,
-                                      output_transform=lambda out: sum(o.float().sum() for o in outputs_list(out)))
+                                      output_transform=lambda out: sum(o.float().sum() for o in outputs_list(out)),
+                                      **attention)
+    except (ZeroDivisionError, IndexError) as exc:   # Torch-Pruning's tracer on a graph it cannot map
+        from targets.errors import ConfigError
+
+        raise ConfigError(f"stages.prune: Torch-Pruning could not map this model's channel dependencies "
+                          f"({type(exc).__name__}: {exc}); known cause: a split/chunk right after a reshape, as in a "
+                          f"ShuffleNet channel shuffle",
+                          hint="leave the prune stage out for this model, or rewrite the split") from None
     except Exception as exc:  # noqa: BLE001 - tracing runs the model: name the layer that broke
         raise _fail(model, where.failing(), "cannot trace the model for pruning", exc) from None
     finally:
@@ -167,7 +155,8 @@ def structured_prune(model: nn.Module, example_inputs: torch.Tensor | tuple[torc
                 loss = grad_loss(outs, y) if grad_loss else nn.functional.cross_entropy(outs[0], y)
                 loss.backward()
         pruner.step()
-        _sync_heads(pruner, heads)
+        if heads:
+            sync_heads(model, pruner.num_heads)   # the forward between steps reads the new head counts
     model.zero_grad(set_to_none=True)
     model.eval()
     where = _Where(model)
@@ -219,13 +208,13 @@ def prune(model: nn.Module, example_inputs: torch.Tensor | tuple[torch.Tensor, .
 
     structured_prune(pruned, example_inputs, ratio=cfg.ratio, importance=cfg.importance,
                      global_pruning=cfg.global_pruning, iterative_steps=cfg.iterative_steps, ignore=cfg.ignore,
-                     round_to=cfg.round_to, grad_batches=grad_batches, prune_heads=cfg.prune_heads,
+                     round_to=cfg.round_to, grad_batches=grad_batches, head_ratio=cfg.head_pruning_ratio,
                      grad_loss=grad_loss)
     train(pruned, data["train"], epochs=cfg.finetune_epochs, lr=cfg.lr, batch_size=cfg.batch_size, seed=cfg.seed,
           teacher=teacher, temperature=cfg.temperature, alpha=cfg.alpha if teacher is not None else 0.0,
           objective=obj, settings=settings, name="prune fine-tune", log=log)
     extra: dict[str, Any] = {"warnings": []}
-    if cfg.latency_guard and cfg.ratio > 0 and timing is not None and is_main():   # a measurement: rank 0 only
+    if cfg.latency_guard and (cfg.ratio > 0 or cfg.head_pruning_ratio > 0) and timing is not None and is_main():
         guard = timing(pruned, parent, example_inputs, iterations=cfg.guard_iterations,
                        min_seconds=cfg.guard_seconds)
         extra["latency_guard"] = guard

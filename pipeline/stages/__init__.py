@@ -77,7 +77,8 @@ def _describe(rec: dict[str, Any], label: str = "top-1") -> str:
             + "".join(f", {k.replace('_accuracy', '')} {rec[k] * 100:.2f}%" for k in rec
                       if k.endswith("_accuracy") and rec[k] is not None)
             + "".join(f", {k.replace('_metric', '')} {rec[k]:.4g}" for k in rec
-                      if k.endswith("_simulated_metric") and rec[k] is not None))
+                      if k.endswith("_simulated_metric") and rec[k] is not None
+                      and rec.get(k.replace("_metric", "_accuracy")) is None))
 
 
 def _loud(log: Callable[[str], None]) -> Callable[[str], None]:

@@ -18,7 +18,11 @@ def test_every_family_has_an_importable_exporter_with_the_adapter_signature():
     assert set(EXPORTERS) == set(CAPABILITIES)
     for family in CAPABILITIES:
         fn = get_exporter(family)
-        assert list(inspect.signature(fn).parameters) == ["model", "example_inputs", "calib", "cfg", "out_dir"]
+        params = inspect.signature(fn).parameters.values()
+        positional = [p.name for p in params if p.kind is not p.KEYWORD_ONLY]
+        assert positional == ["model", "example_inputs", "calib", "cfg", "out_dir"]
+        # beyond them only optional keywords: ``sources`` for a path with a declared dependency (targets.REQUIRES)
+        assert all(p.default is None for p in params if p.kind is p.KEYWORD_ONLY)
 
 
 def test_suffixes_are_unique_and_map_back_to_their_family():

@@ -46,7 +46,7 @@ def test_run_stages_reuses_distill_and_prune_when_only_quantize_changes(digits, 
     assert any(line.startswith("stage quantize: ran") for line in lines)
     assert model_hash(second.model) == model_hash(first.model)       # the cached prune output is the same model
     assert second.export_overrides["calibration"] == "percentile"
-    assert second.calib.shape == (32, 1, 16, 16) and second.calib.dtype == "float32"
+    assert second.calib["input"].shape == (32, 1, 16, 16) and second.calib["input"].dtype == "float32"
 
 
 def test_run_stages_resumes_after_interrupt_from_last_finished_stage(digits, teacher, tmp_path, monkeypatch) -> None:

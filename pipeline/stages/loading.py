@@ -75,6 +75,8 @@ def _batch_len(obj: Any) -> int:
 
 def collate(batch: list[Any]) -> Any:
     """Inputs are stacked; targets are stacked when they can be (labels, vectors), else kept as a list (boxes)."""
+    if not all(isinstance(b, (tuple, list)) and len(b) >= 2 for b in batch):
+        return default_collate(batch)   # not (inputs, target) items: plain stacking
     inputs = default_collate([b[0] for b in batch])
     targets = [b[1] for b in batch]
     try:

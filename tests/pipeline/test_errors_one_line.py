@@ -160,10 +160,10 @@ def test_a_config_error_on_one_device_keeps_the_other_devices_summary_and_rows(w
         profiles.append(str(prof))
     real = run_mod.benchmark
 
-    def flaky(profile, art, inputs=None, transport=None):
+    def flaky(profile, art, inputs=None, transport=None, outputs=None):
         if profile.name == "bad":
             raise ConfigError("bad: connection.key: /nope does not exist")
-        return real(profile, art, inputs, transport=transport)
+        return real(profile, art, inputs, transport=transport, outputs=outputs)
 
     monkeypatch.setattr(run_mod, "benchmark", flaky)
     with pytest.raises(EdgeError, match="connection.key") as info:

@@ -160,18 +160,21 @@ def test_fit_takes_a_loss_callable_and_named_inputs(digits) -> None:
 
 
 def test_stage_cache_is_reused_across_device_settings_but_not_amp(digits, teacher, tmp_path) -> None:
+    from dataclasses import replace
+
     from pipeline.stages import run_stages
 
     recipe = make_recipe({"distill": {"student": "stage_models:student", "epochs": 1, "batch_size": 32}})
     logs: list[str] = []
-    first = run_stages(teacher, digits, recipe, tmp_path, logs.append, train=TrainConfig(device="cpu"))
+    first = run_stages(teacher, digits, replace(recipe, train=TrainConfig(device="cpu")), tmp_path, logs.append)
     assert first.records[0]["cached"] is False
     assert any(ln.startswith("distill epoch 1/1") for ln in logs)
     other = TrainConfig(device="auto", num_workers=1, pin_memory=True, progress=False)
-    again = run_stages(teacher, digits, recipe, tmp_path, logs.append, train=other)
+    again = run_stages(teacher, digits, replace(recipe, train=other), tmp_path, logs.append)
     assert again.records[0]["cached"] is True
     assert again.records[0]["accuracy"] == first.records[0]["accuracy"]
-    bf16 = run_stages(teacher, digits, recipe, tmp_path, logs.append, train=TrainConfig(device="cpu", amp="bf16"))
+    bf16 = run_stages(teacher, digits, replace(recipe, train=TrainConfig(device="cpu", amp="bf16")), tmp_path,
+                      logs.append)
     assert bf16.records[0]["cached"] is False                       # AMP changes the result: its own entry
     assert bf16.records[0]["key"] != first.records[0]["key"]
 

@@ -86,5 +86,6 @@ def test_load_data_rejects_inputs_that_do_not_match_input_shape(write_recipe):
     recipe = load_recipe(write_recipe(RECIPE.format(model='factory: "models:tiny"').replace("[1, 1, 8, 8]",
                                                                                              "[1, 3, 8, 8]"),
                                       {"models.py": TINY_MODELS, "data.py": DATA}))
-    with pytest.raises(ConfigError, match=r"\[1, 3, 8, 8\] \(batch first\) in the recipe but data items have \[1, 8, 8\]"):
+    with pytest.raises(ConfigError, match=r"\[1, 3, 8, 8\] \(batch first\) in the recipe but data items have \[1, 8, "
+                                          r"8\]"):
         load_data(recipe)

@@ -74,7 +74,7 @@ def test_bench_on_the_emulated_rpi5_is_valid_on_aarch64(rpi5, tiny, labelled, fa
     assert env["board"] == {"model": "Raspberry Pi 5 Model B Rev 1.0", "cpu": "Cortex-A76", "cpu_count": 4,
                             "l4t": None}
     assert rec["latency_ms"]["n"] >= LIGHT["min_iterations"] and rec["startup_ms"]["load"] > 0
-    host = bench.predict(bench.load(tiny.artifact(family, precision).path, family), x).argmax(1)
+    host = bench.predict(bench.load(tiny.artifact(family, precision).path, family), x)[0].argmax(1)
     assert rec["accuracy"] == pytest.approx(float((host == y).mean()))
 
 
@@ -93,7 +93,7 @@ def _board_outputs(profile, artifacts, x, tmp_path) -> dict[str, np.ndarray]:
             script = ("import sys, numpy as np; sys.path.insert(0, sys.argv[1]); import bench; "
                       "x = np.load(sys.argv[1] + '/x.npy'); "
                       "np.savez(sys.argv[1] + '/out.npz', **{n: bench.predict(bench.load(sys.argv[1] + '/' + n, "
-                      "threads=4), x) for n in sys.argv[2:]})")
+                      "threads=4), x)[0] for n in sys.argv[2:]})")
             res = tr.run([tr.python(profile.python), "-c", script, job, *names], timeout=300)
             assert res.ok, res.stderr[-2000:]
             tr.get(f"{job}/out.npz", tmp_path / "out.npz")
@@ -110,11 +110,11 @@ def test_int8_outputs_on_the_board_equal_the_hosts(rpi5, tiny, arm_int8, labelle
     same = [tiny.artifact("onnx", "int8"), tiny.artifact("tflite", "int8")]
     board = _board_outputs(rpi5, [*same, arm_int8], x, tmp_path)
     for art in same:  # integer kernels on both sides: the same numbers, bit for bit
-        host = bench.predict(bench.load(art.path, art.backend), x)
+        host = bench.predict(bench.load(art.path, art.backend), x)[0]
         np.testing.assert_array_equal(board[Path(art.path).name], host, err_msg=art.path)
     # the Arm artifact: the host's check (validate) computes what the board computes
     check = host_check(arm_int8)
-    host = bench.predict(bench.load(arm_int8.path, "onnx", optimization=check["optimization"]), x)
+    host = bench.predict(bench.load(arm_int8.path, "onnx", optimization=check["optimization"]), x)[0]
     on_board = board[Path(arm_int8.path).name]
     assert (on_board.argmax(1) == host.argmax(1)).all()
     np.testing.assert_allclose(on_board, host, atol=0.02 * float(np.abs(host).max()))
@@ -127,8 +127,8 @@ def test_arm_int8_artifact_passes_the_host_check_that_judges_the_board(tiny, arm
 
     if not host_has_vnni():  # this host's fused kernels saturate on 8-bit weights: exactly the case being fixed
         assert report["check"]["optimization"] == "basic"
-        full = bench.predict(bench.load(arm_int8.path, "onnx"), tiny.x)
-        basic = bench.predict(bench.load(arm_int8.path, "onnx", optimization="basic"), tiny.x)
+        full = bench.predict(bench.load(arm_int8.path, "onnx"), tiny.x)[0]
+        basic = bench.predict(bench.load(arm_int8.path, "onnx", optimization="basic"), tiny.x)[0]
         assert np.abs(full - basic).max() > np.abs(basic - tiny.ref).max() / 10  # the fused result is off
 
 

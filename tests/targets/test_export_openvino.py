@@ -102,4 +102,4 @@ def test_openvino_fp16_stores_half_weights_and_asks_the_plugin_for_f16_compute(s
     # what the plugin used, read back: bf16 on this AVX512-BF16 host, f32 on CPUs with no half-precision path
     assert session.io["precision_hint"] in ("f16", "bf16", "f32")
     assert bench.load(fp32.path, "openvino", 1).io["precision_requested"] == "f32"
-    assert session.run(x[:1]).shape == (1, 10)
+    assert session.run({session.input_names[0]: x[:1]})[0].shape == (1, 10)

@@ -25,10 +25,10 @@ def test_layer_groups_cover_every_weighted_layer_within_the_budget() -> None:
 
 def test_top1_scorer_uses_labels_else_agreement_with_the_parent() -> None:
     ref = np.eye(4, dtype=np.float32)
-    name, fn = top1_scorer(ref, np.array([0, 1, 2, 0]))
-    assert name == "top1" and fn(ref) == 75.0
-    name, fn = top1_scorer(ref)
-    assert name == "top1_agreement" and fn(ref) == 100.0 and fn(ref[::-1].copy()) == 0.0
+    name, fn = top1_scorer([ref], np.array([0, 1, 2, 0]))
+    assert name == "top1" and fn([ref]) == 75.0
+    name, fn = top1_scorer([ref])
+    assert name == "top1_agreement" and fn([ref]) == 100.0 and fn([ref[::-1].copy()]) == 0.0
 
 
 def test_search_says_so_when_no_number_of_float_groups_meets_the_limit() -> None:

@@ -32,8 +32,8 @@ def test_openvino_from_qdq_runs_int8_and_matches_onnx_int8(tiny, tmp_path) -> No
     assert art.path.endswith("m.int8.xml") and art.backend == "openvino" and len(art.files) == 2
     assert art.parent == qdq.sha256 and "onnx-int8 QDQ model" in art.metadata["source"]
     assert not [p for p in (tmp_path / "ov").iterdir() if p.name.startswith(".")]   # no temp left behind
-    ov_out = predict(load(art.path, "openvino", threads=1), tiny.x)
-    ort_out = predict(load(qdq.path, "onnx", threads=1), tiny.x)
+    ov_out = predict(load(art.path, "openvino", threads=1), tiny.x)[0]
+    ort_out = predict(load(qdq.path, "onnx", threads=1), tiny.x)[0]
     assert (ov_out.argmax(1) == ort_out.argmax(1)).mean() >= 0.95
 
     import openvino as ov

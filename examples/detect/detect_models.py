@@ -212,12 +212,13 @@ def _train(model: nn.Module, epochs: int, seed: int, lr: float, data: object, te
 
 def trained_teacher() -> nn.Module:
     """The teacher detector, trained on first use (minutes on 2 CPU cores) and cached next to this file."""
-    path = CACHE / f"teacher-v{TEACHER_VERSION}.pt"
+    epochs = int(os.environ.get("EDGEPIPE_DETECT_TEACHER_EPOCHS", "0"))   # tests: a short teacher from scratch
+    path = CACHE / (f"teacher-v{TEACHER_VERSION}.pt" if not epochs else f"teacher-v{TEACHER_VERSION}-e{epochs}.pt")
     torch.manual_seed(0)
     model = teacher()
     if not path.exists():
         start = time.perf_counter()
-        train(model, log=True)
+        train(model, log=True, **({"epochs": epochs} if epochs else {}))
         CACHE.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(f".{os.getpid()}.part")
         torch.save(model.state_dict(), tmp)

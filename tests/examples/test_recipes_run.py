@@ -31,6 +31,7 @@ def test_scenario_recipe_runs_distill_prune_int8_from_a_fresh_teacher(example, t
     metric, samples, extra = CASES[example]
     monkeypatch.setenv(f"EDGEPIPE_{example.upper()}_CACHE", str(tmp_path / "cache"))
     monkeypatch.setenv(f"EDGEPIPE_{example.upper()}_TEACHER_EPOCHS", "1")
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")   # one torch thread: two thrash on a shared 2-core runner
     out = tmp_path / "run"
     proc = run_cli("run", str(EXAMPLES / example / "recipe.yaml"), "--device", "local", "--out", str(out),
                    *CUT, "--set", f"data.eval_samples={samples}", *extra, timeout=900)

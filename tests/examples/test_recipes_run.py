@@ -17,18 +17,18 @@ from tests.examples.conftest import EXAMPLES
 
 pytestmark = [pytest.mark.slow, pytest.mark.onnx]
 
-CUT = ["--set", "stages.distill.epochs=1", "--set", "stages.prune.finetune_epochs=1",
-       "--set", "stages.prune.latency_guard=false", "--set", "backends=[onnx-int8]"]
-CASES = {   # example: (metric, eval samples, extra overrides)
-    "inspect": ("top1", 120, []),
-    "vit": ("top1", 120, []),
-    "detect": ("map50_95", 40, ["--set", "stages.distill.batch_size=64"]),
+CUT = ["--set", "stages.distill.epochs=1", "--set", "backends=[onnx-int8]"]
+PRUNE = ["--set", "stages.prune.finetune_epochs=1", "--set", "stages.prune.latency_guard=false"]
+CASES = {   # example: (metric, eval samples, stages, extra overrides)
+    "inspect": ("top1", 120, ["distill", "prune", "quantize"], PRUNE),
+    "vit": ("top1", 120, ["distill", "prune", "quantize"], PRUNE),
+    "detect": ("map50_95", 40, ["distill", "quantize"], ["--set", "stages.distill.batch_size=64"]),
 }
 
 
 @pytest.mark.parametrize("example", list(CASES))
-def test_scenario_recipe_runs_distill_prune_int8_from_a_fresh_teacher(example, tmp_path, monkeypatch):
-    metric, samples, extra = CASES[example]
+def test_scenario_recipe_runs_its_chain_to_int8_from_a_fresh_teacher(example, tmp_path, monkeypatch):
+    metric, samples, stages, extra = CASES[example]
     monkeypatch.setenv(f"EDGEPIPE_{example.upper()}_CACHE", str(tmp_path / "cache"))
     monkeypatch.setenv(f"EDGEPIPE_{example.upper()}_TEACHER_EPOCHS", "1")
     monkeypatch.setenv("OMP_NUM_THREADS", "1")   # one torch thread: two thrash on a shared 2-core runner
@@ -38,7 +38,7 @@ def test_scenario_recipe_runs_distill_prune_int8_from_a_fresh_teacher(example, t
     assert proc.returncode in (0, 3), proc.stderr[-3000:]
     assert list((tmp_path / "cache").glob("teacher-v*-e1.pt")), "the teacher was not trained from scratch"
     summary = json.loads((out / "summary.json").read_text())
-    assert [s["name"] for s in summary["stages"]] == ["distill", "prune", "quantize"]
+    assert [s["name"] for s in summary["stages"]] == stages
     assert summary["baseline"]["metric"]["name"] == metric
     [art] = summary["artifacts"]
     assert art["name"] == "onnx-int8" and not art.get("error"), art.get("error")

@@ -127,7 +127,8 @@ def context_from_run(name: str, run_dir: Path) -> dict[str, Any]:
             return db.coco_map(db.postprocess([np.concatenate(outputs)]), [t for _, t in data["eval"]])["map50_95"]
 
         c = {"teacher": teacher, "example": torch.zeros(1, 1, dm.IMAGE, dm.IMAGE), "score": score,
-             "eval": np.stack([img.numpy() for img, _ in data["eval"]]), "metric": "mAP@0.5:0.95", "stages": {}}
+             "eval": np.stack([img.numpy() for img, _ in data["eval"]]), "metric": "mAP@0.5:0.95", "stages": {},
+             "calib": np.stack([data["calib"][i][0].numpy() for i in range(len(data["calib"]))])}
     else:
         mod = example(name, "vit_models" if name == "vit" else "inspect_models")
         data = (example("vit", "vit_data") if name == "vit" else mod).splits()

@@ -13,6 +13,7 @@ folder (``--run-dir``) -- then measures, on this host:
 
     python benchmarks/scenarios.py [--scenario detect,vit,inspect] [--work runs/scenarios] [--threads 2]
     python benchmarks/scenarios.py --scenario inspect --run-dir runs/inspect     # artifacts of a finished run
+    python benchmarks/scenarios.py --run-dir /tmp      # /tmp/detect, /tmp/vit, /tmp/inspect from `edgepipe run`
 """
 
 from __future__ import annotations
@@ -114,6 +115,34 @@ def _classification(data: dict[str, Any], teacher: torch.nn.Module, final: torch
             "eval": np.stack([x.numpy() for x, _ in data["eval"]]), "score": score, "metric": "top-1"}
 
 
+def context_from_run(name: str, run_dir: Path) -> dict[str, Any]:
+    """Teacher, eval data and score for ``name``; the final model's params/MACs from the run's last stage record
+    (no chain is rebuilt: the artifacts measured are the run's own)."""
+    summary = json.loads((run_dir / "summary.json").read_text())
+    if name == "detect":
+        dm, db = example("detect", "detect_models"), example("detect", "detect_boxes")
+        data, teacher = example("detect", "detect_data").splits(), dm.trained_teacher()
+
+        def score(outputs: list[np.ndarray]) -> float:
+            return db.coco_map(db.postprocess([np.concatenate(outputs)]), [t for _, t in data["eval"]])["map50_95"]
+
+        c = {"teacher": teacher, "example": torch.zeros(1, 1, dm.IMAGE, dm.IMAGE), "score": score,
+             "eval": np.stack([img.numpy() for img, _ in data["eval"]]), "metric": "mAP@0.5:0.95", "stages": {},
+             "calib": np.stack([data["calib"][i][0].numpy() for i in range(len(data["calib"]))])}
+    else:
+        mod = example(name, "vit_models" if name == "vit" else "inspect_models")
+        data = (example("vit", "vit_data") if name == "vit" else mod).splits()
+        c = _classification(data, mod.trained_teacher(), None, {})   # type: ignore[arg-type]
+    last = summary["stages"][-1] if summary["stages"] else summary["baseline"]
+    for st in summary["stages"]:
+        if st.get("params"):
+            last = st
+    c.update(final=None, final_params=last["params"], final_macs=last["macs"], summary=summary)
+    if name == "vit":
+        c["heads"] = None
+    return c
+
+
 def chain_vit(work: Path) -> dict[str, Any]:
     from pipeline.stages.distill import DistillConfig, distill
     from pipeline.stages.heads import head_counts
@@ -185,8 +214,11 @@ def measure(name: str, c: dict[str, Any], arts: dict[str, Path], args: argparse.
     sessions = {k: bench.load(str(p), None, threads=args.threads) for k, p in arts.items()}
     with torch.no_grad():
         ref = [c["teacher"](torch.from_numpy(c["eval"][i:i + 1])).numpy() for i in range(len(c["eval"]))]
-        fin = [c["final"](torch.from_numpy(c["eval"][i:i + 1])).numpy() for i in range(len(c["eval"]))]
-    metric = {"teacher torch-fp32": c["score"](ref), "final torch-fp32": c["score"](fin)}
+        fin = ([c["final"](torch.from_numpy(c["eval"][i:i + 1])).numpy() for i in range(len(c["eval"]))]
+               if c["final"] is not None else None)
+    metric = {"teacher torch-fp32": c["score"](ref)}
+    if fin is not None:
+        metric["final torch-fp32"] = c["score"](fin)
     for k, s in sessions.items():
         metric[k] = c["score"](run_session(s, c["eval"]))
         print(f"  {k}: {c['metric']} {metric[k]:.4f}", flush=True)
@@ -195,7 +227,7 @@ def measure(name: str, c: dict[str, Any], arts: dict[str, Path], args: argparse.
                            gap=args.gap)
     stats = {k: bench.latency_stats(v) for k, v in samples.items()}
     tp, tm = footprint(c["teacher"], c["example"])
-    fp, fm = footprint(c["final"], c["example"])
+    fp, fm = footprint(c["final"], c["example"]) if c["final"] is not None else (c["final_params"], c["final_macs"])
     return {"metric": metric, "latency": stats, "bytes": {k: file_bytes(p) for k, p in arts.items()},
             "params": (tp, fp), "macs": (tm, fm)}
 
@@ -230,9 +262,10 @@ def report(name: str, c: dict[str, Any], m: dict[str, Any]) -> dict[str, bool]:
             if f"{b}-int8" in m["metric"] and f"{b}-fp32" in m["metric"]:
                 d = 100 * (m["metric"][f"{b}-fp32"] - m["metric"][f"{b}-int8"])
                 claims[f"{b}-int8 within 1.0 point of {b}-fp32 ({d:+.2f})"] = d <= 1.0
-        before, after = c["heads"]
-        print(f"heads per block: student {sorted(set(before.values()))} -> pruned {sorted(set(after.values()))}")
-        claims["heads really removed"] = all(after[k] < before[k] for k in before)
+        if c["heads"] is not None:
+            before, after = c["heads"]
+            print(f"heads per block: student {sorted(set(before.values()))} -> pruned {sorted(set(after.values()))}")
+            claims["heads really removed"] = all(after[k] < before[k] for k in before)
     for k, ok in claims.items():
         print(f"  claim {k}: {'MET' if ok else 'NOT MET'}")
     return claims
@@ -246,7 +279,8 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--scenario", default="detect,vit,inspect")
     ap.add_argument("--work", type=Path, default=ROOT / "runs" / "scenarios")
-    ap.add_argument("--run-dir", type=Path, help="take the INT8 artifacts of this finished edgepipe run")
+    ap.add_argument("--run-dir", type=Path, help="take the INT8 artifacts of this finished edgepipe run (or of "
+                    "RUN_DIR/<scenario> for each scenario); the chain is not rebuilt")
     ap.add_argument("--backends", default=",".join(BACKENDS))
     ap.add_argument("--detect-prune", type=float, default=0.3, help="channel-prune ratio of the detector")
     ap.add_argument("--detect-student", action="store_true",
@@ -267,10 +301,12 @@ def main() -> int:
         print(f"\n== {name}: building the chain (cached in {work})", flush=True)
         chains = {"detect": lambda w: chain_detect(w, args.detect_prune, args.detect_student), "vit": chain_vit,
                   "inspect": chain_inspect}
-        c = chains[name](work)
-        if args.run_dir:
+        run_dir = args.run_dir / name if args.run_dir and (args.run_dir / name / "summary.json").exists() \
+            else args.run_dir
+        c = context_from_run(name, run_dir) if run_dir else chains[name](work)
+        if run_dir:
             arts = {"teacher onnx-fp32": _export("onnx", c["teacher"], c, ExportConfig(name=f"{name}-teacher"),
-                                                 work / "artifacts"), **artifacts_from_run(args.run_dir)}
+                                                 work / "artifacts"), **artifacts_from_run(run_dir)}
         else:
             arts = export_all(name, c, work / "artifacts", args.backends.split(","))
         claims = report(name, c, measure(name, c, arts, args))

@@ -2,9 +2,13 @@
 
 The student is a different architecture on purpose (cross-architecture distillation: only logits pass between
 them). Its units follow ShuffleNetV2: a basic unit splits the channels in two, runs 1x1 -> depthwise 3x3 -> 1x1 on
-one half and concatenates it with the untouched half; a down-sampling unit runs both branches with stride 2; every
-unit ends in a channel shuffle (reshape -> transpose -> reshape, static shapes, exportable everywhere). Torch-Pruning
-traces the split/concat/shuffle coupling, so the prune stage can shrink it without breaking the shuffle.
+one half and concatenates it with the untouched half; a down-sampling unit runs both branches with stride 2.
+
+The channel shuffle + split of ShuffleNetV2 is written as two strided slices, ``x[:, 0::2]`` (passed through) and
+``x[:, 1::2]`` (into the branch): each half again holds half of the previous unit's untouched channels and half of its
+branch outputs, i.e. the same exchange of information as shuffle(groups=2) + chunk, up to a fixed channel permutation
+that the following 1x1 convs absorb. Why: Torch-Pruning 1.6.1 cannot build its dependency graph over the
+reshape -> transpose -> reshape shuffle (ZeroDivisionError in its reshape index mapping), but it follows slices.
 """
 
 from __future__ import annotations
@@ -59,14 +63,9 @@ class ResNet(nn.Module):
 
 
 # -------------------------------------------------------------------------------------------- ShuffleNet student
-def channel_shuffle(x: torch.Tensor, groups: int = 2) -> torch.Tensor:
-    b, c, h, w = x.shape
-    x = x.view(b, groups, c // groups, h, w)
-    return torch.transpose(x, 1, 2).contiguous().view(b, -1, h, w)      # torchvision's form, which Torch-Pruning maps
-
-
 class ShuffleUnit(nn.Module):
-    """ShuffleNetV2 unit: stride 1 = split / branch on one half / concat / shuffle; stride 2 = two branches."""
+    """ShuffleNetV2 unit: stride 1 = shuffle-split by strided slices / branch on one half / concat; stride 2 = two
+    branches."""
 
     def __init__(self, cin: int, cout: int, stride: int) -> None:
         super().__init__()
@@ -80,11 +79,9 @@ class ShuffleUnit(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.short is None:
-            a, b = x.chunk(2, dim=1)
-            out = torch.cat([a, self.branch(b)], 1)
-        else:
-            out = torch.cat([self.short(x), self.branch(x)], 1)
-        return channel_shuffle(out, 2)
+            a, b = x[:, 0::2], x[:, 1::2]          # shuffle + split in one step (module docstring)
+            return torch.cat([a, self.branch(b)], 1)
+        return torch.cat([self.short(x), self.branch(x)], 1)
 
 
 class ShuffleNet(nn.Module):
@@ -158,12 +155,13 @@ def train(model: nn.Module, epochs: int = 10, seed: int = 0, lr: float = 3e-3, t
 
 def trained_teacher() -> nn.Module:
     """The ResNet teacher, trained on first use and cached next to this file."""
-    path = CACHE / f"teacher-v{TEACHER_VERSION}.pt"
+    epochs = int(os.environ.get("EDGEPIPE_INSPECT_TEACHER_EPOCHS", "0"))   # tests: a short teacher from scratch
+    path = CACHE / (f"teacher-v{TEACHER_VERSION}.pt" if not epochs else f"teacher-v{TEACHER_VERSION}-e{epochs}.pt")
     torch.manual_seed(0)
     model = teacher()
     if not path.exists():
         start = time.perf_counter()
-        train(model)
+        train(model, **({"epochs": epochs} if epochs else {}))
         CACHE.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(f".{os.getpid()}.part")
         torch.save(model.state_dict(), tmp)

@@ -130,12 +130,13 @@ def _train(model: nn.Module, epochs: int, seed: int, lr: float) -> nn.Module:
 
 def trained_teacher() -> nn.Module:
     """The teacher ViT, trained on first use and cached next to this file."""
-    path = CACHE / f"teacher-v{TEACHER_VERSION}.pt"
+    epochs = int(os.environ.get("EDGEPIPE_VIT_TEACHER_EPOCHS", "0"))   # tests: a short teacher from scratch
+    path = CACHE / (f"teacher-v{TEACHER_VERSION}.pt" if not epochs else f"teacher-v{TEACHER_VERSION}-e{epochs}.pt")
     torch.manual_seed(0)
     model = teacher()
     if not path.exists():
         start = time.perf_counter()
-        train(model)
+        train(model, **({"epochs": epochs} if epochs else {}))
         CACHE.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(f".{os.getpid()}.part")
         torch.save(model.state_dict(), tmp)

@@ -140,7 +140,8 @@ def structured_prune(model: nn.Module, example_inputs: torch.Tensor | tuple[torc
         raise ConfigError(f"stages.prune: Torch-Pruning could not map this model's channel dependencies "
                           f"({type(exc).__name__}: {exc}); known cause: a split/chunk right after a reshape, as in a "
                           f"ShuffleNet channel shuffle",
-                          hint="leave the prune stage out for this model, or rewrite the split") from None
+                          hint="rewrite the shuffle + split as strided slices x[:, 0::2], x[:, 1::2] "
+                               "(examples/inspect), or leave the prune stage out") from None
     except Exception as exc:  # noqa: BLE001 - tracing runs the model: name the layer that broke
         raise _fail(model, where.failing(), "cannot trace the model for pruning", exc) from None
     finally:
@@ -154,7 +155,15 @@ def structured_prune(model: nn.Module, example_inputs: torch.Tensor | tuple[torc
                 outs = outputs_list(model(*as_args(x)))
                 loss = grad_loss(outs, y) if grad_loss else nn.functional.cross_entropy(outs[0], y)
                 loss.backward()
-        pruner.step()
+        try:
+            pruner.step()
+        except IndexError as exc:   # Torch-Pruning mis-indexed a channel group it traced (slices across a concat)
+            from targets.errors import ConfigError
+
+            raise ConfigError(f"stages.prune: Torch-Pruning mis-indexed a coupled channel group while pruning "
+                              f"({exc}); known cause: channels that cross a concat into a strided slice or chunk",
+                              hint="add the convs whose outputs feed that concat to stages.prune.ignore "
+                                   "(examples/inspect/recipe.yaml)") from None
         if heads:
             sync_heads(model, pruner.num_heads)   # the forward between steps reads the new head counts
     model.zero_grad(set_to_none=True)

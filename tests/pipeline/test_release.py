@@ -88,7 +88,8 @@ def test_build_bundle_holds_best_artifact_per_family_and_manifest(bundle: Path) 
     manifest = json.loads(files[f"{top}/manifest.json"])
     assert manifest["pick"] == {"overall": "onnx-fp32", "per_family": {"onnx": "onnx-fp32",
                                                                        "openvino": "openvino-int8"},
-                                "rule": "valid and measured; highest accuracy, then lowest p90 latency"}
+                                "rule": "valid and measured; best task metric (in its direction), then lowest p90 "
+                                        "latency"}
     listed = {f["path"]: f for f in manifest["files"]}
     for path, data in files.items():
         rel = path.removeprefix(top + "/")

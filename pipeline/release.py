@@ -117,6 +117,21 @@ def _input_shape(run_dir: Path) -> list[int] | None:
     return shape if isinstance(shape, list) else None
 
 
+def _inputs(run_dir: Path) -> list[dict[str, Any]] | None:
+    """Every model input (name, shape, dtype) from the recipe as run; the ``input_shape`` shorthand is one float32
+    input named "input"."""
+    found = recipe_file(run_dir)
+    try:
+        model = ((yaml.safe_load(found.read_text()) or {}).get("model") or {}) if found else {}
+    except (OSError, yaml.YAMLError, AttributeError):
+        return None
+    specs = model.get("inputs") if isinstance(model, dict) else None
+    if isinstance(specs, list) and all(isinstance(i, dict) for i in specs):
+        return [{"name": i.get("name"), "shape": i.get("shape"), "dtype": i.get("dtype", "float32")} for i in specs]
+    shape = _input_shape(run_dir)
+    return [{"name": "input", "shape": shape, "dtype": "float32"}] if shape else None
+
+
 def _supported(device: str, present: set[str]) -> set[str]:
     """Backend families the device profile lists; all present families when the profile is not at hand."""
     from targets.profiles import load_profile
@@ -232,7 +247,8 @@ def build_bundle(run_dir: str | Path, device: str | None = None, dist: str | Pat
         "schema": 1, "name": _clean(summary["recipe"]), "device": run_device, "version": ver, "bundle": name,
         "run_id": summary["run_id"],
         "created": datetime.fromtimestamp(mtime, timezone.utc).isoformat(), "source_date_epoch": mtime,
-        "input_shape": _input_shape(run_dir), "edgepipe_version": summary.get("edgepipe_version"),
+        "input_shape": _input_shape(run_dir), "inputs": _inputs(run_dir),
+        "edgepipe_version": summary.get("edgepipe_version"),
         "tool_versions": summary.get("tool_versions") or {},
         "pick": {"overall": top["name"], "per_family": per_family,
                  "rule": "valid and measured; best task metric (in its direction), then lowest p90 latency"},

@@ -181,7 +181,7 @@ def test_bundle_example_runs_real_model_with_bundled_runner(tmp_path: Path, tiny
     proc = subprocess.run([sys.executable, "example.py"], cwd=out / "digits-local-0.0.1", capture_output=True,
                           text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.startswith("input 0: class ") and "onnxruntime" in proc.stdout
+    assert proc.stdout.startswith("input 0: output 0: shape [") and "onnxruntime" in proc.stdout
 
 
 def test_cli_release_and_verify_exit_codes(passing_run: Path, run_dir: Path, tmp_path: Path) -> None:

@@ -245,7 +245,8 @@ def test_real_run_folder_releases_verifies_reports_and_is_recorded(tmp_path: Pat
         tar.extractall(unpacked, filter="data")
     example = subprocess.run([sys.executable, "example.py"], cwd=next(unpacked.iterdir()), capture_output=True,
                              text=True, timeout=120)
-    assert example.returncode == 0 and example.stdout.startswith("input 0: class "), example.stderr
+    assert example.returncode == 0, example.stderr
+    assert example.stdout.startswith("input 0: output 0: shape [10], argmax "), example.stdout
     rep = run_cli("report", str(out), "--out", str(tmp_path / "report.html"))
     assert rep.returncode == 0 and (tmp_path / "report.html").read_text().count("<img ") == 3
     hist = run_cli("history", "--add", str(out), "--device", "local", "--json")

@@ -163,12 +163,6 @@ def targets_array(targets: list[Any]) -> np.ndarray | list[Any]:
     return arr if arr.dtype != object else list(targets)
 
 
-def arrays(dataset: Any) -> tuple[np.ndarray, np.ndarray]:
-    """One float32 input and integer labels (the single-image classifier case; used by benchmarks)."""
-    xs, ys = zip(*(dataset[i] for i in range(len(dataset))), strict=True)
-    return torch.stack(list(xs)).numpy().astype(np.float32), np.asarray([int(y) for y in ys], dtype=np.int64)
-
-
 @torch.no_grad()
 def predict(model: nn.Module, inputs: dict[str, np.ndarray] | np.ndarray, batch_size: int = 256) -> list[np.ndarray]:
     """Every output of ``model`` on the named inputs, one array per output (float outputs as float32)."""

@@ -33,8 +33,8 @@ def model_card(summary: dict[str, Any], manifest: dict[str, Any], chosen: list[d
         "to load and call it with the bundled runner "
         "`bench.py` (needs only Python 3, numpy and the artifact's runtime).",
         "",
-        f"Input: one float32 tensor of shape {manifest.get('input_shape') or 'as declared by the artifact'} "
-        "(batch 1), preprocessed like the training data; output: one score per class (argmax = the prediction).",
+        f"Inputs: {manifest.get('inputs') or manifest.get('input_shape') or 'as declared by the artifact'} "
+        "(batch 1), preprocessed like the training data; outputs: as the recipe's task defines them.",
         "",
         "## Data",
         "",
@@ -96,10 +96,12 @@ def model_card(summary: dict[str, Any], manifest: dict[str, Any], chosen: list[d
     return "\n".join(lines)
 
 
-EXAMPLE = '''"""Load the released model with the bundled runner and classify one input.
+EXAMPLE = '''"""Load the released model with the bundled runner and run it on one input.
 
 Needs only Python 3, numpy and the runtime of the artifact ({runtime}). Run from anywhere:
-    python3 example.py [path/to/input.npy]
+    python3 example.py [inputs.npz | input.npy]
+An .npz holds one array per input name (with the batch dimension); an .npy is the single-input shorthand. With
+no file, every input gets a placeholder of its declared shape and dtype (random floats, zero integers).
 """
 
 import sys
@@ -115,16 +117,28 @@ MODEL = HERE / {path!r}
 BACKEND = {backend!r}
 
 
+def placeholder(spec: dict) -> np.ndarray:
+    shape = (1, *spec["shape"][1:])
+    if np.issubdtype(spec["dtype"], np.floating):
+        return np.random.default_rng(0).standard_normal(shape).astype(spec["dtype"])
+    return np.zeros(shape, dtype=spec["dtype"])
+
+
 def main() -> None:
     session = bench.load(str(MODEL), BACKEND, threads=1)
-    if len(sys.argv) > 1:
-        x = np.load(sys.argv[1]).astype(np.float32).reshape(-1, *session.input_shape[1:])
-    else:  # no input given: a random one, just to show the call
-        x = np.random.default_rng(0).standard_normal((1, *session.input_shape[1:])).astype(np.float32)
-    scores = bench.predict(session, x)
-    for i, row in enumerate(scores.reshape(len(x), -1)):
-        print(f"input {{i}}: class {{int(row.argmax())}} (score {{float(row.max()):.3f}}) "
-              f"with {{session.runtime}} {{session.version}}")
+    if len(sys.argv) > 1 and sys.argv[1].endswith(".npz"):
+        with np.load(sys.argv[1]) as f:
+            feeds = {{i["name"]: f[i["name"]] for i in session.inputs}}
+    elif len(sys.argv) > 1:
+        first = session.inputs[0]
+        feeds = {{first["name"]: np.load(sys.argv[1]).reshape(-1, *first["shape"][1:])}}
+    else:
+        feeds = {{i["name"]: placeholder(i) for i in session.inputs}}
+    outputs = bench.predict(session, feeds)
+    for i in range(len(outputs[0])):
+        parts = [f"output {{k}}: shape {{list(out.shape[1:])}}, argmax {{int(out[i].argmax())}} "
+                 f"(max {{float(out[i].max()):.3f}})" for k, out in enumerate(outputs)]
+        print(f"input {{i}}: " + "; ".join(parts) + f" with {{session.runtime}} {{session.version}}")
 
 
 if __name__ == "__main__":

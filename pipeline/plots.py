@@ -30,15 +30,16 @@ def _png(fig: Any) -> str:
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
 
 
-def pareto_front(points: list[tuple[str, float, float]]) -> list[str]:
-    """Names of the points no other point beats on both axes: (name, p90 latency, accuracy); lower latency and
-    higher accuracy are better. Sorted by latency."""
+def pareto_front(points: list[tuple[str, float, float]], higher_is_better: bool = True) -> list[str]:
+    """Names of the points no other point beats on both axes: (name, p90 latency, metric); lower latency is better,
+    and the metric in its own direction (mse: lower). Sorted by latency."""
+    sign = 1.0 if higher_is_better else -1.0
     front: list[str] = []
-    best_acc = float("-inf")
-    for name, _lat, acc in sorted(points, key=lambda p: (p[1], -p[2], p[0])):
-        if acc > best_acc:
+    best = float("-inf")
+    for name, _lat, value in sorted(points, key=lambda p: (p[1], -sign * p[2], p[0])):
+        if sign * value > best:
             front.append(name)
-            best_acc = acc
+            best = sign * value
     return front
 
 
@@ -46,13 +47,13 @@ PRECISION_MARKERS = {"fp32": "o", "fp16": "s", "int8": "^"}
 
 
 def accuracy_vs_latency(artifacts: list[dict[str, Any]], baseline: float | None, title: str,
-                        ylabel: str = "top-1 accuracy") -> str:
+                        ylabel: str = "top-1 accuracy", higher_is_better: bool = True) -> str:
     """Each artifact in the legend (colour = backend, marker = precision) rather than as a text label, so close
     points never print on top of each other; Pareto points are outlined and joined by a dashed staircase."""
     plt = _plt()
     fig, ax = plt.subplots(figsize=(6.0, 3.6))
     points = [(artifact_name(a), latency(a) or 0.0, float(metric_value(a) or 0.0)) for a in artifacts if is_usable(a)]
-    front = pareto_front(points)
+    front = pareto_front(points, higher_is_better)
     for a in artifacts:
         lat, acc = latency(a), metric_value(a)
         if lat is None or not isinstance(acc, (int, float)):
@@ -73,7 +74,7 @@ def accuracy_vs_latency(artifacts: list[dict[str, Any]], baseline: float | None,
     if isinstance(baseline, (int, float)):
         ax.axhline(baseline, color="green", linestyle=":", linewidth=1, label=f"original {baseline:.3f}")
     ax.set_xlabel("p90 latency (ms, lower is better)")
-    ax.set_ylabel(ylabel)
+    ax.set_ylabel(ylabel if higher_is_better else f"{ylabel} (lower is better)")
     ax.set_title(title, fontsize=10)
     ax.grid(alpha=0.3)
     if ax.get_legend_handles_labels()[0]:

@@ -11,11 +11,11 @@ A bundle is ``dist/<recipe>-<device>-<version>.tar.gz`` holding one folder of th
     bench/<name>.json the runner's full record for each chosen artifact
     summary.json, recipe.yaml   the run's record and the recipe as run
 
-Chosen: per backend family the device supports, the best usable artifact (valid, measured; highest accuracy, then
-lowest p90); the overall pick is the best of those. Version: ``--version``, else the summary's ``version``, else the
-run id without its leading ``<recipe>-`` (the run's timestamp). Reproducible: entries sorted, uid/gid 0, no owner
-names, mode 0644, mtime ``SOURCE_DATE_EPOCH`` or the run's finish time, gzip with mtime 0 and no file name; so the
-same run folder always gives the same bytes.
+Chosen: per backend family the device supports, the best usable artifact (valid, measured; best task metric in its
+direction, then lowest p90); the overall pick is the best of those. Version: ``--version``, else the summary's
+``version``, else the run id without its leading ``<recipe>-`` (the run's timestamp). Reproducible: entries sorted,
+uid/gid 0, no owner names, mode 0644, mtime ``SOURCE_DATE_EPOCH`` or the run's finish time, gzip with mtime 0 and no
+file name; so the same run folder always gives the same bytes.
 """
 
 from __future__ import annotations
@@ -115,6 +115,21 @@ def _input_shape(run_dir: Path) -> list[int] | None:
     except (OSError, yaml.YAMLError, AttributeError):
         return None
     return shape if isinstance(shape, list) else None
+
+
+def _inputs(run_dir: Path) -> list[dict[str, Any]] | None:
+    """Every model input (name, shape, dtype) from the recipe as run; the ``input_shape`` shorthand is one float32
+    input named "input"."""
+    found = recipe_file(run_dir)
+    try:
+        model = ((yaml.safe_load(found.read_text()) or {}).get("model") or {}) if found else {}
+    except (OSError, yaml.YAMLError, AttributeError):
+        return None
+    specs = model.get("inputs") if isinstance(model, dict) else None
+    if isinstance(specs, list) and all(isinstance(i, dict) for i in specs):
+        return [{"name": i.get("name"), "shape": i.get("shape"), "dtype": i.get("dtype", "float32")} for i in specs]
+    shape = _input_shape(run_dir)
+    return [{"name": "input", "shape": shape, "dtype": "float32"}] if shape else None
 
 
 def _supported(device: str, present: set[str]) -> set[str]:
@@ -232,10 +247,11 @@ def build_bundle(run_dir: str | Path, device: str | None = None, dist: str | Pat
         "schema": 1, "name": _clean(summary["recipe"]), "device": run_device, "version": ver, "bundle": name,
         "run_id": summary["run_id"],
         "created": datetime.fromtimestamp(mtime, timezone.utc).isoformat(), "source_date_epoch": mtime,
-        "input_shape": _input_shape(run_dir), "edgepipe_version": summary.get("edgepipe_version"),
+        "input_shape": _input_shape(run_dir), "inputs": _inputs(run_dir),
+        "edgepipe_version": summary.get("edgepipe_version"),
         "tool_versions": summary.get("tool_versions") or {},
         "pick": {"overall": top["name"], "per_family": per_family,
-                 "rule": "valid and measured; highest accuracy, then lowest p90 latency"},
+                 "rule": "valid and measured; best task metric (in its direction), then lowest p90 latency"},
         "artifacts": manifest_artifacts,
         "lineage": {"original": summary.get("baseline") or {}, "stages": summary.get("stages") or [],
                     "artifacts": {a["name"]: a["lineage"] for a in manifest_artifacts}},

@@ -22,6 +22,7 @@ from pipeline.rundir import (
     is_usable,
     latency,
     load_summary,
+    metric_info,
     metric_label,
     metric_value,
     parse_time,
@@ -225,7 +226,8 @@ def _run_section(summary: dict[str, Any], run_dir: Path) -> str:
     if failures:
         head += f'<ul class="bad">{failures}</ul>'
     arts = summary.get("artifacts") or []
-    imgs = [(plots.accuracy_vs_latency(arts, metric_value(base), f"{name} vs p90 latency — {summary['device']}", name),
+    imgs = [(plots.accuracy_vs_latency(arts, metric_value(base), f"{name} vs p90 latency — {summary['device']}", name,
+                                       bool(metric_info(summary)["higher_is_better"])),
              f"{name} versus p90 latency with the Pareto front"),
             (plots.size_bars(arts, "artifact size"), "size per artifact"),
             (plots.stage_trail(summary, "stage-by-stage trail"), f"params, MACs and {name} per stage")]

@@ -228,7 +228,8 @@ def _quantize_int8(fp32_path: Path, out_path: Path, calib: Any, cfg: ExportConfi
               "entropy": CalibrationMethod.Entropy}[cfg.calibration]
     qtype = {"uint8": QuantType.QUInt8, "int8": QuantType.QInt8}
     exclude = _nodes_to_exclude(fp32_path, cfg.keep_float)
-    only, by_type, plan = _op_plan(fp32_path, cfg)
+    # the plan reads the graph ORT will quantize: pre-processing fuses MatMul+Add into Gemm under new node names
+    only, by_type, plan = _op_plan(pre, cfg)
     scheme["op_plan"] = plan
     exclude = sorted(set(exclude) | set(by_type))
     import onnx

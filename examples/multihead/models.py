@@ -55,17 +55,29 @@ def train(model: nn.Module, epochs: int = 15, lr: float = 3e-3, seed: int = 0) -
     return model.eval()
 
 
-def trained_teacher() -> nn.Module:
-    path = CACHE / f"multihead-teacher-v{VERSION}.pt"
-    torch.manual_seed(0)
-    model = MultiHead()
+def _cached(stem: str, model: nn.Module, epochs: int | None = None) -> nn.Module:
+    """Train ``model`` on first use and cache its weights next to this file (or in $EDGEPIPE_EXAMPLES_CACHE)."""
+    path = CACHE / f"{stem}-v{VERSION}.pt"
     if not path.exists():
         start = time.perf_counter()
-        train(model)
+        train(model) if epochs is None else train(model, epochs=epochs)
         CACHE.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(f".{os.getpid()}.part")
         torch.save(model.state_dict(), tmp)
         os.replace(tmp, path)
-        print(f"trained the multi-head teacher in {time.perf_counter() - start:.1f}s -> {path}", flush=True)
+        print(f"trained the multi-head teacher ({stem}) in {time.perf_counter() - start:.1f}s -> {path}", flush=True)
     model.load_state_dict(torch.load(path, weights_only=True))
     return model.eval()
+
+
+def trained_teacher() -> nn.Module:
+    """The example's teacher: trained on first use and cached."""
+    torch.manual_seed(0)
+    return _cached("multihead-teacher", MultiHead())
+
+
+def quick_teacher() -> nn.Module:
+    """A small, briefly trained teacher for tests that start from a clean clone (seconds, not minutes): every step
+    runs on it, and the checks and gate judge it like any other model."""
+    torch.manual_seed(0)
+    return _cached("multihead-teacher-quick", MultiHead(width=8), epochs=3)

@@ -90,18 +90,29 @@ def train(model: nn.Module, epochs: int = 12, lr: float = 5e-3, seed: int = 0) -
     return model.eval()
 
 
-def trained_teacher() -> nn.Module:
-    """Trained on first use (about a minute on a laptop CPU) and cached next to this file."""
-    path = CACHE / f"tokens-teacher-v{VERSION}.pt"
-    torch.manual_seed(0)
-    model = TokenEncoder()
+def _cached(stem: str, model: nn.Module, epochs: int | None = None) -> nn.Module:
+    """Train ``model`` on first use and cache its weights next to this file (or in $EDGEPIPE_EXAMPLES_CACHE)."""
+    path = CACHE / f"{stem}-v{VERSION}.pt"
     if not path.exists():
         start = time.perf_counter()
-        train(model)
+        train(model) if epochs is None else train(model, epochs=epochs)
         CACHE.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(f".{os.getpid()}.part")
         torch.save(model.state_dict(), tmp)
         os.replace(tmp, path)
-        print(f"trained the token encoder in {time.perf_counter() - start:.1f}s -> {path}", flush=True)
+        print(f"trained the token encoder ({stem}) in {time.perf_counter() - start:.1f}s -> {path}", flush=True)
     model.load_state_dict(torch.load(path, weights_only=True))
     return model.eval()
+
+
+def trained_teacher() -> nn.Module:
+    """The example's teacher: trained on first use and cached."""
+    torch.manual_seed(0)
+    return _cached("tokens-teacher", TokenEncoder())
+
+
+def quick_teacher() -> nn.Module:
+    """A small, briefly trained teacher for tests that start from a clean clone (seconds, not minutes): every step
+    runs on it, and the checks and gate judge it like any other model."""
+    torch.manual_seed(0)
+    return _cached("tokens-teacher-quick", TokenEncoder(dim=16, num_heads=2, hidden=32), epochs=3)

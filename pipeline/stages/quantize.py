@@ -55,7 +55,8 @@ class QuantConfig(StrictModel):
         """The ExportConfig fields (targets/export_config.py) this stage decides for every INT8 exporter."""
         return {"calibration": self.calibration, "calib_samples": self.calib_samples, "per_channel": self.per_channel,
                 "keep_float": [k for k in self.keep_float if not k.startswith("op:")],
-                "keep_float_ops": [k[3:] for k in self.keep_float if k.startswith("op:")],
+                # None (not []) when no op is named: the exporters then apply their transformer default
+                "keep_float_ops": [k[3:] for k in self.keep_float if k.startswith("op:")] or None,
                 # QAT weights: NNCF re-quantization loses what QAT learned; OpenVINO reads the QDQ ONNX instead
                 "ov_int8_from": "onnx-qdq" if self.mode == "qat" else "model"}
 

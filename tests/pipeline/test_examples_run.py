@@ -1,7 +1,8 @@
 """The two any-model examples end to end on `local`: distill, prune, PTQ and all six fp32/int8 backends.
 
-Budgets are cut with --set (one epoch each, no latency guard, 120 eval samples): the point is that every step runs
-and every artifact is checked and measured in the example's own metric, not the examples' final figures.
+Budgets are cut with --set (the example's small `quick_teacher`, trained from scratch in a fresh cache as on a clean
+CI clone; one epoch each, no latency guard, 120 eval samples): the point is that every step runs and every artifact is
+checked and measured in the example's own metric, not the examples' final figures.
 """
 
 from __future__ import annotations
@@ -17,12 +18,14 @@ pytestmark = [pytest.mark.slow, pytest.mark.onnx, pytest.mark.openvino, pytest.m
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 SIX = {"onnx-fp32", "onnx-int8", "openvino-fp32", "openvino-int8", "tflite-fp32", "tflite-int8"}
-SMALL = ["--set", "stages.distill.epochs=1", "--set", "stages.prune.finetune_epochs=1",
+SMALL = ["--set", "model.factory=models:quick_teacher", "--set", "stages.distill.epochs=1",
+         "--set", "stages.prune.finetune_epochs=1",
          "--set", "stages.prune.latency_guard=false", "--set", "data.eval_samples=120"]
 
 
 @pytest.mark.parametrize("example,metric", [("tokens", "top1"), ("multihead", "all_heads")])
-def test_example_runs_every_stage_and_six_backends_in_its_own_metric(example, metric, tmp_path):
+def test_example_runs_every_stage_and_six_backends_in_its_own_metric(example, metric, tmp_path, monkeypatch):
+    monkeypatch.setenv("EDGEPIPE_EXAMPLES_CACHE", str(tmp_path / "cache"))     # no teacher from an earlier run
     out = tmp_path / example
     proc = run_cli("run", str(EXAMPLES / example / "recipe.yaml"), "--device", "local", "--out", str(out), *SMALL,
                    timeout=1500)

@@ -34,6 +34,12 @@ def test_pareto_front_keeps_only_undominated_points() -> None:
     assert pareto_front(pts) == ["d", "a", "b", "e"]
 
 
+def test_pareto_front_prefers_lower_values_when_metric_is_lower_is_better() -> None:
+    pts = [("a", 1.0, 0.30), ("b", 2.0, 0.10), ("c", 3.0, 0.20), ("d", 0.5, 0.50)]   # e.g. mse
+    assert pareto_front(pts, higher_is_better=False) == ["d", "a", "b"]
+    assert pareto_front(pts) == ["d"]          # read as higher-is-better, the fastest point would dominate all
+
+
 def test_compare_runs_flags_p50_regression_beyond_threshold(tmp_path: Path) -> None:
     import json
     old = json.loads((make_run(tmp_path / "a") / "summary.json").read_text())

@@ -39,13 +39,16 @@ def test_demo_runs_over_ssh_and_locally_as_a_fleet(sshd, tmp_path, digits_recipe
 
 @pytest.mark.openvino
 @pytest.mark.parametrize("example,metric", [("tokens", "top1"), ("multihead", "all_heads")])
-def test_any_model_example_runs_over_ssh_with_outputs_scored_on_the_host(sshd, tmp_path, example, metric):
+def test_any_model_example_runs_over_ssh_with_outputs_scored_on_the_host(sshd, tmp_path, example, metric,
+                                                                         monkeypatch):
+    monkeypatch.setenv("EDGEPIPE_EXAMPLES_CACHE", str(tmp_path / "cache"))     # trained from scratch, as on CI
     from pathlib import Path
 
     recipe = Path(__file__).resolve().parents[2] / "examples" / example / "recipe.yaml"
     board = sshd.profile("board", tmp_path)
     out = tmp_path / example
     proc = run_cli("run", str(recipe), "--device", str(board), "--out", str(out),
+                   "--set", "model.factory=models:quick_teacher",
                    "--set", "backends=[onnx-int8, tflite-int8]", "--set", "stages.distill.epochs=1",
                    "--set", "stages.prune.finetune_epochs=1", "--set", "stages.prune.latency_guard=false",
                    "--set", "data.eval_samples=100", timeout=1500)

@@ -1,6 +1,7 @@
 """Accuracy-aware mixed precision: quantize everything, rank layer groups by how much the metric recovers when that
 group alone stays float (measured in the backend's own runtime on a bounded subset), then return the most sensitive
-groups to float one at a time until the drop against the FP32 parent is within ``max_drop``.
+groups to float, greedily and cumulatively (neighbours first), until the drop against the FP32 parent is within
+``max_drop``.
 
 Why our own loop rather than each toolkit's: it is the same for ONNX Runtime, OpenVINO and LiteRT (NNCF's
 ``quantize_with_accuracy_control`` exists for OpenVINO only, reverts OpenVINO ops whose names do not map back to the
@@ -42,6 +43,7 @@ class MixedPrecisionConfig(StrictModel):
     samples: int = Field(default=300, ge=16)       # inputs the ranking and the search are measured on
     max_groups: int = Field(default=12, ge=1)      # candidate layer groups ranked
     always_rank: bool = False                      # rank (and record) even when all-INT8 already meets max_drop
+    max_tries: int = Field(default=16, ge=1)       # exports after the ranking stops adding candidates per step
 
 
 def top1_scorer(reference: list[np.ndarray], labels: np.ndarray | None = None) -> tuple[str, ScoreFn]:
@@ -120,17 +122,34 @@ class _Trial:
         return moved
 
 
-def _revert_until_met(trial: _Trial, ranking: list[dict[str, Any]], base: float, fp32_score: float,
-                      mp: MixedPrecisionConfig, metric: str, backend: str, log: Callable[[str], None]) -> list[str]:
-    """Most sensitive group first, one more each time, until the drop is within the limit; ExportError if never."""
-    reverted: list[str] = []
-    best: tuple[float, list[str]] = (base, [])
-    for r in ranking:
-        reverted.append(r["group"])
-        s = r["score"] if len(reverted) == 1 else trial(reverted)
-        best = max(best, (s, list(reverted)), key=lambda b: (b[0], -len(b[1])))
-        log(f"{backend}: {len(reverted)} group(s) float ({', '.join(reverted)}): drop {fp32_score - s:.2f} pt")
-        if fp32_score - s <= mp.max_drop:
+def _revert_until_met(trial: _Trial, ranking: list[dict[str, Any]], order: list[str], base: float,
+                      fp32_score: float, mp: MixedPrecisionConfig, metric: str, backend: str,
+                      log: Callable[[str], None]) -> list[str]:
+    """Greedy and cumulative: start from the most sensitive group; each step tries adding each model-order neighbour
+    of the groups already float plus the next group of the ranking, and keeps the best, until the drop is within the
+    limit. Why not one at a time down the ranking: sensitivities interact (an outlier channel between two groups is
+    fixed only when both its producer and its consumers are float, and either alone gains nothing), and neighbours
+    are where such pairs sit. A few tries a step (one once ``mp.max_tries`` is spent); ExportError if never."""
+    met = [r for r in ranking if fp32_score - r["score"] <= mp.max_drop]
+    if met:   # one group alone is enough: the most sensitive of those (the ranking is sorted by gain)
+        log(f"{backend}: 1 group float ({met[0]['group']}): drop {fp32_score - met[0]['score']:.2f} pt")
+        return [met[0]["group"]]
+    if not ranking:
+        reverted, score = [], base
+    else:
+        reverted, score = [ranking[0]["group"]], ranking[0]["score"]
+    best: tuple[float, list[str]] = (score, list(reverted))
+    index = {g: i for i, g in enumerate(order)}
+    while len(reverted) < len(ranking):
+        rest = [r["group"] for r in ranking if r["group"] not in reverted]
+        near = [g for g in rest if any(abs(index[g] - index[r]) == 1 for r in reverted)]
+        candidates = list(dict.fromkeys(near + rest[:1]))
+        candidates = candidates[:max(1, mp.max_tries - trial.count)]
+        score, group = max(((trial([*reverted, g]), g) for g in candidates), key=lambda t: t[0])
+        reverted.append(group)
+        best = max(best, (score, list(reverted)), key=lambda b: (b[0], -len(b[1])))
+        log(f"{backend}: {len(reverted)} group(s) float ({', '.join(reverted)}): drop {fp32_score - score:.2f} pt")
+        if fp32_score - score <= mp.max_drop:
             return reverted
     raise ExportError(backend.split("-")[0], f"no number of float layer groups meets max_drop {mp.max_drop:g}: "
                       f"all-INT8 drops {fp32_score - base:.2f} pt of {metric}; the best of {trial.count} tries "
@@ -183,7 +202,8 @@ def search(family: str, exporter: Exporter, model: torch.nn.Module, example: tup
             log(f"{backend}: sensitivity ({metric} gained when the group alone stays float): "
                 + ", ".join(f"{r['group']} {r['gain']:+.2f}" for r in ranking))
             if drop > mp.max_drop:
-                reverted = _revert_until_met(trial, ranking, base, fp32_score, mp, metric, backend, log)
+                reverted = _revert_until_met(trial, ranking, groups, base, fp32_score, mp, metric, backend,
+                                             log)
         record.update(reverted=reverted, tries=trial.count, seconds=round(time.perf_counter() - start, 1), met=True,
                       final_score=trial(reverted))
         record["drop"] = fp32_score - record["final_score"]

@@ -25,10 +25,10 @@ def test_layer_groups_cover_every_weighted_layer_within_the_budget() -> None:
 
 def test_top1_scorer_uses_labels_else_agreement_with_the_parent() -> None:
     ref = np.eye(4, dtype=np.float32)
-    name, fn = top1_scorer(ref, np.array([0, 1, 2, 0]))
-    assert name == "top1" and fn(ref) == 75.0
-    name, fn = top1_scorer(ref)
-    assert name == "top1_agreement" and fn(ref) == 100.0 and fn(ref[::-1].copy()) == 0.0
+    name, fn = top1_scorer([ref], np.array([0, 1, 2, 0]))
+    assert name == "top1" and fn([ref]) == 75.0
+    name, fn = top1_scorer([ref])
+    assert name == "top1_agreement" and fn([ref]) == 100.0 and fn([ref[::-1].copy()]) == 0.0
 
 
 def test_search_says_so_when_no_number_of_float_groups_meets_the_limit() -> None:
@@ -42,8 +42,33 @@ def test_search_says_so_when_no_number_of_float_groups_meets_the_limit() -> None
     ranking = [{"group": g, "score": 91.0, "gain": 1.0} for g in ("a", "b", "c")]
     msg = r"no number of float layer groups meets max_drop 1: .*\(3 of 3 groups float: a, b, c\) still drops 6.00"
     with pytest.raises(ExportError, match=msg):
-        _revert_until_met(Trial(), ranking, 90.0, 99.0, MixedPrecisionConfig(max_drop=1.0), "top1", "onnx-int8",
-                          lambda _: None)
+        _revert_until_met(Trial(), ranking, ["a", "b", "c"], 90.0, 99.0, MixedPrecisionConfig(max_drop=1.0), "top1",
+                          "onnx-int8", lambda _: None)
+
+
+def test_search_finds_a_pair_that_only_helps_together_within_its_try_budget() -> None:
+    """An outlier between ``stem`` and ``block1``: either alone gains nothing, both float recover it. Walking the
+    ranking one group at a time would add the noise-ranked ``fc`` and ``block3`` first; the neighbour step finds the
+    pair."""
+    order = ["stem", "block1", "block2", "block3", "fc"]
+
+    class Trial:
+        count = 0
+        tried: list[list[str]] = []
+
+        def __call__(self, keep: list[str]) -> float:
+            self.count += 1
+            self.tried.append(list(keep))
+            return 99.0 if {"stem", "block1"} <= set(keep) else 90.0 + 0.1 * len(keep)
+
+    ranking = [{"group": g, "score": s, "gain": s - 90.0}
+               for g, s in (("block1", 90.2), ("fc", 90.1), ("block3", 90.05), ("stem", 90.0), ("block2", 90.0))]
+    trial = Trial()
+    trial.count = len(ranking) + 1
+    chosen = _revert_until_met(trial, ranking, order, 90.0, 99.0, MixedPrecisionConfig(max_drop=1.0), "top1",
+                               "onnx-int8", lambda _: None)
+    assert chosen == ["block1", "stem"]
+    assert len(trial.tried) <= 3
 
 
 @pytest.mark.onnx

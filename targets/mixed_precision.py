@@ -35,6 +35,7 @@ from targets.schema import StrictModel
 ScoreFn = Callable[[list[np.ndarray]], float]      # outputs -> metric in points (x100 for fractions), higher = better
 Inputs = dict[str, np.ndarray]
 Exporter = Callable[..., Artifact]
+Simulator = Callable[..., Callable[[Inputs], list[np.ndarray]]]   # (model, example, calib, cfg) -> run(inputs)
 _WEIGHTED = (torch.nn.Conv1d, torch.nn.Conv2d, torch.nn.Conv3d, torch.nn.Linear, torch.nn.ConvTranspose2d)
 
 
@@ -91,13 +92,27 @@ class _Trial:
     """Exports and scores one keep_float set in the backend's runtime; remembers every result."""
 
     def __init__(self, exporter: Exporter, model: torch.nn.Module, example: tuple[torch.Tensor, ...],
-                 calib: Any, cfg: ExportConfig, x: Inputs, score: ScoreFn, workdir: Path) -> None:
+                 calib: Any, cfg: ExportConfig, x: Inputs, score: ScoreFn, workdir: Path,
+                 simulate: Simulator | None = None) -> None:
         self.exporter, self.model, self.example, self.calib, self.cfg = exporter, model, example, calib, cfg
-        self.x, self.score, self.workdir = x, score, workdir
+        self.x, self.score, self.workdir, self.simulate = x, score, workdir, simulate
         self.count = 0
         self.artifacts: dict[tuple[str, ...], tuple[Artifact, float]] = {}
+        self.simulated: dict[tuple[str, ...], float] = {}
 
     def __call__(self, keep: list[str]) -> float:
+        """The score of ``keep`` in float: simulated where the backend offers it (ranking and search), else exported
+        and run in the backend's runtime."""
+        key = tuple(sorted(set(self.cfg.keep_float) | set(keep)))
+        if self.simulate is None:
+            return self.runtime(keep)
+        if key not in self.simulated:
+            self.count += 1
+            cfg = self.cfg.model_copy(update={"keep_float": list(key)})
+            self.simulated[key] = self.score(self.simulate(self.model, self.example, self.calib, cfg)(self.x))
+        return self.simulated[key]
+
+    def runtime(self, keep: list[str]) -> float:
         key = tuple(sorted(set(self.cfg.keep_float) | set(keep)))
         if key in self.artifacts:
             return self.artifacts[key][1]
@@ -162,11 +177,13 @@ def search(family: str, exporter: Exporter, model: torch.nn.Module, example: tup
            calib: Any, cfg: ExportConfig, out_dir: Path, x: Inputs | np.ndarray,
            reference: list[np.ndarray] | np.ndarray,
            mp: MixedPrecisionConfig, score: tuple[str, ScoreFn] | None = None, labels: np.ndarray | None = None,
-           log: Callable[[str], None] = print) -> Artifact:
+           log: Callable[[str], None] = print, simulate: Simulator | None = None) -> Artifact:
     """Export ``cfg`` (INT8) with the fewest float layer groups that keep the metric within ``mp.max_drop`` of the
     FP32 parent (``reference`` = its outputs on ``x``); the ranking and the choice go into the artifact's metadata.
 
-    Raises ExportError when even every group in float misses the limit, saying by how much.
+    ``simulate`` (the exporter module's own, where it has one: TFLite) scores tries without a full conversion; the
+    all-INT8 score and the final choice are still measured in the backend's runtime, and a choice that misses there
+    raises. Raises ExportError when even every group in float misses the limit, saying by how much.
     """
     backend = f"{family}-int8"
     feeds = {"input": x} if isinstance(x, np.ndarray) else x
@@ -180,14 +197,20 @@ def search(family: str, exporter: Exporter, model: torch.nn.Module, example: tup
     record: dict[str, Any] = {"metric": metric, "samples": n, "max_drop": mp.max_drop, "fp32_score": fp32_score,
                               "measured_in": "the backend's own runtime"}
     with tempfile.TemporaryDirectory(prefix=".mixed-", dir=out_dir) as tmp:
-        trial = _Trial(exporter, model, example, calib, cfg, feeds, fn, Path(tmp))
-        base = trial([])
+        trial = _Trial(exporter, model, example, calib, cfg, feeds, fn, Path(tmp), simulate)
+        if simulate is not None:
+            record["measured_in"] = "ranking and search simulated in torch (the exporter's own quantizer); all-INT8 " \
+                                    "and the final choice in the backend's runtime"
+        base = trial.runtime([])
         record["int8_score"] = base
         drop = fp32_score - base
         log(f"{backend}: all-INT8 {metric} {base:.2f} vs FP32 {fp32_score:.2f} (drop {drop:.2f} pt, limit "
             f"{mp.max_drop:g}) on {n} samples")
         reverted: list[str] = []
         if drop > mp.max_drop or mp.always_rank:
+            rank_base = trial([])   # the same scale the ranking is measured on (simulated where it is)
+            if simulate is not None:
+                log(f"{backend}: all-INT8 simulated {rank_base:.2f} vs runtime {base:.2f}")
             groups = layer_groups(model, mp.max_groups)
             ranking = []
             for g in groups:
@@ -196,7 +219,7 @@ def search(family: str, exporter: Exporter, model: torch.nn.Module, example: tup
                 except ExportError as exc:  # a group this backend cannot name stays out of the running
                     log(f"{backend}: group {g} skipped ({exc.message})")
                     continue
-                ranking.append({"group": g, "score": s, "gain": s - base})
+                ranking.append({"group": g, "score": s, "gain": s - rank_base})
             ranking.sort(key=lambda r: -r["gain"])
             record["ranking"] = ranking
             log(f"{backend}: sensitivity ({metric} gained when the group alone stays float): "
@@ -204,9 +227,15 @@ def search(family: str, exporter: Exporter, model: torch.nn.Module, example: tup
             if drop > mp.max_drop:
                 reverted = _revert_until_met(trial, ranking, groups, base, fp32_score, mp, metric, backend,
                                              log)
+        final = trial.runtime(reverted)
         record.update(reverted=reverted, tries=trial.count, seconds=round(time.perf_counter() - start, 1), met=True,
-                      final_score=trial(reverted))
-        record["drop"] = fp32_score - record["final_score"]
+                      final_score=final)
+        record["drop"] = fp32_score - final
+        if record["drop"] > mp.max_drop:
+            raise ExportError(family, f"the layer groups chosen in simulation ({', '.join(reverted) or 'none'}) drop "
+                              f"{record['drop']:.2f} pt of {metric} in the runtime, over max_drop {mp.max_drop:g}",
+                              hint="raise quantize.max_drop, keep more layers float (keep_float), or use "
+                                   "quantize.mode: qat")
         art = trial.adopt(reverted, Path(out_dir))
     log(f"{backend}: kept in float: {', '.join(reverted) or 'nothing'}; {metric} {record['final_score']:.2f} "
         f"(drop {record['drop']:.2f} pt) after {record['tries']} tries in {record['seconds']:.0f}s")

@@ -39,6 +39,36 @@ def _aten_name(node: torch.fx.Node) -> str:
     return name.replace("::", ".").split(".")[1] if "." in name.replace("::", ".") else name
 
 
+_FUSED_FOLLOWERS = {"batch_norm", "_native_batch_norm_legit_no_training", "getitem", "relu", "relu_", "hardtanh",
+                    "hardtanh_", "relu6"}
+
+
+def _drop_orphaned_shared_specs(model: torch.fx.GraphModule) -> None:
+    """Unannotate, until nothing changes, every node whose shared quantization spec points at a node left float: a
+    conv kept float while its fused batch norm / ReLU (annotated as one pattern) shares the conv's output spec would
+    otherwise fail in prepare_pt2e with a bare ``KeyError: conv2d``."""
+    from torchao.quantization.pt2e.quantizer import SharedQuantizationSpec
+
+    def refers_to_float(spec: Any) -> bool:
+        if not isinstance(spec, SharedQuantizationSpec):
+            return False
+        ref = spec.edge_or_node
+        nodes = ref if isinstance(ref, tuple) else (ref,)
+        return any("quantization_annotation" not in n.meta for n in nodes)
+
+    changed = True
+    while changed:
+        changed = False
+        for node in model.graph.nodes:
+            ann = node.meta.get("quantization_annotation")
+            if ann is None:
+                continue
+            specs = [ann.output_qspec, *ann.input_qspec_map.values()]
+            if any(refers_to_float(s) for s in specs):
+                node.meta.pop("quantization_annotation")
+                changed = True
+
+
 def _keep_float_quantizer(base: type, graph: torch.fx.GraphModule, keep_float: list[str],
                           keep_ops: list[str] | None = None) -> Any:
     """litert-torch's PT2EQuantizer with the ``keep_float`` layers left unannotated, so they stay float between a
@@ -59,11 +89,21 @@ def _keep_float_quantizer(base: type, graph: torch.fx.GraphModule, keep_float: l
     class KeepFloat(base):  # type: ignore[misc, valid-type]
         def annotate(self, model: torch.fx.GraphModule) -> torch.fx.GraphModule:
             model = super().annotate(model)
+            floated = []
             for node in model.graph.nodes:
                 op = _aten_name(node) if node.op == "call_function" else ""
                 if kept.intersection(module_paths(node)) or op in float_ops \
                         or (only_weights and node.op == "call_function" and op not in _WEIGHT_OPS):
                     node.meta.pop("quantization_annotation", None)
+                    floated.append(node)
+            # a kept conv's fused batch norm and activation (one pattern, one output quantizer) stay float with it
+            while floated:
+                for user in floated.pop().users:
+                    if user.op == "call_function" and _aten_name(user) in _FUSED_FOLLOWERS \
+                            and "quantization_annotation" in user.meta:
+                        user.meta.pop("quantization_annotation")
+                        floated.append(user)
+            _drop_orphaned_shared_specs(model)
             return model
 
     return KeepFloat()

@@ -46,13 +46,14 @@ def _naive(kind: str, fp32: Artifact, calib: np.ndarray, out_dir: Path) -> Artif
     """What a user gets from ORT's own entry points with default arguments."""
     from onnxruntime.quantization import quantize_dynamic, quantize_static
 
+    from targets._export_common import calib_samples
     from targets.export_onnx import _CalibReader
 
     out = out_dir / f"naive.{kind}.onnx"
     if kind == "ort-dynamic":
         quantize_dynamic(fp32.path, str(out))
     else:
-        quantize_static(fp32.path, str(out), _CalibReader(calib, "input"))
+        quantize_static(fp32.path, str(out), _CalibReader(calib_samples(calib, ["input"], len(calib))))
     return Artifact.from_files(out, backend="onnx", precision="int8", produced_by=kind)
 
 

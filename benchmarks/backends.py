@@ -153,7 +153,7 @@ def run_model(name: str, contenders: list[str], args: argparse.Namespace) -> lis
         sessions = {c: bench.load(a.path, a.backend, args.threads) for c, (a, _) in arts.items()}
         agree = {}
         for c, s in sessions.items():
-            out = bench.predict(s, calib[:args.check])
+            out = bench.predict(s, calib[:args.check])[0]   # predict returns every output; logits first
             agree[c] = float((out.argmax(1) == ref.argmax(1)).mean())
         samples = _interleaved({c: s.run for c, s in sessions.items()}, calib, args.rounds, args.iters, args.warmup,
                                args.settle, args.gap)

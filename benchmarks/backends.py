@@ -46,13 +46,14 @@ def _naive(kind: str, fp32: Artifact, calib: np.ndarray, out_dir: Path) -> Artif
     """What a user gets from ORT's own entry points with default arguments."""
     from onnxruntime.quantization import quantize_dynamic, quantize_static
 
+    from targets._export_common import calib_samples
     from targets.export_onnx import _CalibReader
 
     out = out_dir / f"naive.{kind}.onnx"
     if kind == "ort-dynamic":
         quantize_dynamic(fp32.path, str(out))
     else:
-        quantize_static(fp32.path, str(out), _CalibReader(calib, "input"))
+        quantize_static(fp32.path, str(out), _CalibReader(calib_samples(calib, ["input"], len(calib))))
     return Artifact.from_files(out, backend="onnx", precision="int8", produced_by=kind)
 
 
@@ -152,7 +153,7 @@ def run_model(name: str, contenders: list[str], args: argparse.Namespace) -> lis
         sessions = {c: bench.load(a.path, a.backend, args.threads) for c, (a, _) in arts.items()}
         agree = {}
         for c, s in sessions.items():
-            out = bench.predict(s, calib[:args.check])
+            out = bench.predict(s, calib[:args.check])[0]   # predict returns every output; logits first
             agree[c] = float((out.argmax(1) == ref.argmax(1)).mean())
         samples = _interleaved({c: s.run for c, s in sessions.items()}, calib, args.rounds, args.iters, args.warmup,
                                args.settle, args.gap)

@@ -38,7 +38,7 @@ from pipeline.stages.common import example_from
 from pipeline.stages.train import resolve_device
 from pipeline.store import Store, open_store
 from pipeline.task import TaskContext, build_context, stage_plan
-from targets import export_order, get_exporter, parse_backend, requires
+from targets import export_order, get_exporter, get_simulator, parse_backend, requires
 from targets.artifact import Artifact, atomic_write_bytes, atomic_write_json
 from targets.artifact_trust import artifact_for_bench
 from targets.device import benchmark, push_inputs, remove_inputs
@@ -131,7 +131,7 @@ def _export_one(name: str, family: str, result: StagesResult, example: tuple[Any
 
         mp = MixedPrecisionConfig(**mixed)
         return search(family, get_exporter(family), result.model, example, calib, cfg, out_dir, ctx.inputs, ref, mp,
-                      score=_points_scorer(ctx, mp.samples), log=progress.say)
+                      score=_points_scorer(ctx, mp.samples), log=progress.say, simulate=get_simulator(family))
     return get_exporter(family)(result.model, example, calib, cfg, out_dir)
 
 

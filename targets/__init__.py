@@ -91,6 +91,12 @@ def get_exporter(family: str) -> Callable[..., Any]:
     return getattr(module, func)
 
 
+def get_simulator(family: str) -> Callable[..., Any] | None:
+    """The exporter module's ``simulate`` (the INT8 program run in torch, for a fast mixed-precision search), or None
+    where the runtime is cheap enough to export every try (ONNX, OpenVINO)."""
+    return getattr(importlib.import_module(EXPORTERS[family].split(":")[0]), "simulate", None)
+
+
 def installed(module: str) -> str | None:
     """The installed version of the distribution that provides ``module`` ("unknown" without one), or None when the
     module is not importable here; found without importing it (openvino or litert take seconds to import)."""

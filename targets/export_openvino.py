@@ -63,19 +63,43 @@ def _convert(model: torch.nn.Module, example_inputs: tuple[torch.Tensor, ...],
     return ov_model
 
 
-def _ignored_scope(ov_model: Any, keep_float: list[str]) -> Any:
-    """NNCF IgnoredScope for torch layer names: OpenVINO's torch frontend names ops ``__module.<path>/aten::...``."""
-    import nncf
+_MODULE = re.compile(r"__module\.([^/]+)/")
 
+
+def _module_paths(ov_model: Any) -> dict[str, str]:
+    """Friendly name -> torch module path for every non-constant op. OpenVINO's torch frontend names ops
+    ``__module.<path>/aten::...``, but a convolution fused with its batch norm comes out as an unnamed
+    ``Multiply_NNNN``: such an op inherits the path of its first named consumer (the batch norm's Add), so keeping a
+    module in float keeps its BN-folded convolutions, and with them their input quantizers, in float too."""
+    ops = [op for op in ov_model.get_ordered_ops() if op.get_type_name() not in ("Constant", "Parameter", "Result")]
+    paths: dict[str, str] = {}
+    for op in reversed(ops):
+        name = op.get_friendly_name()
+        m = _MODULE.match(name)
+        if m:
+            paths[name] = m.group(1)
+            continue
+        for out in op.outputs():
+            consumer = next((t.get_node().get_friendly_name() for t in out.get_target_inputs()
+                             if t.get_node().get_friendly_name() in paths), None)
+            if consumer is not None:
+                paths[name] = paths[consumer]
+                break
+    return paths
+
+
+def _ignored_scope(ov_model: Any, keep_float: list[str]) -> list[str]:
+    """Exact op names (NNCF ``IgnoredScope(names=...)``) of every op under the kept torch modules, BN-folded
+    convolutions included (see ``_module_paths``)."""
     if not keep_float:
-        return None
-    names = [op.get_friendly_name() for op in ov_model.get_ordered_ops()]
-    patterns = {layer: rf"__module\.{re.escape(layer)}[./].*" for layer in keep_float}
-    missing = [layer for layer, pat in patterns.items() if not any(re.fullmatch(pat, n) for n in names)]
+        return []
+    paths = _module_paths(ov_model)
+    chosen = {layer: [n for n, p in paths.items() if p == layer or p.startswith(f"{layer}.")] for layer in keep_float}
+    missing = [layer for layer, names in chosen.items() if not names]
     if missing:
         raise keep_float_not_found("openvino", missing, "; a conv fused with its batch norm is named after the "
                                    "batch norm")
-    return nncf.IgnoredScope(patterns=list(patterns.values()))
+    return sorted({n for names in chosen.values() for n in names})
 
 
 def _quantize(ov_model: Any, calib: Any, cfg: ExportConfig) -> tuple[Any, dict[str, Any]]:
@@ -91,10 +115,9 @@ def _quantize(ov_model: Any, calib: Any, cfg: ExportConfig) -> tuple[Any, dict[s
     types = {op.get_type_name() for op in ov_model.get_ops()}
     transformer = "MatMul" in types and bool({"SoftMax", "Softmax"} & types)
     preset = nncf.QuantizationPreset.PERFORMANCE if cfg.ov_preset == "performance" else nncf.QuantizationPreset.MIXED
-    scope = _ignored_scope(ov_model, cfg.keep_float)
+    ignored = _ignored_scope(ov_model, cfg.keep_float)
     ops = [t for o in cfg.keep_float_ops or [] for t in _OV_OPS.get(o, [o]) if t in types]
-    if ops:
-        scope = nncf.IgnoredScope(patterns=list(scope.patterns) if scope else [], types=ops)
+    scope = nncf.IgnoredScope(names=ignored, types=ops) if ignored or ops else None
     plan = {"transformer": transformer, "keep_float_ops": list(cfg.keep_float_ops or [])}
     kwargs: dict[str, Any] = {"model_type": nncf.ModelType.TRANSFORMER} if transformer else {}
     try:

@@ -39,6 +39,36 @@ def _aten_name(node: torch.fx.Node) -> str:
     return name.replace("::", ".").split(".")[1] if "." in name.replace("::", ".") else name
 
 
+_FUSED_FOLLOWERS = {"batch_norm", "_native_batch_norm_legit_no_training", "getitem", "relu", "relu_", "hardtanh",
+                    "hardtanh_", "relu6"}
+
+
+def _drop_orphaned_shared_specs(model: torch.fx.GraphModule) -> None:
+    """Unannotate, until nothing changes, every node whose shared quantization spec points at a node left float: a
+    conv kept float while its fused batch norm / ReLU (annotated as one pattern) shares the conv's output spec would
+    otherwise fail in prepare_pt2e with a bare ``KeyError: conv2d``."""
+    from torchao.quantization.pt2e.quantizer import SharedQuantizationSpec
+
+    def refers_to_float(spec: Any) -> bool:
+        if not isinstance(spec, SharedQuantizationSpec):
+            return False
+        ref = spec.edge_or_node
+        nodes = ref if isinstance(ref, tuple) else (ref,)
+        return any("quantization_annotation" not in n.meta for n in nodes)
+
+    changed = True
+    while changed:
+        changed = False
+        for node in model.graph.nodes:
+            ann = node.meta.get("quantization_annotation")
+            if ann is None:
+                continue
+            specs = [ann.output_qspec, *ann.input_qspec_map.values()]
+            if any(refers_to_float(s) for s in specs):
+                node.meta.pop("quantization_annotation")
+                changed = True
+
+
 def _keep_float_quantizer(base: type, graph: torch.fx.GraphModule, keep_float: list[str],
                           keep_ops: list[str] | None = None) -> Any:
     """litert-torch's PT2EQuantizer with the ``keep_float`` layers left unannotated, so they stay float between a
@@ -59,11 +89,21 @@ def _keep_float_quantizer(base: type, graph: torch.fx.GraphModule, keep_float: l
     class KeepFloat(base):  # type: ignore[misc, valid-type]
         def annotate(self, model: torch.fx.GraphModule) -> torch.fx.GraphModule:
             model = super().annotate(model)
+            floated = []
             for node in model.graph.nodes:
                 op = _aten_name(node) if node.op == "call_function" else ""
                 if kept.intersection(module_paths(node)) or op in float_ops \
                         or (only_weights and node.op == "call_function" and op not in _WEIGHT_OPS):
                     node.meta.pop("quantization_annotation", None)
+                    floated.append(node)
+            # a kept conv's fused batch norm and activation (one pattern, one output quantizer) stay float with it
+            while floated:
+                for user in floated.pop().users:
+                    if user.op == "call_function" and _aten_name(user) in _FUSED_FOLLOWERS \
+                            and "quantization_annotation" in user.meta:
+                        user.meta.pop("quantization_annotation")
+                        floated.append(user)
+            _drop_orphaned_shared_specs(model)
             return model
 
     return KeepFloat()
@@ -114,6 +154,34 @@ def _quantized_program(model: torch.nn.Module, example_inputs: tuple[torch.Tenso
     for module in converted.modules():
         module.training = False
     return converted, QuantConfig(pt2e_quantizer=quantizer)
+
+
+def simulate(model: torch.nn.Module, example_inputs: tuple[torch.Tensor, ...], calib: Any,
+             cfg: ExportConfig) -> Any:
+    """The INT8 program exactly as ``export`` quantizes it (same quantizer, keep_float and calibration), run in torch
+    with its quantize/dequantize pairs, 64 samples a call: what the mixed-precision search ranks with, because a
+    LiteRT conversion costs about a minute a try on 2 cores and this costs seconds. The search checks its final
+    choice in LiteRT itself."""
+    program, _ = _quantized_program(model, example_inputs, calib, cfg)
+    names = list(cfg.input_names) or (["input"] if len(example_inputs) == 1
+                                      else [f"input{i}" for i in range(len(example_inputs))])
+
+    def run(feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+        n = len(next(iter(feeds.values())))
+        outs: list[list[np.ndarray]] = []
+        with torch.no_grad():
+            for i in range(0, n, 64):
+                try:
+                    got = program(*(torch.from_numpy(np.ascontiguousarray(feeds[k][i:i + 64])) for k in names))
+                except Exception:  # noqa: BLE001 - a batch-specialised graph: one sample a call
+                    got = [program(*(torch.from_numpy(feeds[k][j:j + 1]) for k in names))
+                           for j in range(i, min(n, i + 64))]
+                    got = [torch.cat([g[o] if isinstance(g, (tuple, list)) else g for g in got])
+                           for o in range(len(got[0]) if isinstance(got[0], (tuple, list)) else 1)]
+                outs.append([t.numpy() for t in (got if isinstance(got, (tuple, list)) else [got])])
+        return [np.concatenate([o[j] for o in outs]) for j in range(len(outs[0]))]
+
+    return run
 
 
 def _convert(model: torch.nn.Module, example_inputs: tuple[torch.Tensor, ...], calib: Any,

@@ -44,7 +44,7 @@ class QuantConfig(StrictModel):
     bn_train: bool = False                                         # qat: False keeps BN on running statistics
     simulate: bool = True                                          # measure fake-quant accuracy in the stage record
     # Accuracy-aware mixed precision (targets/mixed_precision.py), per INT8 backend in its own runtime: revert the
-    # most sensitive layer groups to float, one at a time, until the metric is within max_drop of the FP32 parent.
+    # most sensitive layer groups to float, greedily (neighbours first), until the metric is within max_drop of FP32.
     auto_keep_float: bool = False
     max_drop: float = Field(default=1.0, ge=0)                     # points below the FP32 parent (auto_keep_float)
     sensitivity_samples: int = Field(default=300, ge=16)           # eval inputs the search measures on

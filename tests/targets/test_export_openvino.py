@@ -102,4 +102,26 @@ def test_openvino_fp16_stores_half_weights_and_asks_the_plugin_for_f16_compute(s
     # what the plugin used, read back: bf16 on this AVX512-BF16 host, f32 on CPUs with no half-precision path
     assert session.io["precision_hint"] in ("f16", "bf16", "f32")
     assert bench.load(fp32.path, "openvino", 1).io["precision_requested"] == "f32"
-    assert session.run({session.input_names[0]: x[:1]})[0].shape == (1, 10)
+    assert session.run(x[:1])[0].shape == (1, 10)
+
+
+def test_openvino_keep_float_runs_a_bn_folded_conv_in_f32(tmp_path):
+    """The torch frontend names a conv fused with its batch norm ``Multiply_NNNN``; keeping its module in float must
+    keep that conv (and its input quantizer) out of INT8, as the CPU plugin's runtime model shows."""
+    import numpy as np
+    import torch
+    from torch import nn
+
+    from targets.op_report import openvino_ops
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Sequential(nn.Conv2d(1, 8, 3, bias=False), nn.BatchNorm2d(8), nn.ReLU()),
+                          nn.Sequential(nn.Conv2d(8, 8, 3, bias=False), nn.BatchNorm2d(8), nn.ReLU())).eval()
+    calib = np.random.default_rng(0).normal(size=(16, 1, 12, 12)).astype(np.float32)
+    ex = (torch.zeros(1, 1, 12, 12),)
+    floats = {}
+    for keep in ([], ["1"]):
+        art = export(model, ex, calib, ExportConfig(name="bn", precision="int8", keep_float=keep,
+                                                    calib_samples=16), tmp_path / (keep[0] if keep else "all"))
+        floats[tuple(keep)] = openvino_ops(art.path)["float_by_type"].get("Convolution", 0)
+    assert floats[()] == 0 and floats[("1",)] == 1, floats

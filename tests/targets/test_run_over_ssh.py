@@ -60,6 +60,6 @@ def test_any_model_example_runs_over_ssh_with_outputs_scored_on_the_host(sshd, t
         assert not a.get("error") and a["metric"]["name"] == metric and a["latency_ms"]["n"] >= 20
         assert (out / "outputs" / f"{a['name']}.npz").is_file()      # raw outputs came back and were scored here
     log = (out / "run.log").read_text()
-    assert log.count("send eval inputs to board") == 1
+    assert log.count("start: send eval inputs to board") == 1
     leftovers = [p.name for p in (tmp_path / "work").iterdir()] if (tmp_path / "work").exists() else []
     assert not [n for n in leftovers if n.startswith(("job", "inputs-"))], leftovers

@@ -43,7 +43,7 @@ def test_runner_quantizes_int8_tflite_inputs_with_the_tensor_scale_and_zero_poin
 
     art = tiny.artifact("tflite", "int8")
     session = bench.load(art.path, "tflite", 1)
-    out = bench.predict(session, tiny.x)
+    out = bench.predict(session, tiny.x)[0]
     # the same model driven by hand with the tensors' own quantization parameters gives the same numbers
     interp = Interpreter(model_path=art.path)
     interp.allocate_tensors()
@@ -71,9 +71,12 @@ def test_runner_cli_reports_int8_tflite_accuracy_equal_to_in_process_predictions
     labels = tiny.ref.argmax(1)
     np.savez(tmp_path / "in.npz", x=tiny.x, y=labels)
     rec = _run_runner(tmp_path, "--artifact", art.path, "--threads", "1", "--warmup", "2", "--min-iterations", "20",
-                      "--min-seconds", "0", "--inputs", str(tmp_path / "in.npz"))
-    in_process = (bench.predict(bench.load(art.path, "tflite", 1), tiny.x).argmax(1) == labels).mean()
-    assert rec["rc"] == 0 and rec["accuracy"] == pytest.approx(in_process)
+                      "--min-seconds", "0.05", "--inputs", str(tmp_path / "in.npz"), "--outputs",
+                      str(tmp_path / "out.npz"))
+    in_process = (bench.predict(bench.load(art.path, "tflite", 1), tiny.x)[0].argmax(1) == labels).mean()
+    with np.load(tmp_path / "out.npz") as out:
+        on_runner = (out["out0"].argmax(1) == labels).mean()
+    assert rec["rc"] == 0 and on_runner == pytest.approx(in_process)
     assert rec["io"]["input_dtype"] == "int8" and rec["latency_ms"]["n"] >= 20
 
 
@@ -89,7 +92,7 @@ def test_runner_casts_float32_inputs_for_a_float16_onnx_model(tmp_path):
     path = tmp_path / "half.onnx"
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
     session = bench.load(str(path), "onnx", 1)
-    out = session.run(np.array([[0.5, 1.0, -3.0, 8.0]], np.float32))
+    out = session.run(np.array([[0.5, 1.0, -3.0, 8.0]], np.float32))[0]
     assert out.dtype == np.float32
     np.testing.assert_allclose(out, [[1.0, 2.0, -6.0, 16.0]])
 
@@ -110,7 +113,7 @@ def test_runner_falls_back_to_tflite_runtime_when_ai_edge_litert_is_absent(tiny,
     from ai_edge_litert.interpreter import Interpreter
 
     art = tiny.artifact("tflite", "int8")
-    expected = bench.predict(bench.load(art.path, "tflite", 1), tiny.x)
+    expected = bench.predict(bench.load(art.path, "tflite", 1), tiny.x)[0]
     shim, shim_interp = types.ModuleType("tflite_runtime"), types.ModuleType("tflite_runtime.interpreter")
     shim.__version__, shim_interp.Interpreter = "2.x-test", Interpreter
     shim.interpreter = shim_interp
@@ -120,4 +123,4 @@ def test_runner_falls_back_to_tflite_runtime_when_ai_edge_litert_is_absent(tiny,
     monkeypatch.setitem(sys.modules, "tflite_runtime.interpreter", shim_interp)
     session = bench.load(art.path, "tflite", 1)
     assert (session.runtime, session.version) == ("tflite_runtime", "2.x-test")
-    np.testing.assert_array_equal(bench.predict(session, tiny.x), expected)
+    np.testing.assert_array_equal(bench.predict(session, tiny.x)[0], expected)

@@ -98,14 +98,17 @@ def test_benchmark_returns_valid_record_when_onnx_runs_over_ssh(profile, tmp_pat
     x = np.random.default_rng(1).standard_normal((10, 16)).astype(np.float32)
     inputs = tmp_path / "inputs.npz"
     np.savez(inputs, x=x, y=np.zeros(10, np.int64))
-    record = benchmark(profile, Artifact.from_files(model, backend="onnx", precision="fp32"), inputs)
+    outputs = tmp_path / "outputs.npz"
+    record = benchmark(profile, Artifact.from_files(model, backend="onnx", precision="fp32"), inputs, outputs=outputs)
     lat = record["latency_ms"]
     assert record["valid"] is True, record["invalid_reasons"]
     assert lat["n"] >= profile.bench.min_iterations and 0 < lat["p50"] <= lat["p90"] <= lat["p99"]
     assert record["runtime"].startswith("onnxruntime ")
     assert record["environment"]["providers"] == ["CPUExecutionProvider"]
     assert record["environment"]["threads"] == 1 and record["environment"]["kernel"]
-    assert set(record["state"]) == {"before", "after"} and "accuracy" in record
+    assert set(record["state"]) == {"before", "after"} and record["outputs"]["n"] == 10
+    with np.load(outputs) as out:   # the raw outputs came back over SFTP for the host to score
+        assert out["out0"].shape[0] == 10
     assert workdir_entries(profile) == []  # job folder removed, lock released
 
 

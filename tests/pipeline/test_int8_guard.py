@@ -10,8 +10,8 @@ import pytest
 from pipeline.int8_guard import guard_records
 from pipeline.release import choose
 from pipeline.report import write_report
-from pipeline.run import format_table
 from pipeline.rundir import pick_best
+from pipeline.table import format_table
 from targets.artifact import Artifact, atomic_write_json
 from tests.pipeline.runfolder import make_run
 

@@ -119,8 +119,13 @@ def outranked(art: dict[str, Any], artifacts: list[dict[str, Any]]) -> bool:
     if not guard.get("slower"):
         return False
     parent = next((a for a in artifacts if artifact_name(a) == guard.get("parent")), None)
-    return parent is not None and is_usable(parent) and \
-        float(parent["accuracy"]) >= float(art["accuracy"]) - EQUAL_METRIC
+    if parent is None or not is_usable(parent):
+        return False
+    mine, theirs = metric_value(art), metric_value(parent)
+    if mine is None or theirs is None:
+        return False
+    higher = (art.get("metric") or {}).get("higher_is_better", True)
+    return theirs >= mine - EQUAL_METRIC if higher else theirs <= mine + EQUAL_METRIC
 
 
 def pick_best(artifacts: list[dict[str, Any]]) -> dict[str, Any] | None:

@@ -75,3 +75,24 @@ def test_faster_and_smaller_int8_is_not_flagged() -> None:
     assert guard_records(recs) == []
     assert recs[1]["int8_guard"] == {"parent": "tflite-fp32", "latency_ratio": 0.5, "slower": False,
                                      "size_ratio": 0.25, "bigger": False, "flagged": False}
+
+
+@pytest.mark.parametrize(("name", "higher", "parent", "child", "child_wins"), [
+    ("map50_95", True, 0.70, 0.70, False),     # equal mAP: the slower int8 loses to its parent
+    ("map50_95", True, 0.70, 0.75, True),      # a real gain buys the latency
+    ("mse", False, 0.010, 0.010, False),       # lower is better: equal error, slower int8 loses
+    ("mse", False, 0.010, 0.005, True),        # half the error is a real gain
+    ("mse", False, 0.010, 0.020, False),
+])
+def test_guard_ranks_by_the_task_metric_when_records_carry_no_accuracy(
+        name: str, higher: bool, parent: float, child: float, child_wins: bool) -> None:
+    """Detector and regression summaries have ``metric`` and no ``accuracy``: the guard must read the metric, in
+    its own direction (the CI failure of stop 17 was a KeyError here on a real run folder)."""
+    def rec(prec: str, value: float, p90: float) -> dict:
+        return {"name": f"onnx-{prec}", "backend": "onnx", "precision": prec, "valid": True, "bytes": 100,
+                "metric": {"name": name, "value": value, "higher_is_better": higher},
+                "latency_ms": {"p50": p90, "p90": p90}}
+    arts = [rec("fp32", parent, 0.05), rec("int8", child, 0.09)]
+    guard_records(arts)
+    assert arts[1]["int8_guard"]["slower"] is True
+    assert pick_best(arts)["name"] == ("onnx-int8" if child_wins else "onnx-fp32")

@@ -104,6 +104,25 @@ def _busy_wait(seconds: float) -> None:
         pass
 
 
+def _cpu_isa() -> str:
+    """The CPU model and the SIMD extensions INT8 speed depends on. The INT8/FP32 ratio is a property of the ISA as
+    much as of the exporters: without VNNI (AVX512-VNNI or AVX-VNNI) x86 multiplies u8*s8 with ``vpmaddubsw`` at
+    about twice FP32 throughput at best, so figures from hosts with different extensions are not comparable (the
+    same commit measured 0.294x on an AVX-512 host and 0.54x on an AVX2-only one)."""
+    model, flags = platform.processor() or platform.machine(), set()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name") and ":" in line:
+                model = line.split(":", 1)[1].strip()
+            elif line.startswith(("flags", "Features")) and ":" in line:
+                flags = set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    wanted = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8", "asimd", "asimddp", "i8mm")
+    have = [f for f in wanted if f in flags]
+    return f"{model}; int8-relevant extensions: {', '.join(have) or 'none detected'}"
+
+
 def _interleaved(runs: dict[str, Callable[[np.ndarray], Any]], inputs: np.ndarray, rounds: int, iters: int,
                  warmup: int, settle: int = 2, gap: float = 0.1) -> dict[str, list[float]]:
     names = list(runs)
@@ -241,6 +260,7 @@ def main(argv: list[str] | None = None) -> int:
         print("WARNING: the host was oversubscribed (load above the CPU count): other processes shared the cores, "
               "so the figures are contended; ratios are fairer than absolute times (interleaved), but run again on a "
               "quiet machine for reference numbers")
+    print(f"cpu: {_cpu_isa()}")
     print(f"agree = top-1 agreement with PyTorch on {args.check} random inputs: with random weights and 1000 classes "
           "near-ties are common, so it is a sanity check only; benchmarks/digits_accuracy.py measures accuracy on real "
           "data")

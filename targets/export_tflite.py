@@ -216,7 +216,7 @@ def export(model: torch.nn.Module, example_inputs: tuple[torch.Tensor, ...], cal
         metadata.update(scheme="full-integer int8 (int8 I/O), symmetric, "
                         + ("per-channel" if cfg.per_channel else "per-tensor") + " weights",
                         quantizer="litert_torch PT2EQuantizer",
-                        calibration="the PT2E config's observers (ExportConfig.calibration is onnx-only)",
+                        calibration="the PT2E config's observers (ExportConfig.calibration: onnx and openvino)",
                         calib_samples=int(min(len(calib) if isinstance(calib, np.ndarray)
                                               else min(len(v) for v in calib.values()), cfg.calib_samples)),
                         keep_float=list(cfg.keep_float), keep_float_ops=cfg.keep_float_ops)

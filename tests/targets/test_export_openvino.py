@@ -125,3 +125,92 @@ def test_openvino_keep_float_runs_a_bn_folded_conv_in_f32(tmp_path):
                                                     calib_samples=16), tmp_path / (keep[0] if keep else "all"))
         floats[tuple(keep)] = openvino_ops(art.path)["float_by_type"].get("Convolution", 0)
     assert floats[()] == 0 and floats[("1",)] == 1, floats
+
+
+class _Attention:
+    """A one-block self-attention classifier: two weight MatMuls (qkv, head) and two activation x activation
+    MatMuls (scores, context) -- the shape NNCF's transformer scheme still puts activation quantizers on."""
+
+    @staticmethod
+    def build():
+        import torch
+        from torch import nn
+
+        class Block(nn.Module):
+            def __init__(self) -> None:
+                super().__init__()
+                self.qkv, self.head = nn.Linear(8, 24), nn.Linear(8, 4)
+
+            def forward(self, x):
+                q, k, v = self.qkv(x).chunk(3, -1)
+                att = torch.softmax(q @ k.transpose(1, 2) / 8 ** 0.5, -1)
+                return self.head((att @ v).mean(1))
+
+        torch.manual_seed(0)
+        return Block().eval()
+
+
+def _fq_fed_matmuls(xml: str) -> tuple[int, int]:
+    """(MatMuls with a FakeQuantize on an activation input, MatMuls with no constant input) in a saved IR."""
+    import openvino as ov
+
+    def through(node):
+        while node.get_type_name() in ("Convert", "Reshape", "Transpose", "Unsqueeze"):
+            node = node.input_value(0).get_node()
+        return node
+
+    fq, act = 0, 0
+    for op in ov.Core().read_model(xml).get_ops():
+        if op.get_type_name() != "MatMul":
+            continue
+        srcs = [through(op.input_value(i).get_node()) for i in range(2)]
+        kinds = [s.get_type_name() for s in srcs]
+        weights = [s.get_type_name() == "FakeQuantize" and through(s.input_value(0).get_node()).get_type_name()
+                   in ("Constant", "Multiply") for s in srcs]
+        if "Constant" not in kinds and not any(weights):
+            act += 1
+            fq += any(k == "FakeQuantize" for k in kinds)
+    return fq, act
+
+
+def test_openvino_int8_keeps_attention_matmuls_float_by_default_and_quantizes_them_when_ops_are_named(tmp_path):
+    """Default transformer plan = ONNX Runtime's: INT8 only where a MatMul multiplies by weights. Naming op types in
+    keep_float_ops turns the default off (the user decides), and NNCF then quantizes the attention MatMuls too."""
+    import numpy as np
+    import torch
+
+    model = _Attention.build()
+    calib = np.random.default_rng(0).normal(size=(32, 6, 8)).astype(np.float32)
+    ex = (torch.from_numpy(calib[:1]),)
+    auto = export(model, ex, calib, ExportConfig(name="att", precision="int8", calib_samples=32), tmp_path / "a")
+    plan = auto.metadata["op_plan"]
+    assert plan["transformer"] and len(plan["float_attention_matmuls"]) == 2
+    assert _fq_fed_matmuls(auto.path) == (0, 2)
+    assert _fake_quantize_count(auto.path) >= 2                       # the weight MatMuls are still INT8
+    named = export(model, ex, calib, ExportConfig(name="att", precision="int8", calib_samples=32,
+                                                  keep_float_ops=["LayerNormalization"]), tmp_path / "n")
+    assert "float_attention_matmuls" not in named.metadata["op_plan"]
+    assert _fq_fed_matmuls(named.path)[0] >= 1
+
+
+@pytest.mark.parametrize(("calibration", "ranges"), [("minmax", "MINMAX"), ("percentile", "MEAN_QUANTILE")])
+def test_openvino_int8_uses_the_recipes_calibration_and_bias_correction(setup, tmp_path, calibration, ranges):
+    """ExportConfig.calibration picks NNCF's activation range estimator (its own default, the mean of per-sample
+    ranges, clipped the multi-head example's regression head), and ov_bias_correction reaches NNCF: the biases of
+    the IR differ between "none" and "fast"."""
+    import numpy as np
+    import openvino as ov
+
+    model, calib, x, ref, _ = setup
+    biases = {}
+    for bc in ("none", "fast"):
+        art = export(model, example(), calib, ExportConfig(name=f"bc-{bc}", precision="int8", calibration=calibration,
+                                                           ov_bias_correction=bc), tmp_path / bc)
+        assert art.metadata["op_plan"]["activation_ranges"] == ranges
+        assert art.metadata["op_plan"]["bias_correction"] == bc and calibration in art.metadata["calibration"]
+        if calibration == "minmax":      # percentile clips this untrained tiny model's tails (not checked here)
+            validate(art, x, ref)
+        consts = [op for op in ov.Core().read_model(art.path).get_ops() if op.get_type_name() == "Constant"
+                  and op.get_element_type().is_real() and len(op.get_output_shape(0)) >= 1]
+        biases[bc] = np.concatenate([op.get_data().ravel().astype(np.float64) for op in consts])
+    assert biases["none"].shape == biases["fast"].shape and not np.allclose(biases["none"], biases["fast"])

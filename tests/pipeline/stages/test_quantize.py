@@ -51,10 +51,11 @@ def test_qat_returns_plain_module_with_trained_weights_and_learned_ranges(digits
 
 
 def test_quantize_export_overrides_are_export_config_fields() -> None:
-    cfg = QuantConfig(calibration="percentile", per_channel=False, keep_float=["classifier"], calib_samples=64)
+    cfg = QuantConfig(calibration="percentile", per_channel=False, keep_float=["classifier"], calib_samples=64,
+                      bias_correction="full")
     export = ExportConfig(precision="int8", **cfg.export_overrides())
-    assert (export.calibration, export.per_channel, export.keep_float, export.calib_samples) == \
-        ("percentile", False, ["classifier"], 64)
+    assert (export.calibration, export.per_channel, export.keep_float, export.calib_samples,
+            export.ov_bias_correction) == ("percentile", False, ["classifier"], 64, "full")
 
 
 @pytest.mark.parametrize("override,path", [("stages.quantize.mode=fp8", "stages.quantize.mode"),
@@ -81,4 +82,5 @@ def test_run_stages_qat_records_ptq_and_qat_accuracy_and_keeps_ranges_when_cache
     second = run_stages(teacher, digits, recipe, tmp_path, lambda _m: None)
     assert second.records[0]["cached"] and second.qat_ranges == first.qat_ranges
     assert second.export_overrides == {"calibration": "minmax", "calib_samples": 32, "per_channel": True,
-                                       "keep_float": [], "keep_float_ops": None, "ov_int8_from": "onnx-qdq"}
+                                       "keep_float": [], "keep_float_ops": None, "ov_int8_from": "onnx-qdq",
+                                       "ov_bias_correction": "fast"}

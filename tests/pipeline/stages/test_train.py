@@ -190,3 +190,49 @@ def test_recipe_rejects_bad_train_keys_all_at_once_naming_key_paths() -> None:
     for path in ("train.device", "train.amp", "stages.distill.train.workers"):
         assert path in text, (path, text)
     assert load_recipe(DIGITS_RECIPE, ["train.device=cpu", "train.batch_size=32"]).train.batch_size == 32
+
+
+def _one_step_change(**kw: Any) -> float:
+    """How far plain SGD moves a linear model's weights in one step of a huge-gradient loss."""
+    torch.manual_seed(0)
+    model = nn.Linear(4, 1)
+    w0 = model.weight.detach().clone()
+    x = torch.randn(8, 4)
+    ds = [(x[i], torch.zeros(1)) for i in range(8)]
+
+    def loss(outputs: Any, _teacher: Any, target: torch.Tensor) -> torch.Tensor:
+        return 1e4 * F.mse_loss(outputs, target + 100.0)
+
+    fit(model, ds, loss, epochs=1, make_optimizer=lambda p: torch.optim.SGD(p, lr=0.1),
+        settings=dataclasses.replace(CPU_SETTINGS, batch_size=8), **kw)
+    return float((model.weight.detach() - w0).norm())
+
+
+def test_grad_clip_caps_the_step_and_warmup_starts_the_learning_rate_low() -> None:
+    free = _one_step_change()
+    assert free > 100                                           # one unclipped step of this loss is enormous
+    # clipped to norm 1: weight and bias share that norm, so the weights move at most lr * 1
+    assert _one_step_change(grad_clip=1.0) <= 0.1 + 1e-6
+    # 80 samples in batches of 8: 10 steps, the first 3 ramp up
+    torch.manual_seed(0)
+    model = nn.Linear(4, 1)
+    ds = [(torch.randn(4), torch.zeros(1)) for _ in range(80)]
+    lrs: list[float] = []
+
+    class Recording(torch.optim.SGD):
+        def step(self, closure: Any = None) -> Any:
+            lrs.append(self.param_groups[0]["lr"])
+            return super().step(closure)
+
+    fit(model, ds, lambda o, _t, y: F.mse_loss(o, y), epochs=1, make_optimizer=lambda p: Recording(p, lr=0.1),
+        settings=dataclasses.replace(CPU_SETTINGS, batch_size=8), warmup=0.3)
+    assert len(lrs) == 10 and lrs[0] < 0.1 / 3 and lrs[1] > lrs[0] and max(lrs) == pytest.approx(0.1)
+    assert lrs[-1] < lrs[4]                                     # then the cosine decay
+
+
+def test_distill_config_takes_warmup_and_grad_clip_and_rejects_bad_values() -> None:
+    cfg = DistillConfig(warmup=0.15, grad_clip=10.0)
+    assert (cfg.warmup, cfg.grad_clip) == (0.15, 10.0)
+    for bad in ({"warmup": 1.0}, {"warmup": -0.1}, {"grad_clip": 0}):
+        with pytest.raises(ValueError):
+            DistillConfig(**bad)

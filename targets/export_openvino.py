@@ -43,7 +43,7 @@ _OV_TYPES = {torch.float32: ov.Type.f32, torch.float16: ov.Type.f16, torch.int64
 # ONNX op type spelling (what keep_float_ops uses everywhere) -> OpenVINO op types
 _OV_OPS = {"Add": ["Add"], "Mul": ["Multiply"], "Sub": ["Subtract"], "Div": ["Divide"], "Where": ["Select"],
            "Softmax": ["SoftMax", "Softmax"], "MatMul": ["MatMul"], "Gemm": ["MatMul"], "Conv": ["Convolution"],
-           "LayerNormalization": ["MVN"], "Gather": ["Gather"]}
+           "LayerNormalization": ["MVN"], "Gather": ["Gather"], "Resize": ["Interpolate"]}
 
 
 def _convert(model: torch.nn.Module, example_inputs: tuple[torch.Tensor, ...],

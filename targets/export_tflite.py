@@ -29,7 +29,8 @@ import litert_torch  # after the env var; at module level so get_exporter report
 _ATEN = {"Add": ("add",), "Mul": ("mul",), "Sub": ("sub", "rsub"), "Div": ("div",), "Where": ("where",),
          "Softmax": ("softmax", "_softmax"), "MatMul": ("matmul", "bmm", "mm"), "Gemm": ("linear", "addmm"),
          "Conv": ("conv2d", "conv1d", "convolution"), "LayerNormalization": ("layer_norm",),
-         "Gather": ("embedding", "index_select")}
+         "Gather": ("embedding", "index_select"), "Concat": ("cat", "concat"), "Transpose": ("permute", "transpose"),
+         "Resize": ("upsample_nearest2d", "upsample_bilinear2d"), "Sigmoid": ("sigmoid",)}
 _WEIGHT_OPS = ("linear", "conv1d", "conv2d", "convolution", "addmm")
 
 

@@ -22,7 +22,9 @@ PRUNE = ["--set", "stages.prune.finetune_epochs=1", "--set", "stages.prune.laten
 CASES = {   # example: (metric, eval samples, stages, extra overrides)
     "inspect": ("top1", 120, ["distill", "prune", "quantize"], PRUNE),
     "vit": ("top1", 120, ["distill", "prune", "quantize"], PRUNE),
-    "detect": ("map50_95", 40, ["distill", "quantize"], ["--set", "stages.distill.batch_size=64"]),
+    # the recipe's mixed-precision search is left to tests/targets/test_mixed_precision.py (a minute per backend)
+    "detect": ("map50_95", 40, ["distill", "quantize"], ["--set", "stages.distill.batch_size=64",
+                                                         "--set", "stages.quantize.auto_keep_float=false"]),
 }
 
 

@@ -43,29 +43,50 @@ def test_demo_runs_over_ssh_and_locally_as_a_fleet(sshd, tmp_path, digits_recipe
     assert "bench onnx-int8 on board" in (out / "run.log").read_text()
 
 
+SIX = {"onnx-fp32", "onnx-int8", "openvino-fp32", "openvino-int8", "tflite-fp32", "tflite-int8"}
+
+
 @pytest.mark.openvino
 @pytest.mark.parametrize("example,metric", [("tokens", "top1"), ("multihead", "all_heads")])
-def test_any_model_example_runs_over_ssh_with_outputs_scored_on_the_host(sshd, tmp_path, example, metric,
-                                                                         monkeypatch):
+def test_any_model_example_runs_every_stage_and_six_backends_on_this_host_and_over_ssh(sshd, tmp_path, example,
+                                                                                        metric, monkeypatch):
+    """The two any-model examples end to end as a fleet (this host + the board over SSH): distill, prune, PTQ and
+    all six fp32/int8 backends -- openvino-int8 included: it failed its check on both until NNCF was kept off the
+    attention MatMuls and the multi-head recipe chose full bias correction (issue 10) -- every artifact checked and
+    measured in the example's own metric, the board's raw outputs scored on the host.
+
+    Budgets are cut (the example's small ``quick_teacher`` trained from scratch in a fresh cache as on a clean CI
+    clone; one epoch each, no latency guard, 120 eval samples): the point is that every step runs, not the figures.
+    One fleet run instead of a local and an SSH run saves the whole chain once per example in make test."""
     monkeypatch.setenv("EDGEPIPE_EXAMPLES_CACHE", str(tmp_path / "cache"))     # trained from scratch, as on CI
     from pathlib import Path
 
     recipe = Path(__file__).resolve().parents[2] / "examples" / example / "recipe.yaml"
     board = sshd.profile("board", tmp_path)
     out = tmp_path / example
-    proc = run_cli("run", str(recipe), "--device", str(board), "--out", str(out),
-                   "--set", "model.factory=models:quick_teacher",
-                   "--set", "backends=[onnx-int8, tflite-int8]", "--set", "stages.distill.epochs=1",
-                   "--set", "stages.prune.finetune_epochs=1", "--set", "stages.prune.latency_guard=false",
-                   "--set", "data.eval_samples=100", timeout=1500)
-    summary = json.loads((out / "summary.json").read_text())
+    proc = run_cli("run", str(recipe), "--device", "local", "--device", str(board), "--out", str(out),
+                   "--set", "model.factory=models:quick_teacher", "--set", f"backends=[{', '.join(sorted(SIX))}]",
+                   "--set", "stages.distill.epochs=1", "--set", "stages.prune.finetune_epochs=1",
+                   "--set", "stages.prune.latency_guard=false", "--set", "data.eval_samples=120", timeout=1500)
     assert proc.returncode in (0, 3), proc.stderr[-3000:]
-    arts = {a["name"]: a for a in summary["artifacts"]}
-    assert set(arts) == {"onnx-int8", "tflite-int8"}
-    for a in arts.values():
-        assert not a.get("error") and a["metric"]["name"] == metric and a["latency_ms"]["n"] >= 20
-        assert (out / "outputs" / f"{a['name']}.npz").is_file()      # raw outputs came back and were scored here
+    summaries = {d: json.loads((out / d / "summary.json").read_text()) for d in ("local", "board")}
+    for device, summary in summaries.items():
+        assert [s["name"] for s in summary["stages"]] == ["distill", "prune", "quantize"]
+        assert summary["baseline"]["metric"]["name"] == metric and summary["gate"]["metric"] == metric
+        arts = {a["name"]: a for a in summary["artifacts"]}
+        assert set(arts) == SIX, device
+        for name, a in arts.items():
+            assert not a.get("error"), (device, name, a.get("error"))
+            assert a["metric"]["name"] == metric and a["latency_ms"]["n"] >= 20, (device, name)
+            assert len(a["validation"]["per_output"]) == (3 if example == "multihead" else 1)
+            assert (out / device / "outputs" / f"{name}.npz").is_file()   # raw outputs came back, scored here
+    # the same bytes on both devices score the same: the board's outputs are the host's
+    for name in SIX:
+        here, there = (next(a for a in summaries[d]["artifacts"] if a["name"] == name) for d in ("local", "board"))
+        assert here["sha256"] == there["sha256"] and here["metric"]["value"] == there["metric"]["value"], name
+    # the gate speaks the metric, and its verdict agrees with the exit code
+    assert (proc.returncode == 0) == all(s["gate"]["passed"] for s in summaries.values())
     log = (out / "run.log").read_text()
-    assert log.count("start: send eval inputs to board") == 1
+    assert log.count("start: send eval inputs to board") == 1 and log.count("start: send eval inputs to local") == 1
     leftovers = [p.name for p in (tmp_path / "work").iterdir()] if (tmp_path / "work").exists() else []
     assert not [n for n in leftovers if n.startswith(("job", "inputs-"))], leftovers

@@ -20,7 +20,7 @@ pytestmark = [pytest.mark.ssh, pytest.mark.slow, pytest.mark.onnx, pytest.mark.o
 
 SETS = ["stages.distill.epochs=8", "stages.prune.finetune_epochs=2", "stages.quantize.mode=ptq",
         "gate.max_accuracy_drop=2.0",
-        "search={space: {prune.ratio: [0.25, 0.7], quantize.mode: [none, ptq], "
+        "search={space: {prune.ratio: [0.25, 0.5, 0.7], quantize.mode: [none, ptq], "
         "backends: [onnx-fp32, onnx-int8, openvino-fp32, openvino-int8]}, budget: {candidates: 20}, "
         "strategy: exhaustive, confirm_rounds: 3}"]   # every candidate measured: the whole front (halving: unit tests)
 

@@ -16,7 +16,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 from targets.errors import RemoteCommandError, TransferError
 
@@ -52,16 +52,40 @@ class LocalTransport:
     name = "local"
 
     def run(self, argv: Sequence[str], timeout: float) -> CommandResult:
+        """Like the SSH transport: each stream keeps only its last ``MAX_OUTPUT_BYTES`` (a runner prints one JSON
+        line; a command that floods its output must not fill this host's memory), and a timeout kills it."""
+        import threading
+
+        from targets.remote import TailBuffer
+
         start = time.perf_counter()
         try:
-            proc = subprocess.run(list(argv), capture_output=True, text=True, timeout=timeout, check=False,
-                                  stdin=subprocess.DEVNULL)
-        except subprocess.TimeoutExpired as exc:
-            raise RemoteCommandError(f"local: command timed out after {timeout:.0f}s: {argv[0]}",
-                                     hint="raise connection.command_timeout in the profile") from exc
+            proc = subprocess.Popen(list(argv), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                    stdin=subprocess.DEVNULL)
         except OSError as exc:
             raise RemoteCommandError(f"local: cannot start {argv[0]}: {exc.strerror}") from exc
-        return CommandResult(list(argv), proc.returncode, proc.stdout, proc.stderr, time.perf_counter() - start)
+        bufs = (TailBuffer(), TailBuffer())
+
+        def pump(stream: Any, buf: TailBuffer) -> None:
+            for chunk in iter(lambda: stream.read1(1 << 16), b""):
+                buf += chunk
+
+        pumps = [threading.Thread(target=pump, args=(stream, buf), daemon=True)
+                 for stream, buf in zip((proc.stdout, proc.stderr), bufs, strict=True)]
+        for t in pumps:
+            t.start()
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired as exc:
+            proc.kill()
+            proc.wait()
+            raise RemoteCommandError(f"local: command timed out after {timeout:.0f}s: {argv[0]}",
+                                     hint="raise connection.command_timeout in the profile") from exc
+        finally:
+            for t in pumps:
+                t.join(timeout=10)
+        out, err = (bytes(b).decode(errors="replace") for b in bufs)
+        return CommandResult(list(argv), proc.returncode, out, err, time.perf_counter() - start)
 
     def put(self, local: Path, remote: str) -> None:
         try:

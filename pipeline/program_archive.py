@@ -56,12 +56,14 @@ def check_model_file(path: str | Path, where: str) -> None:
                           hint="fetch the real file with `git lfs pull` (or download it), then run again")
 
 
-def check_program_archive(path: str | Path) -> None:
-    """Raise a ConfigError naming the member when loading ``path`` could run pickled code; return when safe."""
+def check_program_archive(path: str | Path, data: bytes | None = None) -> None:
+    """Raise a ConfigError naming the member when loading ``path`` (or its bytes ``data``, already read) could run
+    pickled code; return when safe."""
     path = Path(path)
-    check_model_file(path, "model.program")
+    if data is None:
+        check_model_file(path, "model.program")
     try:
-        z = zipfile.ZipFile(path)
+        z = zipfile.ZipFile(io.BytesIO(data) if data is not None else path)
     except (zipfile.BadZipFile, OSError) as exc:
         raise ConfigError(f"{path}: model.program: not a torch.export program (not a .pt2 zip archive: {exc})",
                           hint=HINT) from None
@@ -118,9 +120,18 @@ def load_program(path: str | Path) -> Any:
     from torch import nn
 
     path = Path(path)
-    check_program_archive(path)
+    check_model_file(path, "model.program")
     try:
-        graph = torch.export.load(str(path)).module()
+        if path.stat().st_size > MAX_PROGRAM_BYTES:
+            raise _refuse(path, f"it is larger than {MAX_PROGRAM_BYTES >> 30} GiB")
+        data = path.read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"{path}: model.program: cannot read it ({exc.strerror})") from None
+    # torch.export.load unpickles with weights_only=False: it gets exactly the bytes that were checked (read once),
+    # so a file swapped between the check and the load cannot slip through
+    check_program_archive(path, data)
+    try:
+        graph = torch.export.load(io.BytesIO(data)).module()
     except Exception as exc:  # noqa: BLE001 - any failure to read the archive is a bad input file
         raise ConfigError(f"{path}: model.program: not a torch.export program: {str(exc).splitlines()[0]}",
                           hint=HINT) from None

@@ -11,11 +11,12 @@ boxes.
 from __future__ import annotations
 
 import os
-import time
 from pathlib import Path
 
 import torch
 from torch import nn
+
+from pipeline.trained import trained_once
 
 CACHE = Path(os.environ.get("EDGEPIPE_DETECT_CACHE", Path(__file__).with_name(".cache")))
 TEACHER_VERSION = 2
@@ -215,14 +216,5 @@ def trained_teacher() -> nn.Module:
     epochs = int(os.environ.get("EDGEPIPE_DETECT_TEACHER_EPOCHS", "0"))   # tests: a short teacher from scratch
     path = CACHE / (f"teacher-v{TEACHER_VERSION}.pt" if not epochs else f"teacher-v{TEACHER_VERSION}-e{epochs}.pt")
     torch.manual_seed(0)
-    model = teacher()
-    if not path.exists():
-        start = time.perf_counter()
-        train(model, log=True, **({"epochs": epochs} if epochs else {}))
-        CACHE.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".{os.getpid()}.part")
-        torch.save(model.state_dict(), tmp)
-        os.replace(tmp, path)
-        print(f"trained the detector teacher in {time.perf_counter() - start:.1f}s -> {path}", flush=True)
-    model.load_state_dict(torch.load(path, weights_only=True))
-    return model.eval()
+    return trained_once(teacher(), path, lambda m: train(m, log=True, **({"epochs": epochs} if epochs else {})),
+                        "the detector teacher")

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import os
-import time
 from pathlib import Path
 
 import torch
 from torch import nn
+
+from pipeline.trained import trained_once
 
 CACHE = Path(os.environ.get("EDGEPIPE_DIGITS_CACHE", Path(__file__).with_name(".cache")))
 TEACHER_VERSION = 2
@@ -64,14 +65,4 @@ def trained_teacher() -> nn.Module:
     """The teacher, trained on first use (seconds on a laptop CPU) and cached next to this file."""
     path = CACHE / f"teacher-v{TEACHER_VERSION}.pt"
     torch.manual_seed(0)  # the initial weights too: the same code trains the same teacher
-    model = teacher()
-    if not path.exists():
-        start = time.perf_counter()
-        train(model)
-        CACHE.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".{os.getpid()}.part")
-        torch.save(model.state_dict(), tmp)
-        os.replace(tmp, path)
-        print(f"trained the digits teacher in {time.perf_counter() - start:.1f}s -> {path}", flush=True)
-    model.load_state_dict(torch.load(path, weights_only=True))
-    return model.eval()
+    return trained_once(teacher(), path, train, "the digits teacher")

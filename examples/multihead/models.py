@@ -4,12 +4,13 @@ even -- trained once and cached. Pruning must keep all three heads intact; the c
 from __future__ import annotations
 
 import os
-import time
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from pipeline.trained import trained_once
 
 CACHE = Path(os.environ.get("EDGEPIPE_EXAMPLES_CACHE", Path(__file__).with_name(".cache")))
 VERSION = 1
@@ -57,17 +58,9 @@ def train(model: nn.Module, epochs: int = 15, lr: float = 3e-3, seed: int = 0) -
 
 def _cached(stem: str, model: nn.Module, epochs: int | None = None) -> nn.Module:
     """Train ``model`` on first use and cache its weights next to this file (or in $EDGEPIPE_EXAMPLES_CACHE)."""
-    path = CACHE / f"{stem}-v{VERSION}.pt"
-    if not path.exists():
-        start = time.perf_counter()
-        train(model) if epochs is None else train(model, epochs=epochs)
-        CACHE.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".{os.getpid()}.part")
-        torch.save(model.state_dict(), tmp)
-        os.replace(tmp, path)
-        print(f"trained the multi-head teacher ({stem}) in {time.perf_counter() - start:.1f}s -> {path}", flush=True)
-    model.load_state_dict(torch.load(path, weights_only=True))
-    return model.eval()
+    return trained_once(model, CACHE / f"{stem}-v{VERSION}.pt",
+                        lambda m: train(m) if epochs is None else train(m, epochs=epochs),
+                        f"the multi-head teacher ({stem})")
 
 
 def trained_teacher() -> nn.Module:

@@ -8,13 +8,14 @@ after removing heads). Every shape is static (batch 1 at export), so the graph e
 from __future__ import annotations
 
 import os
-import time
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from pipeline.trained import trained_once
 
 CACHE = Path(os.environ.get("EDGEPIPE_VIT_CACHE", Path(__file__).with_name(".cache")))
 TEACHER_VERSION = 1
@@ -133,14 +134,5 @@ def trained_teacher() -> nn.Module:
     epochs = int(os.environ.get("EDGEPIPE_VIT_TEACHER_EPOCHS", "0"))   # tests: a short teacher from scratch
     path = CACHE / (f"teacher-v{TEACHER_VERSION}.pt" if not epochs else f"teacher-v{TEACHER_VERSION}-e{epochs}.pt")
     torch.manual_seed(0)
-    model = teacher()
-    if not path.exists():
-        start = time.perf_counter()
-        train(model, **({"epochs": epochs} if epochs else {}))
-        CACHE.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".{os.getpid()}.part")
-        torch.save(model.state_dict(), tmp)
-        os.replace(tmp, path)
-        print(f"trained the ViT teacher in {time.perf_counter() - start:.1f}s -> {path}", flush=True)
-    model.load_state_dict(torch.load(path, weights_only=True))
-    return model.eval()
+    return trained_once(teacher(), path, lambda m: train(m, **({"epochs": epochs} if epochs else {})),
+                        "the ViT teacher")

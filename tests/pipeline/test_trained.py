@@ -1,0 +1,38 @@
+"""trained_once: a teacher factory trains on first use only, and never leaves a half-written cache."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from pipeline.trained import trained_once
+
+
+def test_trains_on_first_use_then_loads_the_same_weights_without_training(tmp_path: Path) -> None:
+    calls: list[int] = []
+
+    def train(m: nn.Module) -> None:
+        calls.append(1)
+        with torch.no_grad():
+            m.weight.fill_(0.5)
+
+    path = tmp_path / "cache" / "teacher-v1.pt"
+    first = trained_once(nn.Linear(3, 2), path, train, "a test teacher")
+    second = trained_once(nn.Linear(3, 2), path, train, "a test teacher")
+    assert calls == [1] and not first.training and not second.training
+    assert torch.equal(first.weight, second.weight) and float(second.weight[0, 0]) == 0.5
+    assert sorted(p.name for p in path.parent.iterdir()) == ["teacher-v1.pt"]    # no .part left behind
+
+
+def test_an_interrupted_training_leaves_no_cache(tmp_path: Path) -> None:
+    def broken(_m: nn.Module) -> None:
+        raise KeyboardInterrupt
+
+    path = tmp_path / "teacher.pt"
+    try:
+        trained_once(nn.Linear(3, 2), path, broken, "a test teacher")
+    except KeyboardInterrupt:
+        pass
+    assert not path.exists() and not list(tmp_path.iterdir())

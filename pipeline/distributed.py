@@ -109,7 +109,15 @@ def launch(nproc: int, argv: Sequence[str]) -> int:
     try:
         elastic_launch(config, sys.executable)("-m", "pipeline.cli", *argv)
     except ChildFailedError as exc:
-        codes = {r: f.exitcode for r, f in exc.failures.items()}
-        code = codes.get(0, next(iter(codes.values())))
-        return code if code > 0 else 1   # a signal (negative) is a crash
+        return exit_code({r: f.exitcode for r, f in exc.failures.items()})
     return 0
+
+
+def exit_code(codes: dict[int, int]) -> int:
+    """The run's exit code from the failed ranks' codes: rank 0's. But when another rank failed first (every rank
+    runs the same command, so a bad recipe fails them all), the launcher stops rank 0 with a signal (negative code)
+    before it exits by itself: then the lowest rank's own code keeps its meaning (2, 3, 4). Only when every failure
+    is a signal is it a crash (1)."""
+    if codes.get(0, 0) > 0:
+        return codes[0]
+    return next((c for _, c in sorted(codes.items()) if c > 0), 1)

@@ -17,7 +17,7 @@ import onnxruntime
 import torch
 
 from benchmarks.zoo import mobilenet_v2, resnet18
-from pipeline.latency import interleaved_onnx_latency
+from pipeline.phases.latency import interleaved_onnx_latency
 from pipeline.stages.common import footprint
 from pipeline.stages.prune import structured_prune
 

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import yaml
 
-from pipeline.search import search
+from pipeline.search.engine import search
 from tests import sshd as sshd_mod
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -24,7 +24,8 @@ from torch.utils.data import Dataset
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.zoo import ResNet18
-from pipeline.stages.common import kd_loss, seed_everything
+from pipeline.stages.common import kd_loss
+from pipeline.stages.loading import seed_everything
 from pipeline.stages.train import TrainConfig, fit, settings_for
 
 

@@ -8,47 +8,27 @@ import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import pipeline
+from pipeline.ui.args import add_conn, add_set, conn_overrides, positive_int
 from targets.errors import EdgeError
 
 
-def _conn_overrides(args: argparse.Namespace) -> dict[str, Any]:
-    return {k: getattr(args, k, None) for k in ("host", "user", "port", "key", "known_hosts")
-            if getattr(args, k, None) is not None}
-
-
-def _positive_int(text: str) -> int:
-    if not text.isdigit() or int(text) < 1:
-        raise argparse.ArgumentTypeError(f"expected a whole number of processes >= 1, got {text!r}")
-    return int(text)
-
-
-def _add_conn(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("connection overrides (also EDGEPIPE_<DEVICE>_HOST, _USER, _PORT, _KEY)")
-    g.add_argument("--host")
-    g.add_argument("--user")
-    g.add_argument("--port", type=int)
-    g.add_argument("--key", help="private key file")
-    g.add_argument("--known-hosts", dest="known_hosts", help="known_hosts file to trust")
-
-
 def cmd_run(args: argparse.Namespace) -> int:
-    from pipeline import distributed
+    from pipeline.stages import distributed
 
     if args.nproc is not None and args.nproc > 1 and not distributed.launched_by_torchrun():
         return distributed.launch(args.nproc, distributed.strip_nproc(args.argv))
     from pipeline.run import run
 
-    summaries = run(args.recipe, args.device, Path(args.out) if args.out else None, args.set, _conn_overrides(args))
+    summaries = run(args.recipe, args.device, Path(args.out) if args.out else None, args.set, conn_overrides(args))
     if args.json:
         print(json.dumps(summaries if len(summaries) > 1 else summaries[0], indent=2))
     return 0
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    from pipeline.check import check
+    from pipeline.recipe.check import check
 
     recipe, facts = check(args.recipe, args.set)
     stages = [n for n in ("distill", "prune", "quantize") if getattr(recipe.stages, n) is not None]
@@ -62,7 +42,7 @@ def cmd_check(args: argparse.Namespace) -> int:
 def cmd_bench(args: argparse.Namespace) -> int:
     from pipeline.run import bench_artifact
 
-    rec = bench_artifact(args.artifact, args.device, _conn_overrides(args), Path(args.inputs) if args.inputs else None,
+    rec = bench_artifact(args.artifact, args.device, conn_overrides(args), Path(args.inputs) if args.inputs else None,
                          repeat=args.repeat)
     if args.json:
         print(json.dumps(rec))
@@ -119,38 +99,98 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     from targets.doctor import doctor, format_checks
     from targets.profiles import load_profile
 
-    profile = load_profile(args.device, _conn_overrides(args))
+    profile = load_profile(args.device, conn_overrides(args))
     checks = doctor(profile, trust=args.trust)
     print(format_checks(profile, checks))
     return 0 if all(c.ok for c in checks) else 4
 
 
-def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="edgepipe", description="Compress, export and benchmark PyTorch models on "
-                                 "edge devices.")
-    ap.add_argument("--version", action="version", version=f"edgepipe {pipeline.__version__}")
-    sub = ap.add_subparsers(dest="command", required=True, metavar="COMMAND")
+def cmd_search(args: argparse.Namespace) -> int:
+    from pipeline.search.engine import search
 
-    p = sub.add_parser("run", help="full pipeline: stages, export, check, benchmark -> summary.json")
+    search(args.recipe, args.device, Path(args.out) if args.out else None, args.set, conn_overrides(args),
+           args.cache)
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from pipeline.results.report import write_report
+
+    print(write_report([Path(d) for d in args.run_dirs], Path(args.out), args.regression_threshold))
+    return 0
+
+
+def cmd_history(args: argparse.Namespace) -> int:
+    from pipeline.results.history import format_history, history
+    from pipeline.results.rundir import find_run_dirs
+    from pipeline.results.store import open_store, record_summary, store_errors
+
+    store = open_store(args.db)
+    try:
+        for given in args.add or []:
+            for run_dir in find_run_dirs(given):
+                record_summary(run_dir=run_dir, store=store)
+        rows = store_errors(lambda st: history(st, args.device, args.recipe, args.limit))(store)
+    finally:
+        store.close()
+    print(json.dumps(rows, indent=2) if args.json else format_history(rows))
+    return 0
+
+
+def cmd_release(args: argparse.Namespace) -> int:
+    from pipeline.release.bundle import build_bundle, check_bundle
+    from targets.artifact import sha256_file
+
+    path = build_bundle(args.run_dir, args.device, Path(args.dist), args.version, args.allow_failed_gate, args.key)
+    manifest = check_bundle(path)
+    print(f"{path}  (pick {manifest['pick']['overall']}; {len(manifest['files'])} files; "
+          f"sha256 {sha256_file(path)}; signed by {manifest['_signature']['key_id']})")
+    return 0
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    from pipeline.release.bundle import check_bundle
+    from pipeline.release.signing import load_public_key
+
+    trusted = [load_public_key(Path(p).expanduser()) for p in args.pubkey] if args.pubkey else None
+    manifest = check_bundle(args.bundle, trusted)
+    sig = manifest["_signature"]
+    who = (f"signed by trusted key {sig['key_id']}" if sig["trusted"] else
+           f"signature valid for key {sig['key_id']}, NOT checked against a trusted key (pass --pubkey KEY.pub)")
+    print(f"{args.bundle}: OK ({len(manifest['files'])} files verified; {manifest['name']} for {manifest['device']} "
+          f"version {manifest['version']}, gate {'passed' if manifest['gate'].get('passed') else 'FAILED'}; {who})")
+    return 0
+
+
+def cmd_keygen(args: argparse.Namespace) -> int:
+    from pipeline.release.signing import default_key_path, generate_key
+
+    out = Path(args.out).expanduser() if args.out else default_key_path()
+    pub = generate_key(out)
+    print(f"{out}: new Ed25519 release key (keep it private); give {pub} to whoever runs `edgepipe verify --pubkey`")
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------- the parser
+def _args_run(p: argparse.ArgumentParser) -> None:
     p.add_argument("recipe")
     p.add_argument("--device", action="append", required=True,
                    help="profile name or file; repeat for a fleet (devices run concurrently)")
     p.add_argument("--out", help="run folder (default runs/<recipe>-<time>)")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a recipe value, e.g. --set stages.prune.ratio=0.3")
+    add_set(p)
     p.add_argument("--json", action="store_true", help="print summary.json to stdout")
-    p.add_argument("--nproc", type=_positive_int, metavar="N",
+    p.add_argument("--nproc", type=positive_int, metavar="N",
                    help="train the stages on N data-parallel processes on this machine (torchrun underneath; one "
                         "per GPU, gloo on CPU); for several machines launch `torchrun ... -m pipeline.cli run` instead")
-    _add_conn(p)
-    p.set_defaults(func=cmd_run)
+    add_conn(p)
 
-    p = sub.add_parser("check", help="validate a recipe and report every problem at once")
+
+def _args_check(p: argparse.ArgumentParser) -> None:
     p.add_argument("recipe")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
-    p.set_defaults(func=cmd_check)
+    add_set(p)
 
-    p = sub.add_parser("bench", help="benchmark one artifact on one device")
+
+def _args_bench(p: argparse.ArgumentParser) -> None:
     p.add_argument("artifact")
     p.add_argument("--device", required=True)
     p.add_argument("--inputs", help=".npz with x (and labels y) to measure accuracy too")
@@ -159,41 +199,106 @@ def build_parser() -> argparse.ArgumentParser:
                    help="measure N times in one job; medians further apart than bench.repeat_tolerance: invalid")
     p.add_argument("--allow-invalid", action="store_true",
                    help="exit 0 even when the measurement is not valid (default: exit 3)")
-    _add_conn(p)
-    p.set_defaults(func=cmd_bench)
+    add_conn(p)
 
-    p = sub.add_parser("devices", help="list device profiles")
-    p.set_defaults(func=cmd_devices)
 
-    p = sub.add_parser("backends", help="list the backends, their file types, and whether this machine has the "
-                       "exporter and runtime of each")
+def _args_search(p: argparse.ArgumentParser) -> None:
+    p.add_argument("recipe")
+    p.add_argument("--device", action="append", required=True,
+                   help="profile name or file; repeat for a fleet (boards are searched concurrently)")
+    p.add_argument("--out", help="folder for search.json, search.html (default runs/<recipe>-search-<time>)")
+    p.add_argument("--cache", help="shared cache of stages, exports and measurements (default $EDGEPIPE_CACHE or "
+                   "~/.cache/edgepipe)")
+    add_set(p, "--set 'search.space={prune.ratio: [0, 0.5]}'")
+    add_conn(p)
+
+
+def _args_none(p: argparse.ArgumentParser) -> None:
+    """A subcommand without arguments."""
+
+
+def _args_backends(p: argparse.ArgumentParser) -> None:
     p.add_argument("--strict", action="store_true", help="exit 2 when any backend family is not installed")
-    p.set_defaults(func=cmd_backends)
 
-    p = sub.add_parser("doctor", help="check a device: reachable, host key, python, runtimes, clocks, temperature")
+
+def _args_doctor(p: argparse.ArgumentParser) -> None:
     p.add_argument("device")
     p.add_argument("--trust", action="store_true", help="show the host key fingerprint and add it to known_hosts")
-    _add_conn(p)
-    p.set_defaults(func=cmd_doctor)
+    add_conn(p)
 
-    for register in _extension_registrars():
-        register(sub)
+
+def _args_report(p: argparse.ArgumentParser) -> None:
+    p.add_argument("run_dirs", nargs="+", help="run folders written by `edgepipe run --out`")
+    p.add_argument("--out", default="report.html", help="HTML file to write (default: report.html)")
+    p.add_argument("--regression-threshold", type=float, default=0.10,
+                   help="flag a p50 latency worse by more than this fraction between runs (default 0.10)")
+
+
+def _args_history(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--device", help="only runs on this device")
+    p.add_argument("--recipe", help="only runs of this recipe (its name)")
+    p.add_argument("--limit", type=int, default=20, help="newest N runs (default 20)")
+    p.add_argument("--add", action="append", metavar="RUN_DIR",
+                   help="import an existing run folder into the store first (repeatable)")
+    p.add_argument("--db", default=None, help="store URL or SQLite path (default: $EDGEPIPE_DB, else "
+                   "~/.local/share/edgepipe/results.db)")
+    p.add_argument("--json", action="store_true", help="print the rows as JSON")
+
+
+def _args_release(p: argparse.ArgumentParser) -> None:
+    p.add_argument("run_dir", help="folder written by `edgepipe run --out`")
+    p.add_argument("--device", default=None, help="device the bundle is for (must be the run's device)")
+    p.add_argument("--dist", default="dist", help="output folder (default: dist/)")
+    p.add_argument("--version", default=None,
+                   help="bundle version (default: the summary's version, else the run id's timestamp)")
+    p.add_argument("--allow-failed-gate", action="store_true",
+                   help="release although the quality gate failed (recorded in the manifest)")
+    p.add_argument("--key", default=None, help="Ed25519 private key (PEM) that signs the manifest (default: "
+                   "EDGEPIPE_SIGNING_KEY, else ~/.config/edgepipe/release-ed25519.key, created on first use)")
+
+
+def _args_verify(p: argparse.ArgumentParser) -> None:
+    p.add_argument("bundle", help="a .tar.gz written by `edgepipe release`")
+    p.add_argument("--pubkey", action="append", default=[], help="trusted release public key (.pub); repeatable")
+
+
+def _args_keygen(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--out", default=None, help="private key file (default: ~/.config/edgepipe/release-ed25519.key)")
+
+
+Handler = Callable[[argparse.Namespace], int]
+
+#: Every subcommand, in the order `edgepipe --help` lists them: (name, help, arguments, handler). One literal list;
+#: handlers import their modules lazily, so building the parser never imports torch.
+COMMANDS: tuple[tuple[str, str, Callable[[argparse.ArgumentParser], None], Handler], ...] = (
+    ("run", "full pipeline: stages, export, check, benchmark -> summary.json", _args_run, cmd_run),
+    ("check", "validate a recipe and report every problem at once", _args_check, cmd_check),
+    ("bench", "benchmark one artifact on one device", _args_bench, cmd_bench),
+    ("devices", "list device profiles", _args_none, cmd_devices),
+    ("backends", "list the backends, their file types, and whether this machine has the exporter and runtime of "
+     "each", _args_backends, cmd_backends),
+    ("doctor", "check a device: reachable, host key, python, runtimes, clocks, temperature", _args_doctor,
+     cmd_doctor),
+    ("history", "past runs from the results store with their headline figures", _args_history, cmd_history),
+    ("report", "HTML report with accuracy/latency/size plots for one or more runs", _args_report, cmd_report),
+    ("release", "build a reproducible release bundle from a run folder", _args_release, cmd_release),
+    ("verify", "check a release bundle's checksums and contents", _args_verify, cmd_verify),
+    ("keygen", "create an Ed25519 release signing key (and its .pub)", _args_keygen, cmd_keygen),
+    ("search", "measured search over the recipe's search: space -> Pareto front, chosen recipe per device",
+     _args_search, cmd_search),
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="edgepipe", description="Compress, export and benchmark PyTorch models on "
+                                 "edge devices.")
+    ap.add_argument("--version", action="version", version=f"edgepipe {pipeline.__version__}")
+    sub = ap.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, help_text, add_arguments, handler in COMMANDS:
+        p = sub.add_parser(name, help=help_text)
+        add_arguments(p)
+        p.set_defaults(func=handler)
     return ap
-
-
-def _extension_registrars() -> list[Callable[[Any], None]]:
-    """Subcommands that live with their modules (history, report, release, verify, search)."""
-    out = []
-    for module in ("pipeline.store", "pipeline.report", "pipeline.release", "pipeline.search_cli"):
-        try:
-            mod = __import__(module, fromlist=["register_cli"])
-        except ModuleNotFoundError as exc:
-            if exc.name != module:
-                raise
-            continue
-        if hasattr(mod, "register_cli"):
-            out.append(mod.register_cli)
-    return out
 
 
 def _quiet_libraries() -> None:

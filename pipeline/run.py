@@ -23,22 +23,22 @@ import numpy as np
 import yaml
 
 import pipeline
-from pipeline import distributed
-from pipeline.config import Recipe, load_recipe
-from pipeline.console import third_party_to_log
-from pipeline.gate import apply_gate
-from pipeline.int8_guard import guard_records
-from pipeline.latency import onnx_latency_ratio
-from pipeline.model import complexity, load_data, load_model, predict
-from pipeline.progress import Progress
-from pipeline.rundir import now_iso
-from pipeline.runstate import claim_run_folder, new_run_id
-from pipeline.stages import StagesResult, run_stages
+from pipeline.phases.latency import onnx_latency_ratio
+from pipeline.recipe.config import Recipe, load_recipe
+from pipeline.recipe.model import complexity, load_data, load_model, predict
+from pipeline.recipe.task import TaskContext, build_context, stage_plan
+from pipeline.results.gate import apply_gate
+from pipeline.results.int8_guard import guard_records
+from pipeline.results.rundir import now_iso
+from pipeline.results.runstate import claim_run_folder, new_run_id
+from pipeline.results.store import Store, open_store
+from pipeline.results.table import format_table
+from pipeline.stages import distributed
+from pipeline.stages.chain import StagesResult, run_stages
 from pipeline.stages.common import example_from
 from pipeline.stages.train import resolve_device
-from pipeline.store import Store, open_store
-from pipeline.table import format_table
-from pipeline.task import TaskContext, build_context, stage_plan
+from pipeline.ui.console import third_party_to_log
+from pipeline.ui.progress import Progress
 from targets import export_order, get_exporter, get_simulator, parse_backend, requires
 from targets.artifact import Artifact, atomic_write_bytes, atomic_write_json
 from targets.artifact_trust import artifact_for_bench

@@ -1,7 +1,7 @@
 """Shared pieces for validating YAML configs at the edge: strict models and one-line problem messages.
 
-Both the recipe (``pipeline.config``) and the device profile (``targets.profiles``) are validated with these, so a
-user sees the same ``file: key.path: what is expected`` lines whichever file they got wrong.
+Both the recipe (``pipeline.recipe.config``) and the device profile (``targets.profiles``) are validated with these, so
+a user sees the same ``file: key.path: what is expected`` lines whichever file they got wrong.
 """
 
 from __future__ import annotations

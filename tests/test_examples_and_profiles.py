@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.config import load_recipe
+from pipeline.recipe.config import load_recipe
 from targets.profiles import list_profiles, load_profile
 
 ROOT = Path(__file__).resolve().parent.parent

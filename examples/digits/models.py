@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from pipeline.trained import trained_once
+from pipeline.recipe.trained import trained_once
 
 CACHE = Path(os.environ.get("EDGEPIPE_DIGITS_CACHE", Path(__file__).with_name(".cache")))
 TEACHER_VERSION = 2

@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from pipeline.trained import trained_once
+from pipeline.recipe.trained import trained_once
 
 CACHE = Path(os.environ.get("EDGEPIPE_INSPECT_CACHE", Path(__file__).with_name(".cache")))
 TEACHER_VERSION = 1

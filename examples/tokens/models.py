@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from pipeline.trained import trained_once
+from pipeline.recipe.trained import trained_once
 
 CACHE = Path(os.environ.get("EDGEPIPE_EXAMPLES_CACHE", Path(__file__).with_name(".cache")))
 VERSION = 2

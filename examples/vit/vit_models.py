@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pipeline.trained import trained_once
+from pipeline.recipe.trained import trained_once
 
 CACHE = Path(os.environ.get("EDGEPIPE_VIT_CACHE", Path(__file__).with_name(".cache")))
 TEACHER_VERSION = 1

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from pipeline.config import Recipe, load_recipe
+from pipeline.recipe.config import Recipe, load_recipe
 from targets.errors import ConfigError, EdgeError
 
 
@@ -21,8 +21,8 @@ def model_problems(recipe: Recipe) -> tuple[list[str], dict[str, Any]]:
     """Everything wrong between the recipe, the model, the data and the metric; plus what was learnt (outputs)."""
     import torch
 
-    from pipeline.metrics import resolve_metric
-    from pipeline.model import input_problems, load_data, load_model, targets_array
+    from pipeline.recipe.metrics import resolve_metric
+    from pipeline.recipe.model import input_problems, load_data, load_model, targets_array
     from pipeline.stages.common import as_args, outputs_list
 
     src = str(recipe.path)

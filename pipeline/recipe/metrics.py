@@ -216,7 +216,7 @@ class MetricSpec:
 def resolve_metric(metric: str, base_dir: Path, postprocess: str | None = None, where: str = "task") -> MetricSpec:
     """A built-in name or ``module:callable`` (a class or a factory returning a metric object), checked for the
     protocol; a ConfigError names the key and what is missing."""
-    from pipeline.config import import_factory
+    from pipeline.recipe.config import import_factory
 
     post = import_factory(postprocess, base_dir) if postprocess else None
     if metric in BUILTINS:

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from pipeline.config import InputSpec, Recipe, import_factory
+from pipeline.recipe.config import InputSpec, Recipe, import_factory
 from pipeline.stages.common import Objective, accuracy, as_args, footprint, outputs_list
 from targets.errors import ConfigError
 
@@ -31,7 +31,7 @@ def _call_factory(spec: str, recipe: Recipe, where: str) -> Any:
 
 
 def load_state_dict(path: str, where: str) -> dict[str, torch.Tensor]:
-    from pipeline.program_archive import check_model_file
+    from pipeline.recipe.program_archive import check_model_file
 
     check_model_file(path, where)  # empty files and Git LFS pointers say so
     try:
@@ -55,7 +55,7 @@ def load_state_dict(path: str, where: str) -> dict[str, torch.Tensor]:
 def load_model(recipe: Recipe) -> nn.Module:
     spec = recipe.model
     if spec.program:
-        from pipeline.program_archive import load_program
+        from pipeline.recipe.program_archive import load_program
 
         return load_program(recipe.resolve(spec.program))
     model = _call_factory(spec.factory, recipe, "model.factory")

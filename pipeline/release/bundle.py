@@ -20,7 +20,6 @@ file name; so the same run folder always gives the same bytes.
 
 from __future__ import annotations
 
-import argparse
 import gzip
 import hashlib
 import io
@@ -35,9 +34,11 @@ from typing import Any
 
 import yaml
 
-from pipeline.gate import artifact_verdicts, evaluate_gate
-from pipeline.modelcard import example_py, model_card
-from pipeline.rundir import (
+from pipeline.release.modelcard import example_py, model_card
+from pipeline.release.signing import SIGNATURE, sign_manifest
+from pipeline.release.verify import MANIFEST, SUMS, check_bundle, verify_bundle
+from pipeline.results.gate import artifact_verdicts, evaluate_gate
+from pipeline.results.rundir import (
     artifact_files,
     artifact_name,
     find_run_dirs,
@@ -48,14 +49,12 @@ from pipeline.rundir import (
     rank_key,
     recipe_file,
 )
-from pipeline.signing import SIGNATURE, default_key_path, generate_key, load_public_key, sign_manifest
-from pipeline.verify import MANIFEST, SUMS, check_bundle, verify_bundle
 from targets import CAPABILITIES, parse_backend
 from targets.artifact import sha256_file
 from targets.errors import ConfigError, GateError
 from targets.runner import RUNNER_PATH
 
-__all__ = ["build_bundle", "check_bundle", "choose", "default_version", "register_cli", "verify_bundle"]
+__all__ = ["build_bundle", "check_bundle", "choose", "default_version", "verify_bundle"]
 
 _SAFE = re.compile(r"[^A-Za-z0-9._-]+")
 _CHUNK = 1 << 20
@@ -79,7 +78,7 @@ def _epoch(summary: dict[str, Any]) -> int:
 def _gate_block(run_dir: Path, summary: dict[str, Any], device: str) -> dict[str, Any]:
     """The verdict judged now from the summary's figures, never the stored one alone: the limits are the recipe's
     ``gate:`` as run (else the limits stored with the verdict). A stored pass the figures do not bear out fails."""
-    from pipeline.config import Gate
+    from pipeline.recipe.config import Gate
 
     raw: Any = None
     found = recipe_file(run_dir)
@@ -309,49 +308,3 @@ def _write_tar(dest: Path, entries: dict[str, Path | bytes], mtime: int) -> None
 
 
 # ------------------------------------------------------------------------------------------------------ CLI
-def _cmd_release(args: argparse.Namespace) -> int:
-    path = build_bundle(args.run_dir, args.device, Path(args.dist), args.version, args.allow_failed_gate, args.key)
-    manifest = check_bundle(path)
-    print(f"{path}  (pick {manifest['pick']['overall']}; {len(manifest['files'])} files; "
-          f"sha256 {sha256_file(path)}; signed by {manifest['_signature']['key_id']})")
-    return 0
-
-
-def _cmd_verify(args: argparse.Namespace) -> int:
-    trusted = [load_public_key(Path(p).expanduser()) for p in args.pubkey] if args.pubkey else None
-    manifest = check_bundle(args.bundle, trusted)
-    sig = manifest["_signature"]
-    who = (f"signed by trusted key {sig['key_id']}" if sig["trusted"] else
-           f"signature valid for key {sig['key_id']}, NOT checked against a trusted key (pass --pubkey KEY.pub)")
-    print(f"{args.bundle}: OK ({len(manifest['files'])} files verified; {manifest['name']} for {manifest['device']} "
-          f"version {manifest['version']}, gate {'passed' if manifest['gate'].get('passed') else 'FAILED'}; {who})")
-    return 0
-
-
-def _cmd_keygen(args: argparse.Namespace) -> int:
-    out = Path(args.out).expanduser() if args.out else default_key_path()
-    pub = generate_key(out)
-    print(f"{out}: new Ed25519 release key (keep it private); give {pub} to whoever runs `edgepipe verify --pubkey`")
-    return 0
-
-
-def register_cli(sub: argparse._SubParsersAction) -> None:
-    """``edgepipe release RUN_DIR`` and ``edgepipe verify BUNDLE``; handlers return 0 or raise EdgeError."""
-    p = sub.add_parser("release", help="build a reproducible release bundle from a run folder")
-    p.add_argument("run_dir", help="folder written by `edgepipe run --out`")
-    p.add_argument("--device", default=None, help="device the bundle is for (must be the run's device)")
-    p.add_argument("--dist", default="dist", help="output folder (default: dist/)")
-    p.add_argument("--version", default=None,
-                   help="bundle version (default: the summary's version, else the run id's timestamp)")
-    p.add_argument("--allow-failed-gate", action="store_true",
-                   help="release although the quality gate failed (recorded in the manifest)")
-    p.add_argument("--key", default=None, help="Ed25519 private key (PEM) that signs the manifest (default: "
-                   "EDGEPIPE_SIGNING_KEY, else ~/.config/edgepipe/release-ed25519.key, created on first use)")
-    p.set_defaults(func=_cmd_release)
-    v = sub.add_parser("verify", help="check a release bundle's checksums and contents")
-    v.add_argument("bundle", help="a .tar.gz written by `edgepipe release`")
-    v.add_argument("--pubkey", action="append", default=[], help="trusted release public key (.pub); repeatable")
-    v.set_defaults(func=_cmd_verify)
-    k = sub.add_parser("keygen", help="create an Ed25519 release signing key (and its .pub)")
-    k.add_argument("--out", default=None, help="private key file (default: ~/.config/edgepipe/release-ed25519.key)")
-    k.set_defaults(func=_cmd_keygen)

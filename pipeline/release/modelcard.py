@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from pipeline.rundir import artifact_name, human_bytes, latency, metric_label, metric_value
+from pipeline.results.rundir import artifact_name, human_bytes, latency, metric_label, metric_value
 
 
 def _fmt(value: Any, digits: int = 3) -> str:

@@ -19,7 +19,7 @@ import zlib
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from pipeline.signing import SIGNATURE, check_signature
+from pipeline.release.signing import SIGNATURE, check_signature
 from targets.errors import ConfigError
 
 MANIFEST = "manifest.json"

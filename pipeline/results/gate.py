@@ -21,8 +21,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from pipeline.metrics import label
-from pipeline.rundir import artifact_name, latency, metric_value
+from pipeline.recipe.metrics import label
+from pipeline.results.rundir import artifact_name, latency, metric_value
 from targets.errors import GateError
 
 LIMITS = ("max_metric_drop", "max_accuracy_drop", "max_latency_ms", "max_bytes")

@@ -2,21 +2,20 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 from typing import TYPE_CHECKING, Any
 
-from pipeline.rundir import artifact_name, is_usable, metric_label, metric_value, pick_best
+from pipeline.results.rundir import artifact_name, is_usable, metric_label, metric_value, pick_best
 
 if TYPE_CHECKING:
-    from pipeline.store import Store
+    from pipeline.results.store import Store
 
 
 def history(store: Store, device: str | None = None, recipe: str | None = None, limit: int = 20) -> list[dict]:
     """Past runs, newest first, with their headline figures (best valid artifact, gate, baseline)."""
     from sqlalchemy import select
 
-    from pipeline.store import runs
+    from pipeline.results.store import runs
 
     query = select(runs.c.run_id, runs.c.recipe, runs.c.device, runs.c.status, runs.c.started, runs.c.finished,
                    runs.c.baseline_accuracy, runs.c.gate_passed, runs.c.summary_json)
@@ -81,37 +80,3 @@ def format_history(rows: list[dict]) -> str:
         lines.append("  ".join(cells).rstrip())
     lines.insert(1, "  ".join("-" * w for w in widths))
     return "\n".join(lines)
-
-
-# -------------------------------------------------------------------------------------------------- CLI
-def _cmd_history(args: argparse.Namespace) -> int:
-    from pipeline.rundir import find_run_dirs
-    from pipeline.store import open_store, record_summary, store_errors
-
-    store = open_store(args.db)
-    try:
-        for given in args.add or []:
-            for run_dir in find_run_dirs(given):
-                record_summary(run_dir=run_dir, store=store)
-        def reading_history(st: Any) -> list[dict]:
-            return history(st, args.device, args.recipe, args.limit)
-
-        rows = store_errors(reading_history)(store)
-    finally:
-        store.close()
-    print(json.dumps(rows, indent=2) if args.json else format_history(rows))
-    return 0
-
-
-def register_cli(sub: argparse._SubParsersAction) -> None:
-    """``edgepipe history [--device NAME] [--recipe NAME] [--limit N] [--add RUN_DIR] [--db URL|PATH] [--json]``."""
-    p = sub.add_parser("history", help="past runs from the results store with their headline figures")
-    p.add_argument("--device", help="only runs on this device")
-    p.add_argument("--recipe", help="only runs of this recipe (its name)")
-    p.add_argument("--limit", type=int, default=20, help="newest N runs (default 20)")
-    p.add_argument("--add", action="append", metavar="RUN_DIR",
-                   help="import an existing run folder into the store first (repeatable)")
-    p.add_argument("--db", default=None, help="store URL or SQLite path (default: $EDGEPIPE_DB, else "
-                   "~/.local/share/edgepipe/results.db)")
-    p.add_argument("--json", action="store_true", help="print the rows as JSON")
-    p.set_defaults(func=_cmd_history)

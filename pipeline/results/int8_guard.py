@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from pipeline.rundir import latency
+from pipeline.results.rundir import latency
 from targets.artifact import Artifact
 
 

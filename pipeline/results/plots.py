@@ -6,7 +6,7 @@ import base64
 import io
 from typing import Any
 
-from pipeline.rundir import artifact_name, is_usable, latency, metric_label, metric_value
+from pipeline.results.rundir import artifact_name, is_usable, latency, metric_label, metric_value
 from targets.errors import MissingDependencyError
 
 FAMILY_COLORS = {"onnx": "#1f77b4", "openvino": "#9467bd", "tflite": "#ff7f0e"}

@@ -7,15 +7,14 @@ artifact by artifact and a p50 latency worse by more than ``regression_threshold
 
 from __future__ import annotations
 
-import argparse
 import html
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from pipeline import plots
-from pipeline.gate import artifact_verdicts
-from pipeline.rundir import (
+from pipeline.results import plots
+from pipeline.results.gate import artifact_verdicts
+from pipeline.results.rundir import (
     artifact_name,
     find_run_dirs,
     human_bytes,
@@ -293,19 +292,3 @@ def write_report(run_dirs: list[Path], out: Path, regression_threshold: float = 
     atomic_write_bytes(out, doc.encode("utf-8"))
     out.chmod(0o644)  # a report is shared; the temp file behind the atomic write was private
     return out
-
-
-def _cmd_report(args: argparse.Namespace) -> int:
-    path = write_report([Path(d) for d in args.run_dirs], Path(args.out), args.regression_threshold)
-    print(path)
-    return 0
-
-
-def register_cli(sub: argparse._SubParsersAction) -> None:
-    """``edgepipe report RUN_DIR... [--out report.html] [--regression-threshold 0.10]``."""
-    p = sub.add_parser("report", help="HTML report with accuracy/latency/size plots for one or more runs")
-    p.add_argument("run_dirs", nargs="+", help="run folders written by `edgepipe run --out`")
-    p.add_argument("--out", default="report.html", help="HTML file to write (default: report.html)")
-    p.add_argument("--regression-threshold", type=float, default=0.10,
-                   help="flag a p50 latency worse by more than this fraction between runs (default 0.10)")
-    p.set_defaults(func=_cmd_report)

@@ -89,7 +89,7 @@ def metric_info(summary: dict[str, Any]) -> dict[str, Any]:
 
 def metric_label(summary: dict[str, Any]) -> str:
     """How the run's metric is printed: "top-1", "mAP@0.5", "cosine", or a user metric's name."""
-    from pipeline.metrics import label
+    from pipeline.recipe.metrics import label
 
     return label(metric_info(summary)["name"])
 

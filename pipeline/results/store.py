@@ -51,7 +51,7 @@ from sqlalchemy import (
 from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.exc import ArgumentError, IntegrityError, OperationalError, ProgrammingError, SQLAlchemyError
 
-from pipeline.rundir import artifact_name, load_summary, now_iso
+from pipeline.results.rundir import artifact_name, load_summary, now_iso
 from targets.errors import ConfigError
 
 STATUSES = ("incomplete", "complete", "failed")
@@ -342,8 +342,3 @@ def record_summary(summary: dict[str, Any] | None = None, run_dir: str | Path | 
     finally:
         if own:
             st.close()
-
-
-# -------------------------------------------------------------------------------------------------- history, CLI
-# ``edgepipe history`` lives in pipeline/history.py; the CLI looks for ``register_cli`` here, with the store.
-from pipeline.history import format_history, history, register_cli  # noqa: E402,F401 - re-exported

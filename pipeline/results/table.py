@@ -7,7 +7,7 @@ from typing import Any
 
 
 def format_table(summary: dict[str, Any]) -> str:
-    from pipeline.rundir import metric_label, metric_value
+    from pipeline.results.rundir import metric_label, metric_value
 
     base = summary["baseline"]
     name = metric_label(summary)

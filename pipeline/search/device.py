@@ -13,14 +13,14 @@ from pathlib import Path
 from typing import Any
 
 import pipeline
-from pipeline.progress import Progress
+from pipeline.results.rundir import now_iso
 from pipeline.run import artifact_record, measure_device, tool_versions
-from pipeline.rundir import now_iso
-from pipeline.search_cache import MeasurementCache, device_fingerprint, digest
-from pipeline.search_host import HostWork
-from pipeline.search_metric import max_drop, metric_drop, metric_value
-from pipeline.search_report import pareto_front, write_chosen_recipe
-from pipeline.search_space import Candidate, SearchConfig
+from pipeline.search.cache import MeasurementCache, device_fingerprint, digest
+from pipeline.search.host import HostWork
+from pipeline.search.metric import max_drop, metric_drop, metric_value
+from pipeline.search.report import pareto_front, write_chosen_recipe
+from pipeline.search.space import Candidate, SearchConfig
+from pipeline.ui.progress import Progress
 from targets.artifact import atomic_write_json
 from targets.device import benchmark
 from targets.errors import DeviceError

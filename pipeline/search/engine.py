@@ -26,15 +26,15 @@ from pathlib import Path
 from typing import Any, TextIO
 
 import pipeline
-from pipeline.config import load_recipe
-from pipeline.progress import Progress
-from pipeline.rundir import human_bytes
-from pipeline.search_cache import MeasurementCache, cache_root
-from pipeline.search_device import DeviceSearch
-from pipeline.search_host import HostWork
-from pipeline.search_metric import metric_value
-from pipeline.search_report import write_search_report
-from pipeline.search_space import SearchConfig, expand, recipe_candidates
+from pipeline.recipe.config import load_recipe
+from pipeline.results.rundir import human_bytes
+from pipeline.search.cache import MeasurementCache, cache_root
+from pipeline.search.device import DeviceSearch
+from pipeline.search.host import HostWork
+from pipeline.search.metric import metric_value
+from pipeline.search.report import write_search_report
+from pipeline.search.space import SearchConfig, expand, recipe_candidates
+from pipeline.ui.progress import Progress
 from targets.errors import ConfigError, EdgeError, GateError
 from targets.profiles import load_profile
 

@@ -21,16 +21,16 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.config import Recipe
-from pipeline.latency import onnx_latency_ratio
-from pipeline.model import complexity, load_data, load_model, predict
-from pipeline.progress import Progress
+from pipeline.phases.latency import onnx_latency_ratio
+from pipeline.recipe.config import Recipe
+from pipeline.recipe.model import complexity, load_data, load_model, predict
+from pipeline.recipe.task import build_context, stage_plan
 from pipeline.run import export_all
-from pipeline.search_cache import ExportCache
-from pipeline.search_space import Candidate, candidate_stages
-from pipeline.stages import StagesResult, run_stages
+from pipeline.search.cache import ExportCache
+from pipeline.search.space import Candidate, candidate_stages
+from pipeline.stages.chain import StagesResult, run_stages
 from pipeline.stages.common import example_from
-from pipeline.task import build_context, stage_plan
+from pipeline.ui.progress import Progress
 from targets.artifact import atomic_write_bytes
 
 

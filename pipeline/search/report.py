@@ -12,11 +12,11 @@ from typing import Any
 
 import yaml
 
-from pipeline.config import Recipe
-from pipeline.plots import FAMILY_COLORS, PRECISION_MARKERS, _plt, _png
-from pipeline.rundir import human_bytes, now_iso
-from pipeline.search_metric import metric_value
-from pipeline.search_space import STAGE_CONFIGS, STAGE_ORDER
+from pipeline.recipe.config import Recipe
+from pipeline.results.plots import FAMILY_COLORS, PRECISION_MARKERS, _plt, _png
+from pipeline.results.rundir import human_bytes, now_iso
+from pipeline.search.metric import metric_value
+from pipeline.search.space import STAGE_CONFIGS, STAGE_ORDER
 from targets.artifact import atomic_write_bytes
 from targets.schema import read_yaml
 

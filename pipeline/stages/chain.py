@@ -109,9 +109,10 @@ def run_stages(model: nn.Module, data: dict[str, Any], plan: StagePlan, run_dir:
     every rank runs this together; rank 0 alone reads and writes the cache and hands cached models to the others.
     """
     log = _loud(log)
-    from pipeline import distributed
+    from pipeline.stages import distributed
     from pipeline.stages.cache import StageCache, data_fingerprint, load_model, model_hash, restore_model, stage_key
-    from pipeline.stages.common import Objective, example_from, footprint, seed_everything
+    from pipeline.stages.common import Objective, example_from, footprint
+    from pipeline.stages.loading import seed_everything
     from pipeline.stages.train import settings_for
 
     main = distributed.is_main()

@@ -13,12 +13,10 @@ classification, output-matching KD on every output otherwise, or the user's own 
 from __future__ import annotations
 
 import dataclasses
-import random
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -104,18 +102,11 @@ class Objective:
         return total
 
 
-def seed_everything(seed: int) -> torch.Generator:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-    return torch.Generator().manual_seed(seed)
-
-
 @torch.no_grad()
 def accuracy(model: nn.Module | Callable[..., Any], dataset: Any, batch_size: int = 256,
              input_names: Sequence[str] | None = None) -> float:
     """Top-1 of the first output on ``dataset`` (items ``(inputs, label)``), as a fraction; eval mode. The one
-    top-1 helper: the task metric (``pipeline.metrics``) is what runs report; this is the stages' quick check."""
+    top-1 helper: the task metric (``pipeline.recipe.metrics``) is what runs report; this is the stages' quick check."""
     if isinstance(model, nn.Module):
         model.eval()
     correct = total = 0

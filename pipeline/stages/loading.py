@@ -11,7 +11,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, default_collate
 
-from pipeline import distributed
+from pipeline.stages import distributed
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -156,3 +156,15 @@ def loader(dataset: Any, settings: TrainSettings, *, shuffle: bool, generator: t
     sampler = GlobalBatches(len(dataset), bs, drop_last, gen, rank, world)
     # generator=gen: the loader draws its worker base seed from it before the permutation, as DataLoader always did
     return DataLoader(dataset, batch_sampler=sampler, generator=gen, **common)
+
+
+def seed_everything(seed: int) -> torch.Generator:
+    """Seed every generator a stage draws from, and return the one its loaders shuffle with."""
+    import random
+
+    import numpy as np
+
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    return torch.Generator().manual_seed(seed)

@@ -195,8 +195,8 @@ def prune(model: nn.Module, example_inputs: torch.Tensor | tuple[torch.Tensor, .
     given ``timing`` function (the orchestrator hands one in; none means no guard); returns (model, extra record)."""
     import copy
 
-    from pipeline.distributed import is_main
     from pipeline.stages.common import Objective, collate, train
+    from pipeline.stages.distributed import is_main
 
     obj = objective or Objective()
     parent = copy.deepcopy(model).eval()

@@ -22,7 +22,7 @@ import torch
 from pydantic import Field
 from torch import nn
 
-from pipeline import distributed
+from pipeline.stages import distributed
 from pipeline.stages.loading import (
     Indexed,
     _batch_len,
@@ -32,6 +32,7 @@ from pipeline.stages.loading import (
     call,
     is_deterministic,
     loader,
+    seed_everything,
     to_device,
 )
 from targets.schema import StrictModel
@@ -234,7 +235,6 @@ def fit(model: nn.Module, dataset: Any, loss_fn: LossFn, *, epochs: int, make_op
     """
     if epochs <= 0:
         return model
-    from pipeline.stages.common import seed_everything
 
     device, world = settings.device, distributed.world_size()
     extras = [m for m in extra_modules]

@@ -53,7 +53,7 @@ def make_run(root: Path, *, run_id: str = "digits-local-20261123T160000Z", recip
              started: str = "2026-11-23T16:00:00+00:00", finished: str = "2026-11-23T16:03:10+00:00",
              invalid: dict[str, list[str]] | None = None) -> Path:
     """Write a complete run folder under ``root`` and return it."""
-    from pipeline.gate import apply_gate
+    from pipeline.results.gate import apply_gate
 
     run_dir = root
     (run_dir / "artifacts").mkdir(parents=True, exist_ok=True)

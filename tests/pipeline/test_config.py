@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from pipeline.config import load_recipe
+from pipeline.recipe.config import load_recipe
 from targets.errors import ConfigError
 from tests.conftest import TINY_MODELS, run_cli
 

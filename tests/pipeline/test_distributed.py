@@ -89,7 +89,7 @@ def test_nproc_rejects_zero_processes() -> None:
 
 
 def test_strip_nproc_leaves_the_rest_of_the_command_line() -> None:
-    from pipeline.distributed import strip_nproc
+    from pipeline.stages.distributed import strip_nproc
 
     assert strip_nproc(["run", "r.yaml", "--nproc", "4", "--device", "x", "--nproc=2", "--set", "a=1"]) == \
         ["run", "r.yaml", "--device", "x", "--set", "a=1"]
@@ -97,12 +97,12 @@ def test_strip_nproc_leaves_the_rest_of_the_command_line() -> None:
 
 @pytest.mark.parametrize(("codes", "expected"), [
     ({0: 2, 1: 2}, 2),            # both ranks refused the recipe
-    ({0: -15, 1: 2}, 2),          # rank 1 failed first and the launcher stopped rank 0 (seen in a fresh-clone make test)
+    ({0: -15, 1: 2}, 2),          # rank 1 failed first, the launcher stopped rank 0 (seen in a fresh-clone make test)
     ({0: 3}, 3),                  # rank 0's gate verdict
     ({1: 4}, 4),                  # only rank 1 lost its board
     ({0: -9, 1: -15}, 1),         # signals only: a crash
 ])
 def test_the_run_keeps_the_meaning_of_a_ranks_exit_code(codes, expected) -> None:
-    from pipeline.distributed import exit_code
+    from pipeline.stages.distributed import exit_code
 
     assert exit_code(codes) == expected

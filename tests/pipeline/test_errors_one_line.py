@@ -7,8 +7,8 @@ import sqlite3
 
 import pytest
 
+from pipeline.results.store import open_store
 from pipeline.run import run
-from pipeline.store import open_store
 from targets.errors import ConfigError, EdgeError
 from tests.conftest import run_cli
 from tests.pipeline.runfolder import make_run
@@ -64,7 +64,7 @@ def test_a_run_that_fails_at_load_time_is_failed_not_incomplete(write_recipe, tm
     (b"version https://git-lfs.github.com/spec/v1\noid sha256:abc\nsize 12\n", "Git LFS pointer"),
 ])
 def test_weights_that_are_empty_or_an_lfs_pointer_say_so(tmp_path, content, expected):
-    from pipeline.model import load_state_dict
+    from pipeline.recipe.model import load_state_dict
 
     (tmp_path / "w.pt").write_bytes(content)
     with pytest.raises(ConfigError, match=expected) as info:
@@ -110,7 +110,7 @@ def test_verify_reports_odd_manifests_without_a_traceback(tmp_path):
     import io
     import tarfile
 
-    from pipeline.verify import verify_bundle
+    from pipeline.release.verify import verify_bundle
 
     bundle = tmp_path / "odd.tar.gz"
     for manifest in (b"[1, 2]", b'{"files": [{"path": "a", "sha256": "x", "bytes": 1}], "pick": [1]}',

@@ -5,8 +5,8 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.config import Gate
-from pipeline.gate import apply_gate, evaluate_gate, raise_for_gate
+from pipeline.recipe.config import Gate
+from pipeline.results.gate import apply_gate, evaluate_gate, raise_for_gate
 from targets.errors import GateError
 from tests.pipeline.runfolder import make_run
 

@@ -7,11 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.int8_guard import guard_records
-from pipeline.release import choose
-from pipeline.report import write_report
-from pipeline.rundir import pick_best
-from pipeline.table import format_table
+from pipeline.release.bundle import choose
+from pipeline.results.int8_guard import guard_records
+from pipeline.results.report import write_report
+from pipeline.results.rundir import pick_best
+from pipeline.results.table import format_table
 from targets.artifact import Artifact, atomic_write_json
 from tests.pipeline.runfolder import make_run
 

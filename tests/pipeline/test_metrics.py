@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline.metrics import BoxMAP, resolve_metric
+from pipeline.recipe.metrics import BoxMAP, resolve_metric
 from targets.errors import ConfigError
 
 LOGITS = np.array([[0.1, 0.9, 0.0, 0.0, 0.0, 0.0],    # top-1: 1

@@ -5,8 +5,8 @@ import pickle
 import pytest
 import torch
 
-from pipeline.config import load_recipe
-from pipeline.model import accuracy, load_data, load_model
+from pipeline.recipe.config import load_recipe
+from pipeline.recipe.model import accuracy, load_data, load_model
 from targets.errors import ConfigError
 from tests.conftest import TINY_MODELS
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import time
 
-from pipeline.table import format_table
+from pipeline.results.table import format_table
 from tests.conftest import run_cli
 from tests.sshd import free_port
 

@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from pipeline.config import load_recipe
-from pipeline.model import load_model
-from pipeline.program_archive import check_program_archive
+from pipeline.recipe.config import load_recipe
+from pipeline.recipe.model import load_model
+from pipeline.recipe.program_archive import check_program_archive
 from targets.errors import ConfigError
 from tests.pipeline.test_model import DATA, RECIPE, _tiny
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.release import build_bundle, check_bundle, verify_bundle
+from pipeline.release.bundle import build_bundle, check_bundle, verify_bundle
 from targets.errors import ConfigError, GateError
 from tests.conftest import run_cli
 from tests.pipeline.runfolder import make_run

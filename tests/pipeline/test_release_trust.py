@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.release import build_bundle
+from pipeline.release.bundle import build_bundle
 from targets.errors import ConfigError, GateError
 from tests.pipeline.runfolder import make_run
 

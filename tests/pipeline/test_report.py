@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.plots import pareto_front
-from pipeline.report import compare_runs, write_report
+from pipeline.results.plots import pareto_front
+from pipeline.results.report import compare_runs, write_report
 from tests.conftest import run_cli
 from tests.pipeline.runfolder import make_run
 

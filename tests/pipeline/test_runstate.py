@@ -7,8 +7,8 @@ import subprocess
 
 import pytest
 
+from pipeline.results.runstate import CLAIM, claim_run_folder, new_run_id
 from pipeline.run import run
-from pipeline.runstate import CLAIM, claim_run_folder, new_run_id
 from targets.errors import ConfigError
 
 

@@ -8,11 +8,11 @@ from types import SimpleNamespace
 
 import yaml
 
-from pipeline.config import Gate, load_recipe
-from pipeline.progress import Progress
-from pipeline.search_device import DeviceSearch
-from pipeline.search_report import pareto_front, write_chosen_recipe
-from pipeline.search_space import SearchConfig
+from pipeline.recipe.config import Gate, load_recipe
+from pipeline.search.device import DeviceSearch
+from pipeline.search.report import pareto_front, write_chosen_recipe
+from pipeline.search.space import SearchConfig
+from pipeline.ui.progress import Progress
 
 
 def test_pareto_front_keeps_every_tradeoff_and_drops_the_dominated():
@@ -85,7 +85,7 @@ def test_chosen_recipe_is_a_plain_recipe_with_the_chosen_settings(tmp_path, digi
 
 
 def test_successive_halving_keeps_the_fastest_backends_and_widens_their_settings():
-    from pipeline.search_space import Candidate
+    from pipeline.search.space import Candidate
 
     backends = ["a-fp32", "b-fp32", "c-fp32", "d-fp32"]
     speed = {"a-fp32": 4.0, "b-fp32": 1.0, "c-fp32": 2.0, "d-fp32": 3.0}

@@ -8,7 +8,7 @@ import json
 import pytest
 import yaml
 
-from pipeline.search import search
+from pipeline.search.engine import search
 
 pytestmark = [pytest.mark.onnx]
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from pipeline.config import load_recipe
-from pipeline.search_space import SearchConfig, expand, recipe_candidates
+from pipeline.recipe.config import load_recipe
+from pipeline.search.space import SearchConfig, expand, recipe_candidates
 from targets.errors import ConfigError
 
 

@@ -9,8 +9,9 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
-from pipeline import store as store_mod
-from pipeline.store import MIGRATIONS, format_history, history, open_store, record_summary, store_url
+from pipeline.results import store as store_mod
+from pipeline.results.history import format_history, history
+from pipeline.results.store import MIGRATIONS, open_store, record_summary, store_url
 from targets.errors import ConfigError
 from tests.conftest import run_cli
 from tests.pipeline.runfolder import make_run
@@ -53,7 +54,7 @@ def test_finish_run_rolls_back_and_leaves_run_incomplete_when_write_fails(tmp_pa
 
 def test_begin_run_leaves_run_incomplete_when_process_crashes(tmp_path: Path) -> None:
     db = tmp_path / "results.db"
-    code = ("import os, sys\nfrom pipeline.store import open_store\n"
+    code = ("import os, sys\nfrom pipeline.results.store import open_store\n"
             f"s = open_store({str(db)!r})\n"
             "s.begin_run('crashed-1', 'digits', 'rpi5', '/tmp/x', '2026-11-23T10:00:00')\n"
             "os._exit(9)\n")
@@ -178,7 +179,7 @@ def test_store_round_trip_and_rollback_on_postgresql(tmp_path: Path, postgres_ur
 
 def test_open_store_from_concurrent_processes_migrates_a_new_store_once(tmp_path: Path) -> None:
     db = tmp_path / "race.db"
-    code = (f"from pipeline.store import open_store\ns = open_store({str(db)!r})\n"
+    code = (f"from pipeline.results.store import open_store\ns = open_store({str(db)!r})\n"
             "import sys\ns.begin_run('r' + sys.argv[1], 'digits', 'local')\n")
     procs = [subprocess.Popen([sys.executable, "-c", code, str(i)], cwd=Path(__file__).parents[2],
                               stderr=subprocess.PIPE, text=True) for i in range(4)]

@@ -7,7 +7,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from pipeline.trained import trained_once
+from pipeline.recipe.trained import trained_once
 
 
 def test_trains_on_first_use_then_loads_the_same_weights_without_training(tmp_path: Path) -> None:

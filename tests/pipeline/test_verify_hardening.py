@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.release import build_bundle
-from pipeline.verify import verify_bundle
+from pipeline.release.bundle import build_bundle
+from pipeline.release.verify import verify_bundle
 from tests.conftest import run_cli
 from tests.pipeline.runfolder import make_run
 
@@ -53,7 +53,7 @@ def test_verify_refuses_a_zero_bomb_from_the_index_without_reading_it(bundle, tm
     bad = _write(tmp_path / "bomb.tar.gz", bomb)
     assert bad.stat().st_size < 1 << 20
     hashed = []
-    monkeypatch.setattr("pipeline.verify._hash", lambda tar, m: hashed.append(m.name) or "")
+    monkeypatch.setattr("pipeline.release.verify._hash", lambda tar, m: hashed.append(m.name) or "")
     problems = verify_bundle(bad)
     assert any(f"size {big} differs" in p for p in problems), problems
     assert hashed == []  # refused from the index: no member was read

@@ -13,7 +13,7 @@ import shutil
 import pytest
 import yaml
 
-from pipeline.config import load_recipe
+from pipeline.recipe.config import load_recipe
 from tests.conftest import ROOT, run_cli
 
 pytestmark = [pytest.mark.ssh, pytest.mark.slow, pytest.mark.onnx, pytest.mark.openvino]

@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from pipeline.config import load_recipe
+from pipeline.recipe.config import load_recipe
 from targets.errors import ConfigError
 from targets.profiles import load_profile
 

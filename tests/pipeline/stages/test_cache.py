@@ -5,8 +5,8 @@ import copy
 import pytest
 import torch
 
-from pipeline.stages import run_stages
 from pipeline.stages.cache import load_model, model_hash, save_model, stage_key
+from pipeline.stages.chain import run_stages
 from pipeline.stages.prune import structured_prune
 
 from . import stage_models

@@ -4,7 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from pipeline.config import load_recipe
+from pipeline.recipe.config import load_recipe
 from pipeline.stages.common import accuracy, kd_loss
 from pipeline.stages.distill import DistillConfig, distill, make_student
 from targets.errors import ConfigError
@@ -63,7 +63,7 @@ def test_make_student_is_teacher_pruned_to_width_when_no_factory(teacher, exampl
 
 
 def test_run_stages_records_distill_accuracy_params_macs_seconds(digits, teacher, tmp_path) -> None:
-    from pipeline.stages import run_stages
+    from pipeline.stages.chain import run_stages
 
     recipe = make_recipe({"distill": {"student": "stage_models:student", "epochs": 1, "batch_size": 32}})
     result = run_stages(teacher, digits, recipe, tmp_path, lambda _m: None)

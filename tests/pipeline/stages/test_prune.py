@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from pipeline.config import load_recipe
+from pipeline.recipe.config import load_recipe
 from pipeline.stages.common import footprint
 from pipeline.stages.prune import PruneConfig, prune, structured_prune
 from targets.errors import ConfigError
@@ -70,7 +70,7 @@ def test_prune_rejects_unknown_ignored_layer(teacher, example) -> None:
 
 def test_prune_measures_latency_against_parent(digits, teacher, example) -> None:
     cfg = PruneConfig(ratio=0.5, finetune_epochs=1, guard_iterations=30, guard_seconds=0.2, batch_size=32)
-    from pipeline.latency import onnx_latency_ratio
+    from pipeline.phases.latency import onnx_latency_ratio
 
     pruned, extra = prune(teacher, example, digits, cfg, teacher=teacher, timing=onnx_latency_ratio)
     guard = extra["latency_guard"]

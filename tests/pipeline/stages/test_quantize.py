@@ -3,7 +3,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from pipeline.config import load_recipe
+from pipeline.recipe.config import load_recipe
 from pipeline.stages.common import accuracy
 from pipeline.stages.quantize import QuantConfig, ptq_simulated, qat
 from targets.errors import ConfigError
@@ -67,7 +67,7 @@ def test_recipe_rejects_bad_quantize_config_naming_key_path(override: str, path:
 
 
 def test_run_stages_qat_records_ptq_and_qat_accuracy_and_keeps_ranges_when_cached(digits, teacher, tmp_path) -> None:
-    from pipeline.stages import run_stages
+    from pipeline.stages.chain import run_stages
 
     from .stage_models import make_recipe
 

@@ -162,7 +162,7 @@ def test_fit_takes_a_loss_callable_and_named_inputs(digits) -> None:
 def test_stage_cache_is_reused_across_device_settings_but_not_amp(digits, teacher, tmp_path) -> None:
     from dataclasses import replace
 
-    from pipeline.stages import run_stages
+    from pipeline.stages.chain import run_stages
 
     recipe = make_recipe({"distill": {"student": "stage_models:student", "epochs": 1, "batch_size": 32}})
     logs: list[str] = []
@@ -180,7 +180,7 @@ def test_stage_cache_is_reused_across_device_settings_but_not_amp(digits, teache
 
 
 def test_recipe_rejects_bad_train_keys_all_at_once_naming_key_paths() -> None:
-    from pipeline.config import load_recipe
+    from pipeline.recipe.config import load_recipe
 
     from .stage_models import DIGITS_RECIPE
 

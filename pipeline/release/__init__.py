@@ -1,0 +1,1 @@
+"""The release bundle per device: packing, signing, verifying and the model card."""

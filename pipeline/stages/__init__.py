@@ -1,0 +1,1 @@
+"""The model stages (distill -> prune -> quantize) over one cached-step loop in chain.py, and the training engine."""

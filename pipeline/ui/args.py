@@ -1,0 +1,31 @@
+"""Arguments several subcommands share: connection overrides and a process count."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+
+def conn_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    return {k: getattr(args, k, None) for k in ("host", "user", "port", "key", "known_hosts")
+            if getattr(args, k, None) is not None}
+
+
+def positive_int(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number of processes >= 1, got {text!r}")
+    return int(text)
+
+
+def add_conn(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("connection overrides (also EDGEPIPE_<DEVICE>_HOST, _USER, _PORT, _KEY)")
+    g.add_argument("--host")
+    g.add_argument("--user")
+    g.add_argument("--port", type=int)
+    g.add_argument("--key", help="private key file")
+    g.add_argument("--known-hosts", dest="known_hosts", help="known_hosts file to trust")
+
+
+def add_set(p: argparse.ArgumentParser, example: str = "--set stages.prune.ratio=0.3") -> None:
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help=f"override a recipe value, e.g. {example}")

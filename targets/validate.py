@@ -16,6 +16,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+from targets import units
 from targets.artifact import Artifact, sha256_file
 from targets.errors import OutputMismatchError
 from targets.runner import bench
@@ -106,13 +107,6 @@ def _as_list(x: np.ndarray | list[np.ndarray]) -> list[np.ndarray]:
     return [x] if isinstance(x, np.ndarray) else list(x)
 
 
-def metric_drop(parent: dict[str, Any], child: dict[str, Any]) -> float:
-    """How much worse ``child`` scores than ``parent`` in the gate's units: points (x100) for fraction metrics."""
-    diff = parent["value"] - child["value"] if parent.get("higher_is_better", True) else \
-        child["value"] - parent["value"]
-    return diff * (100.0 if parent.get("unit") == "fraction" else 1.0)
-
-
 def validate(artifact: Artifact, inputs: dict[str, np.ndarray] | np.ndarray,
              reference: list[np.ndarray] | np.ndarray, labels: np.ndarray | None = None, threads: int = 1, *,
              classification: bool = True, score: Callable[[list[np.ndarray]], dict[str, Any]] | None = None,
@@ -189,9 +183,9 @@ def validate(artifact: Artifact, inputs: dict[str, np.ndarray] | np.ndarray,
             failures.append(f"the task metric cannot score the artifact's outputs: {type(exc).__name__}: {exc}")
         else:
             if parent_score is not None and max_drop is not None and artifact.precision == "int8":
-                drop = metric_drop(parent_score, report["metric"])
+                drop = units.drop(float(parent_score["value"]), float(report["metric"]["value"]), parent_score)
                 report["metric_drop"] = drop
-                if drop > max_drop + 1e-9:
+                if not units.within(drop, max_drop):
                     failures.append(f"{report['metric']['name']} {report['metric']['value']:.4g} is {drop:.3g} "
                                     f"below the FP32 parent's {parent_score['value']:.4g} (max {max_drop:g})")
     if failures:

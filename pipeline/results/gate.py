@@ -23,19 +23,18 @@ from typing import Any
 
 from pipeline.recipe.metrics import label
 from pipeline.results.rundir import artifact_name, latency, metric_value
+from targets import units
 from targets.errors import GateError
 
 LIMITS = ("max_metric_drop", "max_accuracy_drop", "max_latency_ms", "max_bytes")
 EPS = 1e-9  # figures exactly at the limit pass
 
 
-def _limits(gate_cfg: Any) -> dict[str, Any]:
+def limits_of(gate_cfg: Any) -> dict[str, Any]:
     """Accept the recipe's ``Gate`` model or a plain mapping (as stored in recipe.yaml / summary.json)."""
     raw = gate_cfg.model_dump() if hasattr(gate_cfg, "model_dump") else dict(gate_cfg or {})
     out = {k: raw.get(k) for k in LIMITS}
-    if out["max_metric_drop"] is None:
-        out["max_metric_drop"] = out["max_accuracy_drop"]
-    out["max_accuracy_drop"] = out["max_metric_drop"]
+    out["max_metric_drop"] = out["max_accuracy_drop"] = units.max_metric_drop(raw)
     return out
 
 
@@ -47,23 +46,22 @@ def check_artifact(art: dict[str, Any], limits: dict[str, Any], baseline: float 
     if art.get("error"):
         return [f"{name}: failed before it could be measured: {art['error']}"]
     failures: list[str] = []
-    max_drop = limits.get("max_metric_drop", limits.get("max_accuracy_drop"))
+    max_drop = units.max_metric_drop(limits)
     base_rec = baseline if isinstance(baseline, dict) else {"accuracy": baseline}
     metric = base_rec.get("metric") or art.get("metric") or {"name": "top1", "higher_is_better": True,
                                                              "unit": "fraction"}
     what = "accuracy" if metric.get("name") == "top1" and "metric" not in base_rec else label(metric["name"])
     if max_drop is not None:
         value, base = metric_value(art), metric_value(base_rec)
-        fraction = metric.get("unit", "fraction") == "fraction"
+        fraction = units.is_fraction({"unit": "fraction", **metric})
         unit = " points" if fraction else ""
         if value is None:
             failures.append(f"{name}: no {what} was measured (max drop {max_drop:g}{unit} needs one)")
         elif base is None:
             failures.append(f"{name}: the summary has no baseline {what} to compare {value:.3f} against")
         else:
-            drop = (base - value) if metric.get("higher_is_better", True) else (value - base)
-            drop *= 100.0 if fraction else 1.0
-            if drop > max_drop + EPS:
+            drop = units.drop(base, value, {"unit": "fraction", **metric})
+            if not units.within(drop, max_drop, EPS):
                 failures.append(f"{name}: {what} {value:.3f} is {drop:.1f}{unit} "
                                 f"{'below' if metric.get('higher_is_better', True) else 'worse than'} baseline "
                                 f"{base:.3f} (max {max_drop:g})")
@@ -90,7 +88,7 @@ def check_artifact(art: dict[str, Any], limits: dict[str, Any], baseline: float 
 
 def evaluate_gate(summary: dict[str, Any], gate_cfg: Any, device: str) -> dict[str, Any]:
     """The summary's ``gate`` block: the limits, the overall verdict, and one verdict per artifact."""
-    limits = _limits(gate_cfg)
+    limits = limits_of(gate_cfg)
     baseline = summary.get("baseline") or {}
     per_artifact: list[dict[str, Any]] = []
     failures: list[str] = []
@@ -136,6 +134,6 @@ def artifact_verdicts(summary: dict[str, Any]) -> dict[str, dict[str, Any]]:
         if isinstance(art.get("gate"), dict):
             out[artifact_name(art)] = art["gate"]
         elif limits:
-            own = check_artifact(art, _limits(limits), baseline, str(summary.get("device", "?")))
+            own = check_artifact(art, limits_of(limits), baseline, str(summary.get("device", "?")))
             out[artifact_name(art)] = {"passed": not own, "failures": own}
     return out

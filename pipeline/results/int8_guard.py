@@ -27,40 +27,53 @@ def _ops(art: Artifact | None) -> dict[str, Any] | None:
         return {"error": f"could not list the ops: {type(exc).__name__}: {exc}"}
 
 
+def judge(rec: dict[str, Any], parent: dict[str, Any], device: str = "the device",
+          art: Artifact | None = None) -> dict[str, Any]:
+    """The guard's verdict on one int8/fp16 record against its measured FP32 parent: p50 latency and bytes on disk.
+    The one rule: ``edgepipe run`` applies it per family, ``edgepipe search`` per candidate and its float sibling."""
+    p50, parent_p50 = latency(rec, "p50"), latency(parent, "p50")
+    guard: dict[str, Any] = {"parent": f"{parent['backend']}-{parent['precision']}"}
+    if p50 is not None and parent_p50:
+        guard["latency_ratio"] = round(p50 / parent_p50, 3)
+        guard["slower"] = p50 > parent_p50
+    if isinstance(rec.get("bytes"), int) and isinstance(parent.get("bytes"), int) and parent["bytes"]:
+        guard["size_ratio"] = round(rec["bytes"] / parent["bytes"], 3)
+        guard["bigger"] = rec["bytes"] > parent["bytes"]
+    guard["flagged"] = bool(guard.get("slower") or guard.get("bigger"))
+    if guard["flagged"]:
+        what = []
+        if guard.get("slower"):
+            what.append(f"SLOWER than {guard['parent']} on {device} (p50 {p50:.4g} vs {parent_p50:.4g} ms, "
+                        f"{guard['latency_ratio']:.2f}x)")
+        if guard.get("bigger"):
+            what.append(f"BIGGER than {guard['parent']} ({rec['bytes']} vs {parent['bytes']} bytes, "
+                        f"{guard['size_ratio']:.2f}x)")
+        ops = _ops(art)
+        if ops is not None:
+            guard["ops"] = ops
+        why = f"; ops left in float: {ops['text']}" if ops and "text" in ops else ""
+        guard["message"] = (f"{rec['backend']}-{rec['precision']} is " + " and ".join(what) + why
+                            + f"; prefer {guard['parent']} here, or keep the float ops' layers in float")
+    return guard
+
+
+def guards(rec: dict[str, Any]) -> bool:
+    """Whether the guard applies to a record: a reduced precision that exists to be faster or smaller."""
+    return rec.get("precision") in ("int8", "fp16")
+
+
 def guard_records(records: list[dict[str, Any]], artifacts: dict[str, Artifact] | None = None,
                   device: str = "the device") -> list[str]:
     """Add ``int8_guard`` to every int8/fp16 record with a measured FP32 sibling; return one warning per flag."""
     by_name = {f"{r['backend']}-{r['precision']}": r for r in records}
     warnings = []
     for r in records:
-        if r.get("precision") not in ("int8", "fp16"):
+        if not guards(r):
             continue
         parent = by_name.get(f"{r['backend']}-fp32")
         if parent is None:
             continue
-        p50, parent_p50 = latency(r, "p50"), latency(parent, "p50")
-        guard: dict[str, Any] = {"parent": f"{r['backend']}-fp32"}
-        if p50 is not None and parent_p50:
-            guard["latency_ratio"] = round(p50 / parent_p50, 3)
-            guard["slower"] = p50 > parent_p50
-        if isinstance(r.get("bytes"), int) and isinstance(parent.get("bytes"), int) and parent["bytes"]:
-            guard["size_ratio"] = round(r["bytes"] / parent["bytes"], 3)
-            guard["bigger"] = r["bytes"] > parent["bytes"]
-        guard["flagged"] = bool(guard.get("slower") or guard.get("bigger"))
-        if guard["flagged"]:
-            what = []
-            if guard.get("slower"):
-                what.append(f"SLOWER than {guard['parent']} on {device} (p50 {p50:.4g} vs {parent_p50:.4g} ms, "
-                            f"{guard['latency_ratio']:.2f}x)")
-            if guard.get("bigger"):
-                what.append(f"BIGGER than {guard['parent']} ({r['bytes']} vs {parent['bytes']} bytes, "
-                            f"{guard['size_ratio']:.2f}x)")
-            ops = _ops((artifacts or {}).get(f"{r['backend']}-{r['precision']}"))
-            if ops is not None:
-                guard["ops"] = ops
-            why = f"; ops left in float: {ops['text']}" if ops and "text" in ops else ""
-            guard["message"] = (f"{r['backend']}-{r['precision']} is " + " and ".join(what) + why
-                                + f"; prefer {guard['parent']} here, or keep the float ops' layers in float")
-            warnings.append(guard["message"])
-        r["int8_guard"] = guard
+        r["int8_guard"] = judge(r, parent, device, (artifacts or {}).get(f"{r['backend']}-{r['precision']}"))
+        if r["int8_guard"]["flagged"]:
+            warnings.append(r["int8_guard"]["message"])
     return warnings

@@ -6,7 +6,7 @@ import base64
 import io
 from typing import Any
 
-from pipeline.results.rundir import artifact_name, is_usable, latency, metric_label, metric_value
+from pipeline.results.rundir import artifact_name, is_usable, latency, metric_label, metric_value, pareto_front
 from targets.errors import MissingDependencyError
 
 FAMILY_COLORS = {"onnx": "#1f77b4", "openvino": "#9467bd", "tflite": "#ff7f0e"}
@@ -30,19 +30,6 @@ def _png(fig: Any) -> str:
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
 
 
-def pareto_front(points: list[tuple[str, float, float]], higher_is_better: bool = True) -> list[str]:
-    """Names of the points no other point beats on both axes: (name, p90 latency, metric); lower latency is better,
-    and the metric in its own direction (mse: lower). Sorted by latency."""
-    sign = 1.0 if higher_is_better else -1.0
-    front: list[str] = []
-    best = float("-inf")
-    for name, _lat, value in sorted(points, key=lambda p: (p[1], -sign * p[2], p[0])):
-        if sign * value > best:
-            front.append(name)
-            best = sign * value
-    return front
-
-
 PRECISION_MARKERS = {"fp32": "o", "fp16": "s", "int8": "^"}
 
 
@@ -52,7 +39,8 @@ def accuracy_vs_latency(artifacts: list[dict[str, Any]], baseline: float | None,
     points never print on top of each other; Pareto points are outlined and joined by a dashed staircase."""
     plt = _plt()
     fig, ax = plt.subplots(figsize=(6.0, 3.6))
-    points = [(artifact_name(a), latency(a) or 0.0, float(metric_value(a) or 0.0)) for a in artifacts if is_usable(a)]
+    points = [(artifact_name(a), float(metric_value(a) or 0.0), latency(a) or 0.0, 0) for a in artifacts
+              if is_usable(a)]
     front = pareto_front(points, higher_is_better)
     for a in artifacts:
         lat, acc = latency(a), metric_value(a)
@@ -68,7 +56,7 @@ def accuracy_vs_latency(artifacts: list[dict[str, Any]], baseline: float | None,
             ax.scatter(lat, acc, s=70, marker=marker, facecolor="none", edgecolor=color, zorder=2,
                        label=f"{name} (invalid)")
     if front:
-        by_name = {n: (lat, acc) for n, lat, acc in points}
+        by_name = {n: (lat, acc) for n, acc, lat, _size in points}
         xs, ys = zip(*(by_name[n] for n in front), strict=True)
         ax.step(xs, ys, where="post", color="black", linestyle="--", linewidth=1, label="Pareto front", zorder=1)
     if isinstance(baseline, (int, float)):

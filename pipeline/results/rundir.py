@@ -12,6 +12,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from targets import units
 from targets.errors import ConfigError
 
 
@@ -177,3 +178,26 @@ def human_bytes(n: Any) -> str:
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
         n /= 1024
     return str(n)
+
+
+def metric_drop(baseline: dict[str, Any], rec: dict[str, Any]) -> float | None:
+    """How far below the original model a record is, in the gate's units (targets.units); None when either has
+    no metric."""
+    base, value = metric_value(baseline), metric_value(rec)
+    if base is None or value is None:
+        return None
+    return units.drop(base, value, baseline.get("metric") or {"name": "accuracy"})
+
+
+def pareto_front(points: list[tuple[str, float, float, float]], higher_is_better: bool = True) -> list[str]:
+    """Ids of the points (id, metric, p90, bytes) no other point beats on all three (better metric, lower p90, smaller
+    size) and strictly on one; sorted by p90. Identical points are all kept."""
+    sign = 1.0 if higher_is_better else -1.0
+
+    def dominates(a: tuple[str, float, float, float], b: tuple[str, float, float, float]) -> bool:
+        ge = sign * a[1] >= sign * b[1] and a[2] <= b[2] and a[3] <= b[3]
+        gt = sign * a[1] > sign * b[1] or a[2] < b[2] or a[3] < b[3]
+        return ge and gt
+
+    front = [p for p in points if not any(dominates(q, p) for q in points if q is not p)]
+    return [p[0] for p in sorted(front, key=lambda p: (p[2], p[0]))]

@@ -13,12 +13,13 @@ from pathlib import Path
 from typing import Any
 
 import pipeline
-from pipeline.results.rundir import now_iso
+from pipeline.results.gate import EPS, check_artifact, limits_of
+from pipeline.results.int8_guard import guards, judge
+from pipeline.results.rundir import is_usable, metric_drop, metric_value, now_iso, outranked, pareto_front
 from pipeline.run import artifact_record, measure_device, tool_versions
 from pipeline.search.cache import MeasurementCache, device_fingerprint, digest
 from pipeline.search.host import HostWork
-from pipeline.search.metric import max_drop, metric_drop, metric_value
-from pipeline.search.report import pareto_front, write_chosen_recipe
+from pipeline.search.report import write_chosen_recipe
 from pipeline.search.space import Candidate, SearchConfig
 from pipeline.ui.progress import Progress
 from targets.artifact import atomic_write_json
@@ -53,7 +54,7 @@ class DeviceSearch:
         self.comparison: dict[str, Any] | None = None
         self.comparison_measured_now = 0
         self.chosen_recipe: str | None = None
-        self.limit = recipe_limits(host)
+        self.limits = limits_of(host.recipe.gate)
 
     # ------------------------------------------------------------------------------------------------ plan
     def run(self) -> dict[str, Any]:
@@ -152,18 +153,19 @@ class DeviceSearch:
     def _skip_reason(self, cand: Candidate, entry: dict[str, Any], rec: dict[str, Any]) -> str | None:
         if entry.get("error"):
             return f"export or check failed: {entry['error']}"
-        drop, limit = rec["host_check"]["drop"], self.limit["drop"]
-        if drop is not None and limit is not None and drop > limit + 1e-9:
+        drop, limit = rec["host_check"]["drop"], self.limits["max_metric_drop"]
+        if drop is not None and limit is not None and drop > limit + EPS:
             # it can never be chosen, but a smaller or more accurate one may still belong on the front
             better = next((r for r in self.records.values() if r.get("latency_ms") and r.get("valid")
                            and (r.get("bytes") or 0) <= rec.get("bytes", 0)
                            and r.get("drop") is not None and r["drop"] <= drop), None)
             if better is not None:
-                return (f"host check: metric {drop:.2f} points below the original (gate {limit:g}), and "
+                return (f"host check: metric {drop:.2f} below the original (gate {limit:g}), and "
                         f"{better['id']} is as small and as accurate; not measured")
             rec["measured_for"] = "the Pareto front (fails the gate on the host check)"
-        if self.limit["bytes"] is not None and rec.get("bytes", 0) > self.limit["bytes"]:
-            return f"size {rec['bytes']} bytes exceeds gate max_bytes {self.limit['bytes']}; not measured"
+        max_bytes = self.limits["max_bytes"]
+        if max_bytes is not None and rec.get("bytes", 0) > max_bytes:
+            return f"size {rec['bytes']} bytes exceeds gate max_bytes {max_bytes}; not measured"
         for other in self.records.values():
             if other.get("graph_key") == cand.graph_key and other.get("status") in ("measured", "cached"):
                 if (other["host_check"]["drop"] or 0) <= (drop or 0):
@@ -205,24 +207,8 @@ class DeviceSearch:
                               hint="see search.log; `edgepipe doctor DEVICE` checks the board")
 
     def _failures(self, rec: dict[str, Any]) -> list[str]:
-        out = []
-        if rec.get("error"):
-            out.append(rec["error"])
-        if not rec.get("valid"):
-            out.append("measurement not valid: " + "; ".join(rec.get("invalid_reasons") or []))
-        drop, limit = rec.get("drop"), self.limit["drop"]
-        if drop is None:
-            out.append("no metric measured")
-        elif limit is not None and drop > limit + 1e-9:
-            out.append(f"metric {drop:.2f} points below the original (gate {limit:g})")
-        if self.limit["bytes"] is not None and (rec.get("bytes") or 0) > self.limit["bytes"]:
-            out.append(f"size {rec.get('bytes')} > max_bytes {self.limit['bytes']}")
-        p90 = (rec.get("latency_ms") or {}).get("p90")
-        if self.limit["latency"] is not None and p90 is not None and p90 > self.limit["latency"]:
-            out.append(f"p90 {p90} ms > max_latency_ms {self.limit['latency']}")
-        if rec.get("int8_slower_than_float"):
-            out.append(rec["int8_slower_than_float"])
-        return out
+        """The gate's own verdict on this candidate (``edgepipe run`` would fail exactly these)."""
+        return check_artifact(as_artifact(rec), self.limits, self.host.baseline, self.profile.name)
 
     # ------------------------------------------------------------------------------------------------ INT8 guard
     def _sibling(self, rec: dict[str, Any]) -> dict[str, Any] | None:
@@ -237,16 +223,18 @@ class DeviceSearch:
         return None
 
     def _mark_int8_guard(self) -> None:
+        """The INT8 guard of ``edgepipe run`` on each int8/fp16 candidate and its measured float sibling."""
         for r in self.records.values():
-            if r["precision"] != "int8" or not r.get("latency_ms") or r.get("int8_slower_than_float"):
+            if not guards(r) or not r.get("latency_ms"):
                 continue
             sib = self._sibling(r)
-            if sib is not None and r["latency_ms"]["p90"] > sib["latency_ms"]["p90"]:
-                r["int8_slower_than_float"] = (f"INT8 slower than its float sibling {sib['backend']} on "
-                                               f"{self.profile.name} ({r['latency_ms']['p90']} vs "
-                                               f"{sib['latency_ms']['p90']} ms p90): never chosen")
-                r["failures"] = self._failures(r)
-                r["feasible"] = False
+            if sib is not None:
+                r["int8_guard"] = judge(as_artifact(r), as_artifact(sib), self.profile.name)
+
+    def _outranked(self, rec: dict[str, Any]) -> bool:
+        """The release's rule: a guard-flagged slower candidate never wins over its as-good float sibling."""
+        sib = self._sibling(rec) if rec.get("int8_guard") else None
+        return sib is not None and outranked(as_artifact(rec), [as_artifact(sib)])
 
     def _guard_chosen(self) -> None:
         """Before an INT8 candidate is chosen, its float sibling is measured (outside the budget) and compared."""
@@ -271,17 +259,18 @@ class DeviceSearch:
 
     # ------------------------------------------------------------------------------------------------ results
     def chosen(self) -> dict[str, Any] | None:
-        feasible = [r for r in self.records.values() if r.get("feasible") and r.get("role") != "int8 guard"]
+        feasible = [r for r in self.records.values() if r.get("feasible") and r.get("role") != "int8 guard"
+                    and is_usable(as_artifact(r)) and not self._outranked(r)]   # the release's rule (rundir)
         if not feasible:
             return None
         return min(feasible, key=lambda r: (r["latency_ms"]["p90"], r.get("bytes") or 0,
-                                            -(metric_value(r)[0] or 0), r["id"]))
+                                            -(metric_value(r) or 0), r["id"]))
 
     def front(self) -> list[str]:
-        pts = [(r["id"], metric_value(r)[0], r["latency_ms"]["p90"], r.get("bytes") or 0)
+        pts = [(r["id"], metric_value(r), r["latency_ms"]["p90"], r.get("bytes") or 0)
                for r in self.records.values() if r.get("valid") and r.get("latency_ms") and not r.get("error")
-               and metric_value(r)[0] is not None]
-        return pareto_front(pts, higher_is_better=metric_value(self.host.baseline)[1])
+               and metric_value(r) is not None]
+        return pareto_front(pts, higher_is_better=higher_is_better(self.host.baseline))
 
     def recipe_best(self) -> dict[str, Any] | None:
         refs = [r for r in self.records.values() if r["rung"].startswith("0") and r.get("feasible")]
@@ -355,7 +344,7 @@ class DeviceSearch:
         left_cands = self._left()
         per = elapsed / max(done, 1)
         lat = (rec.get("latency_ms") or {}).get("p90")
-        what = (f"p90 {lat} ms, metric {metric_value(rec)[0]}, {rec.get('bytes', 0) / 1024:.1f} KiB"
+        what = (f"p90 {lat} ms, metric {metric_value(rec)}, {rec.get('bytes', 0) / 1024:.1f} KiB"
                 + ("" if rec.get("feasible") else " (does not meet the gate)") if lat is not None
                 else rec.get("reason", rec.get("status")))
         self._note(f"{done:>2} {rec['status']:<8} {rec['label']}: {what} · {fmt_s(elapsed)} elapsed, "
@@ -381,7 +370,7 @@ class DeviceSearch:
             "edgepipe_version": pipeline.__version__, "tool_versions": tool_versions(),
             "strategy": {"name": self.cfg.strategy, "eta": self.cfg.eta,
                          "budget": self.cfg.budget.model_dump(mode="json"), "space": self.cfg.space},
-            "baseline": self.host.baseline, "gate": {k: v for k, v in self.limit.items()},
+            "baseline": self.host.baseline, "gate": dict(self.limits),
             "fingerprint": self.fingerprint,
             "counts": {"exhaustive": exhaustive, "candidates": len(self.records),
                        "device_measurements": self.measurements, "measured_now": self.measured_now,
@@ -403,7 +392,10 @@ class DeviceSearch:
         return res
 
 
-def recipe_limits(host: HostWork) -> dict[str, Any]:
-    gate = host.recipe.gate
-    return {"drop": max_drop(gate), "bytes": getattr(gate, "max_bytes", None),
-            "latency": getattr(gate, "max_latency_ms", None)}
+def as_artifact(rec: dict[str, Any]) -> dict[str, Any]:
+    """A candidate record as the gate and the guard read an artifact record (backend = the family)."""
+    return {**rec, "backend": rec["backend"].split("-")[0]}
+
+
+def higher_is_better(rec: dict[str, Any]) -> bool:
+    return bool((rec.get("metric") or {}).get("higher_is_better", True))

@@ -27,11 +27,10 @@ from typing import Any, TextIO
 
 import pipeline
 from pipeline.recipe.config import load_recipe
-from pipeline.results.rundir import human_bytes
+from pipeline.results.rundir import human_bytes, metric_value
 from pipeline.search.cache import MeasurementCache, cache_root
 from pipeline.search.device import DeviceSearch
 from pipeline.search.host import HostWork
-from pipeline.search.metric import metric_value
 from pipeline.search.report import write_search_report
 from pipeline.search.space import SearchConfig, expand, recipe_candidates
 from pipeline.ui.progress import Progress
@@ -121,7 +120,7 @@ def format_result(r: dict[str, Any]) -> str:
         lines.append("  no candidate meets the gate")
     else:
         name = (c.get("metric") or {}).get("name", "accuracy")
-        lines.append(f"  chosen: {c['label']}: p90 {c['latency_ms']['p90']} ms, {name} {metric_value(c)[0]}, "
+        lines.append(f"  chosen: {c['label']}: p90 {c['latency_ms']['p90']} ms, {name} {metric_value(c)}, "
                      f"{human_bytes(c.get('bytes'))} -> {r.get('chosen_recipe')}")
     if cmp:
         med = cmp["median_p90_ms"]

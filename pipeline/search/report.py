@@ -14,25 +14,10 @@ import yaml
 
 from pipeline.recipe.config import Recipe
 from pipeline.results.plots import FAMILY_COLORS, PRECISION_MARKERS, _plt, _png
-from pipeline.results.rundir import human_bytes, now_iso
-from pipeline.search.metric import metric_value
+from pipeline.results.rundir import human_bytes, metric_value, now_iso
 from pipeline.search.space import STAGE_CONFIGS, STAGE_ORDER
 from targets.artifact import atomic_write_bytes
 from targets.schema import read_yaml
-
-
-def pareto_front(points: list[tuple[str, float, float, float]], higher_is_better: bool = True) -> list[str]:
-    """Ids of the points (id, metric, p90, bytes) no other point beats on all three (better metric, lower p90, smaller
-    size) and strictly on one; sorted by p90. Identical points are all kept."""
-    sign = 1.0 if higher_is_better else -1.0
-
-    def dominates(a: tuple[str, float, float, float], b: tuple[str, float, float, float]) -> bool:
-        ge = sign * a[1] >= sign * b[1] and a[2] <= b[2] and a[3] <= b[3]
-        gt = sign * a[1] > sign * b[1] or a[2] < b[2] or a[3] < b[3]
-        return ge and gt
-
-    front = [p for p in points if not any(dominates(q, p) for q in points if q is not p)]
-    return [p[0] for p in sorted(front, key=lambda p: (p[2], p[0]))]
 
 
 # ------------------------------------------------------------------------------------------------ chosen recipe
@@ -61,7 +46,7 @@ def write_chosen_recipe(recipe: Recipe, chosen: dict[str, Any], device: str) -> 
     raw["backends"] = [chosen["backend"]]
     p90 = (chosen.get("latency_ms") or {}).get("p90")
     head = (f"# Chosen by `edgepipe search` on {device} ({now_iso()}): {chosen['label']}\n"
-            f"# p90 {p90} ms, metric {metric_value(chosen)[0]}, {chosen.get('bytes')} bytes; "
+            f"# p90 {p90} ms, metric {metric_value(chosen)}, {chosen.get('bytes')} bytes; "
             f"run it with: edgepipe run {recipe.path.name.replace('.yaml', f'.{device}.yaml')} --device {device}\n")
     text = head + yaml.safe_dump(raw, sort_keys=False, default_flow_style=None, width=110)
     path = chosen_recipe_path(recipe, device)
@@ -75,7 +60,7 @@ def front_plot(result: dict[str, Any], png_path: Path | None = None) -> str:
     artifact size; the Pareto front joined, the chosen point starred, the original FP32 ONNX as a reference line."""
     plt = _plt()
     fig, ax = plt.subplots(figsize=(7.2, 4.2))
-    cands = [c for c in result["candidates"] if c.get("latency_ms") and metric_value(c)[0] is not None]
+    cands = [c for c in result["candidates"] if c.get("latency_ms") and metric_value(c) is not None]
     sizes = [c.get("bytes") or 1 for c in cands]
     smax = max(sizes) if sizes else 1
     seen: set[str] = set()
@@ -83,7 +68,7 @@ def front_plot(result: dict[str, Any], png_path: Path | None = None) -> str:
         fam, prec = c["backend"].split("-")
         label = c["backend"] if c["backend"] not in seen else None
         seen.add(c["backend"])
-        x, y = c["latency_ms"]["p90"], metric_value(c)[0]
+        x, y = c["latency_ms"]["p90"], metric_value(c)
         area = 25 + 220 * (c.get("bytes") or 0) / smax
         kw = dict(marker=PRECISION_MARKERS.get(prec, "D"), s=area, zorder=3, label=label)
         if c.get("feasible"):
@@ -93,7 +78,7 @@ def front_plot(result: dict[str, Any], png_path: Path | None = None) -> str:
             ax.scatter(x, y, facecolor="none", edgecolor=FAMILY_COLORS.get(fam, "gray"), **kw)
     front = [c for c in cands if c.get("pareto")]
     if front:
-        pts = sorted((c["latency_ms"]["p90"], metric_value(c)[0]) for c in front)
+        pts = sorted((c["latency_ms"]["p90"], metric_value(c)) for c in front)
         best, xs, ys = float("-inf"), [], []
         for x, y in pts:
             if y > best:
@@ -104,11 +89,11 @@ def front_plot(result: dict[str, Any], png_path: Path | None = None) -> str:
                 label=f"Pareto front ({len(front)} points, metric × p90 × size)")
     chosen = next((c for c in cands if c["id"] == result.get("chosen")), None)
     if chosen is not None:
-        ax.scatter(chosen["latency_ms"]["p90"], metric_value(chosen)[0], marker="*", s=420, color="gold",
+        ax.scatter(chosen["latency_ms"]["p90"], metric_value(chosen), marker="*", s=420, color="gold",
                    edgecolor="black", zorder=4, label=f"chosen: {chosen['backend']}")
-    base, _ = metric_value(result.get("baseline") or {})
+    base = metric_value(result.get("baseline") or {})
     drop = (result.get("gate") or {}).get("drop")
-    ys = [metric_value(c)[0] for c in cands]
+    ys = [metric_value(c) for c in cands]
     if isinstance(base, (int, float)) and isinstance(drop, (int, float)) and ys:
         line = base - drop / 100
         if line >= min(ys) - 0.5 * (max(ys) - min(ys) + 0.01):  # a far-away gate would squash every point
@@ -151,7 +136,7 @@ def _device_section(result: dict[str, Any], img: str) -> str:
                    or c.get("reason") or c.get("status"))
         sec = c.get("seconds") or {}
         rows.append(f"<tr><td>{_e(c['label'])}{mark}</td><td>{_e(c['status'])}</td><td>{_e(c['rung'])}</td>"
-                    f"<td class=n>{_num(metric_value(c)[0])}</td><td class=n>{_num(lat.get('p50'))}</td>"
+                    f"<td class=n>{_num(metric_value(c))}</td><td class=n>{_num(lat.get('p50'))}</td>"
                     f"<td class=n>{_num(lat.get('p90'))}</td><td class=n>{_e(lat.get('n'))}</td>"
                     f"<td class=n>{human_bytes(c.get('bytes'))}</td><td>{_e(c.get('valid'))}</td>"
                     f"<td class=n>{_e(sec.get('stages'))} / {_e(sec.get('export'))} / {_e(sec.get('device'))}</td>"
@@ -186,7 +171,7 @@ def _fleet_table(results: list[dict[str, Any]]) -> str:
             "<p>The same candidate is best on every board.</p>")
     rows = "".join(f"<tr><td>{_e(d)}</td><td>{_e(c['label'] if c else 'none meets the gate')}</td>"
                    f"<td class=n>{_num((c or {}).get('latency_ms', {}).get('p90'))}</td>"
-                   f"<td class=n>{_num(metric_value(c or {})[0])}</td>"
+                   f"<td class=n>{_num(metric_value(c or {}))}</td>"
                    f"<td class=n>{human_bytes((c or {}).get('bytes'))}</td></tr>" for d, c in picks.items())
     return (f"<h2>Fleet</h2>{note}<table><tr><th>device</th><th>chosen</th><th>p90 ms</th><th>metric</th>"
             f"<th>size</th></tr>{rows}</table>")

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.results.plots import pareto_front
 from pipeline.results.report import compare_runs, write_report
+from pipeline.results.rundir import pareto_front
 from tests.conftest import run_cli
 from tests.pipeline.runfolder import make_run
 
@@ -30,12 +30,12 @@ def report(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
 
 
 def test_pareto_front_keeps_only_undominated_points() -> None:
-    pts = [("a", 1.0, 0.90), ("b", 2.0, 0.95), ("c", 3.0, 0.94), ("d", 0.5, 0.80), ("e", 2.5, 0.97)]
+    pts = [("a", 0.90, 1.0, 0), ("b", 0.95, 2.0, 0), ("c", 0.94, 3.0, 0), ("d", 0.80, 0.5, 0), ("e", 0.97, 2.5, 0)]
     assert pareto_front(pts) == ["d", "a", "b", "e"]
 
 
 def test_pareto_front_prefers_lower_values_when_metric_is_lower_is_better() -> None:
-    pts = [("a", 1.0, 0.30), ("b", 2.0, 0.10), ("c", 3.0, 0.20), ("d", 0.5, 0.50)]   # e.g. mse
+    pts = [("a", 0.30, 1.0, 0), ("b", 0.10, 2.0, 0), ("c", 0.20, 3.0, 0), ("d", 0.50, 0.5, 0)]   # e.g. mse
     assert pareto_front(pts, higher_is_better=False) == ["d", "a", "b"]
     assert pareto_front(pts) == ["d"]          # read as higher-is-better, the fastest point would dominate all
 

@@ -9,8 +9,9 @@ from types import SimpleNamespace
 import yaml
 
 from pipeline.recipe.config import Gate, load_recipe
+from pipeline.results.rundir import pareto_front
 from pipeline.search.device import DeviceSearch
-from pipeline.search.report import pareto_front, write_chosen_recipe
+from pipeline.search.report import write_chosen_recipe
 from pipeline.search.space import SearchConfig
 from pipeline.ui.progress import Progress
 
@@ -37,6 +38,7 @@ def _search(records: list[dict], drop: float = 1.0) -> DeviceSearch:
         r.setdefault("stages", {"distill": None, "prune": {"ratio": 0.5}, "quantize": {"mode": "ptq"}})
         r.setdefault("precision", r["backend"].split("-")[1])
         r.setdefault("valid", True)
+        r["latency_ms"] = {"p50": r["latency_ms"]["p90"] * 0.9, **r["latency_ms"]}
         r["drop"] = (0.99 - r["accuracy"]) * 100
         r["failures"] = s._failures(r)
         r["feasible"] = not r["failures"]
@@ -49,7 +51,8 @@ def test_an_int8_candidate_slower_than_its_float_sibling_is_never_chosen():
     s = _search([{"id": "int8", "backend": "onnx-int8", "accuracy": 0.99, "latency_ms": {"p90": 0.20}, "bytes": 10},
                  {"id": "fp32", "backend": "onnx-fp32", "accuracy": 0.99, "latency_ms": {"p90": 0.15}, "bytes": 40},
                  {"id": "ov", "backend": "openvino-int8", "accuracy": 0.99, "latency_ms": {"p90": 0.18}, "bytes": 9}])
-    assert "slower than its float sibling onnx-fp32" in s.records["int8"]["int8_slower_than_float"]
+    assert s.records["int8"]["int8_guard"]["slower"] and "SLOWER than onnx-fp32" in s.records["int8"]["int8_guard"][
+        "message"]
     assert s.chosen()["id"] == "fp32"   # openvino-int8 has no measured sibling here: _guard_chosen measures one
 
 
@@ -60,7 +63,7 @@ def test_the_fastest_candidate_that_fails_the_gate_is_not_chosen():
                  {"id": "invalid", "backend": "tflite-int8", "accuracy": 0.99, "latency_ms": {"p90": 0.01},
                   "bytes": 5, "valid": False, "invalid_reasons": ["device throttled during the run"]}])
     assert s.chosen()["id"] == "ok"
-    assert "4.00 points below" in s.records["fast"]["failures"][0]
+    assert "is 4.0 points below baseline" in s.records["fast"]["failures"][0]
     assert set(s.front()) == {"fast", "ok"}   # an invalid measurement is never on the front
 
 
@@ -114,3 +117,38 @@ def test_successive_halving_keeps_the_fastest_backends_and_widens_their_settings
     assert sorted(set(rungs["1"])) == ["b-fp32", "c-fp32"] and len(rungs["1"]) == 2 * 2   # 1/eta kept, eta points
     assert set(rungs["2"]) == {"b-fp32"} and len(rungs["2"]) == 4      # the last one gets the rest of the space
     assert len(calls) == 4 + 4 + 4 < 4 + 4 * 6                          # fewer than exhaustive enumeration
+
+
+def test_search_feasible_set_and_int8_flags_are_exactly_the_gate_and_the_guard_of_a_run():
+    """One road: for the same records, search's verdicts are the run's gate and INT8 guard, rule for rule."""
+    from pipeline.results.gate import evaluate_gate
+    from pipeline.results.int8_guard import guard_records
+
+    recs = [
+        {"id": "a", "backend": "onnx-int8", "accuracy": 0.985, "latency_ms": {"p90": 0.20}, "bytes": 10},
+        {"id": "b", "backend": "onnx-fp32", "accuracy": 0.99, "latency_ms": {"p90": 0.15}, "bytes": 40},
+        {"id": "c", "backend": "tflite-int8", "accuracy": 0.97, "latency_ms": {"p90": 0.05}, "bytes": 7},
+        {"id": "d", "backend": "tflite-fp32", "accuracy": 0.99, "latency_ms": {"p90": 0.30}, "bytes": 8},
+        {"id": "e", "backend": "openvino-int8", "accuracy": 0.99, "latency_ms": {"p90": 0.06}, "bytes": 12,
+         "valid": False, "invalid_reasons": ["too few iterations"]},
+        {"id": "f", "backend": "openvino-fp32", "accuracy": None, "latency_ms": {"p90": 0.1}, "bytes": 30},
+    ]
+    gate = Gate(max_accuracy_drop=1.0, max_latency_ms=0.25, max_bytes=35)
+    s = _search([dict(r) for r in recs if r["accuracy"] is not None], drop=1.0)
+    s.limits = __import__("pipeline.results.gate", fromlist=["limits_of"]).limits_of(gate)
+    s.records["f"] = {**recs[5], "precision": "fp32", "valid": True, "latency_ms": {"p50": 0.09, "p90": 0.1},
+                      "stages": s.records["a"]["stages"]}
+    for r in s.records.values():
+        r["failures"] = s._failures(r)
+        r["feasible"] = not r["failures"]
+    s._mark_int8_guard()
+    arts = [{**r, "backend": r["backend"].split("-")[0]} for r in s.records.values()]
+    summary = {"recipe": "digits", "baseline": {"accuracy": 0.99}, "artifacts": arts}
+    verdicts = {v["artifact"]: v["passed"] for v in evaluate_gate(summary, gate, "board")["artifacts"]}
+    assert {r["backend"] for r in s.records.values() if r["feasible"]} == {n for n, ok in verdicts.items() if ok}
+    assert {r["backend"] for r in s.records.values() if not r["feasible"]} >= {"onnx-fp32", "tflite-int8",
+                                                                               "openvino-int8", "openvino-fp32"}
+    guard_records(arts, None, "board")
+    run_flags = {f"{a['backend']}-{a['precision']}": a["int8_guard"]["flagged"] for a in arts if "int8_guard" in a}
+    search_flags = {r["backend"]: r["int8_guard"]["flagged"] for r in s.records.values() if "int8_guard" in r}
+    assert search_flags == run_flags and run_flags["onnx-int8"] and run_flags["tflite-int8"] is False

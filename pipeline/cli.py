@@ -40,7 +40,7 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from pipeline.run import bench_artifact
+    from pipeline.phases.measure import bench_artifact
 
     rec = bench_artifact(args.artifact, args.device, conn_overrides(args), Path(args.inputs) if args.inputs else None,
                          repeat=args.repeat)

@@ -7,8 +7,10 @@ one board never overlap and disturb each other's figures; the whole job is bound
 
 from __future__ import annotations
 
+import argparse
 import hashlib
 import json
+import math
 import time
 from pathlib import Path
 from typing import Any
@@ -55,6 +57,34 @@ def parse_runner_output(result_stdout: str, context: str) -> dict[str, Any]:
                 break
     raise RemoteCommandError(f"{context}: the runner printed no JSON result",
                              hint="run `edgepipe doctor` on the device to check python and numpy")
+
+
+def record_problems(rec: Any, rules: dict[str, Any] | None = None) -> list[str]:
+    """What makes a runner record read back from elsewhere (a cache, a file) unfit to stand as a measurement: its
+    shape, its statistics (finite, ordered, n iterations), and the runner's own rules re-applied with ``rules``
+    (warmup, min_iterations, min_seconds, max_seconds of the profile). Empty when it may be used as measured."""
+    from targets.runner.bench import rule_problems
+
+    if not isinstance(rec, dict) or not isinstance(rec.get("latency_ms"), dict):
+        return ["no latency_ms"]
+    lat = rec["latency_ms"]
+    keys = ("p50", "p90", "p99", "mean", "n")
+    if not all(isinstance(lat.get(k), (int, float)) and not isinstance(lat.get(k), bool) for k in keys):
+        return [f"latency_ms lacks one of {', '.join(keys)}"]
+    if not all(math.isfinite(lat[k]) and lat[k] >= 0 for k in keys):
+        return ["a latency figure is negative or not finite"]
+    problems = []
+    if not lat["p50"] <= lat["p90"] <= lat["p99"]:
+        problems.append(f"percentiles out of order (p50 {lat['p50']}, p90 {lat['p90']}, p99 {lat['p99']})")
+    if not isinstance(rec.get("valid"), bool) or not isinstance(rec.get("invalid_reasons", []), list):
+        problems.append("valid / invalid_reasons malformed")
+    elif rec["valid"] and rec.get("invalid_reasons"):
+        problems.append("marked valid with invalid reasons")
+    if rules:
+        args = argparse.Namespace(**{k: rules[k] for k in ("min_iterations", "min_seconds", "max_seconds")})
+        if rec.get("valid") and rule_problems(args, int(lat["n"])):
+            problems += rule_problems(args, int(lat["n"]))
+    return problems
 
 
 def push_inputs(profile: DeviceProfile, tr: Transport, inputs: Path) -> str:

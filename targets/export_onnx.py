@@ -37,7 +37,7 @@ from targets.artifact import Artifact
 from targets.errors import ExportError
 from targets.export_config import ExportConfig
 
-_X86 = {"x86_64", "amd64", "i686", "i386", "x86"}
+X86_ARCHES = {"x86_64", "amd64", "i686", "i386", "x86"}
 
 
 def host_has_vnni() -> bool:
@@ -52,7 +52,7 @@ def choose_int8_scheme(cfg: ExportConfig) -> dict[str, Any]:
     """Activation type and reduce_range for the target CPU; the choice is recorded in the artifact's metadata."""
     host = platform.machine().lower()
     arch = (cfg.target_arch or host).lower()
-    x86 = arch in _X86
+    x86 = arch in X86_ARCHES
     vnni = cfg.target_vnni
     if vnni is None:
         vnni = host_has_vnni() if (x86 and arch == host) else False

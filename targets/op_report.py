@@ -80,9 +80,9 @@ def openvino_ops(path: str) -> dict[str, Any]:
 def tflite_ops(path: str) -> dict[str, Any]:
     """LiteRT's op list (before XNNPACK swallows it into one DELEGATE node); an op runs in float when its first input
     tensor is float."""
-    from targets.runner.bench import _tflite_interpreter
+    from targets.runner.bench import tflite_interpreter
 
-    interpreter_cls, name, version = _tflite_interpreter()
+    interpreter_cls, name, version = tflite_interpreter()
     try:
         from ai_edge_litert.interpreter import OpResolverType
 

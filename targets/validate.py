@@ -74,7 +74,7 @@ def host_check(artifact: Artifact, host_arch: str | None = None, host_vnni: bool
     the board computes it correctly. At ORT's basic level the Q/DQ pairs stay unfused: the same quantized model is
     evaluated as dequantize -> float op -> quantize, exact up to float rounding, which is what the target computes.
     """
-    from targets.export_onnx import _X86, host_has_vnni  # lazy: the exporter module imports torch
+    from targets.export_onnx import X86_ARCHES, host_has_vnni  # lazy: the exporter module imports torch
 
     full = {"optimization": "all", "why": "the runtime's full optimisation, as the device runs it"}
     scheme = artifact.metadata.get("int8") if (artifact.backend, artifact.precision) == ("onnx", "int8") else None
@@ -82,8 +82,8 @@ def host_check(artifact: Artifact, host_arch: str | None = None, host_vnni: bool
         return full
     arch = (host_arch or platform.machine()).lower()
     vnni = host_has_vnni() if host_vnni is None else host_vnni
-    host_saturates = arch in _X86 and not vnni
-    target_saturates = str(scheme.get("arch", "")).lower() in _X86 and not scheme.get("vnni")
+    host_saturates = arch in X86_ARCHES and not vnni
+    target_saturates = str(scheme.get("arch", "")).lower() in X86_ARCHES and not scheme.get("vnni")
     eight_bit_u8s8 = scheme.get("activation_type") == "uint8" and not scheme.get("reduce_range")
     if host_saturates and eight_bit_u8s8 and not target_saturates:
         return {"optimization": "basic",

@@ -18,7 +18,7 @@ from typing import Any, Literal
 
 from pydantic import Field, PrivateAttr, ValidationError, field_validator, model_validator
 
-from pipeline.search.space import SearchConfig, space_problems
+from pipeline.recipe.search_config import SearchConfig, space_problems
 from pipeline.stages.distill import DistillConfig
 from pipeline.stages.prune import PruneConfig
 from pipeline.stages.quantize import QuantConfig

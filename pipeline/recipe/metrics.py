@@ -187,6 +187,13 @@ class MetricSpec:
     unit: str                                   # "fraction" (gate in points) or "raw"
     reference: bool
     postprocess: Callable[[list[np.ndarray]], Any] | None = None
+    source: str = ""                            # digest of the code that computes it (user module or this file)
+
+    @property
+    def identity(self) -> dict[str, Any]:
+        """What makes two scores comparable: part of every cache key that stores a score."""
+        return {"name": self.name, "higher_is_better": self.higher_is_better, "unit": self.unit,
+                "reference": self.reference, "source": self.source}
 
     @property
     def classification(self) -> bool:
@@ -219,9 +226,11 @@ def resolve_metric(metric: str, base_dir: Path, postprocess: str | None = None, 
     from pipeline.recipe.config import import_factory
 
     post = import_factory(postprocess, base_dir) if postprocess else None
+    post_src = _source_digest(post) if post is not None else ""
     if metric in BUILTINS:
         obj = BUILTINS[metric]()
-        return MetricSpec(obj.primary, BUILTINS[metric], obj.higher_is_better, obj.unit, obj.reference, post)
+        return MetricSpec(obj.primary, BUILTINS[metric], obj.higher_is_better, obj.unit, obj.reference, post,
+                          source=f"{metric}:{_source_digest(BUILTINS[metric])}:{post_src}")
     factory = import_factory(metric, base_dir)
     try:
         obj = factory()
@@ -233,7 +242,21 @@ def resolve_metric(metric: str, base_dir: Path, postprocess: str | None = None, 
                           hint="a metric has update(outputs, targets), compute() -> {name: value}, primary, "
                                "higher_is_better (see the README)")
     return MetricSpec(str(obj.primary), factory, bool(obj.higher_is_better), str(getattr(obj, "unit", "raw")),
-                      bool(getattr(obj, "reference", False)), post)
+                      bool(getattr(obj, "reference", False)), post,
+                      source=f"{metric}:{_source_digest(factory)}:{post_src}")
+
+
+def _source_digest(obj: Any) -> str:
+    """sha256 of the file that defines ``obj``: an edited user metric (or postprocess) is a different metric."""
+    import inspect
+
+    from targets.fingerprint import file_digest
+
+    try:
+        path = inspect.getsourcefile(obj) or inspect.getfile(obj)
+        return file_digest(path)[:16]
+    except (TypeError, OSError):
+        return "unknown"
 
 
 def chance_level(spec: MetricSpec, outputs: list[np.ndarray]) -> float | None:

@@ -72,4 +72,5 @@ def stage_plan(recipe: Recipe, ctx: TaskContext, data: dict[str, Any], timing: A
                      example=example_from(data["calib"], ctx.input_names), input_names=ctx.input_names,
                      objective=objective(recipe), evaluate=ctx.evaluate,
                      student_factory=import_factory(student, recipe.base_dir) if student else None,
-                     timing=timing, metric_label=ctx.label, train=recipe.train)
+                     timing=timing, metric_label=ctx.label, metric_key=ctx.metric.identity,
+                     train=recipe.train)

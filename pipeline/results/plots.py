@@ -12,7 +12,7 @@ from targets.errors import MissingDependencyError
 FAMILY_COLORS = {"onnx": "#1f77b4", "openvino": "#9467bd", "tflite": "#ff7f0e"}
 
 
-def _plt() -> Any:
+def pyplot() -> Any:
     try:
         import matplotlib
     except ModuleNotFoundError as exc:
@@ -23,10 +23,10 @@ def _plt() -> Any:
     return plt
 
 
-def _png(fig: Any) -> str:
+def png_uri(fig: Any) -> str:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=100, bbox_inches="tight", metadata={"Software": None})
-    _plt().close(fig)
+    pyplot().close(fig)
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
 
 
@@ -37,7 +37,7 @@ def accuracy_vs_latency(artifacts: list[dict[str, Any]], baseline: float | None,
                         ylabel: str = "top-1 accuracy", higher_is_better: bool = True) -> str:
     """Each artifact in the legend (colour = backend, marker = precision) rather than as a text label, so close
     points never print on top of each other; Pareto points are outlined and joined by a dashed staircase."""
-    plt = _plt()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6.0, 3.6))
     points = [(artifact_name(a), float(metric_value(a) or 0.0), latency(a) or 0.0, 0) for a in artifacts
               if is_usable(a)]
@@ -73,7 +73,7 @@ def accuracy_vs_latency(artifacts: list[dict[str, Any]], baseline: float | None,
     if hi > 1.0:  # accuracy cannot exceed 1: keep the window, shifted below it
         ax.set_ylim(lo - (hi - 1.0) + 0.0005, 1.0005)
     ax.ticklabel_format(useOffset=False, style="plain")
-    return _png(fig)
+    return png_uri(fig)
 
 
 def _min_span(ax: Any, axis: str, span: float) -> None:
@@ -84,7 +84,7 @@ def _min_span(ax: Any, axis: str, span: float) -> None:
 
 
 def size_bars(artifacts: list[dict[str, Any]], title: str) -> str:
-    plt = _plt()
+    plt = pyplot()
     rows = [a for a in artifacts if isinstance(a.get("bytes"), int)]
     fig, ax = plt.subplots(figsize=(4.4, 0.5 + 0.45 * max(len(rows), 1)))
     names = [artifact_name(a) for a in rows]
@@ -96,12 +96,12 @@ def size_bars(artifacts: list[dict[str, Any]], title: str) -> str:
     ax.set_xlabel("size (KiB)")
     ax.set_title(title, fontsize=10)
     ax.margins(x=0.3)
-    return _png(fig)
+    return png_uri(fig)
 
 
 def stage_trail(summary: dict[str, Any], title: str) -> str:
     """Params, MACs and accuracy from the original model through each stage."""
-    plt = _plt()
+    plt = pyplot()
     base = summary.get("baseline") or {}
     steps = [("original", base)] + [(s.get("name", "?"), s) for s in summary.get("stages") or []]
     labels = [n for n, _ in steps]
@@ -130,12 +130,12 @@ def stage_trail(summary: dict[str, Any], title: str) -> str:
         ax.grid(axis="y", alpha=0.3)
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
-    return _png(fig)
+    return png_uri(fig)
 
 
 def trend(summaries: list[dict[str, Any]], title: str) -> str:
     """p50 latency and accuracy of each artifact across runs (oldest first): drift shows at a glance."""
-    plt = _plt()
+    plt = pyplot()
     fig, (ax_lat, ax_acc) = plt.subplots(1, 2, figsize=(10.5, 3.0))
     labels = [str(s.get("run_id")) for s in summaries]
     names = sorted({artifact_name(a) for s in summaries for a in s.get("artifacts") or []})
@@ -156,4 +156,4 @@ def trend(summaries: list[dict[str, Any]], title: str) -> str:
     ax_acc.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
-    return _png(fig)
+    return png_uri(fig)

@@ -18,14 +18,13 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import targets
 from targets.artifact import Artifact, atomic_write_json
-
-_TARGET_CODE = ("__init__.py", "_export_common.py", "export_config.py", "export_onnx.py", "export_openvino.py",
-                "export_tflite.py", "validate.py", "runner/bench.py")
+from targets.device import record_problems
 
 
 def cache_root(given: str | Path | None = None) -> Path:
@@ -43,14 +42,10 @@ def digest(obj: Any) -> str:
 
 
 def exporter_code_version() -> str:
-    """A changed exporter, checker or runner must not hit an old export."""
-    here = Path(targets.__file__).parent
-    h = hashlib.sha256()
-    for name in _TARGET_CODE:
-        p = here / name
-        if p.is_file():
-            h.update(p.read_bytes())
-    return h.hexdigest()
+    """A changed exporter, checker, runner (all of targets/) or export phase must not hit an old export."""
+    from targets.fingerprint import code_digest
+
+    return code_digest(Path(targets.__file__).parent, Path(__file__).parent.parent / "phases")
 
 
 def device_fingerprint(profile: Any, probe: dict[str, Any]) -> dict[str, Any]:
@@ -66,19 +61,49 @@ def device_fingerprint(profile: Any, probe: dict[str, Any]) -> dict[str, Any]:
             "runtimes": probe.get("runtimes") or {}}
 
 
+def entry_problems(entry: Any, rules: dict[str, Any] | None) -> list[str]:
+    """What is wrong with a cached measurement: a bench entry's runner record, or an interleaved comparison."""
+    if not isinstance(entry, dict):
+        return ["not a JSON object"]
+    if "bench" in entry:
+        return record_problems(entry["bench"], rules)
+    if "p90_ms" in entry:
+        series = entry["p90_ms"]
+        ok = isinstance(series, dict) and all(isinstance(v, list) and v and all(
+            isinstance(x, (int, float)) and not isinstance(x, bool) and 0 < x < 1e7 for x in v)
+            for v in series.values())
+        return [] if ok else ["p90_ms is not a list of positive figures per contestant"]
+    return ["neither a runner record nor a comparison"]
+
+
 class MeasurementCache:
     def __init__(self, root: Path) -> None:
         self.dir = Path(root) / "measurements"
 
-    def key(self, sha256: str, fingerprint: dict[str, Any], what: str = "bench") -> str:
-        return digest({"what": what, "sha256": sha256, "fingerprint": fingerprint})[:32]
+    def key(self, sha256: str, fingerprint: dict[str, Any], what: str = "bench",
+            metric: dict[str, Any] | None = None) -> str:
+        """A measurement is keyed by the artifact, the board and its rules, and the metric that scored its outputs
+        (name, direction and the source of a user metric): a switch of ``task.metric`` never reuses a figure."""
+        return digest({"what": what, "sha256": sha256, "fingerprint": fingerprint, "metric": metric})[:32]
 
-    def get(self, key: str) -> dict[str, Any] | None:
+    def get(self, key: str, rules: dict[str, Any] | None = None,
+            warn: Callable[[str], None] | None = None) -> dict[str, Any] | None:
+        """The cached entry, re-checked with the runner's own validity rules (``rules``: the profile's bench
+        section); a malformed or tampered entry is discarded with a one-line warning, so it is measured again."""
         path = self.dir / f"{key}.json"
         try:
-            return json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError):
+            entry = json.loads(path.read_text())
+        except FileNotFoundError:
             return None
+        except (OSError, ValueError) as exc:
+            problems = [f"unreadable ({type(exc).__name__})"]
+        else:
+            problems = entry_problems(entry, rules)
+        if problems:
+            if warn is not None:
+                warn(f"cached measurement {path.name} discarded ({'; '.join(problems)}); measuring again")
+            return None
+        return entry
 
     def put(self, key: str, record: dict[str, Any]) -> None:
         atomic_write_json(self.dir / f"{key}.json", record)
@@ -91,9 +116,10 @@ class ExportCache:
         self.dir = Path(root) / "exports"
 
     def key(self, model_key: str, recipe_name: str, overrides: dict[str, Any], arch: str | None,
-            eval_fp: str) -> str:
+            eval_fp: str, metric: dict[str, Any] | None = None) -> str:
+        """An export is checked with the task metric, so its identity is part of the key with the exporters' code."""
         return digest({"model": model_key, "name": recipe_name, "overrides": overrides, "arch": arch,
-                       "eval": eval_fp, "code": exporter_code_version()})[:24]
+                       "eval": eval_fp, "metric": metric, "code": exporter_code_version()})[:24]
 
     def get(self, key: str, backend: str) -> dict[str, Any] | None:
         folder = self.dir / key / backend

@@ -13,14 +13,16 @@ from pathlib import Path
 from typing import Any
 
 import pipeline
+from pipeline.phases.measure import artifact_record, measure_device
+from pipeline.phases.prepare import tool_versions
+from pipeline.recipe.search_config import SearchConfig
 from pipeline.results.gate import EPS, check_artifact, limits_of
 from pipeline.results.int8_guard import guards, judge
 from pipeline.results.rundir import is_usable, metric_drop, metric_value, now_iso, outranked, pareto_front
-from pipeline.run import artifact_record, measure_device, tool_versions
 from pipeline.search.cache import MeasurementCache, device_fingerprint, digest
 from pipeline.search.host import HostWork
 from pipeline.search.report import write_chosen_recipe
-from pipeline.search.space import Candidate, SearchConfig
+from pipeline.search.space import Candidate
 from pipeline.ui.progress import Progress
 from targets.artifact import atomic_write_json
 from targets.device import benchmark
@@ -174,8 +176,10 @@ class DeviceSearch:
         return None
 
     def _measure(self, cand: Candidate, entry: dict[str, Any], rec: dict[str, Any]) -> None:
-        key = self.mcache.key(rec["sha256"], {**self.fingerprint, "inputs": self.host.eval_fp})
-        hit = self.mcache.get(key)   # {"bench": runner record, "scored": the task metric of its outputs}
+        key = self.mcache.key(rec["sha256"], {**self.fingerprint, "inputs": self.host.eval_fp},
+                              metric=self.host.ctx.metric.identity)
+        # {"bench": runner record, "scored": the task metric of its outputs}, re-checked with the runner's rules
+        hit = self.mcache.get(key, self.fingerprint.get("bench"), self.progress.warn)
         device_dir = self.out_dir / "candidates" / cand.id
         start = time.monotonic()
         if hit is not None:
@@ -291,7 +295,7 @@ class DeviceSearch:
             contestants["recipe_best"] = self._artifact_of(best)
         key = self.mcache.key("+".join(sorted(a.sha256 for a in contestants.values())) + f"/{rounds}",
                               self.fingerprint, what="interleaved")
-        cached = self.mcache.get(key)
+        cached = self.mcache.get(key, None, self.progress.warn)
         if cached is None:
             p90s: dict[str, list[float]] = {n: [] for n in contestants}
             with self.progress.step(f"{self.profile.name}: interleaved comparison, {rounds} rounds"):

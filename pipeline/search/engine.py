@@ -27,12 +27,13 @@ from typing import Any, TextIO
 
 import pipeline
 from pipeline.recipe.config import load_recipe
+from pipeline.recipe.search_config import SearchConfig
 from pipeline.results.rundir import human_bytes, metric_value
 from pipeline.search.cache import MeasurementCache, cache_root
 from pipeline.search.device import DeviceSearch
 from pipeline.search.host import HostWork
 from pipeline.search.report import write_search_report
-from pipeline.search.space import SearchConfig, expand, recipe_candidates
+from pipeline.search.space import expand, recipe_candidates
 from pipeline.ui.progress import Progress
 from targets.errors import ConfigError, EdgeError, GateError
 from targets.profiles import load_profile

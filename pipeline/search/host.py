@@ -1,16 +1,14 @@
 """The host side of a search: one candidate's stages and export, each cached, shared by every board searched.
 
 Stages run through ``run_stages`` with the shared cache root as their run folder, so two candidates that differ only
-in a later stage (or only in the backend) re-use the earlier stages; exports go through ``run.export_all`` (the same
-exporters and checks as ``edgepipe run``) and are cached per backend. A lock serialises the host work of a fleet
+in a later stage (or only in the backend) re-use the earlier stages; exports go through the export phase of
+``edgepipe run`` (the same exporters and checks) and are cached per backend. A lock serialises the host work of a fleet
 search: the boards measure concurrently, the host trains and exports one thing at a time (it is CPU-bound anyway).
 """
 
 from __future__ import annotations
 
 import copy
-import hashlib
-import io
 import shutil
 import tempfile
 import threading
@@ -19,19 +17,17 @@ from collections import OrderedDict
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
+from pipeline.phases import prepare
+from pipeline.phases.export import export_all
 from pipeline.phases.latency import onnx_latency_ratio
+from pipeline.phases.prepare import ExportPlan
 from pipeline.recipe.config import Recipe
-from pipeline.recipe.model import complexity, load_data, load_model, predict
-from pipeline.recipe.task import build_context, stage_plan
-from pipeline.run import export_all
+from pipeline.recipe.model import predict
+from pipeline.recipe.task import stage_plan
 from pipeline.search.cache import ExportCache
 from pipeline.search.space import Candidate, candidate_stages
 from pipeline.stages.chain import StagesResult, run_stages
-from pipeline.stages.common import example_from
 from pipeline.ui.progress import Progress
-from targets.artifact import atomic_write_bytes
 
 
 class HostWork:
@@ -41,20 +37,11 @@ class HostWork:
         self.recipe, self.cache, self.progress = recipe, Path(cache), progress
         self.lock = threading.Lock()
         self.exports = ExportCache(self.cache)
-        with progress.step("load model and data"):
-            self.model = load_model(recipe)
-            self.data = load_data(recipe)
-            self.ctx = build_context(recipe, self.model, self.data)   # the task metric, as `edgepipe run` scores it
-            self.example = example_from(self.data["calib"], self.ctx.input_names)
-            params, macs = complexity(self.model, self.example)
-            self.baseline: dict[str, Any] = {**self.ctx.record(self.ctx.reference), "params": params, "macs": macs}
-        ctx = self.ctx
-        extra = {"y": np.asarray(ctx.targets)} if ctx.metric.classification and "y" not in ctx.inputs else {}
-        buf = io.BytesIO()
-        np.savez(buf, **ctx.inputs, __order__=np.array(ctx.input_names), **extra)
+        prep = prepare.load(recipe, progress)   # the same phase as `edgepipe run`: the task metric as run scores it
+        self.model, self.data, self.ctx, self.example = prep.model, prep.data, prep.ctx, prep.example
+        self.baseline: dict[str, Any] = prep.baseline
         self.inputs = work_dir / "inputs" / "eval.npz"
-        atomic_write_bytes(self.inputs, buf.getvalue())
-        self.eval_fp = hashlib.sha256(buf.getvalue()).hexdigest()
+        self.eval_fp = prepare.write_eval_inputs(self.ctx, self.inputs)
         self._variants: OrderedDict[str, tuple[StagesResult, float]] = OrderedDict()
 
     # ------------------------------------------------------------------------------------------------ stages
@@ -88,7 +75,7 @@ class HostWork:
         with self.lock:
             result, stage_s = self._stages(cand)
             key = self.exports.key(self._model_key(result), self.recipe.name, result.export_overrides, arch,
-                                   self.eval_fp)
+                                   self.eval_fp, self.ctx.metric.identity)
             info = {"stages_seconds": round(stage_s, 2), "export_seconds": 0.0, "stage_records": result.records,
                     "export_cached": True}
             hit = self.exports.get(key, cand.backend)
@@ -108,7 +95,8 @@ class HostWork:
         """The original model as FP32 ONNX: what every speed-up is measured against."""
         with self.lock:
             result = StagesResult(model=self.model, teacher=self.model, calib={})
-            key = self.exports.key(self._model_key(result), self.recipe.name, {}, arch, self.eval_fp)
+            key = self.exports.key(self._model_key(result), self.recipe.name, {}, arch, self.eval_fp,
+                                   self.ctx.metric.identity)
             hit = self.exports.get(key, "onnx-fp32")
             if hit is not None:
                 return hit
@@ -125,7 +113,8 @@ class HostWork:
             res = StagesResult(model=copy.deepcopy(result.model), teacher=result.teacher, calib=result.calib,
                                records=result.records, export_overrides=result.export_overrides,
                                qat_ranges=result.qat_ranges)
-            outcomes = export_all(res, recipe, backends, tmp, self.ctx, ref, self.example, self.progress, arch)
+            outcomes = export_all(res, ExportPlan.of(recipe), backends, tmp, self.ctx, ref, self.example, self.progress,
+                                  arch)
             entry = outcomes[backend]
             return entry if entry.get("error") else self.exports.put(key, backend, entry)
         finally:

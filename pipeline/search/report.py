@@ -13,9 +13,9 @@ from typing import Any
 import yaml
 
 from pipeline.recipe.config import Recipe
-from pipeline.results.plots import FAMILY_COLORS, PRECISION_MARKERS, _plt, _png
+from pipeline.recipe.search_config import STAGE_CONFIGS, STAGE_ORDER
+from pipeline.results.plots import FAMILY_COLORS, PRECISION_MARKERS, png_uri, pyplot
 from pipeline.results.rundir import human_bytes, metric_value, now_iso
-from pipeline.search.space import STAGE_CONFIGS, STAGE_ORDER
 from targets.artifact import atomic_write_bytes
 from targets.schema import read_yaml
 
@@ -58,7 +58,7 @@ def write_chosen_recipe(recipe: Recipe, chosen: dict[str, Any], device: str) -> 
 def front_plot(result: dict[str, Any], png_path: Path | None = None) -> str:
     """Metric against p90 for every measured candidate: colour = backend family, marker = precision, marker size =
     artifact size; the Pareto front joined, the chosen point starred, the original FP32 ONNX as a reference line."""
-    plt = _plt()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(7.2, 4.2))
     cands = [c for c in result["candidates"] if c.get("latency_ms") and metric_value(c) is not None]
     sizes = [c.get("bytes") or 1 for c in cands]
@@ -115,7 +115,7 @@ def front_plot(result: dict[str, Any], png_path: Path | None = None) -> str:
     ax.ticklabel_format(axis="y", useOffset=False, style="plain")
     if png_path is not None:
         fig.savefig(png_path, dpi=110, bbox_inches="tight", metadata={"Software": None})
-    return _png(fig)
+    return png_uri(fig)
 
 
 # ------------------------------------------------------------------------------------------------ HTML

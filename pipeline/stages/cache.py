@@ -23,8 +23,6 @@ import torch
 from torch import nn
 
 _PRIMITIVE = (int, float, bool, str, type(None))
-CODE_FILES = ("__init__.py", "cache.py", "common.py", "distill.py", "prune.py", "quantize.py", "train.py",
-              "loading.py")
 
 
 def _primitive(value: Any) -> bool:
@@ -72,15 +70,13 @@ def data_fingerprint(data: dict[str, Any], samples: int = 256) -> str:
 
 
 def code_version() -> str:
+    """Torch, Torch-Pruning and every module of this package (globbed: a new module can never be left out)."""
     import torch_pruning as tp
 
-    h = hashlib.sha256(f"torch={torch.__version__};tp={getattr(tp, '__version__', '?')}".encode())
-    here = Path(__file__).parent
-    for name in CODE_FILES:
-        p = here / name
-        if p.exists():
-            h.update(p.read_bytes())
-    return h.hexdigest()
+    from targets.fingerprint import code_digest
+
+    versions = f"torch={torch.__version__};tp={getattr(tp, '__version__', '?')}"
+    return hashlib.sha256(f"{versions};{code_digest(Path(__file__).parent)}".encode()).hexdigest()
 
 
 def stage_key(name: str, parent: str, config: dict[str, Any], data_fp: str, extra: dict[str, Any] | None = None) -> str:

@@ -48,6 +48,7 @@ class StagePlan:
     student_factory: Callable[[], nn.Module] | None = None
     timing: Callable[..., dict[str, Any]] | None = None
     metric_label: str = "top-1"
+    metric_key: dict[str, Any] | None = None               # the task metric's identity: a stage record holds its score
     train: Any = None                                      # pipeline.stages.train.TrainConfig (None = defaults)
 
 
@@ -139,7 +140,7 @@ def run_stages(model: nn.Module, data: dict[str, Any], plan: StagePlan, run_dir:
         cache = StageCache(run_dir, name)
         # the device and the loader's workers are not part of the key: a stage trained on a GPU is reused on a CPU
         key_extra = {**(extra_key or {}), **({"task": task_key} if objective.kind != "logits" else {}),
-                     "train": settings_for(train, cfg).cache_fields()}
+                     "train": settings_for(train, cfg).cache_fields(), "metric": plan.metric_key}
         key = stage_key(name, parent_hash, cfg.model_dump(mode="json", exclude={"train"}), data_fp, key_extra)
         hit = cache.lookup(key) if main else None
         if distributed.world_size() > 1:   # rank 0's cache decides; the others get the cached model from it

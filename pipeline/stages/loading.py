@@ -43,34 +43,34 @@ def call(model: nn.Module | Callable[..., Any], inputs: Any, names: Sequence[str
     return model(inputs)
 
 
-def _leaves(obj: Any) -> list[torch.Tensor]:
+def leaves(obj: Any) -> list[torch.Tensor]:
     if isinstance(obj, torch.Tensor):
         return [obj]
     if isinstance(obj, Mapping):
-        return [t for v in obj.values() for t in _leaves(v)]
+        return [t for v in obj.values() for t in leaves(v)]
     if isinstance(obj, (tuple, list)):
-        return [t for v in obj for t in _leaves(v)]
+        return [t for v in obj for t in leaves(v)]
     return []
 
 
-def _rebuild(template: Any, leaves: Iterator[torch.Tensor]) -> Any:
+def rebuild(template: Any, tensors: Iterator[torch.Tensor]) -> Any:
     if isinstance(template, torch.Tensor):
-        return next(leaves)
+        return next(tensors)
     if isinstance(template, Mapping):
-        return {k: _rebuild(v, leaves) for k, v in template.items()}
+        return {k: rebuild(v, tensors) for k, v in template.items()}
     if isinstance(template, (tuple, list)):
-        return type(template)(_rebuild(v, leaves) for v in template)
+        return type(template)(rebuild(v, tensors) for v in template)
     return template
 
 
-def _float(obj: Any) -> Any:
+def as_float(obj: Any) -> Any:
     """Outputs of an autocast forward back in float32 before the loss (softmax/KL in bf16 loses the soft targets)."""
-    return _rebuild(obj, iter([t.float() if t.is_floating_point() else t for t in _leaves(obj)]))
+    return rebuild(obj, iter([t.float() if t.is_floating_point() else t for t in leaves(obj)]))
 
 
-def _batch_len(obj: Any) -> int:
-    leaves = _leaves(obj)
-    return int(leaves[0].shape[0]) if leaves else 0
+def batch_len(obj: Any) -> int:
+    found = leaves(obj)
+    return int(found[0].shape[0]) if found else 0
 
 
 def collate(batch: list[Any]) -> Any:

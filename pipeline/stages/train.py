@@ -25,13 +25,13 @@ from torch import nn
 from pipeline.stages import distributed
 from pipeline.stages.loading import (
     Indexed,
-    _batch_len,
-    _float,
-    _leaves,
-    _rebuild,
+    as_float,
+    batch_len,
     call,
     is_deterministic,
+    leaves,
     loader,
+    rebuild,
     seed_everything,
     to_device,
 )
@@ -141,24 +141,24 @@ class TeacherOutputs:
         chunks = []
         for x, *_ in loader(dataset, self.settings, shuffle=False, batch_size=self.settings.eval_batch_size):
             with _autocast(self.settings):
-                out = _float(call(self.teacher, to_device(x, self.settings.device, self.settings.pin_memory),
+                out = as_float(call(self.teacher, to_device(x, self.settings.device, self.settings.pin_memory),
                                   self.names))
             chunks.append(out)
-            if sum(t.numel() * t.element_size() for c in chunks for t in _leaves(c)) > TEACHER_CACHE_BYTES:
+            if sum(t.numel() * t.element_size() for c in chunks for t in leaves(c)) > TEACHER_CACHE_BYTES:
                 return  # too big to keep: the loop computes them per batch instead
         self.template = chunks[0]
-        self.store = [torch.cat(parts) for parts in zip(*(_leaves(c) for c in chunks), strict=True)]
+        self.store = [torch.cat(parts) for parts in zip(*(leaves(c) for c in chunks), strict=True)]
 
     def get(self, idx: torch.Tensor) -> Any:
         assert self.store is not None
         idx = idx.to(self.store[0].device)
-        return _rebuild(self.template, iter([t[idx] for t in self.store]))
+        return rebuild(self.template, iter([t[idx] for t in self.store]))
 
 
 @torch.no_grad()
 def teacher_forward(teacher: nn.Module, x: Any, settings: TrainSettings, names: Sequence[str] | None = None) -> Any:
     with _autocast(settings):
-        return _float(call(teacher, x, names))
+        return as_float(call(teacher, x, names))
 
 
 def _autocast(settings: TrainSettings) -> Any:
@@ -269,14 +269,14 @@ def fit(model: nn.Module, dataset: Any, loss_fn: LossFn, *, epochs: int, make_op
             net.train(train_mode)
             for x, y, idx in batches:
                 x, y = to_device(x, device, settings.pin_memory), to_device(y, device, settings.pin_memory)
-                n = _batch_len(x)
+                n = batch_len(x)
                 opt.zero_grad(set_to_none=True)
                 t_out = None
                 if teacher is not None:
                     t_out = cache.get(idx) if cache is not None else teacher_forward(teacher, x, settings, input_names)
                 with _autocast(settings):
                     outputs = call(net, x, input_names)
-                    loss = loss_fn(_float(outputs), t_out, y)
+                    loss = loss_fn(as_float(outputs), t_out, y)
                     if extra_loss is not None:
                         loss = loss + extra_loss()
                 if world > 1:   # DDP averages over ranks: weight each rank by its share of the global batch

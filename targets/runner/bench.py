@@ -136,7 +136,7 @@ def load_openvino(path: str, threads: int, precision_hint: str | None = None) ->
                        "inputs": {i["name"]: i["dtype"].name for i in ins}})
 
 
-def _tflite_interpreter() -> tuple[Any, str, str]:
+def tflite_interpreter() -> tuple[Any, str, str]:
     """Whichever TFLite interpreter the device has: ai_edge_litert, tflite_runtime or tensorflow.lite."""
     try:
         from ai_edge_litert.interpreter import Interpreter
@@ -176,7 +176,7 @@ def load_tflite(path: str, threads: int, input_names: list[str] | None = None) -
     """Inputs are matched by signature name when the file uses the recipe's names, else by position
     (``args_<i>`` is the i-th forward() argument); integer tensors with a scale are quantized values, integer tensors
     without one are raw integers (ids, masks) and pass through."""
-    interpreter_cls, runtime, version = _tflite_interpreter()
+    interpreter_cls, runtime, version = tflite_interpreter()
     interp = _tflite_build(interpreter_cls, runtime, model_path=path, num_threads=threads)
     sigs = interp.get_signature_list() if hasattr(interp, "get_signature_list") else {}
     if sigs:
@@ -259,7 +259,7 @@ def tflite_selftest() -> str:
     import base64
     import zlib
 
-    interpreter_cls, runtime, version = _tflite_interpreter()
+    interpreter_cls, runtime, version = tflite_interpreter()
     interp = _tflite_build(interpreter_cls, runtime, model_content=zlib.decompress(base64.b64decode(PROBE_TFLITE)))
     inp, out = interp.get_input_details()[0], interp.get_output_details()[0]
     interp.set_tensor(inp["index"], np.array([2.0], dtype=np.float32))

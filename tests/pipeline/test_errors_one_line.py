@@ -141,7 +141,7 @@ TINY = """
 
 @pytest.mark.onnx
 def test_a_config_error_on_one_device_keeps_the_other_devices_summary_and_rows(write_recipe, tmp_path, monkeypatch):
-    import pipeline.run as run_mod
+    import pipeline.phases.measure as run_mod
 
     monkeypatch.setenv("EDGEPIPE_DB", str(tmp_path / "s.db"))
     recipe = write_recipe("""

@@ -9,10 +9,10 @@ from types import SimpleNamespace
 import yaml
 
 from pipeline.recipe.config import Gate, load_recipe
+from pipeline.recipe.search_config import SearchConfig
 from pipeline.results.rundir import pareto_front
 from pipeline.search.device import DeviceSearch
 from pipeline.search.report import write_chosen_recipe
-from pipeline.search.space import SearchConfig
 from pipeline.ui.progress import Progress
 
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from pipeline.recipe.config import load_recipe
-from pipeline.search.space import SearchConfig, expand, recipe_candidates
+from pipeline.recipe.search_config import SearchConfig
+from pipeline.search.space import expand, recipe_candidates
 from targets.errors import ConfigError
 
 

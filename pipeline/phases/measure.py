@@ -1,0 +1,161 @@
+"""Measure: every artifact a device wants, over one transport, by the self-contained runner; the raw outputs it
+returns are scored here with the task metric. Also ``edgepipe bench`` for one artifact."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from pipeline.recipe.task import TaskContext
+from pipeline.ui.progress import Progress
+from targets.artifact import Artifact, atomic_write_json
+from targets.artifact_trust import artifact_for_bench
+from targets.device import benchmark, push_inputs, remove_inputs
+from targets.errors import ConfigError, DeviceError, EdgeError
+from targets.profiles import DeviceProfile, load_profile
+from targets.transport import open_transport
+
+VALIDATION_KEYS = ("max_abs_error", "top1_agreement", "computed_in", "cosine", "per_output", "metric_drop", "check")
+
+
+def artifact_record(name: str, entry: dict[str, Any], device_dir: Path, bench_rec: dict[str, Any] | None,
+                    error: str | None = None, scored: dict[str, Any] | None = None) -> dict[str, Any]:
+    """One artifact's summary record (DESIGN §6) from its export outcome and, when it ran, the runner's record and
+    the host's score of the outputs. ``edgepipe search`` builds its cached measurements with the same function."""
+    art: Artifact | None = entry.get("artifact")
+    rec: dict[str, Any] = {"name": name, "backend": entry["backend"], "precision": entry["precision"]}
+    if art is not None:
+        rec.update(file=os.path.relpath(art.path, device_dir), sha256=art.sha256, bytes=art.bytes,
+                   parent=art.parent, metadata=art.metadata)
+    validation = entry.get("validation")
+    if validation:
+        rec["validation"] = {k: validation[k] for k in VALIDATION_KEYS if k in validation}
+        if "metric" in validation:
+            rec["metric"] = validation["metric"]
+        if validation.get("accuracy") is not None:
+            rec["accuracy"] = validation.get("accuracy")
+    err = entry.get("error") or error
+    if scored:   # what the device computed, scored on the host: the figure of record
+        rec.update(scored)
+    if bench_rec is not None:
+        rec["latency_ms"] = bench_rec["latency_ms"]
+        state = bench_rec.get("state", {}).get("after", {})
+        rec["environment"] = {"runtime": bench_rec.get("runtime"), "threads": bench_rec.get("threads"),
+                              "providers": bench_rec.get("providers"), "governor": state.get("governor"),
+                              "temp_c": state.get("temp_c"), "os": bench_rec.get("environment", {}).get("os")}
+        rec["valid"] = bool(bench_rec.get("valid")) and err is None
+        rec["invalid_reasons"] = list(bench_rec.get("invalid_reasons", []))
+        rec["bench"] = bench_rec
+    else:
+        rec["valid"] = False
+        rec["invalid_reasons"] = []
+    if err:
+        rec["error"] = err
+        rec["invalid_reasons"].append(err)
+    return rec
+
+
+def read_outputs(path: Path) -> list[np.ndarray]:
+    with np.load(path, allow_pickle=False) as data:
+        keys = sorted((k for k in data.files if k.startswith("out")), key=lambda k: int(k[3:]))
+        return [np.asarray(data[k]) for k in keys]
+
+
+def measure_device(profile: DeviceProfile, outcomes: dict[str, dict[str, Any]], root: Path, device_dir: Path,
+                   inputs: Path, progress: Progress,
+                   ctx: TaskContext | None = None) -> tuple[list[dict[str, Any]], list[EdgeError]]:
+    """Benchmark every artifact this device wants, over one transport; returns records and device errors.
+
+    The eval inputs go to the device once (not once per artifact); each job returns its raw outputs, which are
+    scored here with the task metric. An artifact that failed its check is not benchmarked: its figures would
+    look like those of a working model.
+    """
+    records: list[dict[str, Any]] = []
+    errors: list[EdgeError] = []
+    transport = None
+    remote_inputs: str | None = None
+    try:
+        for name in outcomes:  # exactly what was asked: the recipe's list, else the profile's
+            entry = outcomes[name]
+            art: Artifact | None = entry.get("artifact")
+            bench_rec, error, scored = None, None, None
+            if art is not None and not entry.get("error"):
+                if device_dir != root:
+                    art = relocate(art, device_dir / "artifacts")
+                    entry = {**entry, "artifact": art}
+                try:
+                    transport = transport or open_transport(profile)
+                    if remote_inputs is None:
+                        with progress.step(f"send eval inputs to {profile.name}"):
+                            remote_inputs = push_inputs(profile, transport, inputs)
+                    out_file = device_dir / "outputs" / f"{name}.npz"
+                    with progress.step(f"bench {name} on {profile.name}"):
+                        bench_rec = benchmark(profile, art, remote_inputs, transport=transport,
+                                              outputs=out_file if ctx is not None else None)
+                    atomic_write_json(device_dir / "bench" / f"{name}.json", bench_rec)
+                    if ctx is not None and out_file.is_file():
+                        try:
+                            scored = ctx.record(read_outputs(out_file))
+                        except Exception as exc:  # noqa: BLE001 - outputs the metric cannot read: a failed check
+                            error = f"the device's outputs cannot be scored: {type(exc).__name__}: {exc}"
+                except DeviceError as exc:
+                    error = str(exc)
+                    errors.append(exc)
+            records.append(artifact_record(name, entry, device_dir, bench_rec, error, scored))
+    finally:
+        if transport is not None:
+            if remote_inputs is not None:
+                try:
+                    remove_inputs(transport, remote_inputs)
+                except EdgeError:
+                    pass
+            transport.close()
+    return records, errors
+
+
+def relocate(art: Artifact, folder: Path) -> Artifact:
+    """The artifact's files in ``folder`` (hard links where the filesystem allows, else copies), with its record
+    rewritten to point there: a fleet member's folder holds what that device measured. The one relocation rule."""
+    folder.mkdir(parents=True, exist_ok=True)
+    files = []
+    for f in art.files or [art.path]:
+        dst = folder / Path(f).name
+        if not dst.exists():
+            try:
+                os.link(f, dst)
+            except OSError:
+                shutil.copy2(f, dst)
+        files.append(str(dst))
+    new = Artifact.from_dict({**art.to_dict(), "path": str(folder / Path(art.path).name), "files": files})
+    new.save()
+    return new
+
+
+def bench_artifact(path: str | Path, device: str, profile_overrides: dict[str, Any] | None = None,
+                   inputs: Path | None = None, repeat: int | None = None) -> dict[str, Any]:
+    """``edgepipe bench``: one artifact on one device, same runner and rules as a run."""
+    profile = load_profile(device, profile_overrides)
+    if repeat is not None:
+        if not 1 <= repeat <= 10:
+            raise ConfigError(f"--repeat {repeat}: give 1 to 10")
+        profile.bench.repeat = repeat
+    art = artifact_for_bench(path)  # the file given is what is measured; its sidecar is checked, not trusted
+    start = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="edgepipe-bench-") as tmp:
+        out_file = Path(tmp) / "outputs.npz"
+        rec = benchmark(profile, art, inputs, outputs=out_file if inputs else None)
+        if inputs is not None and out_file.is_file():
+            with np.load(inputs, allow_pickle=False) as data:
+                labels = np.asarray(data["y"]) if "y" in data.files else None
+            outs = read_outputs(out_file)
+            if labels is not None and outs:   # top-1 of the first output, scored here (the runner knows no metric)
+                rec["accuracy"] = round(float((outs[0].reshape(len(outs[0]), -1).argmax(1) == labels).mean()), 6)
+                rec["n_eval"] = int(len(labels))
+    rec["seconds"] = round(time.perf_counter() - start, 2)
+    return rec

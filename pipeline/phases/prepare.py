@@ -1,0 +1,88 @@
+"""Prepare: the recipe resolved once into what the later phases take -- model, data, task context, baseline, eval
+inputs on disk and the export plan. Nothing after this phase reads the Recipe."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from torch import nn
+
+from pipeline.recipe.config import Recipe
+from pipeline.recipe.model import complexity, load_data, load_model
+from pipeline.recipe.task import TaskContext, build_context
+from pipeline.stages.common import example_from
+from pipeline.ui.progress import Progress
+from targets import units
+from targets.artifact import atomic_write_bytes
+from targets.profiles import DeviceProfile
+
+TOOLS = ("torch", "onnx", "onnxruntime", "onnxscript", "openvino", "nncf", "litert-torch", "ai-edge-litert",
+         "torch-pruning", "torchao", "numpy")
+
+
+def tool_versions() -> dict[str, str | None]:
+    out: dict[str, str | None] = {}
+    for name in TOOLS:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            out[name] = None
+    return out
+
+
+@dataclass(frozen=True)
+class ExportPlan:
+    """What the export phase needs of the recipe: names, the mixed-precision settings and the INT8 check's limit."""
+
+    name: str
+    output_names: list[str]
+    mixed: dict[str, Any] | None       # quantize's accuracy-aware mixed precision, None when off
+    max_drop: float | None             # the gate's allowed metric drop, which every INT8 artifact must meet too
+
+    @classmethod
+    def of(cls, recipe: Recipe) -> ExportPlan:
+        q = recipe.stages.quantize
+        return cls(recipe.name, list(recipe.model.outputs or []), q.mixed_precision() if q is not None else None,
+                   units.max_metric_drop(recipe.gate))
+
+
+def backends_for(recipe: Recipe, profile: DeviceProfile) -> list[str]:
+    """What a device is measured on: the recipe's list, else the profile's."""
+    return list(recipe.backends or profile.backends)
+
+
+@dataclass
+class Prepared:
+    model: nn.Module
+    data: dict[str, Any]
+    ctx: TaskContext
+    example: tuple[Any, ...]
+    baseline: dict[str, Any]
+
+
+def load(recipe: Recipe, progress: Progress) -> Prepared:
+    """The user's model and data, the task context (eval inputs, targets, the original's outputs) and the baseline."""
+    with progress.step("load model and data"):
+        model = load_model(recipe)
+        data = load_data(recipe)
+        ctx = build_context(recipe, model, data)
+        example = example_from(data["calib"], ctx.input_names)
+        params, macs = complexity(model, example)
+    baseline = {**ctx.record(ctx.reference), "params": params, "macs": macs}
+    return Prepared(model, data, ctx, example, baseline)
+
+
+def write_eval_inputs(ctx: TaskContext, path: Path) -> str:
+    """The eval inputs as the runner reads them (one array per input name, ``__order__``, labels as ``y`` for
+    classification), written atomically; returns their sha256 (a cache key part)."""
+    extra = {"y": np.asarray(ctx.targets)} if ctx.metric.classification and "y" not in ctx.inputs else {}
+    buf = io.BytesIO()
+    np.savez(buf, **ctx.inputs, __order__=np.array(ctx.input_names), **extra)
+    atomic_write_bytes(path, buf.getvalue())  # a full disk never leaves a truncated eval.npz at its final name
+    return hashlib.sha256(buf.getvalue()).hexdigest()

@@ -21,12 +21,14 @@ from pipeline.phases import prepare
 from pipeline.phases.export import export_all
 from pipeline.phases.latency import onnx_latency_ratio
 from pipeline.phases.measure import artifact_record, measure_device
+from pipeline.phases.outcome import ExportOutcome
 from pipeline.phases.prepare import ExportPlan, backends_for, tool_versions
 from pipeline.recipe.config import Recipe, load_recipe
 from pipeline.recipe.model import load_data, load_model, predict
 from pipeline.recipe.task import build_context, stage_plan
 from pipeline.results.gate import apply_gate
 from pipeline.results.int8_guard import guard_records
+from pipeline.results.records import Summary
 from pipeline.results.rundir import now_iso
 from pipeline.results.runstate import claim_run_folder, new_run_id
 from pipeline.results.store import Store, open_store
@@ -146,11 +148,11 @@ def _run(recipe: Recipe, profiles: list[DeviceProfile], root: Path, run_id: str,
 
 
 def _export_per_arch(result: StagesResult, plan: ExportPlan, recipe: Recipe, profiles: list[DeviceProfile],
-                     root: Path, prep: prepare.Prepared, progress: Progress) -> dict[str, dict[str, dict[str, Any]]]:
+                     root: Path, prep: prepare.Prepared, progress: Progress) -> dict[str, dict[str, ExportOutcome]]:
     """One export per target CPU architecture, of every backend any device of that architecture wants."""
     ref = predict(result.model, prep.ctx.inputs)
     arches = sorted({p.arch for p in profiles})
-    by_arch: dict[str, dict[str, dict[str, Any]]] = {}
+    by_arch: dict[str, dict[str, ExportOutcome]] = {}
     for arch in arches:
         backends: list[str] = []
         for p in (p for p in profiles if p.arch == arch):
@@ -160,7 +162,7 @@ def _export_per_arch(result: StagesResult, plan: ExportPlan, recipe: Recipe, pro
     return by_arch
 
 
-def _device(profile: DeviceProfile, exported: dict[str, dict[str, Any]], run: dict[str, Any], ctx: Any,
+def _device(profile: DeviceProfile, exported: dict[str, ExportOutcome], run: dict[str, Any], ctx: Any,
             progress: Progress, store: Store, store_errors: list[EdgeError]) -> tuple[dict[str, Any], list[EdgeError]]:
     """Measure and judge one device: its summary.json (DESIGN §6) and its store row."""
     recipe: Recipe = run["recipe"]
@@ -172,7 +174,7 @@ def _device(profile: DeviceProfile, exported: dict[str, dict[str, Any]], run: di
     except EdgeError as exc:  # one device's failure must not lose the others' summaries or store rows
         records = [artifact_record(b, e, device_dir, None, str(exc)) for b, e in wanted.items()]
         errors = [exc]
-    for warning in guard_records(records, {b: o["artifact"] for b, o in wanted.items() if o.get("artifact")},
+    for warning in guard_records(records, {b: o.artifact for b, o in wanted.items() if o.artifact is not None},
                                  profile.name):
         progress.warn(warning)
     summary = {
@@ -183,6 +185,7 @@ def _device(profile: DeviceProfile, exported: dict[str, dict[str, Any]], run: di
         "tool_versions": tool_versions(), "host": {"python": sys.version.split()[0]},
     }
     apply_gate(summary, recipe.gate, profile.name)
+    summary = Summary.of(summary).dump()   # typed records (results/records.py), written as schema 1 key for key
     atomic_write_json(device_dir / "summary.json", summary)
     try:
         store.finish_run(summary, device_dir)
@@ -192,7 +195,7 @@ def _device(profile: DeviceProfile, exported: dict[str, dict[str, Any]], run: di
 
 
 def _raise_worst(summaries: list[dict[str, Any]], device_errors: list[EdgeError],
-                 outcomes: dict[str, dict[str, Any]]) -> None:
+                 outcomes: dict[str, ExportOutcome]) -> None:
     if device_errors:
         first_code = device_errors[0].exit_code
         err = DeviceError(f"{len(device_errors)} benchmark(s) failed on the device: {device_errors[0]}"
@@ -200,13 +203,12 @@ def _raise_worst(summaries: list[dict[str, Any]], device_errors: list[EdgeError]
                           hint="see run.log; `edgepipe doctor DEVICE` checks the board")
         err.exit_code = first_code  # a ConfigError in one device's thread stays exit 2
         raise err
-    failed = {n: o for n, o in outcomes.items() if o.get("error")}
+    failed = {n: o.failure for n, o in outcomes.items() if o.failure is not None}
     if failed:
-        first = next(iter(failed.values()))
-        err = EdgeError(f"{len(failed)} backend(s) failed: "
-                        + "; ".join(f"{n}: {o['error']}" for n, o in failed.items()),
+        err = EdgeError(f"{len(failed)} backend(s) failed: " + "; ".join(f"{n}: {f.message}"
+                                                                   for n, f in failed.items()),
                         hint="the other backends finished; their figures are in summary.json")
-        err.exit_code = first.get("exit_code", 2)
+        err.exit_code = next(iter(failed.values())).exit_code
         raise err
     for s in summaries:
         if not s["gate"]["passed"]:

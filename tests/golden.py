@@ -23,7 +23,7 @@ def fields(summary: dict[str, Any]) -> dict[str, list[str]]:
         "summary": sorted(summary),
         "baseline": sorted(summary["baseline"]),
         "metric": sorted(summary["baseline"].get("metric") or {}),
-        "stages": union(summary["stages"]),
+        "stages": union(summary["stages"], {"warnings", "original_seconds"}),
         "artifact": union(arts, OPTIONAL),
         "latency_ms": union([a["latency_ms"] for a in arts]),
         "environment": union([a["environment"] for a in arts]),

@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 
+from pipeline.phases.outcome import ExportOutcome, Failure
 from pipeline.phases.prepare import ExportPlan
 from pipeline.recipe.task import TaskContext
 from pipeline.stages.chain import StagesResult
@@ -24,8 +25,8 @@ from targets.validate import validate
 
 def export_all(result: StagesResult, plan: ExportPlan, backends: list[str], out_dir: Path, ctx: TaskContext,
                ref: list[np.ndarray], example: tuple[Any, ...], progress: Progress,
-               target_arch: str | None = None) -> dict[str, dict[str, Any]]:
-    """``{backend: {"backend", "precision", "artifact"?, "validation"?, "error"?}}`` for every backend asked.
+               target_arch: str | None = None) -> dict[str, ExportOutcome]:
+    """An outcome per backend asked: its checked artifact, or the failure that stopped it.
 
     Every output is checked against the FP32 parent (the stages' final model); an INT8 artifact is judged by the
     task metric's drop against that parent, in the gate's units."""
@@ -33,12 +34,11 @@ def export_all(result: StagesResult, plan: ExportPlan, backends: list[str], out_
     parent = f"{plan.name}:{result.records[-1]['name'] if result.records else 'original'}"
     parent_score = ctx.score(ref)
     names = {"input_names": ctx.input_names, "output_names": plan.output_names}
-    outcomes: dict[str, dict[str, Any]] = {}
+    outcomes: dict[str, ExportOutcome] = {}
     ov_from = result.export_overrides.get("ov_int8_from", "model")
     for name in export_order(backends, ov_from):  # a backend that reads another's artifact comes after it
         family, precision = parse_backend(name)
-        entry: dict[str, Any] = {"backend": family, "precision": precision}
-        outcomes[name] = entry
+        entry = outcomes[name] = ExportOutcome(family, precision)
         try:
             with progress.step(f"export {name}" + (f" for {target_arch}" if target_arch else "")):
                 cfg = ExportConfig(name=plan.name, precision=precision, parent=parent, target_arch=target_arch,
@@ -46,34 +46,32 @@ def export_all(result: StagesResult, plan: ExportPlan, backends: list[str], out_
                 calib = result.calib if precision == "int8" else None
                 art = _export_one(family, result, example, calib, cfg, out_dir, outcomes, plan.mixed, ctx, ref,
                                   progress)
-            entry["artifact"] = art
+            entry.artifact = art
             with progress.step(f"check {name}"):
                 labels = ctx.targets if ctx.metric.classification else None
-                entry["validation"] = validate(art, ctx.inputs, ref, labels, classification=ctx.metric.classification,
+                entry.validation = validate(art, ctx.inputs, ref, labels, classification=ctx.metric.classification,
                                                score=ctx.score, parent_score=parent_score, max_drop=plan.max_drop)
         except EdgeError as exc:
-            entry["error"] = exc.message if isinstance(exc, OutputMismatchError) else str(exc)
-            entry["error_type"] = type(exc).__name__
-            entry["exit_code"] = exc.exit_code
+            entry.failure = Failure.of(exc)
             if not isinstance(exc, OutputMismatchError):
                 progress.warn(f"{name}: {exc}")
     return outcomes
 
 
 def _export_one(family: str, result: StagesResult, example: tuple[Any, ...], calib: Any, cfg: ExportConfig,
-                out_dir: Path, outcomes: dict[str, dict[str, Any]], mixed: dict[str, Any] | None, ctx: TaskContext,
+                out_dir: Path, outcomes: dict[str, ExportOutcome], mixed: dict[str, Any] | None, ctx: TaskContext,
                 ref: list[np.ndarray], progress: Progress) -> Artifact:
     """One exporter call: from another backend's artifact where the path declares one (targets.REQUIRES), through
     the accuracy-aware mixed-precision search for INT8 with ``auto_keep_float``, else straight."""
     name = f"{family}-{cfg.precision}"
     deps = requires(name, cfg.ov_int8_from)
     if deps:
-        missing = [d for d in deps if outcomes.get(d, {}).get("artifact") is None]
+        missing = [d for d in deps if d not in outcomes or outcomes[d].artifact is None]
         if missing:
             raise EdgeError(f"{name} is built from {', '.join(missing)}, which failed",
                             hint=f"fix {', '.join(missing)} first (see its error above)")
         return get_exporter(family)(result.model, example, calib, cfg, out_dir,
-                                    sources={d: outcomes[d]["artifact"] for d in deps})
+                                    sources={d: outcomes[d].artifact for d in deps})
     if mixed is not None and cfg.precision == "int8" and calib is not None:
         from targets.mixed_precision import MixedPrecisionConfig, search
 

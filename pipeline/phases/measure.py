@@ -3,6 +3,7 @@ returns are scored here with the task metric. Also ``edgepipe bench`` for one ar
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import shutil
 import tempfile
@@ -12,6 +13,7 @@ from typing import Any
 
 import numpy as np
 
+from pipeline.phases.outcome import ExportOutcome
 from pipeline.recipe.task import TaskContext
 from pipeline.ui.progress import Progress
 from targets.artifact import Artifact, atomic_write_json
@@ -24,23 +26,23 @@ from targets.transport import open_transport
 VALIDATION_KEYS = ("max_abs_error", "top1_agreement", "computed_in", "cosine", "per_output", "metric_drop", "check")
 
 
-def artifact_record(name: str, entry: dict[str, Any], device_dir: Path, bench_rec: dict[str, Any] | None,
+def artifact_record(name: str, entry: ExportOutcome, device_dir: Path, bench_rec: dict[str, Any] | None,
                     error: str | None = None, scored: dict[str, Any] | None = None) -> dict[str, Any]:
     """One artifact's summary record (DESIGN §6) from its export outcome and, when it ran, the runner's record and
     the host's score of the outputs. ``edgepipe search`` builds its cached measurements with the same function."""
-    art: Artifact | None = entry.get("artifact")
-    rec: dict[str, Any] = {"name": name, "backend": entry["backend"], "precision": entry["precision"]}
+    art = entry.artifact
+    rec: dict[str, Any] = {"name": name, "backend": entry.backend, "precision": entry.precision}
     if art is not None:
         rec.update(file=os.path.relpath(art.path, device_dir), sha256=art.sha256, bytes=art.bytes,
                    parent=art.parent, metadata=art.metadata)
-    validation = entry.get("validation")
+    validation = entry.validation
     if validation:
         rec["validation"] = {k: validation[k] for k in VALIDATION_KEYS if k in validation}
         if "metric" in validation:
             rec["metric"] = validation["metric"]
         if validation.get("accuracy") is not None:
             rec["accuracy"] = validation.get("accuracy")
-    err = entry.get("error") or error
+    err = (entry.failure.message if entry.failure else None) or error
     if scored:   # what the device computed, scored on the host: the figure of record
         rec.update(scored)
     if bench_rec is not None:
@@ -67,7 +69,7 @@ def read_outputs(path: Path) -> list[np.ndarray]:
         return [np.asarray(data[k]) for k in keys]
 
 
-def measure_device(profile: DeviceProfile, outcomes: dict[str, dict[str, Any]], root: Path, device_dir: Path,
+def measure_device(profile: DeviceProfile, outcomes: dict[str, ExportOutcome], root: Path, device_dir: Path,
                    inputs: Path, progress: Progress,
                    ctx: TaskContext | None = None) -> tuple[list[dict[str, Any]], list[EdgeError]]:
     """Benchmark every artifact this device wants, over one transport; returns records and device errors.
@@ -83,12 +85,12 @@ def measure_device(profile: DeviceProfile, outcomes: dict[str, dict[str, Any]], 
     try:
         for name in outcomes:  # exactly what was asked: the recipe's list, else the profile's
             entry = outcomes[name]
-            art: Artifact | None = entry.get("artifact")
+            art = entry.artifact
             bench_rec, error, scored = None, None, None
-            if art is not None and not entry.get("error"):
+            if art is not None and entry.usable:
                 if device_dir != root:
                     art = relocate(art, device_dir / "artifacts")
-                    entry = {**entry, "artifact": art}
+                    entry = dataclasses.replace(entry, artifact=art)
                 try:
                     transport = transport or open_transport(profile)
                     if remote_inputs is None:

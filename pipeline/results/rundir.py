@@ -32,6 +32,9 @@ def load_summary(run_dir: str | Path) -> dict[str, Any]:
     missing = [k for k in ("recipe", "device", "run_id", "artifacts") if k not in summary]
     if missing:
         raise ConfigError(f"{path}: summary lacks {', '.join(missing)}", hint="re-run the pipeline to rewrite it")
+    from pipeline.results.records import Summary
+
+    Summary.of(summary, str(path))   # every field a reader relies on has its type, or one line names it
     return summary
 
 

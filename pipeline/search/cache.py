@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import targets
+from pipeline.phases.outcome import ExportOutcome
 from targets.artifact import Artifact, atomic_write_json
 from targets.device import record_problems
 
@@ -121,31 +122,30 @@ class ExportCache:
         return digest({"model": model_key, "name": recipe_name, "overrides": overrides, "arch": arch,
                        "eval": eval_fp, "metric": metric, "code": exporter_code_version()})[:24]
 
-    def get(self, key: str, backend: str) -> dict[str, Any] | None:
+    def get(self, key: str, backend: str) -> ExportOutcome | None:
         folder = self.dir / key / backend
         try:
-            outcome = json.loads((folder / "outcome.json").read_text())
-        except (OSError, json.JSONDecodeError):
+            outcome = ExportOutcome.from_json(json.loads((folder / "outcome.json").read_text()))
+        except (OSError, ValueError, KeyError, TypeError):
             return None
-        entry = dict(outcome)
-        if "artifact" in outcome:
-            art = Artifact.from_dict(outcome["artifact"])
+        if outcome.artifact is not None:
+            art = outcome.artifact
             # the record names files where they were written; they live in this folder now
             files = [str(folder / Path(f).name) for f in art.files or [art.path]]
-            entry["artifact"] = Artifact.from_dict({**art.to_dict(), "path": str(folder / Path(art.path).name),
-                                                    "files": files})
+            outcome.artifact = Artifact.from_dict({**art.to_dict(), "path": str(folder / Path(art.path).name),
+                                                   "files": files})
             if not all(Path(f).is_file() for f in files):
                 return None
-        return entry
+        return outcome
 
-    def put(self, key: str, backend: str, entry: dict[str, Any]) -> dict[str, Any]:
-        """Move the artifact's files into the cache and return the entry pointing at them."""
+    def put(self, key: str, backend: str, entry: ExportOutcome) -> ExportOutcome:
+        """Move the artifact's files into the cache and return the outcome pointing at them."""
         parent = self.dir / key
         parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{backend}-", dir=parent))
         try:
-            outcome = {k: v for k, v in entry.items() if k != "artifact"}
-            art: Artifact | None = entry.get("artifact")
+            outcome = entry.to_json()
+            art = entry.artifact
             if art is not None:
                 files = []
                 for f in art.files or [art.path]:
@@ -163,5 +163,6 @@ class ExportCache:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
         got = self.get(key, backend)
-        assert got is not None
+        if got is None:
+            raise OSError(f"{parent / backend}: the export cache entry just written cannot be read back")
         return got

@@ -14,6 +14,7 @@ from typing import Any
 
 import pipeline
 from pipeline.phases.measure import artifact_record, measure_device
+from pipeline.phases.outcome import ExportOutcome
 from pipeline.phases.prepare import tool_versions
 from pipeline.recipe.search_config import SearchConfig
 from pipeline.results.gate import EPS, check_artifact, limits_of
@@ -25,7 +26,6 @@ from pipeline.search.report import write_chosen_recipe
 from pipeline.search.space import Candidate
 from pipeline.ui.progress import Progress
 from targets.artifact import atomic_write_json
-from targets.device import benchmark
 from targets.errors import DeviceError
 from targets.profiles import DeviceProfile
 from targets.transport import open_transport
@@ -133,15 +133,15 @@ class DeviceSearch:
         rec["seconds"] = {"stages": info["stages_seconds"], "export": info["export_seconds"], "device": 0.0}
         rec["stage_records"] = [{k: s.get(k) for k in ("name", "accuracy", "metric", "params", "macs", "cached")}
                                 for s in info["stage_records"]]
-        art = entry.get("artifact")
-        host_rec = dict(entry.get("validation") or {})
+        art = entry.artifact
+        host_rec = dict(entry.validation or {})
         rec["host_check"] = {"accuracy": host_rec.get("accuracy"), "metric": host_rec.get("metric"),
                              "drop": metric_drop(self.host.baseline, host_rec)}
         if art is not None:
             rec.update(sha256=art.sha256, bytes=art.bytes, file=art.path)
         reason = self._skip_reason(cand, entry, rec)
         if reason:
-            rec.update(status="failed" if entry.get("error") else "skipped", reason=reason, feasible=False)
+            rec.update(status="failed" if entry.failure else "skipped", reason=reason, feasible=False)
         else:
             self._measure(cand, entry, rec)
         rec["seconds"]["total"] = round(time.monotonic() - start, 2)
@@ -152,9 +152,9 @@ class DeviceSearch:
         self.write()
         return rec
 
-    def _skip_reason(self, cand: Candidate, entry: dict[str, Any], rec: dict[str, Any]) -> str | None:
-        if entry.get("error"):
-            return f"export or check failed: {entry['error']}"
+    def _skip_reason(self, cand: Candidate, entry: ExportOutcome, rec: dict[str, Any]) -> str | None:
+        if entry.failure is not None:
+            return f"export or check failed: {entry.failure.message}"
         drop, limit = rec["host_check"]["drop"], self.limits["max_metric_drop"]
         if drop is not None and limit is not None and drop > limit + EPS:
             # it can never be chosen, but a smaller or more accurate one may still belong on the front
@@ -175,7 +175,7 @@ class DeviceSearch:
                             f"better on the host; not measured")
         return None
 
-    def _measure(self, cand: Candidate, entry: dict[str, Any], rec: dict[str, Any]) -> None:
+    def _measure(self, cand: Candidate, entry: ExportOutcome, rec: dict[str, Any]) -> None:
         key = self.mcache.key(rec["sha256"], {**self.fingerprint, "inputs": self.host.eval_fp},
                               metric=self.host.ctx.metric.identity)
         # {"bench": runner record, "scored": the task metric of its outputs}, re-checked with the runner's rules
@@ -282,48 +282,17 @@ class DeviceSearch:
 
     def _compare(self) -> None:
         """Chosen vs the recipe's fastest artifact vs the original FP32 ONNX, measured interleaved in rounds."""
-        chosen, best = self.chosen(), self.recipe_best()
-        rounds = self.cfg.confirm_rounds
-        if chosen is None or rounds <= 0 or self.stop.is_set():
-            return
-        original = self.host.original_fp32(self.profile.arch)
-        if original.get("error"):
-            self.progress.warn(f"original FP32 ONNX export failed: {original['error']}")
-            return
-        contestants = {"chosen": self._artifact_of(chosen), "original_fp32": original["artifact"]}
-        if best is not None and best["sha256"] != chosen["sha256"]:
-            contestants["recipe_best"] = self._artifact_of(best)
-        key = self.mcache.key("+".join(sorted(a.sha256 for a in contestants.values())) + f"/{rounds}",
-                              self.fingerprint, what="interleaved")
-        cached = self.mcache.get(key, None, self.progress.warn)
-        if cached is None:
-            p90s: dict[str, list[float]] = {n: [] for n in contestants}
-            with self.progress.step(f"{self.profile.name}: interleaved comparison, {rounds} rounds"):
-                tr = open_transport(self.profile)
-                try:
-                    for _ in range(rounds):
-                        for name, art in contestants.items():
-                            if self.stop.is_set():
-                                return
-                            p90s[name].append(benchmark(self.profile, art, None, transport=tr)["latency_ms"]["p90"])
-                finally:
-                    tr.close()
-            self.comparison_measured_now = rounds * len(contestants)
-            cached = {"p90_ms": p90s}
-            self.mcache.put(key, cached)
-        med = {n: sorted(v)[len(v) // 2] for n, v in cached["p90_ms"].items()}
-        if best is not None and "recipe_best" not in med:  # the search chose the recipe's own best artifact
-            med["recipe_best"] = med["chosen"]
-        self.comparison = {"rounds": rounds, "p90_ms_per_round": cached["p90_ms"], "median_p90_ms": med,
-                           "chosen": chosen["id"], "recipe_best": best["id"] if best else None,
-                           "speedup_vs_original_fp32": round(med["original_fp32"] / med["chosen"], 3),
-                           "speedup_vs_recipe_best": round(med["recipe_best"] / med["chosen"], 3)
-                           if "recipe_best" in med else None}
+        from pipeline.search.compare import interleaved
 
-    def _artifact_of(self, rec: dict[str, Any]) -> Any:
+        chosen, best = self.chosen(), self.recipe_best()
+        if chosen is None or self.cfg.confirm_rounds <= 0 or self.stop.is_set():
+            return
+        self.comparison, self.comparison_measured_now = interleaved(self, chosen, best)
+
+    def artifact_of(self, rec: dict[str, Any]) -> Any:
         cand = Candidate(rec["stages"], rec["backend"])
         entry, _ = self.host.artifact(cand, self.profile.arch)
-        return entry["artifact"]
+        return entry.artifact
 
     def _probe(self) -> None:
         from targets.doctor import probe

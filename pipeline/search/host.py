@@ -20,6 +20,7 @@ from typing import Any
 from pipeline.phases import prepare
 from pipeline.phases.export import export_all
 from pipeline.phases.latency import onnx_latency_ratio
+from pipeline.phases.outcome import ExportOutcome
 from pipeline.phases.prepare import ExportPlan
 from pipeline.recipe.config import Recipe
 from pipeline.recipe.model import predict
@@ -70,7 +71,7 @@ class HostWork:
         return "original:" + model_hash(result.model)
 
     # ------------------------------------------------------------------------------------------------ exports
-    def artifact(self, cand: Candidate, arch: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    def artifact(self, cand: Candidate, arch: str) -> tuple[ExportOutcome, dict[str, Any]]:
         """(outcome entry as ``export_all`` makes it, {stages, stages_seconds, export_seconds, records})."""
         with self.lock:
             result, stage_s = self._stages(cand)
@@ -91,7 +92,7 @@ class HostWork:
             info.update(export_seconds=round(time.perf_counter() - start, 2), export_cached=False)
             return entry, info
 
-    def original_fp32(self, arch: str) -> dict[str, Any]:
+    def original_fp32(self, arch: str) -> ExportOutcome:
         """The original model as FP32 ONNX: what every speed-up is measured against."""
         with self.lock:
             result = StagesResult(model=self.model, teacher=self.model, calib={})
@@ -104,7 +105,7 @@ class HostWork:
             return self._export_into_cache(key, "onnx-fp32", result, recipe, ["onnx-fp32"], arch)
 
     def _export_into_cache(self, key: str, backend: str, result: StagesResult, recipe: Recipe,
-                           backends: list[str], arch: str) -> dict[str, Any]:
+                           backends: list[str], arch: str) -> ExportOutcome:
         """Export in a scratch folder, then move the checked artifact into the cache (a failure is not cached)."""
         self.exports.dir.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=".export-", dir=self.exports.dir))
@@ -116,6 +117,6 @@ class HostWork:
             outcomes = export_all(res, ExportPlan.of(recipe), backends, tmp, self.ctx, ref, self.example, self.progress,
                                   arch)
             entry = outcomes[backend]
-            return entry if entry.get("error") else self.exports.put(key, backend, entry)
+            return entry if entry.failure is not None else self.exports.put(key, backend, entry)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)

@@ -63,3 +63,9 @@ def test_demo_report_and_release_bundle_verify(demo, tmp_path):
     assert again.returncode == 0 and bundle.read_bytes() == first  # reproducible, byte for byte
     ver = run_cli("verify", str(bundle))
     assert ver.returncode == 0 and "OK" in ver.stdout
+
+
+def test_demo_summary_is_schema_1_field_for_field(demo):
+    from tests.golden import assert_summary_fields
+
+    assert_summary_fields(demo[1], "digits")

@@ -102,55 +102,58 @@ def _simulated(prefix: str, scored: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def run_stages(model: nn.Module, data: dict[str, Any], plan: StagePlan, run_dir: Path,
-               log: Callable[[str], None]) -> StagesResult:
-    """Run the configured stages on ``model`` (the teacher), each cached by the hash of its inputs.
+class _Chain:
+    """The state the stages hand on: the current model and its hash, and the result being built. ``step`` is the one
+    cached-step loop every stage runs through (cache lookup, compute, record, cache store, log)."""
 
-    ``plan.train`` is the recipe's ``train:`` section (TrainConfig): where and how the stages train. Under torchrun
-    every rank runs this together; rank 0 alone reads and writes the cache and hands cached models to the others.
-    """
-    log = _loud(log)
-    from pipeline.stages import distributed
-    from pipeline.stages.cache import StageCache, data_fingerprint, load_model, model_hash, restore_model, stage_key
-    from pipeline.stages.common import Objective, example_from, footprint
-    from pipeline.stages.loading import seed_everything
-    from pipeline.stages.train import settings_for
+    def __init__(self, model: nn.Module, data: dict[str, Any], plan: StagePlan, run_dir: Path,
+                 log: Callable[[str], None]) -> None:
+        from pipeline.stages import distributed
+        from pipeline.stages.cache import data_fingerprint, model_hash
+        from pipeline.stages.common import Objective, example_from
 
-    main = distributed.is_main()
-    train = plan.train
+        self.plan, self.data, self.run_dir, self.log = plan, data, run_dir, _loud(log)
+        self.main = distributed.is_main()
+        self.teacher = model.eval()
+        self.names = plan.input_names
+        self.example = plan.example or example_from(data["calib"], self.names)
+        self.objective = plan.objective or Objective("logits", self.names)
+        self.evaluate = plan.evaluate or _top1_evaluator(data["eval"], self.names)
+        calib_n = plan.quantize.calib_samples if plan.quantize else 256
+        self.calib = calibration_inputs(data["calib"], calib_n, self.names)
+        self.result = StagesResult(model=self.teacher, teacher=self.teacher, calib=self.calib)
+        self.current, self.parent_hash = self.teacher, model_hash(self.teacher)
+        self.data_fp = data_fingerprint(data) if (plan.distill or plan.prune or plan.quantize) else ""
+        self.task_key = {"objective": self.objective.kind, "output_loss": self.objective.output_loss,
+                         "weights": self.objective.output_weights}
 
-    teacher = model.eval()
-    names = plan.input_names
-    example = plan.example or example_from(data["calib"], names)
-    objective = plan.objective or Objective("logits", names)
-    evaluate = plan.evaluate or _top1_evaluator(data["eval"], names)
-    calib_n = plan.quantize.calib_samples if plan.quantize else 256
-    calib = calibration_inputs(data["calib"], calib_n, names)
-    result = StagesResult(model=teacher, teacher=teacher, calib=calib)
-    if plan.distill is None and plan.prune is None and plan.quantize is None:
-        return result
-    data_fp = data_fingerprint(data)
-    current, parent_hash = teacher, model_hash(teacher)
-    task_key = {"objective": objective.kind, "output_loss": objective.output_loss,
-                "weights": objective.output_weights}
+    def settings(self, cfg: Any) -> Any:
+        from pipeline.stages.train import settings_for
 
-    def run_one(name: str, cfg: Any, compute: Callable[[], tuple[nn.Module, dict[str, Any], dict[str, Any]]],
-                base: Callable[[], nn.Module], extra_key: dict[str, Any] | None = None) -> None:
-        nonlocal current, parent_hash
-        cache = StageCache(run_dir, name)
+        return settings_for(self.plan.train, cfg)
+
+    def step(self, name: str, cfg: Any, compute: Callable[[], tuple[nn.Module, dict[str, Any], dict[str, Any]]],
+             base: Callable[[], nn.Module], extra_key: dict[str, Any] | None = None) -> None:
+        from pipeline.stages import distributed
+        from pipeline.stages.cache import StageCache, load_model, model_hash, restore_model, stage_key
+        from pipeline.stages.common import footprint
+
+        cache = StageCache(self.run_dir, name)
         # the device and the loader's workers are not part of the key: a stage trained on a GPU is reused on a CPU
-        key_extra = {**(extra_key or {}), **({"task": task_key} if objective.kind != "logits" else {}),
-                     "train": settings_for(train, cfg).cache_fields(), "metric": plan.metric_key}
-        key = stage_key(name, parent_hash, cfg.model_dump(mode="json", exclude={"train"}), data_fp, key_extra)
-        hit = cache.lookup(key) if main else None
+        key_extra = {**(extra_key or {}), **({"task": self.task_key} if self.objective.kind != "logits" else {}),
+                     "train": self.settings(cfg).cache_fields(), "metric": self.plan.metric_key}
+        key = stage_key(name, self.parent_hash, cfg.model_dump(mode="json", exclude={"train"}), self.data_fp,
+                        key_extra)
+        hit = cache.lookup(key) if self.main else None
         if distributed.world_size() > 1:   # rank 0's cache decides; the others get the cached model from it
             shared = distributed.broadcast_object(
                 (hit is not None, torch.load(hit / "model.pt", weights_only=True) if hit is not None else None))
-            if not main and shared[0]:
+            if not self.main and shared[0]:
                 out = restore_model(base(), shared[1])
-                result.records.append({"name": name, "cached": True})
-                current, parent_hash = out.eval(), model_hash(out)
+                self.result.records.append({"name": name, "cached": True})
+                self.current, self.parent_hash = out.eval(), model_hash(out)
                 return
+        label = self.plan.metric_label
         if hit is not None:
             start = time.perf_counter()
             out = load_model(base(), hit / "model.pt")
@@ -159,89 +162,108 @@ def run_stages(model: nn.Module, data: dict[str, Any], plan: StagePlan, run_dir:
                           seconds=round(time.perf_counter() - start, 2))
             ranges_file = hit / "qat_ranges.json"
             if ranges_file.is_file():
-                result.qat_ranges = json.loads(ranges_file.read_text())
-            log(f"stage {name}: cached ({hit}) - {_describe(record, plan.metric_label)}")
+                self.result.qat_ranges = json.loads(ranges_file.read_text())
+            self.log(f"stage {name}: cached ({hit}) - {_describe(record, label)}")
         else:
-            log(f"stage {name}: running ...")
+            self.log(f"stage {name}: running ...")
             start = time.perf_counter()
             out, extra, files = compute()
-            if not main:   # rank 0 measures, records and caches; this rank only carries the model on
-                result.records.append({"name": name, "cached": False})
-                current, parent_hash = out.eval(), model_hash(out)
+            if not self.main:   # rank 0 measures, records and caches; this rank only carries the model on
+                self.result.records.append({"name": name, "cached": False})
+                self.current, self.parent_hash = out.eval(), model_hash(out)
                 return
-            params, macs = footprint(out, example)
-            record = {"name": name, **evaluate(out), "params": params, "macs": macs,
+            params, macs = footprint(out, self.example)
+            record = {"name": name, **self.evaluate(out), "params": params, "macs": macs,
                       "seconds": 0.0, "key": key, **extra}
             record["seconds"] = round(time.perf_counter() - start, 2)
             cache.store(key, out, record, files)
             record["cached"] = False
             if "qat_ranges.json" in files:
-                result.qat_ranges = files["qat_ranges.json"]
-            log(f"stage {name}: ran in {record['seconds']:.1f}s - {_describe(record, plan.metric_label)}")
+                self.result.qat_ranges = files["qat_ranges.json"]
+            self.log(f"stage {name}: ran in {record['seconds']:.1f}s - {_describe(record, label)}")
         for warning in record.get("warnings", []) if record.get("cached") else []:
-            log(f"WARNING: {name}: {warning}")
-        result.records.append(record)
-        current, parent_hash = out.eval(), model_hash(out)
+            self.log(f"WARNING: {name}: {warning}")
+        self.result.records.append(record)
+        self.current, self.parent_hash = out.eval(), model_hash(out)
 
-    if plan.distill is not None:
-        from pipeline.stages.distill import distill, make_student
 
-        dcfg = plan.distill
-        factory = plan.student_factory
+def _distill(c: _Chain) -> None:
+    from pipeline.stages.distill import distill, make_student
+    from pipeline.stages.loading import seed_everything
 
-        def do_distill() -> tuple[nn.Module, dict[str, Any], dict[str, Any]]:
-            seed_everything(dcfg.seed)   # the student's initial weights are part of what the seed fixes
-            student = make_student(teacher, example, dcfg, factory)
-            return distill(teacher, student, data, dcfg, example, settings_for(train, dcfg), log,
-                           objective=objective), {}, {}
+    dcfg, factory = c.plan.distill, c.plan.student_factory
 
-        run_one("distill", dcfg, do_distill, base=lambda: factory() if factory else copy.deepcopy(teacher),
-                extra_key={"student_code": _factory_fingerprint(factory) if factory else None})
+    def compute() -> tuple[nn.Module, dict[str, Any], dict[str, Any]]:
+        seed_everything(dcfg.seed)   # the student's initial weights are part of what the seed fixes
+        student = make_student(c.teacher, c.example, dcfg, factory)
+        return distill(c.teacher, student, c.data, dcfg, c.example, c.settings(dcfg), c.log,
+                       objective=c.objective), {}, {}
 
-    if plan.prune is not None:
-        from pipeline.stages.prune import prune
+    c.step("distill", dcfg, compute, base=lambda: factory() if factory else copy.deepcopy(c.teacher),
+           extra_key={"student_code": _factory_fingerprint(factory) if factory else None})
 
-        pcfg = plan.prune
-        parent = current
 
-        def do_prune() -> tuple[nn.Module, dict[str, Any], dict[str, Any]]:
-            pruned, extra = prune(parent, example, data, pcfg, teacher=teacher, log=log, objective=objective,
-                                  timing=plan.timing, settings=settings_for(train, pcfg))
-            return pruned, extra, {}
+def _prune(c: _Chain) -> None:
+    from pipeline.stages.cache import model_hash
+    from pipeline.stages.prune import prune
 
-        run_one("prune", pcfg, do_prune, base=lambda: copy.deepcopy(parent),
-                extra_key={"teacher": model_hash(teacher)})
+    pcfg, parent = c.plan.prune, c.current
 
-    if plan.quantize is not None:
-        from pipeline.stages.quantize import ptq_simulated, qat
+    def compute() -> tuple[nn.Module, dict[str, Any], dict[str, Any]]:
+        pruned, extra = prune(parent, c.example, c.data, pcfg, teacher=c.teacher, log=c.log, objective=c.objective,
+                              timing=c.plan.timing, settings=c.settings(pcfg))
+        return pruned, extra, {}
 
-        qcfg = plan.quantize
-        parent = current
-        calib_t = tuple(torch.from_numpy(calib[n]) for n in names)
+    c.step("prune", pcfg, compute, base=lambda: copy.deepcopy(parent), extra_key={"teacher": model_hash(c.teacher)})
 
-        def do_quantize() -> tuple[nn.Module, dict[str, Any], dict[str, Any]]:
-            extra: dict[str, Any] = {"mode": qcfg.mode,
-                                     "simulated_with": "torchao PT2E X86InductorQuantizer (u8 activations, s8 weights)"}
-            files: dict[str, Any] = {}
-            if main and (qcfg.simulate or qcfg.mode == "ptq"):   # measurements: rank 0 records them
-                extra.update(_simulated("ptq_simulated", evaluate(ptq_simulated(parent, example, calib_t, qcfg))))
-            out = copy.deepcopy(parent)
-            if qcfg.mode == "qat":
-                out, converted, ranges = qat(parent, example, data, calib_t, qcfg, teacher=teacher,
-                                             objective=objective, settings=settings_for(train, qcfg), log=log)
-                if main:
-                    extra.update(_simulated("qat_simulated", evaluate(converted)))
-                    # what the exporters will do with the QAT weights: calibrate them afresh on the same data
-                    extra.update(_simulated("qat_recalibrated", evaluate(ptq_simulated(out, example, calib_t, qcfg))))
-                files["qat_ranges.json"] = ranges
-            return out, extra, files
 
-        run_one("quantize", qcfg, do_quantize, base=lambda: copy.deepcopy(parent),
-                extra_key={"teacher": model_hash(teacher) if qcfg.mode == "qat" else None})
-        result.export_overrides = qcfg.export_overrides()
+def _quantize(c: _Chain) -> None:
+    from pipeline.stages.cache import model_hash
+    from pipeline.stages.quantize import ptq_simulated, qat
 
-    result.model = current
-    return result
+    qcfg, parent = c.plan.quantize, c.current
+    calib_t = tuple(torch.from_numpy(c.calib[n]) for n in c.names)
+
+    def compute() -> tuple[nn.Module, dict[str, Any], dict[str, Any]]:
+        extra: dict[str, Any] = {"mode": qcfg.mode,
+                                 "simulated_with": "torchao PT2E X86InductorQuantizer (u8 activations, s8 weights)"}
+        files: dict[str, Any] = {}
+        if c.main and (qcfg.simulate or qcfg.mode == "ptq"):   # measurements: rank 0 records them
+            extra.update(_simulated("ptq_simulated", c.evaluate(ptq_simulated(parent, c.example, calib_t, qcfg))))
+        out = copy.deepcopy(parent)
+        if qcfg.mode == "qat":
+            out, converted, ranges = qat(parent, c.example, c.data, calib_t, qcfg, teacher=c.teacher,
+                                         objective=c.objective, settings=c.settings(qcfg), log=c.log)
+            if c.main:
+                extra.update(_simulated("qat_simulated", c.evaluate(converted)))
+                # what the exporters will do with the QAT weights: calibrate them afresh on the same data
+                extra.update(_simulated("qat_recalibrated", c.evaluate(ptq_simulated(out, c.example, calib_t, qcfg))))
+            files["qat_ranges.json"] = ranges
+        return out, extra, files
+
+    c.step("quantize", qcfg, compute, base=lambda: copy.deepcopy(parent),
+           extra_key={"teacher": model_hash(c.teacher) if qcfg.mode == "qat" else None})
+    c.result.export_overrides = qcfg.export_overrides()
+
+
+#: The fixed order (DESIGN §1): each stage is one function over the one cached-step loop (``_Chain.step``).
+STAGES: tuple[tuple[str, Callable[[_Chain], None]], ...] = (("distill", _distill), ("prune", _prune),
+                                                             ("quantize", _quantize))
+
+
+def run_stages(model: nn.Module, data: dict[str, Any], plan: StagePlan, run_dir: Path,
+               log: Callable[[str], None]) -> StagesResult:
+    """Run the configured stages on ``model`` (the teacher), each cached by the hash of its inputs.
+
+    ``plan.train`` is the recipe's ``train:`` section (TrainConfig): where and how the stages train. Under torchrun
+    every rank runs this together; rank 0 alone reads and writes the cache and hands cached models to the others.
+    """
+    chain = _Chain(model, data, plan, run_dir, log)
+    for name, stage in STAGES:
+        if getattr(plan, name) is not None:
+            stage(chain)
+    chain.result.model = chain.current
+    return chain.result
 
 
 def _top1_evaluator(dataset: Any, names: list[str]) -> Callable[[Any], dict[str, Any]]:

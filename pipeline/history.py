@@ -7,6 +7,7 @@ import json
 from typing import TYPE_CHECKING, Any
 
 from pipeline.rundir import artifact_name, is_usable, metric_label, metric_value, pick_best
+from targets.jsonio import strict_dumps
 
 if TYPE_CHECKING:
     from pipeline.store import Store
@@ -99,7 +100,7 @@ def _cmd_history(args: argparse.Namespace) -> int:
         rows = store_errors(reading_history)(store)
     finally:
         store.close()
-    print(json.dumps(rows, indent=2) if args.json else format_history(rows))
+    print(strict_dumps(rows, "--json output", indent=2) if args.json else format_history(rows))
     return 0
 
 

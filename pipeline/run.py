@@ -29,7 +29,7 @@ from pipeline.console import third_party_to_log
 from pipeline.gate import apply_gate
 from pipeline.int8_guard import guard_records
 from pipeline.latency import onnx_latency_ratio
-from pipeline.model import complexity, load_data, load_model, predict
+from pipeline.model import arrays_problem, complexity, load_data, load_model, predict, weights_problem
 from pipeline.progress import Progress
 from pipeline.rundir import now_iso
 from pipeline.runstate import claim_run_folder, new_run_id
@@ -40,11 +40,12 @@ from pipeline.store import Store, open_store
 from pipeline.table import format_table
 from pipeline.task import TaskContext, build_context, stage_plan
 from targets import export_order, get_exporter, get_simulator, parse_backend, requires
-from targets.artifact import Artifact, atomic_write_bytes, atomic_write_json
+from targets.artifact import Artifact, atomic_write_bytes
 from targets.artifact_trust import artifact_for_bench
 from targets.device import benchmark, push_inputs, remove_inputs
 from targets.errors import ConfigError, DeviceError, EdgeError, GateError, OutputMismatchError
 from targets.export_config import ExportConfig
+from targets.jsonio import write_json
 from targets.preflight import preflight
 from targets.profiles import DeviceProfile, load_profile
 from targets.transport import open_transport
@@ -230,7 +231,7 @@ def measure_device(profile: DeviceProfile, outcomes: dict[str, dict[str, Any]], 
                     with progress.step(f"bench {name} on {profile.name}"):
                         bench_rec = benchmark(profile, art, remote_inputs, transport=transport,
                                               outputs=out_file if ctx is not None else None)
-                    atomic_write_json(device_dir / "bench" / f"{name}.json", bench_rec)
+                    write_json(device_dir / "bench" / f"{name}.json", bench_rec)
                     if ctx is not None and out_file.is_file():
                         try:
                             scored = ctx.record(_read_outputs(out_file))
@@ -306,22 +307,39 @@ def _claimed_run(recipe: Recipe, profiles: list[DeviceProfile], root: Path, run_
             except Exception:
                 _mark_failed(store, run_id, recipe, profiles, started)  # never left `incomplete` by a failure
                 raise
+            except KeyboardInterrupt:   # Ctrl-C, and SIGTERM (the CLI makes it raise the same)
+                _mark_failed(store, run_id, recipe, profiles, started, status="interrupted")
+                raise
             finally:
                 progress.close()
                 store.close()
                 distributed.shutdown()
 
 
-def _mark_failed(store: Store, run_id: str, recipe: Recipe, profiles: list[DeviceProfile], started: str) -> None:
-    """Rows a failure left ``incomplete`` (it happened before a device's summary was written) become ``failed``."""
+def _mark_failed(store: Store, run_id: str, recipe: Recipe, profiles: list[DeviceProfile], started: str,
+                 status: str = "failed") -> None:
+    """Rows a failure (or an interrupt) left ``incomplete`` -- it came before a device's summary was written --
+    become ``failed`` (or ``interrupted``)."""
     for p in profiles:
         try:
             row = store.get_run(run_id, p.name)
             if row is not None and row.get("status") == "incomplete":
-                store.finish_run({"run_id": run_id, "recipe": recipe.name, "device": p.name, "status": "failed",
+                store.finish_run({"run_id": run_id, "recipe": recipe.name, "device": p.name, "status": status,
                                   "started": started, "finished": now_iso()})
         except Exception:  # noqa: BLE001 - the store itself may be what failed; the original error matters more
             pass
+
+
+def _check_finite(recipe: Recipe, result: StagesResult) -> None:
+    """NaN/Inf in what the exporters get -- the stages' model or the calibration inputs -- named before any export:
+    otherwise every artifact fails its output check as a "cosine mismatch" that points at the wrong culprit."""
+    last = result.records[-1]["name"] if result.records else None
+    problem = weights_problem(result.model, f"{recipe.path}: stages.{last}" if last else f"{recipe.path}: model") \
+        or arrays_problem(result.calib if isinstance(result.calib, dict) else {}, f"{recipe.path}: data.factory: "
+                          "split 'calib'")
+    if problem:
+        raise ConfigError(problem, hint="a stage that diverged: lower its lr or add grad_clip" if last and
+                          "weights" in problem else None)
 
 
 def _train_alongside(recipe: Recipe, root: Path) -> list[dict[str, Any]]:
@@ -354,6 +372,7 @@ def _run(recipe: Recipe, profiles: list[DeviceProfile], root: Path, run_id: str,
         progress.warn(warning)
         baseline["warnings"] = [warning]
     result = run_stages(model, data, stage_plan(recipe, ctx, data, timing=onnx_latency_ratio), root, progress)
+    _check_finite(recipe, result)
     ref = predict(result.model, ctx.inputs)
     inputs = root / "inputs" / "eval.npz"
     extra = {"y": np.asarray(ctx.targets)} if ctx.metric.classification and "y" not in ctx.inputs else {}
@@ -389,7 +408,7 @@ def _run(recipe: Recipe, profiles: list[DeviceProfile], root: Path, run_id: str,
             "tool_versions": tool_versions(), "host": {"python": sys.version.split()[0]},
         }
         apply_gate(summary, recipe.gate, profile.name)
-        atomic_write_json(device_dir / "summary.json", summary)
+        write_json(device_dir / "summary.json", summary)
         try:
             store.finish_run(summary, device_dir)
         except EdgeError as exc:  # e.g. a store that broke during the run: the summary is already on disk

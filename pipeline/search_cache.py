@@ -17,25 +17,39 @@ import hashlib
 import json
 import os
 import shutil
+import sys
 import tempfile
 from pathlib import Path
 from typing import Any
 
 import targets
-from targets.artifact import Artifact, atomic_write_json
+from targets.artifact import Artifact
+from targets.errors import ConfigError
+from targets.jsonio import strict_dumps, write_json
 
 _TARGET_CODE = ("__init__.py", "_export_common.py", "export_config.py", "export_onnx.py", "export_openvino.py",
                 "export_tflite.py", "validate.py", "runner/bench.py")
 
 
 def cache_root(given: str | Path | None = None) -> Path:
-    if given:
-        return Path(given).expanduser()
+    """The cache folder, created; one that is a file (``EDGEPIPE_CACHE=/dev/null``) or cannot be created is a
+    ConfigError naming where it came from, not a traceback at the first write."""
     env = os.environ.get("EDGEPIPE_CACHE")
-    if env:
-        return Path(env).expanduser()
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "edgepipe"
+    if given:
+        root, where = Path(given).expanduser(), f"--cache {given}"
+    elif env:
+        root, where = Path(env).expanduser(), f"EDGEPIPE_CACHE={env}"
+    else:
+        root = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "edgepipe"
+        where = f"the cache folder {root}"
+    if root.exists() and not root.is_dir():
+        raise ConfigError(f"{where}: {root} is not a folder", hint="point it at a folder (or one to create)")
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(f"{where}: cannot create {root}: {exc.strerror}",
+                          hint="point it at a writable folder") from None
+    return root
 
 
 def digest(obj: Any) -> str:
@@ -66,6 +80,32 @@ def device_fingerprint(profile: Any, probe: dict[str, Any]) -> dict[str, Any]:
             "runtimes": probe.get("runtimes") or {}}
 
 
+def _discard(path: Path, why: str) -> None:
+    """A malformed cache entry (truncated, edited, from another version) is removed with one warning, so it is
+    recomputed instead of crashing the search with a traceback."""
+    print(f"edgepipe: warning: cache entry {path} is unreadable ({why.splitlines()[0][:160] if why else '?'}); "
+          "discarded, computing it again", file=sys.stderr)
+    if path.is_dir():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
+    return None
+
+
+def _well_formed(record: Any) -> bool:
+    """The two shapes a measurement is cached in: a runner record with its score, or interleaved p90 rounds."""
+    if not isinstance(record, dict):
+        return False
+    if "bench" in record:
+        bench = record["bench"]
+        return isinstance(bench, dict) and isinstance(bench.get("latency_ms"), dict) \
+            and isinstance(record.get("scored", {}), dict)
+    rounds = record.get("p90_ms")
+    return isinstance(rounds, dict) and all(
+        isinstance(v, list) and v and all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in v)
+        for v in rounds.values())
+
+
 class MeasurementCache:
     def __init__(self, root: Path) -> None:
         self.dir = Path(root) / "measurements"
@@ -76,12 +116,17 @@ class MeasurementCache:
     def get(self, key: str) -> dict[str, Any] | None:
         path = self.dir / f"{key}.json"
         try:
-            return json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError):
+            record = json.loads(path.read_text())
+        except FileNotFoundError:
             return None
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            return _discard(path, f"{type(exc).__name__}: {exc}")
+        if not _well_formed(record):
+            return _discard(path, "not a measurement record")
+        return record
 
     def put(self, key: str, record: dict[str, Any]) -> None:
-        atomic_write_json(self.dir / f"{key}.json", record)
+        write_json(self.dir / f"{key}.json", record)
 
 
 class ExportCache:
@@ -99,15 +144,22 @@ class ExportCache:
         folder = self.dir / key / backend
         try:
             outcome = json.loads((folder / "outcome.json").read_text())
-        except (OSError, json.JSONDecodeError):
+        except FileNotFoundError:
             return None
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            return _discard(folder, f"{type(exc).__name__}: {exc}")
+        if not isinstance(outcome, dict):
+            return _discard(folder, "outcome.json is not a mapping")
         entry = dict(outcome)
         if "artifact" in outcome:
-            art = Artifact.from_dict(outcome["artifact"])
-            # the record names files where they were written; they live in this folder now
-            files = [str(folder / Path(f).name) for f in art.files or [art.path]]
-            entry["artifact"] = Artifact.from_dict({**art.to_dict(), "path": str(folder / Path(art.path).name),
-                                                    "files": files})
+            try:
+                art = Artifact.from_dict(outcome["artifact"])
+                # the record names files where they were written; they live in this folder now
+                files = [str(folder / Path(f).name) for f in art.files or [art.path]]
+                entry["artifact"] = Artifact.from_dict({**art.to_dict(), "path": str(folder / Path(art.path).name),
+                                                        "files": files})
+            except (KeyError, TypeError, ValueError, AttributeError) as exc:
+                return _discard(folder, f"its artifact record is malformed ({type(exc).__name__}: {exc})")
             if not all(Path(f).is_file() for f in files):
                 return None
         return entry
@@ -128,7 +180,8 @@ class ExportCache:
                 moved = Artifact.from_dict({**art.to_dict(), "path": str(tmp / Path(art.path).name), "files": files})
                 moved.save()
                 outcome["artifact"] = moved.to_dict()
-            (tmp / "outcome.json").write_text(json.dumps(outcome, indent=1, default=str))
+            (tmp / "outcome.json").write_text(strict_dumps(outcome, f"export cache {key}/{backend}", indent=1,
+                                                           default=str))
             final = parent / backend
             if final.exists():
                 shutil.rmtree(final)

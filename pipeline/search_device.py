@@ -21,9 +21,9 @@ from pipeline.search_host import HostWork
 from pipeline.search_metric import max_drop, metric_drop, metric_value
 from pipeline.search_report import pareto_front, write_chosen_recipe
 from pipeline.search_space import Candidate, SearchConfig
-from targets.artifact import atomic_write_json
 from targets.device import benchmark
 from targets.errors import DeviceError
+from targets.jsonio import write_json
 from targets.profiles import DeviceProfile
 from targets.transport import open_transport
 
@@ -399,7 +399,7 @@ class DeviceSearch:
         if chosen is not None and self.status not in ("running",):
             self.chosen_recipe = str(write_chosen_recipe(self.host.recipe, chosen, self.profile.name))
             res["chosen_recipe"] = self.chosen_recipe
-        atomic_write_json(self.out_dir / "search.json", res)
+        write_json(self.out_dir / "search.json", res)
         return res
 
 

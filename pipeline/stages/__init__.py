@@ -11,6 +11,7 @@ import copy
 import hashlib
 import inspect
 import json
+import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -101,6 +102,34 @@ def _simulated(prefix: str, scored: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def _read_entry(hit: Path, base: Callable[[], nn.Module], log: Callable[[str], None],
+                name: str) -> tuple[nn.Module, dict[str, Any], Any] | None:
+    """A cached stage (model, record, QAT ranges), or None when the entry is malformed (a truncated model.pt, a
+    record edited by hand, a file from another version): it is then discarded with one warning and the stage runs
+    again, never a traceback from deep inside torch.load."""
+    from pipeline.stages.cache import load_model
+
+    start = time.perf_counter()
+    try:
+        out = load_model(base(), hit / "model.pt")
+        record = json.loads((hit / "record.json").read_text())
+        if not isinstance(record, dict) or not isinstance(record.get("seconds"), (int, float)) \
+                or not isinstance(record.get("params"), int) or not isinstance(record.get("macs"), int):
+            raise ValueError("record.json lacks its figures")
+        ranges_file = hit / "qat_ranges.json"
+        ranges = json.loads(ranges_file.read_text()) if ranges_file.is_file() else None
+        if ranges is not None and not isinstance(ranges, dict):
+            raise ValueError("qat_ranges.json is not a mapping")
+    except Exception as exc:  # noqa: BLE001 - any unreadable entry is recomputed; the stage is the source of truth
+        why = (str(exc).strip().splitlines() or [""])[0][:160]
+        log(f"WARNING: stage {name}: cached entry {hit} is unreadable ({type(exc).__name__}: {why}); discarded, "
+            "running the stage again")
+        shutil.rmtree(hit, ignore_errors=True)
+        return None
+    record.update(cached=True, original_seconds=record["seconds"], seconds=round(time.perf_counter() - start, 2))
+    return out, record, ranges
+
+
 def run_stages(model: nn.Module, data: dict[str, Any], plan: StagePlan, run_dir: Path,
                log: Callable[[str], None]) -> StagesResult:
     """Run the configured stages on ``model`` (the teacher), each cached by the hash of its inputs.
@@ -110,7 +139,7 @@ def run_stages(model: nn.Module, data: dict[str, Any], plan: StagePlan, run_dir:
     """
     log = _loud(log)
     from pipeline import distributed
-    from pipeline.stages.cache import StageCache, data_fingerprint, load_model, model_hash, restore_model, stage_key
+    from pipeline.stages.cache import StageCache, data_fingerprint, model_hash, restore_model, stage_key
     from pipeline.stages.common import Objective, example_from, footprint, seed_everything
     from pipeline.stages.train import settings_for
 
@@ -141,6 +170,8 @@ def run_stages(model: nn.Module, data: dict[str, Any], plan: StagePlan, run_dir:
                      "train": settings_for(train, cfg).cache_fields()}
         key = stage_key(name, parent_hash, cfg.model_dump(mode="json", exclude={"train"}), data_fp, key_extra)
         hit = cache.lookup(key) if main else None
+        cached = _read_entry(hit, base, log, name) if hit is not None else None
+        hit = hit if cached is not None else None   # a malformed entry was discarded: the stage runs again
         if distributed.world_size() > 1:   # rank 0's cache decides; the others get the cached model from it
             shared = distributed.broadcast_object(
                 (hit is not None, torch.load(hit / "model.pt", weights_only=True) if hit is not None else None))
@@ -149,15 +180,10 @@ def run_stages(model: nn.Module, data: dict[str, Any], plan: StagePlan, run_dir:
                 result.records.append({"name": name, "cached": True})
                 current, parent_hash = out.eval(), model_hash(out)
                 return
-        if hit is not None:
-            start = time.perf_counter()
-            out = load_model(base(), hit / "model.pt")
-            record = json.loads((hit / "record.json").read_text())
-            record.update(cached=True, original_seconds=record["seconds"],
-                          seconds=round(time.perf_counter() - start, 2))
-            ranges_file = hit / "qat_ranges.json"
-            if ranges_file.is_file():
-                result.qat_ranges = json.loads(ranges_file.read_text())
+        if cached is not None:
+            out, record, ranges = cached
+            if ranges is not None:
+                result.qat_ranges = ranges
             log(f"stage {name}: cached ({hit}) - {_describe(record, plan.metric_label)}")
         else:
             log(f"stage {name}: running ...")

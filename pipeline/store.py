@@ -15,7 +15,9 @@ new database creates today's tables, and a later step that adds a column must fi
 
 Writes are transactional: ``begin_run`` commits a row marked ``incomplete`` before any work starts, and
 ``finish_run`` replaces its stages, artifacts and benchmarks and sets the final status in one transaction, so a crash
-anywhere leaves the previous consistent state: the run stays visible as ``incomplete``.
+anywhere leaves the previous consistent state: the run stays visible as ``incomplete``. A run that fails, or is
+interrupted (Ctrl-C, SIGTERM), closes its rows as ``failed`` or ``interrupted``. Connections and statements time out
+after ``EDGEPIPE_DB_TIMEOUT`` seconds (30), so a server that accepts and never answers cannot hang a run.
 """
 
 from __future__ import annotations

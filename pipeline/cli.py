@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from collections.abc import Callable
@@ -12,6 +11,7 @@ from pathlib import Path
 import pipeline
 from pipeline.ui.args import add_conn, add_set, conn_overrides, positive_int
 from targets.errors import EdgeError
+from targets.jsonio import strict_dumps
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -23,7 +23,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     summaries = run(args.recipe, args.device, Path(args.out) if args.out else None, args.set, conn_overrides(args))
     if args.json:
-        print(json.dumps(summaries if len(summaries) > 1 else summaries[0], indent=2))
+        print(strict_dumps(summaries if len(summaries) > 1 else summaries[0], "--json output", indent=2))
     return 0
 
 
@@ -45,7 +45,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     rec = bench_artifact(args.artifact, args.device, conn_overrides(args), Path(args.inputs) if args.inputs else None,
                          repeat=args.repeat)
     if args.json:
-        print(json.dumps(rec))
+        print(strict_dumps(rec, "--json output"))
     else:
         lat = rec["latency_ms"]
         print(f"{Path(args.artifact).name} on {args.device}: p50 {lat['p50']} ms, p90 {lat['p90']} ms, "
@@ -312,8 +312,24 @@ def _quiet_libraries() -> None:
         logging.getLogger(name).setLevel(logging.ERROR)
 
 
+def _sigterm_as_interrupt() -> None:
+    """SIGTERM (systemd, CI, ``kill``) takes the Ctrl-C path: the run closes its store row as ``interrupted`` and
+    cleans up, instead of dying with the row left ``incomplete``. A handler someone else installed is kept."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        return
+    if signal.getsignal(signal.SIGTERM) in (signal.SIG_DFL, None):
+        def interrupt(_signum: int, _frame: Any) -> None:
+            raise KeyboardInterrupt
+
+        signal.signal(signal.SIGTERM, interrupt)
+
+
 def main(argv: list[str] | None = None) -> int:
     _quiet_libraries()
+    _sigterm_as_interrupt()
     parser = build_parser()
     args = parser.parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)
@@ -323,6 +339,14 @@ def main(argv: list[str] | None = None) -> int:
         if os.environ.get("RANK", "0") == "0":   # under torchrun every rank fails alike: rank 0 says it once
             print(f"edgepipe: error: {exc}", file=sys.stderr)
         return exc.exit_code
+    except OSError as exc:
+        if exc.filename is None:   # not about a path the user gave: a bug, keep its traceback
+            raise
+        # a path given as an argument or in the environment that is a file, read-only or full (`--dist FILE`)
+        if os.environ.get("RANK", "0") == "0":
+            print(f"edgepipe: error: {exc.filename}: {exc.strerror or type(exc).__name__} (give a writable folder "
+                  "path)", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         what = ("finished stages are cached and a re-run resumes from them" if args.command == "run" else
                 "the device's job folder and lock were cleaned up" if args.command == "bench" else "nothing was kept")

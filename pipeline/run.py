@@ -38,7 +38,7 @@ from pipeline.stages.chain import StagesResult, run_stages
 from pipeline.stages.train import resolve_device
 from pipeline.ui.console import third_party_to_log
 from pipeline.ui.progress import Progress
-from targets.artifact import atomic_write_json
+from targets.jsonio import write_json
 from targets.errors import ConfigError, DeviceError, EdgeError, GateError
 from targets.preflight import preflight
 from targets.profiles import DeviceProfile, load_profile
@@ -83,19 +83,24 @@ def _claimed_run(recipe: Recipe, profiles: list[DeviceProfile], root: Path, run_
             except Exception:
                 _mark_failed(store, run_id, recipe, profiles, started)  # never left `incomplete` by a failure
                 raise
+            except KeyboardInterrupt:   # Ctrl-C, and SIGTERM (the CLI makes it raise the same)
+                _mark_failed(store, run_id, recipe, profiles, started, status="interrupted")
+                raise
             finally:
                 progress.close()
                 store.close()
                 distributed.shutdown()
 
 
-def _mark_failed(store: Store, run_id: str, recipe: Recipe, profiles: list[DeviceProfile], started: str) -> None:
-    """Rows a failure left ``incomplete`` (it happened before a device's summary was written) become ``failed``."""
+def _mark_failed(store: Store, run_id: str, recipe: Recipe, profiles: list[DeviceProfile], started: str,
+                 status: str = "failed") -> None:
+    """Rows a failure (or an interrupt) left ``incomplete`` -- it came before a device's summary was written --
+    become ``failed`` (or ``interrupted``)."""
     for p in profiles:
         try:
             row = store.get_run(run_id, p.name)
             if row is not None and row.get("status") == "incomplete":
-                store.finish_run({"run_id": run_id, "recipe": recipe.name, "device": p.name, "status": "failed",
+                store.finish_run({"run_id": run_id, "recipe": recipe.name, "device": p.name, "status": status,
                                   "started": started, "finished": now_iso()})
         except Exception:  # noqa: BLE001 - the store itself may be what failed; the original error matters more
             pass
@@ -128,6 +133,7 @@ def _run(recipe: Recipe, profiles: list[DeviceProfile], root: Path, run_id: str,
         baseline["warnings"] = [warning]
     result = run_stages(prep.model, prep.data, stage_plan(recipe, ctx, prep.data, timing=onnx_latency_ratio), root,
                         progress)
+    prepare.check_finite(recipe, result)
     inputs = root / "inputs" / "eval.npz"
     prepare.write_eval_inputs(ctx, inputs)
     by_arch = _export_per_arch(result, ExportPlan.of(recipe), recipe, profiles, root, prep, progress)
@@ -186,7 +192,7 @@ def _device(profile: DeviceProfile, exported: dict[str, ExportOutcome], run: dic
     }
     apply_gate(summary, recipe.gate, profile.name)
     summary = Summary.of(summary).dump()   # typed records (results/records.py), written as schema 1 key for key
-    atomic_write_json(device_dir / "summary.json", summary)
+    write_json(device_dir / "summary.json", summary)
     try:
         store.finish_run(summary, device_dir)
     except EdgeError as exc:  # e.g. a store that broke during the run: the summary is already on disk

@@ -107,6 +107,21 @@ def _as_list(x: np.ndarray | list[np.ndarray]) -> list[np.ndarray]:
     return [x] if isinstance(x, np.ndarray) else list(x)
 
 
+def _nonfinite_inputs(feeds: dict[str, np.ndarray], refs: list[np.ndarray]) -> list[str]:
+    """NaN/Inf in the eval inputs or in the parent's own outputs, named as such: no artifact can match them."""
+    problems = []
+    for name, arr in feeds.items():
+        a = np.asarray(arr)
+        if a.dtype.kind == "f" and a.size and not np.isfinite(a).all():
+            problems.append(f"the eval input {name!r} holds NaN or Inf: clean the data")
+    for i, ref in enumerate(refs):
+        r = np.asarray(ref)
+        if r.dtype.kind == "f" and r.size and not np.isfinite(r).all():
+            problems.append(f"the PyTorch parent's own output {i} holds NaN or Inf (its weights or its numerics, "
+                            "not the export): there is nothing finite to compare the artifact with")
+    return problems
+
+
 def validate(artifact: Artifact, inputs: dict[str, np.ndarray] | np.ndarray,
              reference: list[np.ndarray] | np.ndarray, labels: np.ndarray | None = None, threads: int = 1, *,
              classification: bool = True, score: Callable[[list[np.ndarray]], dict[str, Any]] | None = None,
@@ -120,6 +135,9 @@ def validate(artifact: Artifact, inputs: dict[str, np.ndarray] | np.ndarray,
     refs = _as_list(reference)
     feeds = {"input": inputs} if isinstance(inputs, np.ndarray) else inputs
     failures = _file_checks(artifact)
+    nonfinite = _nonfinite_inputs(feeds, refs)
+    if nonfinite:   # the comparison below would blame the artifact ("cosine 0.0000") for its parent's NaN
+        _raise(artifact, failures + nonfinite)
     check = host_check(artifact)
     try:
         level = {"optimization": check["optimization"]} if artifact.backend == "onnx" else {}

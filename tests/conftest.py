@@ -22,7 +22,11 @@ def _private_results_store(tmp_path_factory: pytest.TempPathFactory) -> Iterator
     Session-scoped so it is in place before module-scoped fixtures that run the real CLI."""
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("EDGEPIPE_DB", str(tmp_path_factory.mktemp("results-store") / "results.db"))
-        mp.setenv("EDGEPIPE_SIGNING_KEY", str(tmp_path_factory.mktemp("signing") / "release.key"))  # never ~/.config
+        key = tmp_path_factory.mktemp("signing") / "release.key"   # never ~/.config
+        from pipeline.signing import generate_key
+
+        generate_key(key)   # a named key must exist: EDGEPIPE_SIGNING_KEY never creates one
+        mp.setenv("EDGEPIPE_SIGNING_KEY", str(key))
         yield
 
 

@@ -22,7 +22,14 @@ def model_problems(recipe: Recipe) -> tuple[list[str], dict[str, Any]]:
     import torch
 
     from pipeline.recipe.metrics import resolve_metric
-    from pipeline.recipe.model import input_problems, load_data, load_model, targets_array
+    from pipeline.recipe.model import (
+        arrays_problem,
+        eval_size_problem,
+        input_problems,
+        load_data,
+        load_model,
+        targets_array,
+    )
     from pipeline.stages.common import as_args, outputs_list
 
     src = str(recipe.path)
@@ -46,10 +53,20 @@ def model_problems(recipe: Recipe) -> tuple[list[str], dict[str, Any]]:
     except Exception as exc:  # noqa: BLE001 - user code
         problems.append(f"{src}: task.metric: cannot load {recipe.task.metric!r}: {_first_line(exc)}")
         metric = None
+    size = eval_size_problem(recipe, data["eval"])
+    if size:
+        problems.append(size)
     inputs, target = data["eval"][0]
     bad = input_problems(inputs, specs, f"{src}: data 'eval'")
     if bad:
         return problems + bad, facts
+    for split in ("eval", "calib"):   # what run will need finite: the first item of each, named
+        first = as_args(data[split][0][0], names)
+        nan = arrays_problem({n: t.unsqueeze(0).numpy() for n, t in zip(names, first, strict=False)
+                              if isinstance(t, torch.Tensor) and t.is_floating_point()},
+                             f"{src}: data.factory: split {split!r}")
+        if nan:
+            problems.append(nan)
     args = tuple(t.unsqueeze(0) for t in as_args(inputs, names))
     try:
         with torch.no_grad():
@@ -60,6 +77,9 @@ def model_problems(recipe: Recipe) -> tuple[list[str], dict[str, Any]]:
                         f"{_first_line(exc)}")
         return problems, facts
     facts["outputs"] = [list(o.shape) for o in outs]
+    if not problems and any(o.is_floating_point() and not bool(torch.isfinite(o).all()) for o in outs):
+        problems.append(f"{src}: model: the model's output on one eval sample holds NaN or Inf (finite weights and "
+                        "inputs, so it overflows inside the model)")
     if recipe.model.outputs is not None and len(recipe.model.outputs) != len(outs):
         problems.append(f"{src}: model.outputs: names {len(recipe.model.outputs)} output(s) "
                         f"{recipe.model.outputs} but the model returns {len(outs)}")

@@ -6,12 +6,18 @@ single ConfigError listing them all, each as ``file: key.path: what is expected`
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib.abc
 import importlib.machinery
 import importlib.util
+import math
+import os
+import signal
 import sys
-from collections.abc import Callable, Sequence
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from types import ModuleType
 from typing import Any, Literal
@@ -145,8 +151,11 @@ class Gate(StrictModel):
         return self
 
 
+MAX_NAME = 100   # the name goes into folder and file names (run id, bundle, cache): 255 bytes is the OS limit
+
+
 class Recipe(StrictModel):
-    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", max_length=MAX_NAME)
     model: ModelSpec
     data: DataSpec
     task: Task = Field(default_factory=Task)
@@ -255,10 +264,91 @@ def load_user_module(module_name: str, base_dir: Path) -> ModuleType:
     return module
 
 
+DEFAULT_LOAD_TIMEOUT = 900.0   # generous: an example's factory may train its teacher once (pipeline/trained.py)
+PROGRESS_AFTER = 10.0          # silence before the first "still waiting" line (at most half the timeout), then every
+PROGRESS_EVERY = 60.0          # ... this many seconds
+_WATCHING: list[str] = []      # the user code being watched now (nested calls are covered by the outer watch)
+
+
+class _LoadTimeout(BaseException):
+    """Raised by the alarm inside user code; a BaseException so a factory's ``except Exception`` cannot eat it."""
+
+
+def load_timeout() -> float:
+    """Seconds user code (a factory, a module's top level) may take: ``EDGEPIPE_LOAD_TIMEOUT``; 0 = no limit."""
+    env = os.environ.get("EDGEPIPE_LOAD_TIMEOUT")
+    if not env:
+        return DEFAULT_LOAD_TIMEOUT
+    try:
+        value = float(env)
+    except ValueError:
+        value = float("nan")
+    if not 0 <= value <= 7 * 86400:
+        raise ConfigError(f"EDGEPIPE_LOAD_TIMEOUT={env[:40]!r}: give seconds (0 for no limit, at most a week)",
+                          hint=f"the default is {DEFAULT_LOAD_TIMEOUT:g}")
+    return value
+
+
+def _stray_child(pid: int, what: str) -> None:
+    """A fork inside user code whose child *returns* into edgepipe would run the whole pipeline a second time
+    into the same run folder; that child is stopped here (``os._exit``: no atexit handlers, no buffers flushed
+    twice). Children that run their own work and exit (multiprocessing) never get here."""
+    if os.getpid() != pid:
+        with contextlib.suppress(Exception):
+            os.write(2, f"edgepipe: error: {what} forked, and the child process {os.getpid()} returned into "
+                        "edgepipe; it was stopped so that the pipeline runs once (fork only to run work that "
+                        "exits, e.g. multiprocessing)\n".encode())
+        os._exit(2)
+
+
+@contextlib.contextmanager
+def watching(what: str) -> Iterator[None]:
+    """Run user code under a watch: a progress line on stderr when it is slow, a ConfigError (exit 2) naming it
+    after ``EDGEPIPE_LOAD_TIMEOUT`` seconds (a factory that never returns must not hang ``check`` silently), and
+    a forked child that returns into edgepipe stopped. The alarm needs the main thread and a free ITIMER_REAL; where
+    either is missing (a worker thread, a test runner's own alarm) only the fork guard applies."""
+    pid = os.getpid()
+    usable = not _WATCHING and threading.current_thread() is threading.main_thread() \
+        and signal.getitimer(signal.ITIMER_REAL)[0] == 0
+    timeout = load_timeout() if usable else 0.0
+    if not usable:
+        try:
+            yield
+        finally:
+            _stray_child(pid, what)
+        return
+    started = time.monotonic()
+
+    def on_alarm(_signum: int, _frame: Any) -> None:
+        elapsed = time.monotonic() - started
+        if timeout and elapsed >= timeout - 0.01:
+            raise _LoadTimeout
+        limit = f"; it is stopped after {timeout:g} s (EDGEPIPE_LOAD_TIMEOUT)" if timeout else ""
+        with contextlib.suppress(Exception):
+            print(f"edgepipe: still waiting for {what} ({elapsed:.0f} s){limit}", file=sys.stderr, flush=True)
+        signal.setitimer(signal.ITIMER_REAL, min(PROGRESS_EVERY, timeout - elapsed) if timeout else PROGRESS_EVERY)
+
+    previous = signal.signal(signal.SIGALRM, on_alarm)
+    _WATCHING.append(what)
+    try:
+        signal.setitimer(signal.ITIMER_REAL, min(PROGRESS_AFTER, timeout / 2) if timeout else PROGRESS_AFTER)
+        yield
+    except _LoadTimeout:
+        raise ConfigError(f"{what} did not return within {timeout:g} s and was stopped",
+                          hint="make it return (a download or a lock it waits on?), or allow it longer with "
+                               "EDGEPIPE_LOAD_TIMEOUT=SECONDS (0: no limit)") from None
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+        _WATCHING.pop()
+        _stray_child(pid, what)
+
+
 def import_factory(spec: str, base_dir: Path) -> Callable[..., Any]:
     """Resolve ``module:callable``: a module next to the recipe first (loaded under its own name), else installed."""
     module_name, _, attr = spec.partition(":")
-    module = load_user_module(module_name, base_dir)
+    with watching(f"importing {spec!r}"):
+        module = load_user_module(module_name, base_dir)
     obj: Any = module
     for part in attr.split("."):
         obj = getattr(obj, part)
@@ -314,6 +404,35 @@ def _semantic_problems(raw: dict[str, Any], base_dir: Path, source: str) -> list
     return problems
 
 
+# ------------------------------------------------------------------------------------------------ numbers
+MAX_MAGNITUDE = 1e15   # above any sane figure (1 PB in bytes, 30 years in ms); 1e30 is a typo, not a setting
+# per-key ceilings for values that size loops or steps (the last key of the path): a typo must not run for a year
+BOUNDS: dict[str, float] = {
+    "epochs": 100_000, "finetune_epochs": 100_000, "batch_size": 1_000_000, "eval_batch_size": 1_000_000,
+    "lr": 10.0, "temperature": 1_000.0, "num_workers": 1_024, "calib_samples": 10_000_000,
+    "sensitivity_samples": 10_000_000, "weight_decay": 10.0, "max_groups": 10_000, "guard_iterations": 10_000_000,
+    "guard_seconds": 3_600.0,
+}
+
+
+def number_problems(obj: Any, source: str, path: str = "") -> list[str]:
+    """Every number in the validated recipe that is NaN/Inf or beyond sane bounds, one line each naming the key:
+    ``stages.prune.finetune_epochs: .inf`` passed the schema's ``ge=0`` and ran forever."""
+    if isinstance(obj, dict):
+        return [p for k, v in obj.items() for p in number_problems(v, source, f"{path}.{k}" if path else str(k))]
+    if isinstance(obj, (list, tuple)):
+        return [p for i, v in enumerate(obj) for p in number_problems(v, source, f"{path}[{i}]")]
+    if isinstance(obj, bool) or not isinstance(obj, (int, float)):
+        return []
+    key = path.rsplit(".", 1)[-1].split("[", 1)[0]
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return [f"{source}: {path}: {obj} is not a finite number"]
+    limit = BOUNDS.get(key, MAX_MAGNITUDE)
+    if abs(obj) > limit:
+        return [f"{source}: {path}: {obj:g} is out of range (at most {limit:g})"]
+    return []
+
+
 # ------------------------------------------------------------------------------------------------ loading
 def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
     """``["stages.prune.ratio=0.3", "backends=[onnx-int8]"]``: values are parsed as YAML."""
@@ -341,6 +460,8 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
         recipe = Recipe.model_validate(raw)
     except ValidationError as exc:
         problems += validation_problems(exc, source)
+    else:
+        problems += number_problems(recipe.model_dump(mode="python"), source)
     problems += _semantic_problems(raw, path.parent, source)
     if problems:
         n = len(problems)

@@ -12,6 +12,7 @@ COCO-style box mAP goes through pycocotools (the reference implementation), neve
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from targets.errors import ConfigError
+from targets.errors import ConfigError, EdgeError
 
 
 class TopK:
@@ -188,6 +189,7 @@ class MetricSpec:
     reference: bool
     postprocess: Callable[[list[np.ndarray]], Any] | None = None
     source: str = ""                            # digest of the code that computes it (user module or this file)
+    spec: str = ""                              # what the recipe says (``module:callable``), for messages
 
     @property
     def identity(self) -> dict[str, Any]:
@@ -196,34 +198,79 @@ class MetricSpec:
                 "reference": self.reference, "source": self.source}
 
     @property
+    def what(self) -> str:
+        """``'mod:fn' (acc)`` for a user metric, ``'top1'`` for a built-in: how messages name the metric."""
+        return f"{self.spec!r} ({self.name})" if self.spec and self.spec != self.name else repr(self.name)
+
+    @property
     def classification(self) -> bool:
         return self.name in ("top1", "top5")
 
     def score(self, outputs: list[np.ndarray], targets: Any, reference: list[np.ndarray] | None = None,
               batch: int = 256) -> dict[str, Any]:
         """``{"name", "value", "higher_is_better", "unit", "values"}`` over all samples, in batches."""
-        metric = self.factory()
         n = len(outputs[0])
         truth = reference if self.reference else targets
         if truth is None:
             raise ValueError(f"{self.name} needs {'the original outputs' if self.reference else 'targets'}")
-        for i in range(0, n, batch):
-            outs = [o[i:i + batch] for o in outputs]
-            if self.postprocess is not None:
-                outs = self.postprocess(outs)
-            tgt = [t[i:i + batch] for t in truth] if self.reference else truth[i:i + batch]
-            metric.update(outs, tgt)
-        values = {k: float(v) for k, v in metric.compute().items()}
+        try:
+            metric = self.factory()
+            for i in range(0, n, batch):
+                outs = [o[i:i + batch] for o in outputs]
+                if self.postprocess is not None:
+                    outs = self.postprocess(outs)
+                tgt = [t[i:i + batch] for t in truth] if self.reference else truth[i:i + batch]
+                metric.update(outs, tgt)
+            computed = metric.compute()
+        except EdgeError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - user code: one line naming the metric, never a traceback
+            first = (str(exc).strip().splitlines() or [""])[0][:200]
+            raise MetricError(f"task.metric {self.what} failed: {type(exc).__name__}: {first}",
+                              hint="fix the metric (or task.postprocess) so it can score these outputs") from None
+        values = finite_values(self.what, computed)
         if self.name not in values:
-            raise ValueError(f"the metric's compute() returned {sorted(values)}, which lacks its primary {self.name!r}")
+            raise MetricError(f"task.metric {self.what}: compute() returned {sorted(values)}, which lacks its "
+                              f"primary {self.name!r}", hint="compute() must return {primary: value, ...}")
         return {"name": self.name, "value": values[self.name], "higher_is_better": self.higher_is_better,
                 "unit": self.unit, "values": values}
+
+
+class MetricError(ConfigError, ValueError):
+    """A metric that raised, or returned something that is not a finite number: a figure nobody can gate on (a
+    ValueError too, for callers that caught the metric's own ValueErrors before)."""
+
+
+def finite_values(name: str, computed: Any) -> dict[str, float]:
+    """``compute()``'s mapping as finite floats (``name`` as messages show it). Anything else -- a string, None,
+    NaN, Inf, not a mapping -- is a MetricError naming the metric and the value: NaN compares False with every
+    limit, so it would pass a gate."""
+    if not isinstance(computed, dict):
+        raise MetricError(f"task.metric {name}: compute() returned {type(computed).__name__}, expected a mapping "
+                          "{name: number}", hint="compute() must return {primary: value, ...}")
+    out: dict[str, float] = {}
+    for key, value in computed.items():
+        try:   # numbers, numpy and torch scalars; never a string that happens to parse ("0.9")
+            if isinstance(value, (str, bytes)) or value is None:
+                raise TypeError
+            number = float(value)
+        except (TypeError, ValueError, RuntimeError):
+            raise MetricError(f"task.metric {name}: compute() returned {key!r} = {str(value)[:40]!r} "
+                              f"({type(value).__name__}), not a number",
+                              hint="return a float for every value") from None
+        if not math.isfinite(number):
+            raise MetricError(f"task.metric {name}: {key!r} is {number} (not a finite number): a NaN or infinite "
+                              "metric cannot pass or fail a gate", hint="make the metric return a finite number "
+                                                                         "(check for a division by zero or an "
+                                                                         "empty eval set)")
+        out[str(key)] = number
+    return out
 
 
 def resolve_metric(metric: str, base_dir: Path, postprocess: str | None = None, where: str = "task") -> MetricSpec:
     """A built-in name or ``module:callable`` (a class or a factory returning a metric object), checked for the
     protocol; a ConfigError names the key and what is missing."""
-    from pipeline.recipe.config import import_factory
+    from pipeline.recipe.config import import_factory, watching
 
     post = import_factory(postprocess, base_dir) if postprocess else None
     post_src = _source_digest(post) if post is not None else ""
@@ -233,7 +280,8 @@ def resolve_metric(metric: str, base_dir: Path, postprocess: str | None = None, 
                           source=f"{metric}:{_source_digest(BUILTINS[metric])}:{post_src}")
     factory = import_factory(metric, base_dir)
     try:
-        obj = factory()
+        with watching(f"{where}.metric {metric!r}"):
+            obj = factory()
     except Exception as exc:  # noqa: BLE001 - user code: one line naming the key
         raise ConfigError(f"{where}.metric: calling {metric!r} failed: {type(exc).__name__}: {exc}") from None
     missing = [a for a in ("update", "compute", "primary", "higher_is_better") if not hasattr(obj, a)]
@@ -242,7 +290,7 @@ def resolve_metric(metric: str, base_dir: Path, postprocess: str | None = None, 
                           hint="a metric has update(outputs, targets), compute() -> {name: value}, primary, "
                                "higher_is_better (see the README)")
     return MetricSpec(str(obj.primary), factory, bool(obj.higher_is_better), str(getattr(obj, "unit", "raw")),
-                      bool(getattr(obj, "reference", False)), post,
+                      bool(getattr(obj, "reference", False)), post, spec=metric,
                       source=f"{metric}:{_source_digest(factory)}:{post_src}")
 
 

@@ -6,6 +6,7 @@ executed. A ``program:`` is a ``torch.export`` archive, so a user can ship a mod
 
 from __future__ import annotations
 
+import os
 import pickle
 from typing import Any
 
@@ -13,7 +14,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from pipeline.recipe.config import InputSpec, Recipe, import_factory
+from pipeline.recipe.config import InputSpec, Recipe, import_factory, watching
 from pipeline.stages.common import Objective, accuracy, as_args, footprint, outputs_list
 from targets.errors import ConfigError
 
@@ -23,7 +24,8 @@ __all__ = ["accuracy", "complexity", "load_data", "load_model", "predict"]
 
 def _call_factory(spec: str, recipe: Recipe, where: str) -> Any:
     try:
-        return import_factory(spec, recipe.base_dir)()
+        with watching(f"{where} {spec!r}"):
+            return import_factory(spec, recipe.base_dir)()
     except ConfigError:
         raise
     except Exception as exc:
@@ -52,7 +54,45 @@ def load_state_dict(path: str, where: str) -> dict[str, torch.Tensor]:
     return obj
 
 
+def nonfinite_tensor(named: Any) -> str | None:
+    """The name of the first float tensor in ``named`` (``(name, tensor)`` pairs) holding NaN or Inf, or None."""
+    for name, t in named:
+        if isinstance(t, torch.Tensor) and t.is_floating_point() and t.numel() and not bool(torch.isfinite(t).all()):
+            return name
+    return None
+
+
+def weights_problem(model: nn.Module, where: str) -> str | None:
+    """A parameter or buffer holding NaN/Inf, named: every output of such a model is NaN, and the export checks
+    would report it as a cosine mismatch of every artifact instead of as the broken weights it is."""
+    bad = nonfinite_tensor(list(model.named_parameters()) + list(model.named_buffers()))
+    if bad is None:
+        return None
+    return (f"{where}: the weights hold NaN or Inf (first in {bad!r}): every output would be NaN; fix or re-train "
+            "the weights")
+
+
+def arrays_problem(arrays: dict[str, Any], where: str) -> str | None:
+    """A float input array holding NaN/Inf, named with its first bad sample."""
+    for name, arr in arrays.items():
+        a = np.asarray(arr)
+        if a.dtype.kind == "f" and a.size and not np.isfinite(a).all():
+            first = int(np.flatnonzero(~np.isfinite(a.reshape(len(a), -1)).all(axis=1))[0]) if a.ndim else 0
+            return (f"{where}: input {name!r} holds NaN or Inf (first in sample {first}): clean the data (a NaN "
+                    "input makes every output NaN)")
+    return None
+
+
 def load_model(recipe: Recipe) -> nn.Module:
+    model = _load_model(recipe)
+    src = "model.program" if recipe.model.program else "model.weights" if recipe.model.weights else "model.factory"
+    problem = weights_problem(model, f"{recipe.path}: {src}")
+    if problem:
+        raise ConfigError(problem)
+    return model
+
+
+def _load_model(recipe: Recipe) -> nn.Module:
     spec = recipe.model
     if spec.program:
         from pipeline.recipe.program_archive import load_program
@@ -141,9 +181,54 @@ def load_data(recipe: Recipe) -> dict[str, Any]:
     return data
 
 
+DEFAULT_MAX_EVAL_BYTES = 2 << 30   # the eval set is held in memory (items, stacked arrays, outputs): 2 GiB
+
+
+def max_eval_bytes() -> int:
+    """The most bytes of eval items the host materialises: ``EDGEPIPE_MAX_EVAL_BYTES``, else 2 GiB."""
+    env = os.environ.get("EDGEPIPE_MAX_EVAL_BYTES")
+    if not env:
+        return DEFAULT_MAX_EVAL_BYTES
+    if not env.isdigit() or int(env) < 1:
+        raise ConfigError(f"EDGEPIPE_MAX_EVAL_BYTES={env[:40]!r} is not a whole number of bytes",
+                          hint="e.g. EDGEPIPE_MAX_EVAL_BYTES=4294967296 for 4 GiB")
+    return int(env)
+
+
+def item_bytes(obj: Any) -> int:
+    """Bytes of one data item in memory: its tensors and arrays (nested in tuples, lists, dicts); 8 per number."""
+    if isinstance(obj, torch.Tensor):
+        return obj.numel() * obj.element_size()
+    if isinstance(obj, np.ndarray):
+        return int(obj.nbytes)
+    if isinstance(obj, dict):
+        return sum(item_bytes(v) for v in obj.values())
+    if isinstance(obj, (tuple, list)):
+        return sum(item_bytes(v) for v in obj)
+    return 8
+
+
+def eval_size_problem(recipe: Recipe, dataset: Any) -> str | None:
+    """Whether the eval set (``min(len, data.eval_samples)`` items, sized by the first) fits the host's bound,
+    judged before a single item is materialised: a dataset declaring 10^9 items must fail in a second, not after
+    the host has swapped itself to death."""
+    n = min(len(dataset), recipe.data.eval_samples)
+    per = max(item_bytes(dataset[0]), 1)
+    limit = max_eval_bytes()
+    if per * n <= limit:
+        return None
+    return (f"{recipe.path}: data.eval_samples: {n:,} eval items of {per:,} bytes each need {per * n / 2**30:,.1f} "
+            f"GiB, more than the {limit / 2**30:g} GiB the host holds in memory: set data.eval_samples to at most "
+            f"{limit // per:,} (or raise EDGEPIPE_MAX_EVAL_BYTES)")
+
+
 def eval_arrays(recipe: Recipe, dataset: Any) -> tuple[dict[str, np.ndarray], list[Any]]:
     """The eval inputs as one array per input name (dtype from the recipe) and the targets, bounded by
-    ``data.eval_samples``: what the host checks and what a board receives once per run."""
+    ``data.eval_samples`` and by ``max_eval_bytes`` (checked before anything is read): what the host checks and
+    what a board receives once per run."""
+    problem = eval_size_problem(recipe, dataset)
+    if problem:
+        raise ConfigError(problem)
     specs = recipe.model.input_specs
     n = min(len(dataset), recipe.data.eval_samples)
     items = [dataset[i] for i in range(n)]
@@ -151,6 +236,9 @@ def eval_arrays(recipe: Recipe, dataset: Any) -> tuple[dict[str, np.ndarray], li
     for k, spec in enumerate(specs):
         arrays[spec.name] = np.stack([as_args(x, [s.name for s in specs])[k].numpy() for x, _ in items]) \
             .astype(_NP[spec.dtype])
+    problem = arrays_problem(arrays, f"{recipe.path}: data.factory: split 'eval'")
+    if problem:
+        raise ConfigError(problem)
     return arrays, [y for _, y in items]
 
 

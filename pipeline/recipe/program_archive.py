@@ -131,10 +131,12 @@ def load_program(path: str | Path) -> Any:
     # so a file swapped between the check and the load cannot slip through
     check_program_archive(path, data)
     try:
-        graph = torch.export.load(io.BytesIO(data)).module()
+        program = torch.export.load(io.BytesIO(data))
+        graph = program.module()
     except Exception as exc:  # noqa: BLE001 - any failure to read the archive is a bad input file
         raise ConfigError(f"{path}: model.program: not a torch.export program: {str(exc).splitlines()[0]}",
                           hint=HINT) from None
+    batch = static_batch(program)
 
     def _mode(self: nn.Module, mode: bool = True) -> nn.Module:
         for m in self.modules():
@@ -143,4 +145,47 @@ def load_program(path: str | Path) -> Any:
 
     graph.train = types.MethodType(_mode, graph)  # type: ignore[method-assign]
     graph.eval = types.MethodType(lambda self: _mode(self, False), graph)  # type: ignore[method-assign]
-    return graph
+    return graph if batch is None else any_batch(graph, batch)
+
+
+def static_batch(program: Any) -> int | None:
+    """The batch size a program was exported with when its batch dimension is static (``torch.export.export(m,
+    (torch.randn(1, ...),))`` without ``dynamic_shapes``, as most people save one), else None. Such a graph
+    refuses any other batch, and the host evaluates in batches of 256."""
+    sizes = set()
+    for node in program.graph.nodes:
+        if node.op != "placeholder" or node.name not in program.graph_signature.user_inputs:
+            continue
+        val = node.meta.get("val")
+        shape = getattr(val, "shape", None)
+        if not shape:
+            continue
+        if not isinstance(shape[0], int):   # a SymInt: the batch is dynamic
+            return None
+        sizes.add(int(shape[0]))
+    return sizes.pop() if len(sizes) == 1 else None
+
+
+def any_batch(graph: Any, batch: int) -> Any:
+    """Wrap a fixed-batch program so it takes any batch: inputs are cut into chunks of its batch size and the
+    outputs concatenated. ``check`` ran one sample and passed; without this, ``run`` crashed on its first batch."""
+    import torch
+    from torch import nn
+
+    class StaticBatch(nn.Module):   # built here: this module does not import torch at import time
+        def __init__(self) -> None:
+            super().__init__()
+            self.graph = graph
+            self.batch = batch
+
+        def forward(self, *args: Any) -> Any:
+            n = int(args[0].shape[0]) if args and hasattr(args[0], "shape") else self.batch
+            if n == self.batch or n % self.batch:
+                return self.graph(*args)   # the exported size (or one it cannot cut): let the graph decide
+            parts = [self.graph(*(a[i:i + self.batch] for a in args)) for i in range(0, n, self.batch)]
+            first = parts[0]
+            if isinstance(first, torch.Tensor):
+                return torch.cat(parts)
+            return type(first)(torch.cat([p[j] for p in parts]) for j in range(len(first)))
+
+    return StaticBatch()

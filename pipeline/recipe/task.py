@@ -18,6 +18,7 @@ from pipeline.recipe.metrics import MetricSpec, chance_level, label, resolve_met
 from pipeline.recipe.model import eval_arrays, objective, predict, targets_array
 from pipeline.stages.chain import StagePlan
 from pipeline.stages.common import example_from
+from targets.errors import ConfigError
 
 
 @dataclass
@@ -62,6 +63,11 @@ def build_context(recipe: Recipe, teacher: nn.Module, data: dict[str, Any]) -> T
     metric = resolve_metric(recipe.task.metric, recipe.base_dir, recipe.task.postprocess)
     inputs, targets = eval_arrays(recipe, data["eval"])
     reference = predict(teacher, inputs)
+    for i, out in enumerate(reference):   # finite weights and inputs can still overflow: say so, not "cosine 0"
+        if out.dtype.kind == "f" and out.size and not np.isfinite(out).all():
+            raise ConfigError(f"{recipe.path}: model: the original model's output {i} holds NaN or Inf on the eval "
+                              "inputs (finite weights and inputs, so it overflows inside the model)",
+                              hint="check the model's numerics (an exp or a division) before compressing it")
     return TaskContext(metric, names, inputs, targets_array(targets), reference)
 
 

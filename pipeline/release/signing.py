@@ -15,6 +15,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -54,6 +55,21 @@ def generate_key(path: Path) -> Path:
     pub.write_bytes(key.public_key().public_bytes(serialization.Encoding.OpenSSH,
                                                   serialization.PublicFormat.OpenSSH) + b" edgepipe-release\n")
     return pub
+
+
+def warn_loose_permissions(path: Path) -> bool:
+    """One warning line on stderr when the private key is readable or writable by group or others (anyone who can
+    read it can sign releases as you); True when it warned. The key is still used: refusing would break CI
+    secrets mounted 0644 by a runner, a warning makes the exposure visible."""
+    try:
+        mode = path.stat().st_mode & 0o777
+    except OSError:
+        return False
+    if not mode & 0o077:
+        return False
+    print(f"edgepipe: warning: signing key {path} is accessible by group or others (mode {mode:04o}); anyone who "
+          f"can read it can sign releases: chmod 600 {path}", file=sys.stderr)
+    return True
 
 
 def load_private_key(path: Path) -> Any:
@@ -96,7 +112,11 @@ def sign_manifest(manifest_bytes: bytes, key_path: Path | None) -> tuple[dict[st
     if not path.exists():
         if key_path is not None:
             raise ConfigError(f"{path}: no such signing key", hint="create one with `edgepipe keygen --out FILE`")
+        if os.environ.get("EDGEPIPE_SIGNING_KEY"):   # a named key that is not there is a typo, not a new identity
+            raise ConfigError(f"EDGEPIPE_SIGNING_KEY={os.environ['EDGEPIPE_SIGNING_KEY']}: no such signing key",
+                              hint="fix the path, or create the key with `edgepipe keygen --out FILE`")
         generate_key(path)
+    warn_loose_permissions(path)
     key = load_private_key(path)
     public = key.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
     record = {"algorithm": ALGORITHM, "signed": "manifest.json", "key_id": key_id(public),

@@ -19,6 +19,7 @@ GateError (exit 3) for ``edgepipe run`` and ``edgepipe release``.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from pipeline.recipe.metrics import label
@@ -36,6 +37,11 @@ def limits_of(gate_cfg: Any) -> dict[str, Any]:
     out = {k: raw.get(k) for k in LIMITS}
     out["max_metric_drop"] = out["max_accuracy_drop"] = units.max_metric_drop(raw)
     return out
+
+
+def _finite(value: Any) -> bool:
+    """A real, finite number: NaN compares False with every limit, so ``drop > max`` alone would let it pass."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def check_artifact(art: dict[str, Any], limits: dict[str, Any], baseline: float | dict[str, Any] | None,
@@ -57,8 +63,14 @@ def check_artifact(art: dict[str, Any], limits: dict[str, Any], baseline: float 
         unit = " points" if fraction else ""
         if value is None:
             failures.append(f"{name}: no {what} was measured (max drop {max_drop:g}{unit} needs one)")
+        elif not _finite(value):
+            failures.append(f"{name}: {what} is {value!r}, not a finite number (a NaN or infinite metric cannot "
+                            f"be compared with max drop {max_drop:g}{unit})")
         elif base is None:
             failures.append(f"{name}: the summary has no baseline {what} to compare {value:.3f} against")
+        elif not _finite(base):
+            failures.append(f"{name}: the baseline {what} is {base!r}, not a finite number, so no drop can be "
+                            "judged")
         else:
             drop = units.drop(base, value, {"unit": "fraction", **metric})
             if not units.within(drop, max_drop, EPS):
@@ -70,6 +82,8 @@ def check_artifact(art: dict[str, Any], limits: dict[str, Any], baseline: float 
         p90 = latency(art, "p90")
         if p90 is None:
             failures.append(f"{name}: no latency was measured on {device} (max p90 {max_ms:g} ms needs one)")
+        elif not _finite(p90):
+            failures.append(f"{name}: p90 latency on {device} is {p90!r}, not a finite number")
         elif art.get("valid") is not True:
             why = "; ".join((art.get("bench") or {}).get("invalid_reasons") or art.get("invalid_reasons") or [])
             failures.append(f"{name}: latency on {device} is not a valid measurement ({why or 'marked invalid'}), "
@@ -79,7 +93,7 @@ def check_artifact(art: dict[str, Any], limits: dict[str, Any], baseline: float 
     max_bytes = limits.get("max_bytes")
     if max_bytes is not None:
         size = art.get("bytes")
-        if not isinstance(size, int):
+        if not isinstance(size, int) or isinstance(size, bool):
             failures.append(f"{name}: size unknown (max {max_bytes} bytes needs it)")
         elif size > max_bytes:
             failures.append(f"{name}: size {size} bytes exceeds {max_bytes} bytes")

@@ -15,12 +15,14 @@ new database creates today's tables, and a later step that adds a column must fi
 
 Writes are transactional: ``begin_run`` commits a row marked ``incomplete`` before any work starts, and
 ``finish_run`` replaces its stages, artifacts and benchmarks and sets the final status in one transaction, so a crash
-anywhere leaves the previous consistent state: the run stays visible as ``incomplete``.
+anywhere leaves the previous consistent state: the run stays visible as ``incomplete``. A run that fails, or is
+interrupted (Ctrl-C, SIGTERM), closes its rows as ``failed`` or ``interrupted``. Connections and statements time out
+after ``EDGEPIPE_DB_TIMEOUT`` seconds (30), so a server that accepts and never answers cannot hang a run.
 """
 
 from __future__ import annotations
 
-import json
+import math
 import os
 import time
 from collections.abc import Callable
@@ -53,8 +55,9 @@ from sqlalchemy.exc import ArgumentError, IntegrityError, OperationalError, Prog
 
 from pipeline.results.rundir import artifact_name, load_summary, now_iso
 from targets.errors import ConfigError
+from targets.jsonio import strict_dumps
 
-STATUSES = ("incomplete", "complete", "failed")
+STATUSES = ("incomplete", "complete", "failed", "interrupted")
 
 metadata = MetaData()
 schema_version = Table("schema_version", metadata,
@@ -119,6 +122,59 @@ MIGRATIONS: list[tuple[int, str, Callable[[Connection], None]]] = [
 ]
 
 
+INT64 = (1 << 63) - 1
+_INT, _FLOAT = "a whole number", "a finite number"
+_FIELDS: dict[str, tuple[tuple[str, str], ...]] = {   # the numeric columns and where a summary keeps them
+    "baseline": (("accuracy", _FLOAT), ("params", _INT), ("macs", _INT)),
+    "stages": (("accuracy", _FLOAT), ("params", _INT), ("macs", _INT), ("seconds", _FLOAT)),
+    "artifacts": (("bytes", _INT), ("accuracy", _FLOAT)),
+    "latency_ms": (("p50", _FLOAT), ("p90", _FLOAT), ("p99", _FLOAT), ("mean", _FLOAT), ("std", _FLOAT),
+                   ("n", _INT)),
+}
+
+
+def _bad_number(value: Any, kind: str) -> bool:
+    if value is None:
+        return False
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return True
+    if kind == _INT:
+        return not isinstance(value, int) or abs(value) > INT64
+    return not math.isfinite(value) or abs(value) > 1e300
+
+
+def row_problems(summary: dict[str, Any]) -> list[str]:
+    """What the store's columns cannot hold, one line each naming the key: SQLite stores a string in an INTEGER
+    column without a word, and an int past 64 bits crashes the driver (``history --add`` of an edited summary)."""
+    problems: list[str] = []
+    for key in ("run_id", "recipe", "device"):
+        value = summary.get(key)
+        if not isinstance(value, str) or not value or len(value) > 200:
+            problems.append(f"{key}: {str(value)[:40]!r} is not a name of 1 to 200 characters")
+
+    def check(rec: Any, where: str, group: str) -> None:
+        if rec is None:
+            return
+        if not isinstance(rec, dict):
+            problems.append(f"{where}: expected a mapping, got {type(rec).__name__}")
+            return
+        for field, kind in _FIELDS[group]:
+            if _bad_number(rec.get(field), kind):
+                problems.append(f"{where}.{field}: {str(rec.get(field))[:40]!r} is not {kind} the store can hold")
+
+    check(summary.get("baseline"), "baseline", "baseline")
+    for name in ("stages", "artifacts"):
+        items = summary.get(name)
+        if items is not None and not isinstance(items, list):
+            problems.append(f"{name}: expected a list, got {type(items).__name__}")
+            continue
+        for i, rec in enumerate(items or []):
+            check(rec, f"{name}[{i}]", name)
+            if name == "artifacts" and isinstance(rec, dict):
+                check(rec.get("latency_ms"), f"artifacts[{i}].latency_ms", "latency_ms")
+    return problems
+
+
 def default_location() -> str:
     if os.environ.get("EDGEPIPE_DB"):
         return os.environ["EDGEPIPE_DB"]
@@ -150,7 +206,7 @@ def store_errors(method: Callable[..., Any]) -> Callable[..., Any]:
     def wrapper(self: Store, *args: Any, **kwargs: Any) -> Any:
         try:
             return method(self, *args, **kwargs)
-        except SQLAlchemyError as exc:
+        except (SQLAlchemyError, OSError) as exc:   # OSError: a socket timeout pg8000 does not wrap
             url = self.engine.url.render_as_string(hide_password=True)
             raise ConfigError(f"results store {url}: {method.__name__.replace('_', ' ')} failed: "
                               f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}",
@@ -175,6 +231,8 @@ class Store:
 
     def migrate(self) -> int:
         """Apply the missing steps in order, each in its own transaction together with its version row."""
+        with self.engine.connect():   # a server that cannot be reached fails here once, not once per retry below
+            pass
         self._racing(lambda conn: metadata.create_all(conn, tables=[schema_version]), lambda: False)
         current, known = self.version(), MIGRATIONS[-1][0]
         if current > known:
@@ -213,7 +271,8 @@ class Store:
         recipe_name = recipe if isinstance(recipe, str) else str(recipe.get("name", "?"))
         values = {"recipe": recipe_name, "device": device, "run_dir": str(run_dir) if run_dir else None,
                   "status": "incomplete", "started": started or now_iso(), "finished": None, "gate_passed": None,
-                  "recipe_json": None if isinstance(recipe, str) else json.dumps(recipe, default=str),
+                  "recipe_json": None if isinstance(recipe, str) else strict_dumps(recipe, "store: the recipe",
+                                                                                    default=str),
                   "summary_json": None}
         with self.engine.begin() as conn:
             self._upsert_run(conn, run_id, device, values)
@@ -222,6 +281,11 @@ class Store:
     @store_errors
     def finish_run(self, summary: dict[str, Any], run_dir: str | Path | None = None) -> str:
         """Write stages, artifacts and benchmarks and the final status in ONE transaction."""
+        problems = row_problems(summary)
+        if problems:
+            raise ConfigError(f"summary of run {str(summary.get('run_id'))[:80]!r}: {len(problems)} value(s) the "
+                              "results store cannot hold", problems=problems[:10],
+                              hint="the summary.json was edited or written by another tool; re-run to rewrite it")
         run_id = str(summary["run_id"])
         status = summary.get("status") or "complete"
         if status not in STATUSES:
@@ -234,7 +298,7 @@ class Store:
                   "baseline_accuracy": baseline.get("accuracy"), "baseline_params": baseline.get("params"),
                   "baseline_macs": baseline.get("macs"),
                   "gate_passed": gate.get("passed") if isinstance(gate.get("passed"), bool) else None,
-                  "summary_json": json.dumps(summary, sort_keys=True)}
+                  "summary_json": strict_dumps(summary, "store: summary.json", sort_keys=True)}
         if run_dir is not None:
             values["run_dir"] = str(run_dir)
         with self.engine.begin() as conn:
@@ -267,7 +331,8 @@ class Store:
             file=art.get("file"), sha256=art.get("sha256"), bytes=art.get("bytes"), accuracy=art.get("accuracy"),
             valid=bool(art.get("valid")), error=art.get("error"),
             gate_passed=gate.get("passed") if isinstance(gate.get("passed"), bool) else None,
-            parent=json.dumps(art["parent"]) if isinstance(art.get("parent"), (dict, list)) else art.get("parent"),
+            parent=strict_dumps(art["parent"], "store: artifact parent")
+            if isinstance(art.get("parent"), (dict, list)) else art.get("parent"),
         )).inserted_primary_key[0]
         lat = art.get("latency_ms")
         if lat:
@@ -277,8 +342,9 @@ class Store:
                 runtime=bench.get("runtime") or (art.get("environment") or {}).get("runtime"),
                 p50=lat.get("p50"), p90=lat.get("p90"), p99=lat.get("p99"), mean=lat.get("mean"),
                 std=lat.get("std"), n=lat.get("n"), valid=bool(art.get("valid")),
-                invalid_reasons=json.dumps(bench.get("invalid_reasons") or art.get("invalid_reasons") or []),
-                record_json=json.dumps(bench, sort_keys=True) if bench else None))
+                invalid_reasons=strict_dumps(bench.get("invalid_reasons") or art.get("invalid_reasons") or [],
+                                             "store: invalid_reasons"),
+                record_json=strict_dumps(bench, "store: bench record", sort_keys=True) if bench else None))
 
     @store_errors
     def record_summary(self, summary: dict[str, Any], run_dir: str | Path | None = None) -> str:
@@ -312,20 +378,54 @@ class Store:
         self.engine.dispose()
 
 
+DEFAULT_DB_TIMEOUT = 30.0
+
+
+def db_timeout() -> float:
+    """Seconds a store connection or statement may take: ``EDGEPIPE_DB_TIMEOUT``, else 30."""
+    env = os.environ.get("EDGEPIPE_DB_TIMEOUT")
+    if not env:
+        return DEFAULT_DB_TIMEOUT
+    try:
+        value = float(env)
+    except ValueError:
+        value = float("nan")
+    if not 0 < value <= 86400:   # also refuses nan and inf
+        raise ConfigError(f"EDGEPIPE_DB_TIMEOUT={env[:40]!r}: give seconds between 0 and 86400",
+                          hint="e.g. EDGEPIPE_DB_TIMEOUT=30")
+    return value
+
+
+def connect_args(url: str, timeout: float) -> dict[str, Any]:
+    """Per-driver timeouts, so a server that accepts and never answers (a hung PostgreSQL, a firewall that
+    swallows packets) fails in ``timeout`` seconds instead of hanging a run forever: the connect, the socket reads
+    and, server side, every statement."""
+    parsed = make_url(url)
+    backend, driver = parsed.get_backend_name(), parsed.get_driver_name()
+    if backend == "sqlite":
+        # two runs finishing at once wait for each other's (short) transaction instead of failing "database is locked"
+        return {"timeout": timeout}
+    if backend == "postgresql" and driver == "pg8000":
+        return {"timeout": timeout, "startup_params": {"statement_timeout": str(int(timeout * 1000))}}
+    if backend == "postgresql":   # libpq drivers (psycopg2, psycopg)
+        return {"connect_timeout": max(1, int(timeout)), "options": f"-c statement_timeout={int(timeout * 1000)}"}
+    return {}
+
+
 def open_store(location: str | os.PathLike[str] | None = None) -> Store:
     """Open (and migrate) the store at a URL or SQLite path; default: see the module docstring."""
     url = store_url(location)
+    timeout = db_timeout()
     try:
-        # two runs finishing at once wait for each other's (short) transaction instead of failing "database is locked"
-        kwargs = {"connect_args": {"timeout": 30}} if url.startswith("sqlite") else {}
-        return Store(create_engine(url, **kwargs))
+        return Store(create_engine(url, connect_args=connect_args(url, timeout)))
     except ModuleNotFoundError as exc:
         raise ConfigError(f"results store {url.split('://')[0]}: database driver {exc.name!r} is not installed",
                           hint=f"pip install {exc.name}") from exc
-    except SQLAlchemyError as exc:
+    except (SQLAlchemyError, OSError) as exc:   # pg8000 lets a socket timeout through unwrapped
+        first = f"{type(exc).__name__}: " + ((str(exc).splitlines() or [""])[0][:240])
         raise ConfigError(f"results store {make_url(url).render_as_string(hide_password=True)} cannot be opened: "
-                          f"{str(exc).splitlines()[0]}",
-                          hint="check EDGEPIPE_DB (a file path or a database URL)") from exc
+                          f"{first}", hint=f"check EDGEPIPE_DB (a file path or a database URL); a server that does "
+                          f"not answer within EDGEPIPE_DB_TIMEOUT={timeout:g} s is given up on") from None
 
 
 def record_summary(summary: dict[str, Any] | None = None, run_dir: str | Path | None = None,

@@ -17,6 +17,7 @@ import hashlib
 import json
 import os
 import shutil
+import sys
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -24,18 +25,31 @@ from typing import Any
 
 import targets
 from pipeline.phases.outcome import ExportOutcome
-from targets.artifact import Artifact, atomic_write_json
+from targets.artifact import Artifact
 from targets.device import record_problems
+from targets.errors import ConfigError
+from targets.jsonio import strict_dumps, write_json
 
 
 def cache_root(given: str | Path | None = None) -> Path:
-    if given:
-        return Path(given).expanduser()
+    """The cache folder, created; one that is a file (``EDGEPIPE_CACHE=/dev/null``) or cannot be created is a
+    ConfigError naming where it came from, not a traceback at the first write."""
     env = os.environ.get("EDGEPIPE_CACHE")
-    if env:
-        return Path(env).expanduser()
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "edgepipe"
+    if given:
+        root, where = Path(given).expanduser(), f"--cache {given}"
+    elif env:
+        root, where = Path(env).expanduser(), f"EDGEPIPE_CACHE={env}"
+    else:
+        root = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "edgepipe"
+        where = f"the cache folder {root}"
+    if root.exists() and not root.is_dir():
+        raise ConfigError(f"{where}: {root} is not a folder", hint="point it at a folder (or one to create)")
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(f"{where}: cannot create {root}: {exc.strerror}",
+                          hint="point it at a writable folder") from None
+    return root
 
 
 def digest(obj: Any) -> str:
@@ -77,6 +91,21 @@ def entry_problems(entry: Any, rules: dict[str, Any] | None) -> list[str]:
     return ["neither a runner record nor a comparison"]
 
 
+def _discard(path: Path, why: str, warn: Callable[[str], None] | None = None) -> None:
+    """A malformed cache entry (truncated, edited, tampered, from another version) is removed with one warning, so
+    it is recomputed (or measured again) instead of crashing the search or being believed."""
+    line = (f"cache entry {path} is unreadable or invalid ({why.splitlines()[0][:200] if why else '?'}); "
+            "discarded, computing it again")
+    if warn is not None:
+        warn(line)
+    else:
+        print(f"edgepipe: warning: {line}", file=sys.stderr)
+    if path.is_dir():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
+
+
 class MeasurementCache:
     def __init__(self, root: Path) -> None:
         self.dir = Path(root) / "measurements"
@@ -97,17 +126,16 @@ class MeasurementCache:
         except FileNotFoundError:
             return None
         except (OSError, ValueError) as exc:
-            problems = [f"unreadable ({type(exc).__name__})"]
+            problems = [f"{type(exc).__name__}: {exc}"]
         else:
             problems = entry_problems(entry, rules)
         if problems:
-            if warn is not None:
-                warn(f"cached measurement {path.name} discarded ({'; '.join(problems)}); measuring again")
+            _discard(path, "; ".join(problems), warn)
             return None
         return entry
 
     def put(self, key: str, record: dict[str, Any]) -> None:
-        atomic_write_json(self.dir / f"{key}.json", record)
+        write_json(self.dir / f"{key}.json", record)
 
 
 class ExportCache:
@@ -126,16 +154,20 @@ class ExportCache:
         folder = self.dir / key / backend
         try:
             outcome = ExportOutcome.from_json(json.loads((folder / "outcome.json").read_text()))
-        except (OSError, ValueError, KeyError, TypeError):
+            if outcome.artifact is not None:
+                art = outcome.artifact
+                # the record names files where they were written; they live in this folder now
+                files = [str(folder / Path(f).name) for f in art.files or [art.path]]
+                outcome.artifact = Artifact.from_dict({**art.to_dict(), "path": str(folder / Path(art.path).name),
+                                                       "files": files})
+        except FileNotFoundError:
             return None
-        if outcome.artifact is not None:
-            art = outcome.artifact
-            # the record names files where they were written; they live in this folder now
-            files = [str(folder / Path(f).name) for f in art.files or [art.path]]
-            outcome.artifact = Artifact.from_dict({**art.to_dict(), "path": str(folder / Path(art.path).name),
-                                                   "files": files})
-            if not all(Path(f).is_file() for f in files):
-                return None
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+            _discard(folder, f"{type(exc).__name__}: {exc}")
+            return None
+        art = outcome.artifact
+        if art is not None and not all(Path(f).is_file() for f in art.files or [art.path]):
+            return None
         return outcome
 
     def put(self, key: str, backend: str, entry: ExportOutcome) -> ExportOutcome:
@@ -154,7 +186,8 @@ class ExportCache:
                 moved = Artifact.from_dict({**art.to_dict(), "path": str(tmp / Path(art.path).name), "files": files})
                 moved.save()
                 outcome["artifact"] = moved.to_dict()
-            (tmp / "outcome.json").write_text(json.dumps(outcome, indent=1, default=str))
+            (tmp / "outcome.json").write_text(strict_dumps(outcome, f"export cache {key}/{backend}", indent=1,
+                                                           default=str))
             final = parent / backend
             if final.exists():
                 shutil.rmtree(final)

@@ -25,8 +25,9 @@ from pipeline.search.host import HostWork
 from pipeline.search.report import write_chosen_recipe
 from pipeline.search.space import Candidate
 from pipeline.ui.progress import Progress
-from targets.artifact import atomic_write_json
+from targets.jsonio import write_json
 from targets.errors import DeviceError
+from targets.jsonio import write_json
 from targets.profiles import DeviceProfile
 from targets.transport import open_transport
 
@@ -361,7 +362,7 @@ class DeviceSearch:
         if chosen is not None and self.status not in ("running",):
             self.chosen_recipe = str(write_chosen_recipe(self.host.recipe, chosen, self.profile.name))
             res["chosen_recipe"] = self.chosen_recipe
-        atomic_write_json(self.out_dir / "search.json", res)
+        write_json(self.out_dir / "search.json", res)
         return res
 
 

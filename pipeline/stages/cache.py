@@ -22,6 +22,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from targets.jsonio import strict_dumps
+
 _PRIMITIVE = (int, float, bool, str, type(None))
 
 
@@ -142,8 +144,9 @@ class StageCache:
         try:
             save_model(model, tmp / "model.pt")
             for fname, content in (files or {}).items():
-                (tmp / fname).write_text(json.dumps(content, indent=1, sort_keys=True))
-            (tmp / "record.json").write_text(json.dumps(record, indent=1, sort_keys=True))
+                (tmp / fname).write_text(strict_dumps(content, f"stage cache {fname}", indent=1, sort_keys=True))
+            (tmp / "record.json").write_text(strict_dumps(record, f"stage {self.root.name} record", indent=1,
+                                                          sort_keys=True))
             final = self.entry(key)
             if final.exists():
                 shutil.rmtree(final)

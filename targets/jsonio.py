@@ -1,0 +1,53 @@
+"""Strict JSON writes: NaN and Infinity are not JSON, so no record edgepipe writes may hold them.
+
+``json.dumps`` writes bare ``NaN`` by default, which strict parsers (jq, JavaScript, PostgreSQL's json type) reject,
+so a run's summary would look fine to Python and be broken for everyone else. Every write goes through
+``strict_dumps`` (``allow_nan=False``); a non-finite value becomes one ConfigError naming the record and the key path
+of the value, never a traceback and never a half-written file.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from typing import Any
+
+from targets.artifact import atomic_write_bytes
+from targets.errors import ConfigError
+
+
+def nonfinite_path(obj: Any, path: str = "") -> str | None:
+    """The key path (``artifacts[0].metric.value``) of the first NaN/Inf float in ``obj``, or None."""
+    if isinstance(obj, float):
+        return None if math.isfinite(obj) else (path or "(top level)")
+    if isinstance(obj, dict):
+        for k, v in obj.items():
+            found = nonfinite_path(v, f"{path}.{k}" if path else str(k))
+            if found:
+                return found
+    elif isinstance(obj, (list, tuple)):
+        for i, v in enumerate(obj):
+            found = nonfinite_path(v, f"{path}[{i}]")
+            if found:
+                return found
+    return None
+
+
+def strict_dumps(obj: Any, what: str, **kwargs: Any) -> str:
+    """``json.dumps(obj, allow_nan=False, **kwargs)``; a NaN/Inf is a ConfigError naming ``what`` and the key."""
+    try:
+        return json.dumps(obj, allow_nan=False, **kwargs)
+    except ValueError:
+        where = nonfinite_path(obj)
+        if where is None:
+            raise
+        raise ConfigError(f"{what}: {where} is not a finite number (NaN or Infinity cannot be written as JSON)",
+                          hint="find what produced it (a metric, a measurement) and make it return a finite "
+                               "number") from None
+
+
+def write_json(path: str | os.PathLike[str], obj: Any, what: str | None = None, **kwargs: Any) -> None:
+    """Strict JSON to ``path`` through a temporary file (indent 2 unless given): nothing half-written."""
+    kwargs.setdefault("indent", 2)
+    atomic_write_bytes(path, (strict_dumps(obj, what or str(path), **kwargs) + "\n").encode())

@@ -7,6 +7,7 @@ import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pipeline
 from pipeline.ui.args import add_conn, add_set, conn_overrides, positive_int
@@ -124,6 +125,7 @@ def cmd_history(args: argparse.Namespace) -> int:
     from pipeline.results.history import format_history, history
     from pipeline.results.rundir import find_run_dirs
     from pipeline.results.store import open_store, record_summary, store_errors
+    from targets.jsonio import strict_dumps
 
     store = open_store(args.db)
     try:
@@ -133,7 +135,7 @@ def cmd_history(args: argparse.Namespace) -> int:
         rows = store_errors(lambda st: history(st, args.device, args.recipe, args.limit))(store)
     finally:
         store.close()
-    print(json.dumps(rows, indent=2) if args.json else format_history(rows))
+    print(strict_dumps(rows, "--json output", indent=2) if args.json else format_history(rows))
     return 0
 
 

@@ -38,8 +38,8 @@ from pipeline.stages.chain import StagesResult, run_stages
 from pipeline.stages.train import resolve_device
 from pipeline.ui.console import third_party_to_log
 from pipeline.ui.progress import Progress
-from targets.jsonio import write_json
 from targets.errors import ConfigError, DeviceError, EdgeError, GateError
+from targets.jsonio import write_json
 from targets.preflight import preflight
 from targets.profiles import DeviceProfile, load_profile
 

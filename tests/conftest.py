@@ -23,7 +23,7 @@ def _private_results_store(tmp_path_factory: pytest.TempPathFactory) -> Iterator
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("EDGEPIPE_DB", str(tmp_path_factory.mktemp("results-store") / "results.db"))
         key = tmp_path_factory.mktemp("signing") / "release.key"   # never ~/.config
-        from pipeline.signing import generate_key
+        from pipeline.release.signing import generate_key
 
         generate_key(key)   # a named key must exist: EDGEPIPE_SIGNING_KEY never creates one
         mp.setenv("EDGEPIPE_SIGNING_KEY", str(key))

@@ -16,10 +16,11 @@ import numpy as np
 from pipeline.phases.outcome import ExportOutcome
 from pipeline.recipe.task import TaskContext
 from pipeline.ui.progress import Progress
-from targets.artifact import Artifact, atomic_write_json
+from targets.artifact import Artifact
 from targets.artifact_trust import artifact_for_bench
 from targets.device import benchmark, push_inputs, remove_inputs
 from targets.errors import ConfigError, DeviceError, EdgeError
+from targets.jsonio import write_json
 from targets.profiles import DeviceProfile, load_profile
 from targets.transport import open_transport
 
@@ -100,7 +101,7 @@ def measure_device(profile: DeviceProfile, outcomes: dict[str, ExportOutcome], r
                     with progress.step(f"bench {name} on {profile.name}"):
                         bench_rec = benchmark(profile, art, remote_inputs, transport=transport,
                                               outputs=out_file if ctx is not None else None)
-                    atomic_write_json(device_dir / "bench" / f"{name}.json", bench_rec)
+                    write_json(device_dir / "bench" / f"{name}.json", bench_rec)
                     if ctx is not None and out_file.is_file():
                         try:
                             scored = ctx.record(read_outputs(out_file))

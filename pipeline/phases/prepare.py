@@ -14,12 +14,14 @@ import numpy as np
 from torch import nn
 
 from pipeline.recipe.config import Recipe
-from pipeline.recipe.model import complexity, load_data, load_model
+from pipeline.recipe.model import arrays_problem, complexity, load_data, load_model, weights_problem
 from pipeline.recipe.task import TaskContext, build_context
+from pipeline.stages.chain import StagesResult
 from pipeline.stages.common import example_from
 from pipeline.ui.progress import Progress
 from targets import units
 from targets.artifact import atomic_write_bytes
+from targets.errors import ConfigError
 from targets.profiles import DeviceProfile
 
 TOOLS = ("torch", "onnx", "onnxruntime", "onnxscript", "openvino", "nncf", "litert-torch", "ai-edge-litert",
@@ -86,3 +88,15 @@ def write_eval_inputs(ctx: TaskContext, path: Path) -> str:
     np.savez(buf, **ctx.inputs, __order__=np.array(ctx.input_names), **extra)
     atomic_write_bytes(path, buf.getvalue())  # a full disk never leaves a truncated eval.npz at its final name
     return hashlib.sha256(buf.getvalue()).hexdigest()
+
+
+def check_finite(recipe: Recipe, result: StagesResult) -> None:
+    """NaN/Inf in what the exporters get -- the stages' model or the calibration inputs -- named before any export:
+    otherwise every artifact fails its output check as a "cosine mismatch" that points at the wrong culprit."""
+    last = result.records[-1]["name"] if result.records else None
+    problem = weights_problem(result.model, f"{recipe.path}: stages.{last}" if last else f"{recipe.path}: model") \
+        or arrays_problem(result.calib if isinstance(result.calib, dict) else {}, f"{recipe.path}: data.factory: "
+                          "split 'calib'")
+    if problem:
+        raise ConfigError(problem, hint="a stage that diverged: lower its lr or add grad_clip" if last and
+                          "weights" in problem else None)

@@ -25,7 +25,6 @@ from pipeline.search.host import HostWork
 from pipeline.search.report import write_chosen_recipe
 from pipeline.search.space import Candidate
 from pipeline.ui.progress import Progress
-from targets.jsonio import write_json
 from targets.errors import DeviceError
 from targets.jsonio import write_json
 from targets.profiles import DeviceProfile

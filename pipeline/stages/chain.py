@@ -11,6 +11,7 @@ import copy
 import hashlib
 import inspect
 import json
+import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -82,6 +83,34 @@ def _describe(rec: dict[str, Any], label: str = "top-1") -> str:
                       and rec.get(k.replace("_metric", "_accuracy")) is None))
 
 
+def _read_entry(hit: Path, base: Callable[[], nn.Module], log: Callable[[str], None],
+                name: str) -> tuple[nn.Module, dict[str, Any], Any] | None:
+    """A cached stage (model, record, QAT ranges), or None when the entry is malformed (a truncated model.pt, a
+    record edited by hand, a file from another version): it is then discarded with one warning and the stage runs
+    again, never a traceback from deep inside torch.load."""
+    from pipeline.stages.cache import load_model
+
+    start = time.perf_counter()
+    try:
+        out = load_model(base(), hit / "model.pt")
+        record = json.loads((hit / "record.json").read_text())
+        if not isinstance(record, dict) or not isinstance(record.get("seconds"), (int, float)) \
+                or not isinstance(record.get("params"), int) or not isinstance(record.get("macs"), int):
+            raise ValueError("record.json lacks its figures")
+        ranges_file = hit / "qat_ranges.json"
+        ranges = json.loads(ranges_file.read_text()) if ranges_file.is_file() else None
+        if ranges is not None and not isinstance(ranges, dict):
+            raise ValueError("qat_ranges.json is not a mapping")
+    except Exception as exc:  # noqa: BLE001 - any unreadable entry is recomputed; the stage is the source of truth
+        why = (str(exc).strip().splitlines() or [""])[0][:160]
+        log(f"WARNING: stage {name}: cached entry {hit} is unreadable ({type(exc).__name__}: {why}); discarded, "
+            "running the stage again")
+        shutil.rmtree(hit, ignore_errors=True)
+        return None
+    record.update(cached=True, original_seconds=record["seconds"], seconds=round(time.perf_counter() - start, 2))
+    return out, record, ranges
+
+
 def _loud(log: Callable[[str], None]) -> Callable[[str], None]:
     """Stage lines belong on the console, not only in run.log: use the logger's ``say``/``warn`` when it has them."""
     def emit(message: str) -> None:
@@ -135,7 +164,7 @@ class _Chain:
     def step(self, name: str, cfg: Any, compute: Callable[[], tuple[nn.Module, dict[str, Any], dict[str, Any]]],
              base: Callable[[], nn.Module], extra_key: dict[str, Any] | None = None) -> None:
         from pipeline.stages import distributed
-        from pipeline.stages.cache import StageCache, load_model, model_hash, restore_model, stage_key
+        from pipeline.stages.cache import StageCache, model_hash, restore_model, stage_key
         from pipeline.stages.common import footprint
 
         cache = StageCache(self.run_dir, name)
@@ -145,6 +174,8 @@ class _Chain:
         key = stage_key(name, self.parent_hash, cfg.model_dump(mode="json", exclude={"train"}), self.data_fp,
                         key_extra)
         hit = cache.lookup(key) if self.main else None
+        cached = _read_entry(hit, base, self.log, name) if hit is not None else None
+        hit = hit if cached is not None else None   # a malformed entry was discarded: the stage runs again
         if distributed.world_size() > 1:   # rank 0's cache decides; the others get the cached model from it
             shared = distributed.broadcast_object(
                 (hit is not None, torch.load(hit / "model.pt", weights_only=True) if hit is not None else None))
@@ -154,15 +185,10 @@ class _Chain:
                 self.current, self.parent_hash = out.eval(), model_hash(out)
                 return
         label = self.plan.metric_label
-        if hit is not None:
-            start = time.perf_counter()
-            out = load_model(base(), hit / "model.pt")
-            record = json.loads((hit / "record.json").read_text())
-            record.update(cached=True, original_seconds=record["seconds"],
-                          seconds=round(time.perf_counter() - start, 2))
-            ranges_file = hit / "qat_ranges.json"
-            if ranges_file.is_file():
-                self.result.qat_ranges = json.loads(ranges_file.read_text())
+        if cached is not None:
+            out, record, ranges = cached
+            if ranges is not None:
+                self.result.qat_ranges = ranges
             self.log(f"stage {name}: cached ({hit}) - {_describe(record, label)}")
         else:
             self.log(f"stage {name}: running ...")

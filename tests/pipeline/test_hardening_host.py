@@ -20,9 +20,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline.config import load_recipe
-from pipeline.gate import check_artifact
-from pipeline.metrics import resolve_metric
+from pipeline.recipe.config import load_recipe
+from pipeline.recipe.metrics import resolve_metric
+from pipeline.results.gate import check_artifact
 from targets.errors import ConfigError
 from tests.conftest import ROOT, run_cli
 from tests.pipeline.runfolder import make_run
@@ -152,7 +152,7 @@ def test_json_writes_refuse_nan_naming_the_key_and_leave_no_file(tmp_path):
 
 
 def test_the_store_refuses_a_summary_holding_nan(tmp_path):
-    from pipeline.store import open_store
+    from pipeline.results.store import open_store
 
     summary = json.loads((make_run(tmp_path / "run") / "summary.json").read_text())
     summary["artifacts"][0]["metric"] = {"name": "top1", "value": math.inf}
@@ -177,7 +177,7 @@ def test_the_stage_cache_refuses_a_nan_record_and_leaves_no_entry(tmp_path):
 
 
 def test_nan_weights_are_named_as_such_before_any_export(write_recipe):
-    from pipeline.model import load_model
+    from pipeline.recipe.model import load_model
 
     nan_model = TINY + """
     def broken():
@@ -235,7 +235,7 @@ HUGE = TINY + """
 
 
 def test_check_refuses_an_eval_set_larger_than_the_host_bound_naming_eval_samples(write_recipe):
-    from pipeline.check import check
+    from pipeline.recipe.check import check
 
     recipe = _recipe(write_recipe, files={"tiny.py": HUGE})
     start = time.monotonic()
@@ -245,7 +245,7 @@ def test_check_refuses_an_eval_set_larger_than_the_host_bound_naming_eval_sample
 
 
 def test_eval_arrays_refuses_before_reading_when_over_the_env_limit(write_recipe, monkeypatch):
-    from pipeline.model import eval_arrays, load_data
+    from pipeline.recipe.model import eval_arrays, load_data
 
     recipe = load_recipe(_recipe(write_recipe))
     data = load_data(recipe)
@@ -292,7 +292,7 @@ def silent_server():
 
 
 def test_a_store_server_that_never_answers_fails_within_the_timeout(silent_server, monkeypatch):
-    from pipeline.store import open_store
+    from pipeline.results.store import open_store
 
     monkeypatch.setenv("EDGEPIPE_DB_TIMEOUT", "1")
     outcome: list[BaseException | None] = []
@@ -409,7 +409,7 @@ def test_a_300_character_recipe_name_is_refused_by_the_recipe_check(write_recipe
 def test_a_batch_one_program_saved_as_the_readme_says_runs_on_the_whole_eval_set(write_recipe, tmp_path):
     import torch
 
-    from pipeline.model import load_model, predict
+    from pipeline.recipe.model import load_model, predict
 
     torch.manual_seed(0)
     net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 10)).eval()
@@ -444,9 +444,9 @@ def test_history_add_refuses_values_the_store_cannot_hold_naming_the_field(tmp_p
 
 
 def test_a_malformed_stage_cache_entry_is_discarded_with_a_warning_and_recomputed(write_recipe, tmp_path):
-    from pipeline.model import load_data, load_model
-    from pipeline.stages import run_stages
-    from pipeline.task import build_context, stage_plan
+    from pipeline.recipe.model import load_data, load_model
+    from pipeline.recipe.task import build_context, stage_plan
+    from pipeline.stages.chain import run_stages
 
     recipe = load_recipe(_recipe(write_recipe, "stages: {prune: {ratio: 0.25, finetune_epochs: 0}}\n"))
     model, data = load_model(recipe), load_data(recipe)
@@ -462,7 +462,7 @@ def test_a_malformed_stage_cache_entry_is_discarded_with_a_warning_and_recompute
 
 
 def test_malformed_search_cache_entries_are_discarded_with_a_warning(tmp_path, capsys):
-    from pipeline.search_cache import ExportCache, MeasurementCache
+    from pipeline.search.cache import ExportCache, MeasurementCache
 
     mc = MeasurementCache(tmp_path)
     mc.dir.mkdir(parents=True)
@@ -476,7 +476,7 @@ def test_malformed_search_cache_entries_are_discarded_with_a_warning(tmp_path, c
 
 
 def test_a_loose_signing_key_warns_and_a_mistyped_env_key_is_an_error(tmp_path, monkeypatch, capsys):
-    from pipeline.signing import generate_key, sign_manifest
+    from pipeline.release.signing import generate_key, sign_manifest
 
     key = tmp_path / "k.key"
     generate_key(key)
@@ -493,7 +493,7 @@ def test_a_loose_signing_key_warns_and_a_mistyped_env_key_is_an_error(tmp_path, 
 
 
 def test_a_cache_that_is_a_file_is_a_config_error(monkeypatch):
-    from pipeline.search_cache import cache_root
+    from pipeline.search.cache import cache_root
 
     monkeypatch.setenv("EDGEPIPE_CACHE", "/dev/null")
     with pytest.raises(ConfigError, match="EDGEPIPE_CACHE=/dev/null: /dev/null is not a folder"):

@@ -175,14 +175,14 @@ def any_batch(graph: Any, batch: int) -> Any:
     class StaticBatch(nn.Module):   # built here: this module does not import torch at import time
         def __init__(self) -> None:
             super().__init__()
-            self.graph = graph
+            self.program = graph   # not `graph`: an exported GraphModule has its own `.graph`
             self.batch = batch
 
         def forward(self, *args: Any) -> Any:
             n = int(args[0].shape[0]) if args and hasattr(args[0], "shape") else self.batch
             if n == self.batch or n % self.batch:
-                return self.graph(*args)   # the exported size (or one it cannot cut): let the graph decide
-            parts = [self.graph(*(a[i:i + self.batch] for a in args)) for i in range(0, n, self.batch)]
+                return self.program(*args)   # the exported size (or one it cannot cut): let the graph decide
+            parts = [self.program(*(a[i:i + self.batch] for a in args)) for i in range(0, n, self.batch)]
             first = parts[0]
             if isinstance(first, torch.Tensor):
                 return torch.cat(parts)

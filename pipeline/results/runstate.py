@@ -46,7 +46,7 @@ def claim_run_folder(root: Path, run_id: str) -> Iterator[None]:
     """Hold ``root`` for this run; ConfigError (exit 2) when a live run already holds it."""
     root.mkdir(parents=True, exist_ok=True)
     path = root / CLAIM
-    body = json.dumps({"host": socket.gethostname(), "pid": os.getpid(), "run_id": run_id}).encode()
+    body = json.dumps({"host": socket.gethostname(), "pid": os.getpid(), "run_id": run_id}, allow_nan=False).encode()
     for _ in range(2):
         try:
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)

@@ -414,15 +414,21 @@ def test_a_batch_one_program_saved_as_the_readme_says_runs_on_the_whole_eval_set
     torch.manual_seed(0)
     net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 10)).eval()
     torch.export.save(torch.export.export(net, (torch.randn(1, 1, 8, 8),)), tmp_path / "teacher.pt2")
-    recipe = load_recipe(write_recipe("""
+    path = write_recipe("""
         name: b1
         model: {program: teacher.pt2, input_shape: [1, 1, 8, 8]}
         data: {factory: "tiny:splits"}
-    """, {"tiny.py": TINY}))
+        backends: [onnx-fp32]
+        gate: {max_accuracy_drop: 100}
+    """, {"tiny.py": TINY})
     x = np.random.default_rng(0).standard_normal((300, 1, 8, 8)).astype(np.float32)
-    out = predict(load_model(recipe), x)[0]
+    out = predict(load_model(load_recipe(path)), x)[0]
     with torch.no_grad():
         np.testing.assert_allclose(out, net(torch.from_numpy(x)).numpy(), rtol=1e-5, atol=1e-5)
+    from pipeline.run import run  # and the whole chain: the eval set in batches, then export and check
+
+    summary = run(path, ["local"], tmp_path / "out", stream=io.StringIO())[0]
+    assert summary["status"] == "complete" and summary["artifacts"][0]["valid"] is True
 
 
 @pytest.mark.parametrize("field, value, expected", [

@@ -207,21 +207,39 @@ def _quiet_libraries() -> None:
         logging.getLogger(name).setLevel(logging.ERROR)
 
 
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM (a CI cancel, `kill`): the same unwinding as Ctrl-C, so the device's runner is killed, its job folder
+    removed and its lock released; afterwards the process still ends by SIGTERM, as its parent expects."""
+
+
+def _terminate(signum: int, frame: object) -> None:
+    raise _Terminated()
+
+
 def main(argv: list[str] | None = None) -> int:
     _quiet_libraries()
     parser = build_parser()
     args = parser.parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)
+    import signal
+    import threading
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _terminate)
     try:
         return int(args.func(args) or 0)
     except EdgeError as exc:
         if os.environ.get("RANK", "0") == "0":   # under torchrun every rank fails alike: rank 0 says it once
             print(f"edgepipe: error: {exc}", file=sys.stderr)
         return exc.exit_code
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:
         what = ("finished stages are cached and a re-run resumes from them" if args.command == "run" else
                 "the device's job folder and lock were cleaned up" if args.command == "bench" else "nothing was kept")
-        print(f"edgepipe: interrupted; {what}", file=sys.stderr)
+        print(f"edgepipe: {'terminated' if isinstance(exc, _Terminated) else 'interrupted'}; {what}", file=sys.stderr)
+        if isinstance(exc, _Terminated):  # end by the signal itself (a launcher reads a negative code as "stopped")
+            sys.stderr.flush()
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            os.kill(os.getpid(), signal.SIGTERM)
         return 130
 
 

@@ -11,7 +11,6 @@ import contextlib
 import errno
 import io
 import os
-import shutil
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -42,11 +41,12 @@ from pipeline.task import TaskContext, build_context, stage_plan
 from targets import export_order, get_exporter, get_simulator, parse_backend, requires
 from targets.artifact import Artifact, atomic_write_bytes, atomic_write_json
 from targets.artifact_trust import artifact_for_bench
-from targets.device import benchmark, push_inputs, remove_inputs
+from targets.device import benchmark
 from targets.errors import ConfigError, DeviceError, EdgeError, GateError, OutputMismatchError
 from targets.export_config import ExportConfig
 from targets.preflight import preflight
 from targets.profiles import DeviceProfile, load_profile
+from targets.safe_files import copy_regular
 from targets.transport import open_transport
 from targets.validate import validate
 
@@ -158,6 +158,8 @@ def _artifact_record(name: str, entry: dict[str, Any], device_dir: Path, bench_r
     if art is not None:
         rec.update(file=os.path.relpath(art.path, device_dir), sha256=art.sha256, bytes=art.bytes,
                    parent=art.parent, metadata=art.metadata)
+        if art.file_sha256:  # every file's sha256 (OpenVINO .bin, ONNX external data): release checks each
+            rec["files"] = dict(art.file_sha256)
     validation = entry.get("validation")
     if validation:
         rec["validation"] = {k: validation[k] for k in ("max_abs_error", "top1_agreement", "computed_in", "cosine",
@@ -211,7 +213,6 @@ def measure_device(profile: DeviceProfile, outcomes: dict[str, dict[str, Any]], 
     records: list[dict[str, Any]] = []
     errors: list[EdgeError] = []
     transport = None
-    remote_inputs: str | None = None
     try:
         for name in outcomes:  # exactly what was asked: the recipe's list, else the profile's
             entry = outcomes[name]
@@ -223,12 +224,9 @@ def measure_device(profile: DeviceProfile, outcomes: dict[str, dict[str, Any]], 
                     entry = {**entry, "artifact": art}
                 try:
                     transport = transport or open_transport(profile)
-                    if remote_inputs is None:
-                        with progress.step(f"send eval inputs to {profile.name}"):
-                            remote_inputs = push_inputs(profile, transport, inputs)
                     out_file = device_dir / "outputs" / f"{name}.npz"
-                    with progress.step(f"bench {name} on {profile.name}"):
-                        bench_rec = benchmark(profile, art, remote_inputs, transport=transport,
+                    with progress.step(f"bench {name} on {profile.name}"):  # inputs travel in each job's folder
+                        bench_rec = benchmark(profile, art, inputs, transport=transport,
                                               outputs=out_file if ctx is not None else None)
                     atomic_write_json(device_dir / "bench" / f"{name}.json", bench_rec)
                     if ctx is not None and out_file.is_file():
@@ -242,11 +240,6 @@ def measure_device(profile: DeviceProfile, outcomes: dict[str, dict[str, Any]], 
             records.append(_artifact_record(name, entry, device_dir, bench_rec, error, scored))
     finally:
         if transport is not None:
-            if remote_inputs is not None:
-                try:
-                    remove_inputs(transport, remote_inputs)
-                except EdgeError:
-                    pass
             transport.close()
     return records, errors
 
@@ -254,13 +247,10 @@ def measure_device(profile: DeviceProfile, outcomes: dict[str, dict[str, Any]], 
 def _link_artifact(art: Artifact, folder: Path) -> Artifact:
     folder.mkdir(parents=True, exist_ok=True)
     files = []
-    for f in art.files or [art.path]:
+    for f in art.files or [art.path]:  # a copy, never a hard link: files that travel or are packed have one link
         dst = folder / Path(f).name
         if not dst.exists():
-            try:
-                os.link(f, dst)
-            except OSError:
-                shutil.copy2(f, dst)
+            copy_regular(f, dst, Path(art.path).parent, sha256=art.expected_sha256(f))
         files.append(str(dst))
     new = Artifact.from_dict({**art.to_dict(), "path": str(folder / Path(art.path).name), "files": files})
     new.save()

@@ -197,7 +197,7 @@ def test_put_keeps_odd_names_intact_when_quotes_spaces_and_semicolons(transport,
     src.write_bytes(os.urandom(300_000))
     transport.put(src, f"{job}/{name}")
     assert (Path(job) / name).read_bytes() == src.read_bytes()
-    assert sorted(p.name for p in Path(job).iterdir()) == [name]  # no .part left behind
+    assert sorted(p.name for p in Path(job).iterdir()) == [".edgepipe-job", name]  # no .part left behind
     back = tmp_path / "back.bin"
     transport.get(f"{job}/{name}", back)
     assert back.read_bytes() == src.read_bytes()
@@ -212,7 +212,7 @@ def test_put_raises_transfer_error_when_checksum_never_matches(transport, profil
     monkeypatch.setattr(transport, "remote_sha256", lambda path: "0" * 64)  # the device reports corruption
     with pytest.raises(TransferError, match="corrupted twice"):
         transport.put(src, f"{job}/m.bin")
-    assert list(Path(job).iterdir()) == []
+    assert [p.name for p in Path(job).iterdir()] == [".edgepipe-job"]
 
 
 def test_put_fails_cleanly_when_server_vanishes_mid_upload(sshd, tmp_path):

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pipeline
-from targets.errors import EdgeError
+from targets.errors import EdgeError, printable
 
 
 def _conn_overrides(args: argparse.Namespace) -> dict[str, Any]:
@@ -68,15 +68,15 @@ def cmd_bench(args: argparse.Namespace) -> int:
         print(json.dumps(rec))
     else:
         lat = rec["latency_ms"]
-        print(f"{Path(args.artifact).name} on {args.device}: p50 {lat['p50']} ms, p90 {lat['p90']} ms, "
-              f"p99 {lat['p99']} ms, n={lat['n']} ({rec['runtime']}, {rec['threads']} threads, "
-              f"providers {','.join(rec.get('providers') or [])}); valid: {rec['valid']}"
-              + (f" ({'; '.join(rec['invalid_reasons'])})" if rec.get("invalid_reasons") else ""))
+        print(printable(f"{Path(args.artifact).name} on {args.device}: p50 {lat['p50']} ms, p90 {lat['p90']} ms, "
+                        f"p99 {lat['p99']} ms, n={lat['n']} ({rec['runtime']}, {rec['threads']} threads, "
+                        f"providers {','.join(rec.get('providers') or [])}); valid: {rec['valid']}"
+                        + (f" ({'; '.join(rec['invalid_reasons'])})" if rec.get("invalid_reasons") else "")))
         if "accuracy" in rec:
             print(f"accuracy on the given inputs: {rec['accuracy']:.4f} (n={rec.get('n_eval')})")
     if not rec.get("valid"):  # exit 3: the figure fails its own measurement rules, so no gate could pass on it
-        print(f"edgepipe: error: the measurement is not valid: {'; '.join(rec.get('invalid_reasons') or [])}"
-              " (exit 3; pass --allow-invalid to exit 0 anyway)", file=sys.stderr)
+        print(printable(f"edgepipe: error: the measurement is not valid: {'; '.join(rec.get('invalid_reasons') or [])}"
+                        " (exit 3; pass --allow-invalid to exit 0 anyway)"), file=sys.stderr)
         return 0 if args.allow_invalid else 3
     return 0
 
@@ -88,7 +88,7 @@ def cmd_devices(args: argparse.Namespace) -> int:
         try:
             prof = load_profile(str(path))
             where = prof.connection.transport if prof.is_local else f"ssh {prof.connection.host}"
-            print(f"{name:<18} {prof.arch:<8} {where:<22} {', '.join(prof.backends)}  - {prof.description}")
+            print(printable(f"{name:<18} {prof.arch:<8} {where:<22} {', '.join(prof.backends)}  - {prof.description}"))
         except EdgeError as exc:
             print(f"{name:<18} INVALID: {exc}")
     return 0

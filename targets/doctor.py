@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from targets.errors import DeviceError, HostKeyError
+from targets.errors import DeviceError, HostKeyError, printable
 from targets.lock import READ_SH, lock_path, seconds_left
 from targets.profiles import DeviceProfile
 from targets.runner import RUNNER_PATH
@@ -175,7 +175,7 @@ def format_checks(profile: DeviceProfile, checks: list[Check]) -> str:
     lines += [f"  {'ok  ' if c.ok else 'FAIL'}  {c.name:<{width}}  {c.detail}" for c in checks]
     bad = [c.name for c in checks if not c.ok]
     lines.append("ready" if not bad else f"not ready: fix {', '.join(bad)}")
-    return "\n".join(lines)
+    return "\n".join(printable(line) for line in lines)  # details come from the profile and the board
 
 
 def doctor(profile: DeviceProfile, trust: bool = False, confirm: Callable[[str], bool] = _ask) -> list[Check]:

@@ -95,6 +95,8 @@ def resolve_endpoint(host: str, user: str | None, port: int | None, key: str | N
     if key and not Path(key).expanduser().is_file():
         raise ConfigError(f"connection.key: {key} does not exist",
                           hint="point --key / connection.key at your private key, or leave it out to use ssh-agent")
+    if key:
+        _check_key_file(Path(key).expanduser())
     # Like OpenSSH, IdentityFile lines for keys that are not there (a `Host *` default) are skipped quietly.
     keys = [key] if key else [k for k in cfg.get("identityfile") or [] if Path(k).expanduser().is_file()]
     none = ("", "none")
@@ -103,6 +105,23 @@ def resolve_endpoint(host: str, user: str | None, port: int | None, key: str | N
             "keys": [str(Path(k).expanduser()) for k in keys],
             "proxyjump": None if str(cfg.get("proxyjump", "")).lower() in none else cfg["proxyjump"],
             "proxycommand": None if str(cfg.get("proxycommand", "")).lower() in none else cfg["proxycommand"]}
+
+
+def _check_key_file(path: Path) -> None:
+    """A key file paramiko cannot parse is the user's mistake, found before any network: not three retries blamed
+    on the network. An encrypted key parses far enough to say it needs a passphrase; that is left to ssh-agent."""
+    try:
+        paramiko.PKey.from_path(path)
+    except paramiko.PasswordRequiredException:
+        return
+    except (paramiko.SSHException, ValueError, TypeError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"connection.key: {path} is not a private key edgepipe can read "
+                          f"({type(exc).__name__}: {str(exc)[:120]})",
+                          hint="give an OpenSSH or PEM private key (ssh-keygen -t ed25519), not a .pub or another "
+                               "file") from None
+    except OSError as exc:
+        raise ConfigError(f"connection.key: cannot read {path} ({exc.strerror})",
+                          hint="check the file's permissions") from None
 
 
 def _parse_jump(hop: str) -> tuple[str, str | None, int | None]:

@@ -1,12 +1,14 @@
 """One job per device at a time: a lease on the device itself, so any host aiming at a board sees it.
 
-The lock is a symlink ``<workdir>/.lock`` whose target text is ``<owner> <boot_id> <expiry>``: ``ln -s`` creates it
-atomically with its content, so there is never a lock without an owner. Expiry is in seconds of the device's uptime
-(``/proc/uptime``) within the boot named by ``/proc/sys/kernel/random/boot_id``: a wall-clock jump on the board (NTP
-catching up a day, an RTC-less board setting its date) never makes a live lease look expired, and a lease of an
-earlier boot is stale at once (nothing of that boot still runs). A board without them uses ``date +%s`` (boot
-``wall``). A crashed run's lease runs out and the next run breaks it; breaking checks the lease text is still the one
-it read, so two waiters cannot both break and take it.
+The lock is a symlink ``<workdir>/.lock`` whose target text is ``<owner> <boot_id> <expiry> <wall expiry>``:
+``ln -s`` creates it atomically with its content, so there is never a lock without an owner. Expiry is in seconds of
+the device's uptime (``/proc/uptime``) within the boot named by ``/proc/sys/kernel/random/boot_id``: a wall-clock jump
+on the board (NTP catching up a day, an RTC-less board setting its date) never makes a live lease look expired, and a
+lease of an earlier boot is stale at once (nothing of that boot still runs). A board without them uses ``date +%s``
+(boot ``wall``). The last field, the expiry by ``date +%s``, is there for older edgepipe versions sharing the board
+(they read the last field of ``<owner> <expiry>``), so they do not break a new lease as long expired. A crashed
+run's lease runs out and the next run breaks it; breaking checks the lease text is still the one it read, so two
+waiters cannot both break and take it.
 
 A holder records the pid of its running runner in ``<workdir>/.lock.runner-<owner>`` (written by the command itself
 just before it execs the runner, see ``runner_argv_with_pid``). Whoever breaks a lease first stops that runner (TERM,
@@ -63,7 +65,7 @@ stop_holder() {
 ACQUIRE_SH = CLOCK_SH + STOP_HOLDER_SH + r'''
 lock=$1; owner=$2; lease=$3
 mkdir -p -- "$(dirname -- "$lock")" || exit 2
-mine="$owner $boot $((now + lease))"
+mine="$owner $boot $((now + lease)) $(($(date +%s) + lease))"
 bad() { echo "bad $*"; exit 3; }
 kind() {
   if [ -d "$lock" ]; then echo "a folder"; elif [ -f "$lock" ]; then echo "a regular file"
@@ -83,7 +85,7 @@ if take; then echo "acquired $mine"; exit 0; fi
 cur=$(readlink -- "$lock") || { echo retry; exit 0; }
 set -f; set -- $cur; set +f
 case $# in
-  3) hb=$2; hexp=$3; stale=0
+  4) hb=$2; hexp=$3; stale=0
      case $hexp in ''|*[!0-9]*) bad "$lock holds '$cur', not a lease edgepipe made; remove it if no job runs";; esac
      if [ "$hb" != "$boot" ]; then stale=1; elif [ "$hexp" -lt "$now" ]; then stale=1; fi ;;
   2) hexp=$2; stale=0   # an older edgepipe's lease: expiry in the epoch
@@ -121,7 +123,7 @@ class Lease:
     @classmethod
     def parse(cls, text: str) -> Lease | None:
         parts = text.split()
-        if len(parts) == 3 and parts[2].isdigit():
+        if len(parts) == 4 and parts[2].isdigit() and parts[3].isdigit():
             return cls(parts[0], parts[1], int(parts[2]))
         if len(parts) == 2 and parts[1].isdigit():
             return cls(parts[0], None, int(parts[1]))

@@ -91,7 +91,8 @@ def test_lock_keeps_a_live_lease_when_the_device_clock_jumps_a_day(tmp_path, mon
 
 def test_lock_breaks_a_lease_of_an_earlier_boot_at_once(tmp_path):
     lock = tmp_path / ".lock"
-    os.symlink(f"ci@elsewhere:7:abc 00000000-0000-0000-0000-000000000000 {int(time.time()) * 10}", lock)
+    far = int(time.time()) * 10
+    os.symlink(f"ci@elsewhere:7:abc 00000000-0000-0000-0000-000000000000 {far} {far}", lock)
     with device_lock(LocalTransport(), str(tmp_path), lease_s=60, wait_s=0) as owner:
         assert os.readlink(lock).startswith(owner + " ")
     assert not lock.exists() and not lock.is_symlink()
@@ -187,3 +188,12 @@ def test_a_run_finishing_between_two_jobs_of_another_leaves_its_inputs_alone(tmp
     assert errors == [], [str(e) for e in errors]
     assert [r["valid"] for r in records] == [True, True], json.dumps(records)[:400]
     assert sorted(p.name for p in wd.iterdir()) == []  # nothing left on the board
+
+
+def test_a_lease_keeps_an_older_edgepipes_reading_of_it_live(tmp_path):
+    """Older versions on the same board read the last field as the epoch expiry: it must be ours, in the future."""
+    with device_lock(LocalTransport(), str(tmp_path), lease_s=600, wait_s=0) as owner:
+        text = os.readlink(tmp_path / ".lock")
+        boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+        assert text.split()[0] == owner and text.split()[1] == boot
+        assert int(text.rsplit(" ", 1)[1]) > time.time() + 590

@@ -106,7 +106,7 @@ class DeviceProfile(StrictModel):
         if value.rstrip("/") == "" or ".." in value.split("/"):
             raise ValueError("must be a folder of its own below / without '..', e.g. /tmp/edgepipe (job folders "
                              "are created and removed in it)")
-        return value
+        return value.rstrip("/")  # one spelling of every path under it (the lease matches runners by path)
 
     @property
     def is_local(self) -> bool:

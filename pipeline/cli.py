@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import pipeline
 from pipeline.ui.args import add_conn, add_set, conn_overrides, positive_int
-from targets.errors import EdgeError
+from targets.errors import EdgeError, printable
 from targets.jsonio import strict_dumps
 
 
@@ -49,15 +49,15 @@ def cmd_bench(args: argparse.Namespace) -> int:
         print(strict_dumps(rec, "--json output"))
     else:
         lat = rec["latency_ms"]
-        print(f"{Path(args.artifact).name} on {args.device}: p50 {lat['p50']} ms, p90 {lat['p90']} ms, "
-              f"p99 {lat['p99']} ms, n={lat['n']} ({rec['runtime']}, {rec['threads']} threads, "
-              f"providers {','.join(rec.get('providers') or [])}); valid: {rec['valid']}"
-              + (f" ({'; '.join(rec['invalid_reasons'])})" if rec.get("invalid_reasons") else ""))
+        print(printable(f"{Path(args.artifact).name} on {args.device}: p50 {lat['p50']} ms, p90 {lat['p90']} ms, "
+                        f"p99 {lat['p99']} ms, n={lat['n']} ({rec['runtime']}, {rec['threads']} threads, "
+                        f"providers {','.join(rec.get('providers') or [])}); valid: {rec['valid']}"
+                        + (f" ({'; '.join(rec['invalid_reasons'])})" if rec.get("invalid_reasons") else "")))
         if "accuracy" in rec:
             print(f"accuracy on the given inputs: {rec['accuracy']:.4f} (n={rec.get('n_eval')})")
     if not rec.get("valid"):  # exit 3: the figure fails its own measurement rules, so no gate could pass on it
-        print(f"edgepipe: error: the measurement is not valid: {'; '.join(rec.get('invalid_reasons') or [])}"
-              " (exit 3; pass --allow-invalid to exit 0 anyway)", file=sys.stderr)
+        print(printable(f"edgepipe: error: the measurement is not valid: {'; '.join(rec.get('invalid_reasons') or [])}"
+                        " (exit 3; pass --allow-invalid to exit 0 anyway)"), file=sys.stderr)
         return 0 if args.allow_invalid else 3
     return 0
 
@@ -69,7 +69,7 @@ def cmd_devices(args: argparse.Namespace) -> int:
         try:
             prof = load_profile(str(path))
             where = prof.connection.transport if prof.is_local else f"ssh {prof.connection.host}"
-            print(f"{name:<18} {prof.arch:<8} {where:<22} {', '.join(prof.backends)}  - {prof.description}")
+            print(printable(f"{name:<18} {prof.arch:<8} {where:<22} {', '.join(prof.backends)}  - {prof.description}"))
         except EdgeError as exc:
             print(f"{name:<18} INVALID: {exc}")
     return 0
@@ -314,19 +314,23 @@ def _quiet_libraries() -> None:
         logging.getLogger(name).setLevel(logging.ERROR)
 
 
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM (a CI cancel, systemd, `kill`): the same unwinding as Ctrl-C, so the device's runner is killed, its job
+    folder removed, its lock released and the run's store row closed as ``interrupted``; afterwards the process still
+    ends by SIGTERM, as its parent (a shell, the --nproc launcher) expects."""
+
+
+def _terminate(signum: int, frame: object) -> None:
+    raise _Terminated()
+
+
 def _sigterm_as_interrupt() -> None:
-    """SIGTERM (systemd, CI, ``kill``) takes the Ctrl-C path: the run closes its store row as ``interrupted`` and
-    cleans up, instead of dying with the row left ``incomplete``. A handler someone else installed is kept."""
-    import signal
+    """Install the handler in the main thread, unless someone else installed one of their own."""
     import threading
 
-    if threading.current_thread() is not threading.main_thread():
-        return
-    if signal.getsignal(signal.SIGTERM) in (signal.SIG_DFL, None):
-        def interrupt(_signum: int, _frame: Any) -> None:
-            raise KeyboardInterrupt
-
-        signal.signal(signal.SIGTERM, interrupt)
+    if threading.current_thread() is threading.main_thread() and \
+            signal.getsignal(signal.SIGTERM) in (signal.SIG_DFL, None, _terminate):
+        signal.signal(signal.SIGTERM, _terminate)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -349,10 +353,14 @@ def main(argv: list[str] | None = None) -> int:
             print(f"edgepipe: error: {exc.filename}: {exc.strerror or type(exc).__name__} (give a writable folder "
                   "path)", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:
         what = ("finished stages are cached and a re-run resumes from them" if args.command == "run" else
                 "the device's job folder and lock were cleaned up" if args.command == "bench" else "nothing was kept")
-        print(f"edgepipe: interrupted; {what}", file=sys.stderr)
+        print(f"edgepipe: {'terminated' if isinstance(exc, _Terminated) else 'interrupted'}; {what}", file=sys.stderr)
+        if isinstance(exc, _Terminated):  # end by the signal itself (a launcher reads a negative code as "stopped")
+            sys.stderr.flush()
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            os.kill(os.getpid(), signal.SIGTERM)
         return 130
 
 

@@ -48,7 +48,10 @@ class Artifact:
     """One exported model file plus the lineage that produced it (Olive's footprint idea, one record per file).
 
     ``path`` is the file a runtime opens; ``files`` lists every file that belongs to it (OpenVINO's .xml and .bin),
-    all in the same folder. ``bytes`` is their total size.
+    all in the same folder. ``bytes`` is their total size. ``sha256`` is the main file's; ``file_sha256`` maps the
+    name of every file (main one included) to its sha256 when it was made, so a companion swapped later for one of
+    the same size (a ``.bin`` with other weights) is caught before it is sent or packed. Records written before it
+    existed load with it empty (only the main file is then checked).
     """
 
     path: str
@@ -61,6 +64,7 @@ class Artifact:
     config: dict[str, Any] = field(default_factory=dict)
     files: list[str] = field(default_factory=list)
     metadata: dict[str, Any] = field(default_factory=dict)
+    file_sha256: dict[str, str] = field(default_factory=dict)
 
     @property
     def name(self) -> str:
@@ -73,18 +77,30 @@ class Artifact:
                    metadata: dict[str, Any] | None = None) -> Artifact:
         main = Path(path)
         files = [main, *[Path(p) for p in extra_files]]
+        hashes = {f.name: sha256_file(f) for f in files}
         return cls(
-            path=str(main), backend=backend, precision=precision, sha256=sha256_file(main),
+            path=str(main), backend=backend, precision=precision, sha256=hashes[main.name],
             bytes=sum(f.stat().st_size for f in files), parent=parent, produced_by=produced_by,
             config=dict(config or {}), files=[str(f) for f in files], metadata=dict(metadata or {}),
+            file_sha256=hashes,
         )
+
+    def expected_sha256(self, file: str | os.PathLike[str]) -> str | None:
+        """The sha256 recorded for one of this artifact's files (by name), None when none was recorded."""
+        name = Path(file).name
+        if name == Path(self.path).name:
+            return self.sha256 or self.file_sha256.get(name)
+        return self.file_sha256.get(name)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Artifact:
-        return cls(**data)
+        known = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
+        if not isinstance(known.get("file_sha256", {}), dict):
+            known["file_sha256"] = {}
+        return cls(**known)
 
     def sidecar(self) -> Path:
         return Path(self.path + ".json")

@@ -1,29 +1,38 @@
 """Benchmark jobs on a device: upload the runner, the artifact and the inputs, run, parse one JSON line, clean up.
 
-The job folder is fresh per job under the profile's ``workdir`` and removed afterwards, whatever happened (an
-error, a timeout, Ctrl-C). A job holds the device lock (``targets.lock``) from upload to cleanup, so two runs aimed at
-one board never overlap and disturb each other's figures; the whole job is bounded by ``connection.job_timeout``.
+The job folder is fresh per job under the profile's ``workdir`` (marked as edgepipe's, ``targets.remote.JOB_MARK``)
+and removed afterwards, whatever happened (an error, a timeout, Ctrl-C, SIGTERM). A job holds the device lock
+(``targets.lock``) from upload to cleanup, so two runs aimed at one board never overlap and disturb each other's
+figures; the whole job is bounded by ``connection.job_timeout``. Everything a job reads is inside its own folder,
+the eval inputs included: concurrent runs never share (and never delete) each other's files. Every artifact file is
+sent only as a regular single-link file of the artifact's folder with the sha256 recorded when it was made
+(``targets.safe_files``), and the outputs that come back are checked against the output cap before numpy opens them.
 """
 
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import math
 import time
+import zipfile
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from targets.artifact import Artifact
 from targets.errors import DeviceError, RemoteCommandError
-from targets.lock import device_lock
+from targets.lock import device_lock, runner_argv_with_pid, runner_pid_path
 from targets.profiles import DeviceProfile
+from targets.remote import PURGE_JOBS_SH
 from targets.runner import RUNNER_PATH
 from targets.transport import Transport, open_transport
 
 STALE_JOB_MIN = 10
 LEASE_GRACE_S = 120  # cleanup after the job timeout
+MAX_OUTPUT_MB = 64  # the runner's --max-output-mb default: raw outputs a device may return
+NPZ_SLACK = 1 << 20  # npz headers and the zip directory on top of the raw outputs
 
 
 def runner_argv(profile: DeviceProfile, python: str, job: str, artifact_name: str, backend: str,
@@ -87,19 +96,42 @@ def record_problems(rec: Any, rules: dict[str, Any] | None = None) -> list[str]:
     return problems
 
 
-def push_inputs(profile: DeviceProfile, tr: Transport, inputs: Path) -> str:
-    """Upload the eval inputs once per device and run (every artifact's job reads the same file), named by their
-    content so a retry re-uses them; written under a temporary name and renamed, so a half upload is never read."""
-    digest = hashlib.sha256(Path(inputs).read_bytes()).hexdigest()[:16]
-    final = f"{profile.workdir}/inputs-{digest}.npz"
-    tr.run(["mkdir", "-p", profile.workdir], timeout=60)
-    tr.put(Path(inputs), final + ".part")
-    tr.run(["mv", "-f", final + ".part", final], timeout=60)
-    return final
+def check_outputs_npz(path: Path, context: str, cap_mb: float = MAX_OUTPUT_MB) -> None:
+    """Refuse an outputs .npz that would expand past the cap, from its zip index and .npy headers alone.
 
-
-def remove_inputs(tr: Transport, remote: str) -> None:
-    tr.run(["rm", "-f", remote], timeout=60)
+    The runner caps what it writes on the device, but the file is the device's word: 1.5 MB on the wire can hold
+    1.5 GB of zeros, which ``np.load`` would inflate into this host's memory. Nothing is decompressed here."""
+    cap = int(cap_mb * 2**20)
+    fix = (f"the device's outputs must fit in {cap_mb:g} MiB (the runner's cap): evaluate fewer samples, or check "
+           "the device's runner is edgepipe's")
+    try:
+        with zipfile.ZipFile(path) as zf:
+            infos = zf.infolist()
+            total = sum(i.file_size for i in infos)
+            if total > cap + NPZ_SLACK or len(infos) > 4096:
+                raise DeviceError(f"{context}: outputs.npz from the device expands to {total / 2**20:.1f} MiB in "
+                                  f"{len(infos)} arrays, over the {cap_mb:g} MiB output cap; not loaded", hint=fix)
+            raw = 0
+            for info in infos:
+                with zf.open(info) as fh:
+                    version = np.lib.format.read_magic(fh)
+                    if version == (1, 0):
+                        shape, _, dtype = np.lib.format.read_array_header_1_0(fh)
+                    elif version == (2, 0):
+                        shape, _, dtype = np.lib.format.read_array_header_2_0(fh)
+                    else:
+                        raise ValueError(f"{info.filename}: .npy format {version} (numpy writes 1.0 or 2.0 here)")
+                if dtype.hasobject:
+                    raise DeviceError(f"{context}: outputs.npz holds an object array ({info.filename}); not loaded",
+                                      hint="check the device's runner is edgepipe's")
+                raw += int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+            if raw > cap:
+                raise DeviceError(f"{context}: outputs.npz from the device declares {raw / 2**20:.1f} MiB of arrays, "
+                                  f"over the {cap_mb:g} MiB output cap; not loaded", hint=fix)
+    except (zipfile.BadZipFile, ValueError, OSError, EOFError) as exc:
+        raise DeviceError(f"{context}: outputs.npz from the device is not a readable .npz ({type(exc).__name__}: "
+                          f"{str(exc)[:120]})", hint="check the device's storage; run `edgepipe doctor` there"
+                          ) from None
 
 
 def repeat_check(records: list[dict[str, Any]], tolerance: float) -> dict[str, Any]:
@@ -124,8 +156,8 @@ def repeat_check(records: list[dict[str, Any]], tolerance: float) -> dict[str, A
 def benchmark(profile: DeviceProfile, artifact: Artifact, inputs: Path | str | None = None,
               transport: Transport | None = None, outputs: Path | None = None) -> dict[str, Any]:
     """Run the on-device runner for one artifact and return its JSON record (latency, state). ``inputs`` is a local
-    file (uploaded with the job) or the remote path ``push_inputs`` returned; with ``outputs`` the raw outputs on
-    those inputs are fetched to that local .npz for the host to score."""
+    file (uploaded into the job's own folder) or a path on the device the caller keeps there; with ``outputs`` the
+    raw outputs on those inputs are fetched to that local .npz for the host to score."""
     own = transport is None
     tr = transport or open_transport(profile)
     job_timeout = profile.connection.job_timeout
@@ -133,15 +165,15 @@ def benchmark(profile: DeviceProfile, artifact: Artifact, inputs: Path | str | N
     try:
         # A waiter outwaits a whole lease (plus a poll): a holder that died mid-job leaves a lease that expires
         # within that time, so a crashed job never makes the next one give up as "busy".
-        with device_lock(tr, profile.workdir, lease_s=lease, wait_s=lease + 30, device=profile.name):
-            return _job(profile, tr, artifact, inputs, time.monotonic() + job_timeout, outputs)
+        with device_lock(tr, profile.workdir, lease_s=lease, wait_s=lease + 30, device=profile.name) as owner:
+            return _job(profile, tr, artifact, inputs, time.monotonic() + job_timeout, outputs, owner)
     finally:
         if own:
             tr.close()
 
 
 def _job(profile: DeviceProfile, tr: Transport, artifact: Artifact, inputs: Path | str | None,
-         deadline: float, outputs: Path | None = None) -> dict[str, Any]:
+         deadline: float, outputs: Path | None = None, owner: str | None = None) -> dict[str, Any]:
     context = f"{profile.name}: {Path(artifact.path).name}"
 
     def remaining() -> float:
@@ -151,24 +183,27 @@ def _job(profile: DeviceProfile, tr: Transport, artifact: Artifact, inputs: Path
                               f"{profile.connection.job_timeout:.0f}s", hint="raise it in the profile")
         return left
 
-    # We hold the device lock, so no other job runs here: job folders older than STALE_JOB_MIN are leftovers of a
-    # run that lost its link or its host mid-job (cleanup could not reach the device then).
-    tr.run(["find", profile.workdir, "-maxdepth", "1", "-name", "job-*", "-mmin", f"+{STALE_JOB_MIN}",
-            "-exec", "rm", "-rf", "{}", "+"], timeout=60)
+    # We hold the device lock, so no other job runs here: marked job folders older than STALE_JOB_MIN are leftovers
+    # of a run that lost its link or its host mid-job (cleanup could not reach the device then). Unmarked ones are
+    # not ours: they stay.
+    tr.run(["sh", "-c", PURGE_JOBS_SH, "sh", profile.workdir, str(STALE_JOB_MIN)], timeout=60)
     job = tr.make_job_dir(profile.workdir)
+    root = Path(artifact.path).parent
     try:
         tr.put(RUNNER_PATH, f"{job}/bench.py")
         for f in artifact.files or [artifact.path]:
             remaining()
-            tr.put(Path(f), f"{job}/{Path(f).name}")
+            tr.put(Path(f), f"{job}/{Path(f).name}", sha256=artifact.expected_sha256(f), root=root)
         inputs_name = None
-        if isinstance(inputs, str):          # already on the device (push_inputs)
+        if isinstance(inputs, str):          # already on the device: a path the caller owns
             inputs_name = inputs
         elif inputs is not None:
-            inputs_name = inputs.name
-            tr.put(inputs, f"{job}/{inputs_name}")
+            inputs_name = "inputs.npz"       # this job's own copy: no other run can remove it
+            tr.put(Path(inputs), f"{job}/{inputs_name}")
         argv = runner_argv(profile, tr.python(profile.python), job, Path(artifact.path).name,
                            artifact.backend, inputs_name, artifact.precision, outputs=outputs is not None)
+        if owner is not None:  # where a breaker of our lease finds (and stops) this runner
+            argv = runner_argv_with_pid(runner_pid_path(profile.workdir, owner), argv)
         records = []
         for _ in range(profile.bench.repeat):
             res = tr.run(argv, timeout=min(profile.connection.command_timeout, remaining()))
@@ -184,8 +219,12 @@ def _job(profile: DeviceProfile, tr: Transport, artifact: Artifact, inputs: Path
         if outputs is not None and record.get("outputs"):
             Path(outputs).parent.mkdir(parents=True, exist_ok=True)
             part = Path(str(outputs) + ".part")
-            tr.get(f"{job}/outputs.npz", part)
-            part.replace(outputs)
+            try:
+                tr.get(f"{job}/outputs.npz", part)
+                check_outputs_npz(part, context)
+                part.replace(outputs)
+            finally:
+                part.unlink(missing_ok=True)
         return record
     finally:
         tr.remove_tree(job)

@@ -13,8 +13,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from targets.errors import DeviceError, HostKeyError
-from targets.lock import lock_path
+from targets.errors import DeviceError, HostKeyError, printable
+from targets.lock import READ_SH, lock_path, seconds_left
 from targets.profiles import DeviceProfile
 from targets.runner import RUNNER_PATH
 from targets.transport import Transport, open_transport
@@ -104,13 +104,16 @@ def probe(profile: DeviceProfile, tr: Transport) -> dict[str, Any]:
 
 def lock_check(profile: DeviceProfile, tr: Transport) -> Check:
     """Informational: a held lock means a job is running there now (figures taken meanwhile would be disturbed)."""
-    res = tr.run(["sh", "-c", 'readlink -- "$1" || true; date +%s', "sh", lock_path(profile.workdir)], 30)
+    res = tr.run(["sh", "-c", READ_SH, "sh", lock_path(profile.workdir)], 30)
     lines = res.stdout.split("\n")
-    holder, now = (lines[0].strip(), lines[1].strip()) if len(lines) > 2 else ("", "0")
+    holder, clock, epoch = (lines[0].strip(), lines[1].strip(), lines[2].strip()) if len(lines) > 3 else ("", "", "")
     if not holder:
         return Check("device lock", True, "free")
-    owner, _, expiry = holder.rpartition(" ")
-    left = int(expiry) - int(now) if expiry.isdigit() and now.isdigit() else 0
+    left = seconds_left(holder, clock, epoch)
+    owner = holder.split(" ", 1)[0]
+    if left is None:
+        return Check("device lock", False, f"{lock_path(profile.workdir)} holds {holder!r}, not an edgepipe lease; "
+                                           "remove it if no job runs there")
     return Check("device lock", True, f"held by {owner}, lease {left}s left" if left > 0 else
                  f"stale lease of {owner} (expired; the next job breaks it)")
 
@@ -172,7 +175,7 @@ def format_checks(profile: DeviceProfile, checks: list[Check]) -> str:
     lines += [f"  {'ok  ' if c.ok else 'FAIL'}  {c.name:<{width}}  {c.detail}" for c in checks]
     bad = [c.name for c in checks if not c.ok]
     lines.append("ready" if not bad else f"not ready: fix {', '.join(bad)}")
-    return "\n".join(lines)
+    return "\n".join(printable(line) for line in lines)  # details come from the profile and the board
 
 
 def doctor(profile: DeviceProfile, trust: bool = False, confirm: Callable[[str], bool] = _ask) -> list[Check]:

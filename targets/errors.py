@@ -6,6 +6,17 @@ can print it on one line and exit without a traceback. Anything that is not an `
 
 from __future__ import annotations
 
+import re
+
+# C0 controls but tab and newline, DEL and C1: what a terminal would act on (ESC sequences retitle windows, clear the
+# screen, hide text). Text that came from a profile or a board is printed only after these are made visible.
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+
+
+def printable(text: str) -> str:
+    """``text`` with terminal control characters shown as ``\\xNN`` instead of acted on."""
+    return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", str(text))
+
 
 class EdgeError(Exception):
     """Base of every expected failure; ``exit_code`` follows DESIGN §5."""
@@ -13,6 +24,7 @@ class EdgeError(Exception):
     exit_code = 1
 
     def __init__(self, message: str, *, hint: str | None = None) -> None:
+        message, hint = printable(message), (printable(hint) if hint is not None else None)
         self.message = message
         self.hint = hint
         super().__init__(f"{message} ({hint})" if hint else message)

@@ -101,7 +101,12 @@ class DeviceProfile(StrictModel):
     def _absolute_workdir(cls, value: str) -> str:
         if not value.startswith("/"):
             raise ValueError("must be an absolute path on the device, e.g. /tmp/edgepipe (no ~, no relative path)")
-        return value
+        if any(ord(c) < 32 or ord(c) == 127 for c in value):
+            raise ValueError("holds a control character (a newline?); give a plain path such as /tmp/edgepipe")
+        if value.rstrip("/") == "" or ".." in value.split("/"):
+            raise ValueError("must be a folder of its own below / without '..', e.g. /tmp/edgepipe (job folders "
+                             "are created and removed in it)")
+        return value.rstrip("/")  # one spelling of every path under it (the lease matches runners by path)
 
     @property
     def is_local(self) -> bool:

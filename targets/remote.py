@@ -16,6 +16,29 @@ from typing import Protocol
 KILL_GRACE_S = 5  # after SIGTERM, `timeout -k` sends SIGKILL this much later
 PID_MARK = b"__edgepipe_pid="  # first line of every command's stdout: the pid of its `timeout` wrapper
 TIMEOUT_EXITS = (124, 137)  # GNU timeout: 124 = timed out (TERM worked), 137 = needed KILL
+JOB_MARK = ".edgepipe-job"  # in every job folder edgepipe makes: the stale-job purge removes only marked folders
+# $1 workdir. Makes a fresh job folder with its marker, which holds "<boot_id> <uptime s>" of its birth (the same
+# clock as the lease, targets.lock: a wall-clock jump does not age it). Prints the folder.
+MAKE_JOB_SH = r'''
+if [ -r /proc/sys/kernel/random/boot_id ] && [ -r /proc/uptime ]; then
+  read -r boot < /proc/sys/kernel/random/boot_id; read -r now _ < /proc/uptime; now=${now%%.*}
+else boot=wall; now=$(date +%s); fi
+mkdir -p -- "$1" && d=$(mktemp -d "$1/job-XXXXXXXX") && echo "$boot $now" > "$d/.edgepipe-job" && echo "$d"
+'''
+# $1 workdir, $2 minutes. Removes job folders edgepipe made (marked, see MAKE_JOB_SH) older than that, of this boot
+# by uptime or of an earlier boot; anything else named job-* is not ours and stays.
+PURGE_JOBS_SH = r'''
+if [ -r /proc/sys/kernel/random/boot_id ] && [ -r /proc/uptime ]; then
+  read -r boot < /proc/sys/kernel/random/boot_id; read -r now _ < /proc/uptime; now=${now%%.*}
+else boot=wall; now=$(date +%s); fi
+for d in "$1"/job-*; do
+  [ -d "$d" ] && [ ! -L "$d" ] && [ -f "$d/.edgepipe-job" ] && [ ! -L "$d/.edgepipe-job" ] || continue
+  read -r b t < "$d/.edgepipe-job" || continue
+  case $t in ''|*[!0-9]*) continue;; esac
+  if [ "$b" != "$boot" ] || [ $((now - t)) -gt $(($2 * 60)) ]; then rm -rf -- "$d"; fi
+done
+exit 0
+'''
 SHA256_SH = ('sha256sum < "$1" 2>/dev/null || python3 -c '
              '"import hashlib,sys; print(hashlib.sha256(open(sys.argv[1],\'rb\').read()).hexdigest())" "$1"')
 

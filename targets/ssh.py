@@ -29,6 +29,7 @@ from targets.artifact import sha256_file
 from targets.errors import ConfigError, DeviceError, HostKeyError, RemoteCommandError, TransferError
 from targets.remote import (
     KILL_GRACE_S,
+    MAKE_JOB_SH,
     SHA256_SH,
     TIMEOUT_EXITS,
     TailBuffer,
@@ -36,6 +37,7 @@ from targets.remote import (
     split_pid,
     wrap_command,
 )
+from targets.safe_files import check_sha256, hash_stream, open_regular
 from targets.transport import CommandResult
 
 T = TypeVar("T")
@@ -93,6 +95,8 @@ def resolve_endpoint(host: str, user: str | None, port: int | None, key: str | N
     if key and not Path(key).expanduser().is_file():
         raise ConfigError(f"connection.key: {key} does not exist",
                           hint="point --key / connection.key at your private key, or leave it out to use ssh-agent")
+    if key:
+        _check_key_file(Path(key).expanduser())
     # Like OpenSSH, IdentityFile lines for keys that are not there (a `Host *` default) are skipped quietly.
     keys = [key] if key else [k for k in cfg.get("identityfile") or [] if Path(k).expanduser().is_file()]
     none = ("", "none")
@@ -101,6 +105,23 @@ def resolve_endpoint(host: str, user: str | None, port: int | None, key: str | N
             "keys": [str(Path(k).expanduser()) for k in keys],
             "proxyjump": None if str(cfg.get("proxyjump", "")).lower() in none else cfg["proxyjump"],
             "proxycommand": None if str(cfg.get("proxycommand", "")).lower() in none else cfg["proxycommand"]}
+
+
+def _check_key_file(path: Path) -> None:
+    """A key file paramiko cannot parse is the user's mistake, found before any network: not three retries blamed
+    on the network. An encrypted key parses far enough to say it needs a passphrase; that is left to ssh-agent."""
+    try:
+        paramiko.PKey.from_path(path)
+    except paramiko.PasswordRequiredException:
+        return
+    except (paramiko.SSHException, ValueError, TypeError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"connection.key: {path} is not a private key edgepipe can read "
+                          f"({type(exc).__name__}: {str(exc)[:120]})",
+                          hint="give an OpenSSH or PEM private key (ssh-keygen -t ed25519), not a .pub or another "
+                               "file") from None
+    except OSError as exc:
+        raise ConfigError(f"connection.key: cannot read {path} ({exc.strerror})",
+                          hint="check the file's permissions") from None
 
 
 def _parse_jump(hop: str) -> tuple[str, str | None, int | None]:
@@ -349,6 +370,12 @@ class SSHTransport:
                 link = self._client.get_transport() if self._client else None
                 if link is None or not link.is_active():
                     raise ConnectionResetError("the connection dropped while the command ran")
+                if time.perf_counter() - start >= secs - 0.5:  # `timeout -k` ends with SIGKILL on its group
+                    raise RemoteCommandError(
+                        f"{self.profile_name}: command timed out after {secs}s and edgepipe's timeout killed it on "
+                        f"the device: {shlex.join(argv)[:200]}", exit_status=-1,
+                        stderr=err.decode(errors="replace")[-2000:],
+                        hint="raise connection.command_timeout in the profile, or check the device")
                 raise RemoteCommandError(f"{self.profile_name}: {argv[0]} was killed by a signal on the device "
                                          "(out of memory? the OOM killer uses SIGKILL)", exit_status=-1,
                                          stderr=err.decode(errors="replace")[-2000:],
@@ -368,8 +395,9 @@ class SSHTransport:
                                      exit_status=status, stderr=res.stderr,
                                      hint="install coreutils (or busybox) on the device")
         if status in TIMEOUT_EXITS and res.seconds >= secs - 0.5:
-            raise RemoteCommandError(f"{self.profile_name}: command timed out after {secs}s and was killed on the "
-                                     f"device: {shlex.join(argv)[:200]}", exit_status=status, stderr=res.stderr,
+            raise RemoteCommandError(f"{self.profile_name}: command timed out after {secs}s and edgepipe's timeout "
+                                     f"killed it on the device: {shlex.join(argv)[:200]}", exit_status=status,
+                                     stderr=res.stderr,
                                      hint="raise connection.command_timeout in the profile, or check the device")
         return res
 
@@ -398,8 +426,7 @@ class SSHTransport:
 
     # ------------------------------------------------------------------------------------------------- files
     def make_job_dir(self, workdir: str) -> str:
-        script = 'mkdir -p -- "$1" && mktemp -d "$1/job-XXXXXXXX"'
-        res = self.check(["sh", "-c", script, "sh", workdir], f"creating a job folder under {workdir}", 60)
+        res = self.check(["sh", "-c", MAKE_JOB_SH, "sh", workdir], f"creating a job folder under {workdir}", 60)
         return res.stdout.strip().splitlines()[-1]
 
     def remove_tree(self, path: str) -> None:
@@ -413,22 +440,36 @@ class SSHTransport:
         res = self.check(["sh", "-c", SHA256_SH, "sh", path], f"checksumming {path}", 300)
         return res.stdout.split()[0] if res.stdout.split() else ""
 
-    def put(self, local: Path, remote: str) -> None:
+    def put(self, local: Path, remote: str, *, sha256: str | None = None, root: Path | None = None) -> None:
+        """Upload a regular, single-link file really inside ``root`` (default: its folder; ``targets.safe_files``),
+        from the one file descriptor that was hashed; with ``sha256`` only those bytes. A failed or corrupted upload
+        leaves nothing on the device: the temporary name is removed."""
         local = Path(local)
-        want = sha256_file(local)
-        for attempt in (1, 2):
-            tmp = f"{remote}.part-{uuid.uuid4().hex[:8]}"
-            self._retrying(f"uploading {local.name}", lambda tmp=tmp: self._sftp(
-                lambda s: s.put(str(local), tmp, confirm=True)), TransferError)
-            got = self.remote_sha256(tmp)
-            if got == want:  # `mv` in one folder is an atomic rename, and every SFTP server side has it
-                self.check(["mv", "-f", "--", tmp, remote], f"renaming {local.name} into place", 60)
-                return
-            self.remove_tree(tmp)
-            if attempt == 2:
-                raise TransferError(f"{self.profile_name}: {local.name} arrived corrupted twice "
-                                    f"(sha256 {got[:12]} on the device, {want[:12]} here)",
-                                    hint="check the device's storage and network; nothing was left at " + remote)
+        with open_regular(local, root) as fh:
+            want, size = hash_stream(fh)
+            check_sha256(local, want, sha256)
+
+            def send(s: paramiko.SFTPClient, tmp: str) -> None:
+                fh.seek(0)
+                s.putfo(fh, tmp, file_size=size, confirm=True)
+
+            for attempt in (1, 2):
+                tmp = f"{remote}.part-{uuid.uuid4().hex[:8]}"
+                try:
+                    self._retrying(f"uploading {local.name}", lambda tmp=tmp: self._sftp(lambda s: send(s, tmp)),
+                                   TransferError)
+                    got = self.remote_sha256(tmp)
+                except BaseException:
+                    self.remove_tree(tmp)
+                    raise
+                if got == want:  # `mv` in one folder is an atomic rename, and every SFTP server side has it
+                    self.check(["mv", "-f", "--", tmp, remote], f"renaming {local.name} into place", 60)
+                    return
+                self.remove_tree(tmp)
+                if attempt == 2:
+                    raise TransferError(f"{self.profile_name}: {local.name} arrived corrupted twice "
+                                        f"(sha256 {got[:12]} on the device, {want[:12]} here)",
+                                        hint="check the device's storage and network; nothing was left at " + remote)
 
     def get(self, remote: str, local: Path) -> None:
         local = Path(local)

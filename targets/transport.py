@@ -7,11 +7,9 @@ module that talks paramiko.
 
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -19,6 +17,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from targets.errors import RemoteCommandError, TransferError
+from targets.safe_files import copy_regular
 
 
 @dataclass
@@ -38,7 +37,7 @@ class Transport(Protocol):
     name: str
 
     def run(self, argv: Sequence[str], timeout: float) -> CommandResult: ...
-    def put(self, local: Path, remote: str) -> None: ...
+    def put(self, local: Path, remote: str, *, sha256: str | None = None, root: Path | None = None) -> None: ...
     def get(self, remote: str, local: Path) -> None: ...
     def make_job_dir(self, workdir: str) -> str: ...
     def remove_tree(self, path: str) -> None: ...
@@ -79,19 +78,24 @@ class LocalTransport:
         except subprocess.TimeoutExpired as exc:
             proc.kill()
             proc.wait()
-            raise RemoteCommandError(f"local: command timed out after {timeout:.0f}s: {argv[0]}",
+            raise RemoteCommandError(f"local: command timed out after {timeout:.0f}s and edgepipe killed it "
+                                     f"(connection.command_timeout): {argv[0]}",
                                      hint="raise connection.command_timeout in the profile") from exc
+        except BaseException:  # Ctrl-C or SIGTERM (targets.signals): the command must not outlive us
+            proc.kill()
+            proc.wait()
+            raise
         finally:
             for t in pumps:
                 t.join(timeout=10)
         out, err = (bytes(b).decode(errors="replace") for b in bufs)
         return CommandResult(list(argv), proc.returncode, out, err, time.perf_counter() - start)
 
-    def put(self, local: Path, remote: str) -> None:
+    def put(self, local: Path, remote: str, *, sha256: str | None = None, root: Path | None = None) -> None:
+        """Copy a regular, single-link file that is really inside ``root`` (default: its own folder); with
+        ``sha256`` only those bytes (``targets.safe_files``)."""
         try:
-            tmp = remote + ".part"
-            shutil.copyfile(local, tmp)
-            os.replace(tmp, remote)
+            copy_regular(local, remote, root, sha256=sha256)
         except OSError as exc:
             raise TransferError(f"local: cannot copy {local} to {remote}: {exc.strerror}") from exc
 
@@ -99,8 +103,17 @@ class LocalTransport:
         self.put(Path(remote), str(local))
 
     def make_job_dir(self, workdir: str) -> str:
-        Path(workdir).mkdir(parents=True, exist_ok=True)
-        return tempfile.mkdtemp(prefix="job-", dir=workdir)
+        """The same script a board runs (``targets.remote.MAKE_JOB_SH``): a fresh folder with edgepipe's marker."""
+        from targets.remote import MAKE_JOB_SH
+
+        res = self.run(["sh", "-c", MAKE_JOB_SH, "sh", workdir], 60)
+        lines = res.stdout.strip().splitlines()
+        if not res.ok or not lines:
+            raise RemoteCommandError(f"local: cannot create a job folder under {workdir}: "
+                                     f"{(res.stderr.strip().splitlines() or ['no output'])[-1]}",
+                                     exit_status=res.exit_status, stderr=res.stderr,
+                                     hint="check the profile's workdir is writable")
+        return lines[-1]
 
     def remove_tree(self, path: str) -> None:
         shutil.rmtree(path, ignore_errors=True)

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -18,10 +17,11 @@ from pipeline.recipe.task import TaskContext
 from pipeline.ui.progress import Progress
 from targets.artifact import Artifact
 from targets.artifact_trust import artifact_for_bench
-from targets.device import benchmark, push_inputs, remove_inputs
+from targets.device import benchmark
 from targets.errors import ConfigError, DeviceError, EdgeError
 from targets.jsonio import write_json
 from targets.profiles import DeviceProfile, load_profile
+from targets.safe_files import copy_regular
 from targets.transport import open_transport
 
 VALIDATION_KEYS = ("max_abs_error", "top1_agreement", "computed_in", "cosine", "per_output", "metric_drop", "check")
@@ -36,6 +36,8 @@ def artifact_record(name: str, entry: ExportOutcome, device_dir: Path, bench_rec
     if art is not None:
         rec.update(file=os.path.relpath(art.path, device_dir), sha256=art.sha256, bytes=art.bytes,
                    parent=art.parent, metadata=art.metadata)
+        if art.file_sha256:  # every file's sha256 (OpenVINO .bin, ONNX external data): release checks each
+            rec["files"] = dict(art.file_sha256)
     validation = entry.validation
     if validation:
         rec["validation"] = {k: validation[k] for k in VALIDATION_KEYS if k in validation}
@@ -82,7 +84,6 @@ def measure_device(profile: DeviceProfile, outcomes: dict[str, ExportOutcome], r
     records: list[dict[str, Any]] = []
     errors: list[EdgeError] = []
     transport = None
-    remote_inputs: str | None = None
     try:
         for name in outcomes:  # exactly what was asked: the recipe's list, else the profile's
             entry = outcomes[name]
@@ -94,12 +95,9 @@ def measure_device(profile: DeviceProfile, outcomes: dict[str, ExportOutcome], r
                     entry = dataclasses.replace(entry, artifact=art)
                 try:
                     transport = transport or open_transport(profile)
-                    if remote_inputs is None:
-                        with progress.step(f"send eval inputs to {profile.name}"):
-                            remote_inputs = push_inputs(profile, transport, inputs)
                     out_file = device_dir / "outputs" / f"{name}.npz"
-                    with progress.step(f"bench {name} on {profile.name}"):
-                        bench_rec = benchmark(profile, art, remote_inputs, transport=transport,
+                    with progress.step(f"bench {name} on {profile.name}"):  # inputs travel in each job's folder
+                        bench_rec = benchmark(profile, art, inputs, transport=transport,
                                               outputs=out_file if ctx is not None else None)
                     write_json(device_dir / "bench" / f"{name}.json", bench_rec)
                     if ctx is not None and out_file.is_file():
@@ -113,27 +111,20 @@ def measure_device(profile: DeviceProfile, outcomes: dict[str, ExportOutcome], r
             records.append(artifact_record(name, entry, device_dir, bench_rec, error, scored))
     finally:
         if transport is not None:
-            if remote_inputs is not None:
-                try:
-                    remove_inputs(transport, remote_inputs)
-                except EdgeError:
-                    pass
             transport.close()
     return records, errors
 
 
 def relocate(art: Artifact, folder: Path) -> Artifact:
-    """The artifact's files in ``folder`` (hard links where the filesystem allows, else copies), with its record
-    rewritten to point there: a fleet member's folder holds what that device measured. The one relocation rule."""
+    """The artifact's files copied into ``folder`` (never hard links: files that travel or are packed have one link),
+    each checked against its recorded sha256, with its record rewritten to point there: a fleet member's folder holds
+    what that device measured. The one relocation rule."""
     folder.mkdir(parents=True, exist_ok=True)
     files = []
     for f in art.files or [art.path]:
         dst = folder / Path(f).name
         if not dst.exists():
-            try:
-                os.link(f, dst)
-            except OSError:
-                shutil.copy2(f, dst)
+            copy_regular(f, dst, Path(art.path).parent, sha256=art.expected_sha256(f))
         files.append(str(dst))
     new = Artifact.from_dict({**art.to_dict(), "path": str(folder / Path(art.path).name), "files": files})
     new.save()

@@ -16,6 +16,11 @@ direction, then lowest p90); the overall pick is the best of those. Version: ``-
 ``version``, else the run id without its leading ``<recipe>-`` (the run's timestamp). Reproducible: entries sorted,
 uid/gid 0, no owner names, mode 0644, mtime ``SOURCE_DATE_EPOCH`` or the run's finish time, gzip with mtime 0 and no
 file name; so the same run folder always gives the same bytes.
+
+Nothing but regular, single-link files really inside the run folder is packed (``targets.safe_files``: a symlink
+or a hard link is refused), every file of a chosen artifact must still have the sha256 the run recorded for it
+(summary.json's ``files``; OpenVINO's ``.bin`` and ONNX external data too, not only the main file), and each file
+is hashed from the same open file it is packed from, so the manifest's digests are of the bytes in the bundle.
 """
 
 from __future__ import annotations
@@ -50,9 +55,9 @@ from pipeline.results.rundir import (
     recipe_file,
 )
 from targets import CAPABILITIES, parse_backend
-from targets.artifact import sha256_file
 from targets.errors import ConfigError, GateError
 from targets.runner import RUNNER_PATH
+from targets.safe_files import UnsafeFileError, open_regular, sha256_regular
 
 __all__ = ["build_bundle", "check_bundle", "choose", "default_version", "verify_bundle"]
 
@@ -157,29 +162,53 @@ def choose(summary: dict[str, Any], device: str) -> tuple[list[dict[str, Any]], 
 
 
 # ------------------------------------------------------------------------------------------------------ build
+def _recorded_hashes(run_dir: Path, art: dict[str, Any], main: Path) -> dict[str, str]:
+    """{file name: sha256} the run recorded for an artifact: summary.json's ``files``, else (a summary written
+    before it) the sidecar's ``file_sha256``; the main file's is always the summary's ``sha256``."""
+    recorded = art.get("files") if isinstance(art.get("files"), dict) else None
+    if recorded is None:
+        sidecar = Path(str(main) + ".json")
+        try:
+            record = json.loads(sidecar.read_text()) if sidecar.is_file() and not sidecar.is_symlink() else {}
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+            record = {}
+        recorded = record.get("file_sha256") if isinstance(record, dict) else None
+    hashes = {str(k): str(v) for k, v in (recorded or {}).items()}
+    hashes[main.name] = art["sha256"]
+    return hashes
+
+
 def _inside_run(run_dir: Path, art: dict[str, Any]) -> list[Path]:
-    """The artifact's files, each a regular file inside the run folder; the main one with the sha256 the run
-    measured and all of them with its total size. summary.json can be edited by anyone: it names, it does not
-    vouch."""
+    """The artifact's files, each a regular single-link file really inside the run folder, each with the sha256
+    the run recorded for it and all of them with its total size. summary.json can be edited by anyone: it names,
+    it does not vouch."""
     name = artifact_name(art)
     if not isinstance(art.get("file"), str) or not isinstance(art.get("sha256"), str):
         raise ConfigError(f"{run_dir}: {name}: summary.json gives no file or sha256 for it",
                           hint="re-run the pipeline; a release only packs files the run measured")
     root = run_dir.resolve()
     files = artifact_files(run_dir, art)
-    for f in files:
-        real = f.resolve()
-        if not real.is_relative_to(root) or f.is_symlink():
-            raise ConfigError(f"{run_dir}: {name}: {art['file']} is outside the run folder (or a link)",
-                              hint="a release only packs files the run wrote inside its folder")
-    missing = [str(f) for f in files if not f.is_file()]
+    folder = files[0].parent
+    if not folder.resolve().is_relative_to(root) or files[0].is_symlink():
+        raise ConfigError(f"{run_dir}: {name}: {art['file']} is outside the run folder (or a link)",
+                          hint="a release only packs files the run wrote inside its folder")
+    missing = [str(f) for f in files if not f.is_file() and not f.is_symlink()]
     if missing:
         raise ConfigError(f"{run_dir}: {name}: file(s) missing: {', '.join(missing)}",
                           hint="the run folder is incomplete; re-run the pipeline")
-    if sha256_file(files[0]) != art["sha256"]:
-        raise ConfigError(f"{files[0]}: checksum differs from summary.json ({art['sha256'][:12]}...)",
-                          hint="the artifact changed after the run; re-run the pipeline instead of editing it")
-    total = sum(f.stat().st_size for f in files)
+    recorded = _recorded_hashes(run_dir, art, files[0])
+    total = 0
+    for f in files:
+        with open_regular(f, folder, what="pack") as fh:  # a link (sym or hard) is refused here
+            total += os.fstat(fh.fileno()).st_size
+        want = recorded.get(f.name)
+        if want is None:
+            raise ConfigError(f"{f}: summary.json records no sha256 for this file of {name}",
+                              hint="re-run the pipeline (runs before per-file hashes recorded only the main file)")
+        got = sha256_regular(f, folder, what="pack")
+        if got != want:
+            raise ConfigError(f"{f}: checksum differs from summary.json ({want[:12]}...)",
+                              hint="the artifact changed after the run; re-run the pipeline instead of editing it")
     if isinstance(art.get("bytes"), int) and art["bytes"] != total:
         raise ConfigError(f"{run_dir}: {name}: its files hold {total} bytes, summary.json says {art['bytes']}",
                           hint="the artifact changed after the run; re-run the pipeline")
@@ -214,13 +243,17 @@ def build_bundle(run_dir: str | Path, device: str | None = None, dist: str | Pat
     ver = _clean(version or summary.get("version") or default_version(summary))
     name = f"{_clean(summary['recipe'])}-{_clean(run_device)}-{ver}"
     sources: dict[str, Path | bytes] = {"bench.py": RUNNER_PATH}
+    roots: dict[str, Path] = {}  # arc name -> the folder its file must really be in
     verdicts = artifact_verdicts({**summary, "gate": gate})
     manifest_artifacts = []
     for art in chosen:
         files = _inside_run(run_dir, art)
         folder = f"models/{art['backend']}"
+        file_sha256 = {}
         for f in files:
             sources[f"{folder}/{f.name}"] = f
+            roots[f"{folder}/{f.name}"] = f.parent
+            file_sha256[f"{folder}/{f.name}"] = _recorded_hashes(run_dir, art, files[0])[f.name]
         bench_file = run_dir / "bench" / f"{artifact_name(art)}.json"
         sources[f"bench/{artifact_name(art)}.json"] = (
             bench_file if bench_file.is_file() else (json.dumps(art.get("bench") or {}, indent=2) + "\n").encode())
@@ -229,7 +262,8 @@ def build_bundle(run_dir: str | Path, device: str | None = None, dist: str | Pat
         manifest_artifacts.append({
             "name": artifact_name(art), "backend": art["backend"], "precision": art["precision"],
             "path": f"{folder}/{files[0].name}", "files": [f"{folder}/{f.name}" for f in files],
-            "sha256": art.get("sha256"), "bytes": art.get("bytes"), "accuracy": art.get("accuracy"),
+            "sha256": art.get("sha256"), "file_sha256": file_sha256, "bytes": art.get("bytes"),
+            "accuracy": art.get("accuracy"),
             "metric": art.get("metric"),
             "latency_ms": art.get("latency_ms"), "valid": art.get("valid"), "gate": verdicts.get(artifact_name(art)),
             "runtime": (art.get("bench") or {}).get("runtime"), "validation": art.get("validation"),
@@ -258,7 +292,10 @@ def build_bundle(run_dir: str | Path, device: str | None = None, dist: str | Pat
                  "released_despite_failure": bool(allow_failed_gate and not gate["passed"])},
     }
     sources["MODEL_CARD.md"] = model_card(summary, manifest, chosen).encode()
-    digests = {arc: _digest(src) for arc, src in sources.items()}
+    for arc, src in sources.items():
+        if isinstance(src, Path) and arc not in roots:
+            roots[arc] = run_dir if src.parent.resolve().is_relative_to(run_dir.resolve()) else src.parent
+    digests = {arc: _digest(src, roots.get(arc)) for arc, src in sources.items()}
     manifest["files"] = [{"path": arc, "sha256": d, "bytes": n} for arc, (d, n) in sorted(digests.items())]
     manifest_bytes = (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode()
     sources[MANIFEST] = manifest_bytes
@@ -267,17 +304,38 @@ def build_bundle(run_dir: str | Path, device: str | None = None, dist: str | Pat
     signature, _ = sign_manifest(manifest_bytes, Path(key).expanduser() if key else None)
     sources[SIGNATURE] = (json.dumps(signature, indent=2, sort_keys=True) + "\n").encode()
     dest = Path(dist) / f"{name}.tar.gz"
-    _write_tar(dest, {f"{name}/{arc}": src for arc, src in sources.items()}, mtime)
+    _write_tar(dest, {f"{name}/{arc}": src for arc, src in sources.items()}, mtime,
+               {f"{name}/{arc}": (roots.get(arc), digests[arc]) for arc, src in sources.items()
+                if isinstance(src, Path)})
     return dest
 
 
-def _digest(src: Path | bytes) -> tuple[str, int]:
+def _digest(src: Path | bytes, root: Path | None = None) -> tuple[str, int]:
     if isinstance(src, bytes):
         return hashlib.sha256(src).hexdigest(), len(src)
-    return sha256_file(src), src.stat().st_size
+    with open_regular(src, root, what="pack") as fh:
+        digest, n = hashlib.sha256(), 0
+        for block in iter(lambda: fh.read(_CHUNK), b""):
+            digest.update(block)
+            n += len(block)
+    return digest.hexdigest(), n
 
 
-def _write_tar(dest: Path, entries: dict[str, Path | bytes], mtime: int) -> None:
+class _Hashing:
+    """A reader that hashes what tarfile takes from it: the bytes packed are checked against the manifest."""
+
+    def __init__(self, fh: Any) -> None:
+        self.fh, self.digest, self.n = fh, hashlib.sha256(), 0
+
+    def read(self, size: int = -1) -> bytes:
+        block = self.fh.read(size)
+        self.digest.update(block)
+        self.n += len(block)
+        return block
+
+
+def _write_tar(dest: Path, entries: dict[str, Path | bytes], mtime: int,
+               checks: dict[str, tuple[Path | None, tuple[str, int]]] | None = None) -> None:
     dest.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent)
     tmp = Path(tmp_name)
@@ -295,9 +353,16 @@ def _write_tar(dest: Path, entries: dict[str, Path | bytes], mtime: int) -> None
                         info.size = len(src)
                         tar.addfile(info, io.BytesIO(src))
                     else:
-                        info.size = src.stat().st_size
-                        with open(src, "rb") as fh:
-                            tar.addfile(info, fh)
+                        root, (want, size) = (checks or {}).get(arcname, (None, ("", -1)))
+                        with open_regular(src, root, what="pack") as fh:
+                            info.size = os.fstat(fh.fileno()).st_size
+                            reader = _Hashing(fh)
+                            tar.addfile(info, reader)
+                            if checks is not None and (reader.n != size or reader.digest.hexdigest() != want
+                                                       or fh.read(1)):
+                                raise UnsafeFileError(f"{src}: changed while it was being packed",
+                                                      hint="run `edgepipe release` again when nothing writes to "
+                                                           "the run folder")
             raw.flush()
             os.fsync(raw.fileno())
         tmp.chmod(0o644)  # mkstemp makes it private; a release is meant to be shared

@@ -5,6 +5,12 @@ alone (every name canonical and inside one top folder, no duplicates however spe
 regular files only, no setuid/setgid/sticky bits, each size equal to the manifest's, the total under a cap), then
 every file is hashed as it streams out of the archive and compared with ``manifest.json`` and ``SHA256SUMS``, and the
 Ed25519 signature over ``manifest.json`` is checked (against ``--pubkey`` when given). Nothing is extracted.
+
+The signed archive must be the whole file: one gzip member holding one tar, with nothing but the tar's zero padding
+after its last entry and not a byte after the gzip stream. Otherwise ``tar -i`` (which reads on past the end marker)
+or a tool that reads concatenated gzip members could unpack a second, unsigned archive glued after the signed one.
+Every model file must belong to an artifact of the manifest, and every file of an artifact must have the sha256 the
+run measured for it (``file_sha256``; the main file's ``sha256`` in bundles made before it existed).
 """
 
 from __future__ import annotations
@@ -26,6 +32,7 @@ MANIFEST = "manifest.json"
 SUMS = "SHA256SUMS"
 META_MAX = 16 << 20  # manifest, sums and signature are read into memory: bounded
 DEFAULT_MAX_BYTES = 4 << 30
+TAIL_MAX = 1 << 20  # zero padding after the tar's end marker (tarfile pads to 10 KiB): more is not ours
 
 
 def max_bundle_bytes() -> int:
@@ -99,6 +106,32 @@ def _hash(tar: tarfile.TarFile, m: tarfile.TarInfo) -> str:
     return digest.hexdigest()
 
 
+def _trailing_problems(path: Path, tar_end: int) -> list[str]:
+    """Anything after the signed archive: a second gzip member, raw bytes after the gzip stream, or non-zero data
+    after the tar's last entry. Reads the file once, decompressing; nothing is kept."""
+    d = zlib.decompressobj(wbits=31)  # gzip, exactly one member
+    pos = 0
+    with open(path, "rb") as fh:
+        while not d.eof:
+            chunk = fh.read(1 << 20)
+            if not chunk:
+                return ["the gzip stream is truncated (no end)"]
+            data = d.decompress(chunk)
+            if pos + len(data) > tar_end:
+                tail = data[max(0, tar_end - pos):]
+                if tail.translate(None, b"\0"):
+                    return [f"data after the end of the signed archive (at byte {tar_end} of the tar): another "
+                            "archive may be hidden there; `tar -i` would unpack it"]
+                if pos + len(data) - tar_end > TAIL_MAX:
+                    return [f"more than {TAIL_MAX} bytes of padding after the end of the signed archive"]
+            pos += len(data)
+        extra = d.unused_data + fh.read(1)
+    if extra:
+        return ["bytes after the end of the gzip stream (a second archive appended?); the signed archive must be "
+                "the whole file"]
+    return []
+
+
 # ------------------------------------------------------------------------------------------------------ verify
 def verify_bundle(path: str | Path, trusted: list[bytes] | None = None) -> list[str]:
     """Every problem with a bundle (empty list: intact and signed). Writes nothing to disk."""
@@ -108,6 +141,7 @@ def verify_bundle(path: str | Path, trusted: list[bytes] | None = None) -> list[
     try:
         with tarfile.open(path, "r:gz") as tar:
             problems, top, files = _index_problems(tar.getmembers())
+            problems += _trailing_problems(path, tar.offset)
             if top is None:
                 return problems
             return problems + _check_members(tar, top, files, trusted, bool(problems))
@@ -159,14 +193,30 @@ def _check_members(tar: tarfile.TarFile, top: str, files: dict[str, tarfile.TarI
             problems.append(f"{top}/{rel}: changed (sha256 {digests[rel][:16]}..., {MANIFEST} says "
                             f"{str(listed[rel].get('sha256'))[:16]}...)")
             reported.add(rel)
+    owned: set[str] = set()
     for art in manifest.get("artifacts") or []:  # the model files the card and the pick point at
-        for rel in art.get("files") if isinstance(art.get("files"), list) else []:
+        art_files = art.get("files") if isinstance(art.get("files"), list) else []
+        measured = art.get("file_sha256") if isinstance(art.get("file_sha256"), dict) else None
+        for rel in art_files:
             if not isinstance(rel, str) or rel not in listed:
                 problems.append(f"{top}/{MANIFEST}: artifact {art.get('name')} names {rel}, which is not in its files")
+                continue
+            owned.add(rel)
+            if measured is None or rel == art.get("path"):  # the main file is checked below (as always)
+                continue
+            if rel not in measured:
+                problems.append(f"{top}/{rel}: artifact {art.get('name')} records no measured sha256 for it")
+            elif listed[rel].get("sha256") != measured[rel]:
+                problems.append(f"{top}/{rel}: differs from the file the run measured (sha256 "
+                                f"{str(measured[rel])[:16]}...)")
         main = art.get("path")
+        if isinstance(main, str):
+            owned.add(main)
         if main in listed and main in present and art.get("sha256") and listed[main].get("sha256") != art["sha256"]:
             problems.append(f"{top}/{main}: differs from the artifact the run measured "
                             f"(sha256 {art['sha256'][:16]}...)")
+    for rel in sorted(r for r in present if r.startswith("models/") and r not in owned):
+        problems.append(f"{top}/{rel}: a model file that belongs to no artifact of {MANIFEST}")
     if (manifest.get("pick") or {}).get("overall") not in {a.get("name") for a in manifest.get("artifacts") or []}:
         problems.append(f"{top}/{MANIFEST}: the pick names no artifact of the bundle")
     problems += _check_sums(tar, top, files, digests, reported)

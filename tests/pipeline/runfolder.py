@@ -13,7 +13,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from targets.artifact import Artifact, atomic_write_json
+from targets.artifact import Artifact, atomic_write_json, sha256_file
 
 BASELINE = {"accuracy": 0.983, "params": 120_000, "macs": 4_500_000}
 STAGES = [
@@ -93,7 +93,9 @@ def make_run(root: Path, *, run_id: str = "digits-local-20261123T160000Z", recip
         reasons = (invalid or {}).get(name, [])
         bench = bench_record(name, rel, p50, acc, valid=not reasons, reasons=reasons)
         atomic_write_json(run_dir / "bench" / f"{name}.json", bench)
-        entry.update(sha256=record.sha256, bytes=record.bytes, accuracy=acc, latency_ms=bench["latency_ms"],
+        entry.update(sha256=record.sha256, files={f.name: sha256_file(f) for f in (path, *extra)}, bytes=record.bytes,
+                     accuracy=acc,
+                     latency_ms=bench["latency_ms"],
                      valid=not reasons, environment={"runtime": bench["runtime"], "threads": 2,
                                                      "governor": "performance", "temp_c": 47.0},
                      validation={"max_abs_error": 0.012, "top1_agreement": 0.995}, bench=bench)

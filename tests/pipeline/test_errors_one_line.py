@@ -179,3 +179,16 @@ def test_a_config_error_on_one_device_keeps_the_other_devices_summary_and_rows(w
     finally:
         st.close()
     assert rows == [("bad", "failed"), ("good", "complete")]
+
+
+def test_terminal_escape_codes_from_a_profile_or_a_board_are_shown_not_sent_to_the_terminal(tmp_path):
+    """A profile (or a board's stderr) can hold ESC sequences that retitle, clear or hide the user's terminal."""
+    prof = tmp_path / "p.yaml"
+    prof.write_text('name: p\npython: "/nonexistent/py\\e]0;pwned\\a"\nworkdir: /tmp/edgepipe-esc-test\n'
+                    'backends: [onnx-fp32]\ndescription: "lab board\\e[2J\\e[8m"\n')
+    model = tmp_path / "m.onnx"
+    model.write_bytes(b"x")
+    for args in (("bench", str(model), "--device", str(prof)), ("doctor", str(prof))):
+        proc = run_cli(*args)
+        assert "\x1b" not in proc.stdout + proc.stderr and "\x07" not in proc.stdout + proc.stderr, args
+        assert "\\x1b" in proc.stdout + proc.stderr, (args, proc.stdout, proc.stderr)

@@ -93,6 +93,7 @@ def _forge(bundle: Path, dst: Path, swap_model: bool = True) -> Path:
     for a in manifest["artifacts"]:
         if a["path"] == "models/onnx/digits.fp32.onnx":
             a["sha256"] = digest
+            a["file_sha256"][a["path"]] = digest
     files[f"{TOP}/manifest.json"] = json.dumps(manifest).encode()
     sums = {n.removeprefix(TOP + "/"): hashlib.sha256(d).hexdigest() for n, d in files.items()
             if not n.endswith(("SHA256SUMS", "manifest.sig.json"))}

@@ -58,7 +58,7 @@ def test_lock_breaks_expired_lease_and_keeps_foreign_lock_on_release(tmp_path):
 
 
 @pytest.mark.onnx
-def test_benchmark_removes_stale_job_folders_when_it_holds_the_lock(tmp_path):
+def test_benchmark_purges_only_marked_stale_job_folders_when_it_holds_the_lock(tmp_path):
     graph = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "r",
                               [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])])
@@ -66,18 +66,25 @@ def test_benchmark_removes_stale_job_folders_when_it_holds_the_lock(tmp_path):
     model.ir_version = 8
     onnx.save(model, tmp_path / "relu.onnx")
     wd = tmp_path / "wd"
-    old, recent = wd / "job-crashed1", wd / "job-running"
-    for d in (old, recent):
+    old, recent, foreign = wd / "job-crashed1", wd / "job-running", wd / "job-notours"
+    boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    uptime = int(float(Path("/proc/uptime").read_text().split()[0]))
+    # edgepipe's marker: "<boot id> <uptime at creation>"; the crashed job's is of an earlier boot (stale at once)
+    for d, mark in ((old, f"{'0' * 8}-earlier-boot {uptime}"), (recent, f"{boot} {uptime}"), (foreign, None)):
         d.mkdir(parents=True)
         (d / "model.onnx.part-1234").write_bytes(np.zeros(10).tobytes())
+        if mark is not None:
+            (d / ".edgepipe-job").write_text(mark + "\n")
     hour_ago = time.time() - 3600
-    os.utime(old, (hour_ago, hour_ago))
+    for d in (old, foreign):
+        os.utime(d, (hour_ago, hour_ago))
     prof_file = tmp_path / "p.yaml"
     prof_file.write_text(f"name: p\npython: current\nworkdir: {wd}\nbackends: [onnx-fp32]\n"
                          "bench: {warmup: 1, min_iterations: 20, min_seconds: 0.05, max_seconds: 5}\n")
     benchmark(load_profile(str(prof_file)), Artifact.from_files(tmp_path / "relu.onnx", backend="onnx",
                                                                 precision="fp32"))
-    assert sorted(p.name for p in wd.iterdir()) == ["job-running"]  # only the recent one is left alone
+    # only the old folder edgepipe marked is removed; a recent one and one edgepipe never made are left alone
+    assert sorted(p.name for p in wd.iterdir()) == ["job-notours", "job-running"]
 
 
 def test_doctor_lock_check_names_holder_when_lease_live(tmp_path):

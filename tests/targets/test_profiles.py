@@ -75,3 +75,13 @@ def test_relative_workdir_rejected_with_fix(tmp_path):
     with pytest.raises(ConfigError) as info:
         load_profile(str(f))
     assert "workdir" in str(info.value) and "absolute" in str(info.value)
+
+
+@pytest.mark.parametrize("workdir", ["/tmp/edge\npipe", "/tmp/a\x1b[2Jb", "/", "/tmp/../etc"])
+def test_profile_refuses_a_workdir_with_control_characters_or_no_folder_of_its_own(tmp_path, workdir):
+    import json
+
+    prof = tmp_path / "p.yaml"
+    prof.write_text(f"name: p\npython: current\nworkdir: {json.dumps(workdir)}\nbackends: [onnx-fp32]\n")
+    with pytest.raises(ConfigError, match="workdir"):
+        load_profile(str(prof))

@@ -86,7 +86,6 @@ def test_any_model_example_runs_every_stage_and_six_backends_on_this_host_and_ov
         assert here["sha256"] == there["sha256"] and here["metric"]["value"] == there["metric"]["value"], name
     # the gate speaks the metric, and its verdict agrees with the exit code
     assert (proc.returncode == 0) == all(s["gate"]["passed"] for s in summaries.values())
-    log = (out / "run.log").read_text()
-    assert log.count("start: send eval inputs to board") == 1 and log.count("start: send eval inputs to local") == 1
+    # the eval inputs travel inside each job's own folder (issue 20 item 6): no shared inputs file on the board
     leftovers = [p.name for p in (tmp_path / "work").iterdir()] if (tmp_path / "work").exists() else []
     assert not [n for n in leftovers if n.startswith(("job", "inputs-"))], leftovers

@@ -57,6 +57,16 @@ def test_time_session_stops_at_max_seconds_with_fewer_iterations():
     assert 3 <= len(samples) < 1000
 
 
+def test_time_session_warmup_stops_at_max_seconds_too():
+    import time
+
+    start = time.monotonic()
+    samples = bench.time_session(_sleepy_session(5.0), np.zeros((1, 4), np.float32), warmup=1000,
+                                 min_iterations=20, min_seconds=0, max_seconds=0.2)
+    assert time.monotonic() - start < 1.5  # not 1000 warm-up calls (5 s) before the cap is even looked at
+    assert 1 <= len(samples) < 20
+
+
 def test_parse_throttled_reads_now_and_since_boot_bits():
     assert bench.parse_throttled("throttled=0x0") == {"raw": "0x0", "now": False, "since_boot": False,
                                                       "throttling_now": False, "under_voltage_now": False}

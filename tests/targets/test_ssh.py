@@ -197,7 +197,7 @@ def test_put_keeps_odd_names_intact_when_quotes_spaces_and_semicolons(transport,
     src.write_bytes(os.urandom(300_000))
     transport.put(src, f"{job}/{name}")
     assert (Path(job) / name).read_bytes() == src.read_bytes()
-    assert sorted(p.name for p in Path(job).iterdir()) == [name]  # no .part left behind
+    assert sorted(p.name for p in Path(job).iterdir()) == [".edgepipe-job", name]  # no .part left behind
     back = tmp_path / "back.bin"
     transport.get(f"{job}/{name}", back)
     assert back.read_bytes() == src.read_bytes()
@@ -212,7 +212,7 @@ def test_put_raises_transfer_error_when_checksum_never_matches(transport, profil
     monkeypatch.setattr(transport, "remote_sha256", lambda path: "0" * 64)  # the device reports corruption
     with pytest.raises(TransferError, match="corrupted twice"):
         transport.put(src, f"{job}/m.bin")
-    assert list(Path(job).iterdir()) == []
+    assert [p.name for p in Path(job).iterdir()] == [".edgepipe-job"]
 
 
 def test_put_fails_cleanly_when_server_vanishes_mid_upload(sshd, tmp_path):
@@ -414,3 +414,21 @@ def test_missing_key_file_is_config_error_when_profile_names_it(sshd, tmp_path):
     with pytest.raises(ConfigError, match="connection.key") as info:
         tr.run(["true"], 10)
     assert info.value.exit_code == 2
+
+
+def test_a_key_file_that_cannot_be_parsed_is_a_config_error_at_once(sshd, tmp_path):
+    bad = tmp_path / "id_broken"
+    bad.write_text("-----BEGIN OPENSSH PRIVATE KEY-----\nnot base64 at all\n-----END OPENSSH PRIVATE KEY-----\n")
+    prof = load_profile(str(sshd.profile("badkey", tmp_path, key=str(bad))))
+    tr = SSHTransport.from_profile(prof, backoff_s=2.0)
+    start = time.monotonic()
+    with pytest.raises(ConfigError, match="is not a private key edgepipe can read") as info:
+        tr.run(["true"], 10)
+    assert info.value.exit_code == 2 and time.monotonic() - start < 1.5  # no retries with back-off
+
+
+def test_our_own_timeout_kill_is_reported_as_a_timeout_not_out_of_memory(transport):
+    # the command ignores SIGTERM, so `timeout -k` ends it (and itself) with SIGKILL: no exit status comes back
+    with pytest.raises(RemoteCommandError, match="timed out after 1s and edgepipe's timeout killed it") as info:
+        transport.run(["sh", "-c", "trap '' TERM; sleep 30"], 1)
+    assert "out of memory" not in str(info.value)

@@ -40,7 +40,10 @@ def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
 
 
 def atomic_write_json(path: str | os.PathLike[str], obj: Any) -> None:
-    atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=False) + "\n").encode())
+    """Strict JSON (targets.jsonio: no NaN/Infinity, which is not JSON) through a temporary file."""
+    from targets.jsonio import write_json
+
+    write_json(path, obj)
 
 
 @dataclass

@@ -56,6 +56,7 @@ from pipeline.results.rundir import (
 )
 from targets import CAPABILITIES, parse_backend
 from targets.errors import ConfigError, GateError
+from targets.jsonio import strict_dumps
 from targets.runner import RUNNER_PATH
 from targets.safe_files import UnsafeFileError, open_regular, sha256_regular
 
@@ -69,12 +70,15 @@ def _clean(text: str) -> str:
     return _SAFE.sub("_", str(text)).strip("._") or "x"
 
 
+MAX_EPOCH = 253402300799   # 9999-12-31T23:59:59Z: tar, gzip and datetime all hold it
+
+
 def _epoch(summary: dict[str, Any]) -> int:
     env = os.environ.get("SOURCE_DATE_EPOCH")
     if env:
-        if not env.isdigit():
-            raise ConfigError(f"SOURCE_DATE_EPOCH={env!r} is not a whole number of seconds",
-                              hint="e.g. SOURCE_DATE_EPOCH=$(git log -1 --format=%ct)")
+        if not env.isdigit() or int(env) > MAX_EPOCH:
+            raise ConfigError(f"SOURCE_DATE_EPOCH={env!r} is not a whole number of seconds up to {MAX_EPOCH} "
+                              "(the year 9999)", hint="e.g. SOURCE_DATE_EPOCH=$(git log -1 --format=%ct)")
         return int(env)
     when = parse_time(summary.get("finished")) or parse_time(summary.get("started"))
     return int(when.timestamp()) if when else 0
@@ -256,7 +260,8 @@ def build_bundle(run_dir: str | Path, device: str | None = None, dist: str | Pat
             file_sha256[f"{folder}/{f.name}"] = _recorded_hashes(run_dir, art, files[0])[f.name]
         bench_file = run_dir / "bench" / f"{artifact_name(art)}.json"
         sources[f"bench/{artifact_name(art)}.json"] = (
-            bench_file if bench_file.is_file() else (json.dumps(art.get("bench") or {}, indent=2) + "\n").encode())
+            bench_file if bench_file.is_file()
+            else (strict_dumps(art.get("bench") or {}, "bench record", indent=2) + "\n").encode())
         sidecar = Path(str(files[0]) + ".json")
         record = json.loads(sidecar.read_text()) if sidecar.is_file() else {}
         manifest_artifacts.append({
@@ -297,12 +302,12 @@ def build_bundle(run_dir: str | Path, device: str | None = None, dist: str | Pat
             roots[arc] = run_dir if src.parent.resolve().is_relative_to(run_dir.resolve()) else src.parent
     digests = {arc: _digest(src, roots.get(arc)) for arc, src in sources.items()}
     manifest["files"] = [{"path": arc, "sha256": d, "bytes": n} for arc, (d, n) in sorted(digests.items())]
-    manifest_bytes = (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode()
+    manifest_bytes = (strict_dumps(manifest, "manifest.json", indent=2, sort_keys=True) + "\n").encode()
     sources[MANIFEST] = manifest_bytes
     digests[MANIFEST] = _digest(manifest_bytes)
     sources[SUMS] = "".join(f"{d}  {arc}\n" for arc, (d, _) in sorted(digests.items())).encode()
     signature, _ = sign_manifest(manifest_bytes, Path(key).expanduser() if key else None)
-    sources[SIGNATURE] = (json.dumps(signature, indent=2, sort_keys=True) + "\n").encode()
+    sources[SIGNATURE] = (strict_dumps(signature, SIGNATURE, indent=2, sort_keys=True) + "\n").encode()
     dest = Path(dist) / f"{name}.tar.gz"
     _write_tar(dest, {f"{name}/{arc}": src for arc, src in sources.items()}, mtime,
                {f"{name}/{arc}": (roots.get(arc), digests[arc]) for arc, src in sources.items()

@@ -512,3 +512,13 @@ def test_release_dist_that_is_a_file_is_a_one_line_error(tmp_path):
     proc = run_cli("release", str(run_dir), "--dist", str(tmp_path / "dist"), "--allow-failed-gate")
     assert proc.returncode == 2, proc.stderr[-1500:]
     _one_line(proc)
+
+
+def test_a_huge_source_date_epoch_is_a_one_line_error_naming_it(tmp_path, monkeypatch):
+    """A value past the year 9999 overflowed datetime deep in the packer (a traceback); now one line, exit 2."""
+    run_dir = make_run(tmp_path / "run")
+    monkeypatch.setenv("SOURCE_DATE_EPOCH", "99999999999999999999")
+    proc = run_cli("release", str(run_dir), "--dist", str(tmp_path / "dist"), "--allow-failed-gate")
+    assert proc.returncode == 2, proc.stderr[-800:]
+    assert "SOURCE_DATE_EPOCH" in proc.stderr and "Traceback" not in proc.stderr
+    assert not (tmp_path / "dist").exists() or not list((tmp_path / "dist").iterdir())

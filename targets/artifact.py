@@ -9,10 +9,11 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
+
+from targets.jsonio import write_json
 
 
 def sha256_file(path: str | os.PathLike[str], chunk: int = 1 << 20) -> str:
@@ -21,29 +22,6 @@ def sha256_file(path: str | os.PathLike[str], chunk: int = 1 << 20) -> str:
         for block in iter(lambda: fh.read(chunk), b""):
             digest.update(block)
     return digest.hexdigest()
-
-
-def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
-    """Write next to the target and rename, so a crash never leaves a half-written file at the final path."""
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".part", dir=target.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def atomic_write_json(path: str | os.PathLike[str], obj: Any) -> None:
-    """Strict JSON (targets.jsonio: no NaN/Infinity, which is not JSON) through a temporary file."""
-    from targets.jsonio import write_json
-
-    write_json(path, obj)
 
 
 @dataclass
@@ -109,7 +87,7 @@ class Artifact:
         return Path(self.path + ".json")
 
     def save(self) -> Path:
-        atomic_write_json(self.sidecar(), self.to_dict())
+        write_json(self.sidecar(), self.to_dict())
         return self.sidecar()
 
     @classmethod

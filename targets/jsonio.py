@@ -1,4 +1,4 @@
-"""Strict JSON writes: NaN and Infinity are not JSON, so no record edgepipe writes may hold them.
+"""Writes that never leave half a file at the final path, and JSON that is JSON (no NaN, no Infinity).
 
 ``json.dumps`` writes bare ``NaN`` by default, which strict parsers (jq, JavaScript, PostgreSQL's json type) reject,
 so a run's summary would look fine to Python and be broken for everyone else. Every write goes through
@@ -11,10 +11,28 @@ from __future__ import annotations
 import json
 import math
 import os
+import tempfile
+from pathlib import Path
 from typing import Any
 
-from targets.artifact import atomic_write_bytes
 from targets.errors import ConfigError
+
+
+def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
+    """Write next to the target and rename, so a crash never leaves a half-written file at the final path."""
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".part", dir=target.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
 
 
 def nonfinite_path(obj: Any, path: str = "") -> str | None:

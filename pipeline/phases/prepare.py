@@ -20,8 +20,8 @@ from pipeline.stages.chain import StagesResult
 from pipeline.stages.common import example_from
 from pipeline.ui.progress import Progress
 from targets import units
-from targets.artifact import atomic_write_bytes
 from targets.errors import ConfigError
+from targets.jsonio import atomic_write_bytes
 from targets.profiles import DeviceProfile
 
 TOOLS = ("torch", "onnx", "onnxruntime", "onnxscript", "openvino", "nncf", "litert-torch", "ai-edge-litert",

@@ -13,9 +13,10 @@ from typing import Any
 import numpy as np
 from torch import nn
 
-from pipeline.recipe.config import Recipe, import_factory
+from pipeline.recipe.config import Recipe
 from pipeline.recipe.metrics import MetricSpec, chance_level, label, resolve_metric
 from pipeline.recipe.model import eval_arrays, objective, predict, targets_array
+from pipeline.recipe.usercode import import_factory
 from pipeline.stages.chain import StagePlan
 from pipeline.stages.common import example_from
 from targets.errors import ConfigError

@@ -15,7 +15,7 @@ def history(store: Store, device: str | None = None, recipe: str | None = None, 
     """Past runs, newest first, with their headline figures (best valid artifact, gate, baseline)."""
     from sqlalchemy import select
 
-    from pipeline.results.store import runs
+    from pipeline.results.store_schema import runs
 
     query = select(runs.c.run_id, runs.c.recipe, runs.c.device, runs.c.status, runs.c.started, runs.c.finished,
                    runs.c.baseline_accuracy, runs.c.gate_passed, runs.c.summary_json)

@@ -27,7 +27,7 @@ from pipeline.results.rundir import (
     parse_time,
     pick_best,
 )
-from targets.artifact import atomic_write_bytes
+from targets.jsonio import atomic_write_bytes
 
 CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:24px;color:#222;max-width:1400px}

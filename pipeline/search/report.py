@@ -16,7 +16,7 @@ from pipeline.recipe.config import Recipe
 from pipeline.recipe.search_config import STAGE_CONFIGS, STAGE_ORDER
 from pipeline.results.plots import FAMILY_COLORS, PRECISION_MARKERS, png_uri, pyplot
 from pipeline.results.rundir import human_bytes, metric_value, now_iso
-from targets.artifact import atomic_write_bytes
+from targets.jsonio import atomic_write_bytes
 from targets.schema import read_yaml
 
 

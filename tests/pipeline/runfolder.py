@@ -13,7 +13,8 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from targets.artifact import Artifact, atomic_write_json, sha256_file
+from targets.artifact import Artifact, sha256_file
+from targets.jsonio import write_json as atomic_write_json
 
 BASELINE = {"accuracy": 0.983, "params": 120_000, "macs": 4_500_000}
 STAGES = [

@@ -12,7 +12,8 @@ from pipeline.results.int8_guard import guard_records
 from pipeline.results.report import write_report
 from pipeline.results.rundir import pick_best
 from pipeline.results.table import format_table
-from targets.artifact import Artifact, atomic_write_json
+from targets.artifact import Artifact
+from targets.jsonio import write_json as atomic_write_json
 from tests.pipeline.runfolder import make_run
 
 SLOW_INT8 = {"onnx-fp32": (0.981, 0.050, 4), "onnx-int8": (0.981, 0.090, 1), "openvino-int8": (0.975, 0.052, 1)}

@@ -11,7 +11,8 @@ from sqlalchemy import select
 
 from pipeline.results import store as store_mod
 from pipeline.results.history import format_history, history
-from pipeline.results.store import MIGRATIONS, open_store, record_summary, store_url
+from pipeline.results.store import open_store, record_summary, store_url
+from pipeline.results.store_schema import MIGRATIONS
 from targets.errors import ConfigError
 from tests.conftest import run_cli
 from tests.pipeline.runfolder import make_run

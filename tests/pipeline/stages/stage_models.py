@@ -89,7 +89,7 @@ def data() -> dict[str, TensorDataset]:
 def make_recipe(stages: dict) -> StagePlan:
     """The stage plan of a recipe in this folder, so ``stage_models:student`` resolves like a user's
     ``models:student`` (the stages take resolved factories, never the recipe)."""
-    from pipeline.recipe.config import import_factory
+    from pipeline.recipe.usercode import import_factory
 
     shape = [1, 1, SIZE, SIZE]
     recipe = Recipe.model_validate({"name": "tiny", "model": {"factory": "stage_models:teacher", "input_shape": shape},

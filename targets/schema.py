@@ -6,6 +6,7 @@ a user sees the same ``file: key.path: what is expected`` lines whichever file t
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -122,3 +123,20 @@ def read_yaml(path: Path, what: str) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: a {what} must be a YAML mapping (key: value), got {type(data).__name__}")
     return data
+
+
+def env_seconds(name: str, default: float, most: float, zero_means: str | None = None) -> float:
+    """A duration from the environment variable ``name`` (``default`` when unset): a finite number of seconds up to
+    ``most``; 0 is allowed only where it means something (``zero_means``, e.g. "no limit"). Else one ConfigError."""
+    env = os.environ.get(name)
+    if not env:
+        return default
+    try:
+        value = float(env)
+    except ValueError:
+        value = float("nan")
+    low_ok = value >= 0 if zero_means else value > 0
+    if not (low_ok and value <= most):   # also refuses nan and inf
+        zero = f", 0 for {zero_means}" if zero_means else ""
+        raise ConfigError(f"{name}={env[:40]!r}: give seconds up to {most:g}{zero}", hint=f"the default is {default:g}")
+    return value

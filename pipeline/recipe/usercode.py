@@ -21,6 +21,7 @@ from types import ModuleType
 from typing import Any
 
 from targets.errors import ConfigError
+from targets.schema import env_seconds
 
 
 class _RecipeFolders(importlib.abc.MetaPathFinder):
@@ -101,17 +102,7 @@ class _LoadTimeout(BaseException):
 
 def load_timeout() -> float:
     """Seconds user code (a factory, a module's top level) may take: ``EDGEPIPE_LOAD_TIMEOUT``; 0 = no limit."""
-    env = os.environ.get("EDGEPIPE_LOAD_TIMEOUT")
-    if not env:
-        return DEFAULT_LOAD_TIMEOUT
-    try:
-        value = float(env)
-    except ValueError:
-        value = float("nan")
-    if not 0 <= value <= 7 * 86400:
-        raise ConfigError(f"EDGEPIPE_LOAD_TIMEOUT={env[:40]!r}: give seconds (0 for no limit, at most a week)",
-                          hint=f"the default is {DEFAULT_LOAD_TIMEOUT:g}")
-    return value
+    return env_seconds("EDGEPIPE_LOAD_TIMEOUT", DEFAULT_LOAD_TIMEOUT, 7 * 86400, zero_means="no limit")
 
 
 def _stray_child(pid: int, what: str) -> None:

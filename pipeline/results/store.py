@@ -55,6 +55,7 @@ from pipeline.results.store_schema import (
 )
 from targets.errors import ConfigError
 from targets.jsonio import strict_dumps
+from targets.schema import env_seconds
 
 
 def default_location() -> str:
@@ -265,17 +266,7 @@ DEFAULT_DB_TIMEOUT = 30.0
 
 def db_timeout() -> float:
     """Seconds a store connection or statement may take: ``EDGEPIPE_DB_TIMEOUT``, else 30."""
-    env = os.environ.get("EDGEPIPE_DB_TIMEOUT")
-    if not env:
-        return DEFAULT_DB_TIMEOUT
-    try:
-        value = float(env)
-    except ValueError:
-        value = float("nan")
-    if not 0 < value <= 86400:   # also refuses nan and inf
-        raise ConfigError(f"EDGEPIPE_DB_TIMEOUT={env[:40]!r}: give seconds between 0 and 86400",
-                          hint="e.g. EDGEPIPE_DB_TIMEOUT=30")
-    return value
+    return env_seconds("EDGEPIPE_DB_TIMEOUT", DEFAULT_DB_TIMEOUT, 86400)
 
 
 def connect_args(url: str, timeout: float) -> dict[str, Any]:

@@ -11,6 +11,7 @@ from typing import Any
 
 import pipeline
 from pipeline.ui.args import add_conn, add_set, conn_overrides, positive_int
+from pipeline.ui.console import routed
 from targets.errors import EdgeError
 from targets.jsonio import strict_dumps
 
@@ -20,18 +21,21 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     if args.nproc is not None and args.nproc > 1 and not distributed.launched_by_torchrun():
         return distributed.launch(args.nproc, distributed.strip_nproc(args.argv))
-    from pipeline.run import run
+    with routed(what="edgepipe-run"):   # before the imports: their C++ start-up lines go to run.log too
+        from pipeline.run import run
 
-    summaries = run(args.recipe, args.device, Path(args.out) if args.out else None, args.set, conn_overrides(args))
+        summaries = run(args.recipe, args.device, Path(args.out) if args.out else None, args.set,
+                        conn_overrides(args))
     if args.json:
         print(strict_dumps(summaries if len(summaries) > 1 else summaries[0], "--json output", indent=2))
     return 0
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    from pipeline.recipe.check import check
+    with routed(what="edgepipe-check"):   # the model and metric run once; what libraries print is not ours
+        from pipeline.recipe.check import check
 
-    recipe, facts = check(args.recipe, args.set)
+        recipe, facts = check(args.recipe, args.set)
     stages = [n for n in ("distill", "prune", "quantize") if getattr(recipe.stages, n) is not None]
     inputs = ", ".join(f"{s.name} {s.dtype}{s.shape}" for s in recipe.model.input_specs)
     print(f"{args.recipe}: ok (recipe {recipe.name!r}, inputs: {inputs}, outputs: {facts.get('outputs')}, "
@@ -41,10 +45,11 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from pipeline.phases.measure import bench_artifact
+    with routed(what="edgepipe-bench"):
+        from pipeline.phases.measure import bench_artifact
 
-    rec = bench_artifact(args.artifact, args.device, conn_overrides(args), Path(args.inputs) if args.inputs else None,
-                         repeat=args.repeat)
+        rec = bench_artifact(args.artifact, args.device, conn_overrides(args),
+                             Path(args.inputs) if args.inputs else None, repeat=args.repeat)
     if args.json:
         print(strict_dumps(rec, "--json output"))
     else:
@@ -107,10 +112,11 @@ def cmd_doctor(args: argparse.Namespace) -> int:
 
 
 def cmd_search(args: argparse.Namespace) -> int:
-    from pipeline.search.engine import search
+    with routed(what="edgepipe-search"):   # moved to the search folder's search.log once it is known
+        from pipeline.search.engine import search
 
-    search(args.recipe, args.device, Path(args.out) if args.out else None, args.set, conn_overrides(args),
-           args.cache)
+        search(args.recipe, args.device, Path(args.out) if args.out else None, args.set, conn_overrides(args),
+               args.cache)
     return 0
 
 

@@ -11,6 +11,7 @@ import hashlib
 import importlib.abc
 import importlib.machinery
 import importlib.util
+import logging
 import math
 import os
 import signal
@@ -325,7 +326,9 @@ def watching(what: str) -> Iterator[None]:
             raise _LoadTimeout
         limit = f"; it is stopped after {timeout:g} s (EDGEPIPE_LOAD_TIMEOUT)" if timeout else ""
         with contextlib.suppress(Exception):
-            print(f"edgepipe: still waiting for {what} ({elapsed:.0f} s){limit}", file=sys.stderr, flush=True)
+            # the console logger (pipeline/ui/console.py): on the terminal even while fd 2 goes to run.log
+            logging.getLogger("edgepipe.console").warning(f"edgepipe: still waiting for {what} ({elapsed:.0f} s)"
+                                                          f"{limit}")
         signal.setitimer(signal.ITIMER_REAL, min(PROGRESS_EVERY, timeout - elapsed) if timeout else PROGRESS_EVERY)
 
     previous = signal.signal(signal.SIGALRM, on_alarm)

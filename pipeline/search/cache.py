@@ -15,9 +15,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import shutil
-import sys
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -99,7 +99,7 @@ def _discard(path: Path, why: str, warn: Callable[[str], None] | None = None) ->
     if warn is not None:
         warn(line)
     else:
-        print(f"edgepipe: warning: {line}", file=sys.stderr)
+        logging.getLogger("edgepipe.console").warning(f"edgepipe: warning: {line}")  # see pipeline/ui/console.py
     if path.is_dir():
         shutil.rmtree(path, ignore_errors=True)
     else:

@@ -68,3 +68,24 @@ def test_first_release_says_where_it_created_the_signing_key_and_how_to_use_ones
     assert key.is_file()
     again = run_cli("release", str(run), "--dist", str(tmp_path / "dist2"), "--version", "1")
     assert again.returncode == 0 and "created" not in again.stderr   # said once, when it was made
+
+
+def test_check_suggests_the_closest_key_and_metric_without_pydantics_prefix(write_recipe):
+    recipe = write_recipe("""
+        name: nearmiss
+        model: {factory: "tiny:model", input_shape: [1, 1, 8, 8]}
+        data: {factory: "tiny:model", eval_sample: 100}
+        task: {metric: mAP50}
+        stages:
+          distill: {temprature: 3.0}
+        gate: {max_accuracy_drop: 1.0}
+        colour: red
+    """, {"tiny.py": "def model():\n    pass\n"})
+    proc = run_cli("check", str(recipe))
+    assert proc.returncode == 2, proc.stderr
+    err = proc.stderr
+    assert "data.eval_sample: unknown key; did you mean 'eval_samples'?" in err
+    assert "task.metric: unknown metric 'mAP50'; did you mean 'map50'?" in err
+    assert "stages.distill.temprature: unknown key; did you mean 'temperature'?" in err
+    assert "colour: unknown key (check the spelling)" in err   # nothing close: no guess
+    assert "Value error" not in err and "Traceback" not in err

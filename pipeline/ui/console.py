@@ -32,8 +32,8 @@ from targets.errors import ConfigError
 #: Asked of TensorFlow/absl/glog as well; the fd redirect is what guarantees a clean console, these only shorten logs.
 QUIET_ENV = {"TF_CPP_MIN_LOG_LEVEL": "2", "GLOG_minloglevel": "2", "ABSL_MIN_LOG_LEVEL": "2"}
 _FORMAT = "%(asctime)s %(levelname)s [%(name)s] %(message)s"
-#: edgepipe's own lines from modules below the ui layer (a slow user factory, a discarded cache entry) are logged
-#: at WARNING on this logger: on the console while routed, else on stderr by logging's last-resort handler.
+#: edgepipe's own lines from modules below the ui layer (a slow user factory) go to this logger while routed (it has
+#: a handler on the console then), else straight to stderr: see pipeline/recipe/config.py:_console_line.
 CONSOLE_LOGGER = "edgepipe.console"
 
 
@@ -121,6 +121,12 @@ def _flush_std() -> None:
         with contextlib.suppress(Exception):
             if stream is not None:
                 stream.flush()
+
+
+def say_on_console(line: str) -> None:
+    """One of edgepipe's own lines on the terminal: the routed console during a command, else stderr."""
+    routing = _active
+    print(line, file=routing.console if routing is not None else sys.stderr, flush=True)
 
 
 @contextlib.contextmanager

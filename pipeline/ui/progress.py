@@ -109,10 +109,13 @@ class Progress:
 
     @contextmanager
     def step(self, name: str) -> Iterator[None]:
+        """One line when the step ends; meanwhile, on a terminal, a pulsing bar with the elapsed time (an export's
+        calibration, a benchmark) so a long step never looks hung."""
         start = time.perf_counter()
         self.logger.info("start: %s", name)
         try:
-            yield
+            with self.bar(name, None):
+                yield
         except BaseException as exc:
             self.say(f"{name:<34} failed after {time.perf_counter() - start:5.1f}s: {exc}")
             raise

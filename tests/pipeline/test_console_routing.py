@@ -111,3 +111,17 @@ def test_progress_bar_is_drawn_and_our_lines_stay_when_the_console_is_a_terminal
     text = out.decode("utf-8", "replace")
     assert "distill epoch 3/3" in text
     assert "\x1b[" in text and "━" in text   # rich drew a bar with terminal controls
+
+
+def test_progress_step_pulses_on_a_terminal_and_leaves_one_line(tmp_path):
+    leader, follower = pty.openpty()
+    stream = os.fdopen(follower, "w", buffering=1)
+    progress = Progress(tmp_path / "run.log", stream)
+    with progress.step("export onnx-int8"):
+        pass
+    progress.close()
+    stream.close()
+    text = os.read(leader, 65536).decode("utf-8", "replace")
+    os.close(leader)
+    assert "\x1b[" in text and "export onnx-int8" in text.replace("\x1b[2K", "")
+    assert text.rstrip().splitlines()[-1].strip().startswith("export onnx-int8")

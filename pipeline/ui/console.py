@@ -156,7 +156,10 @@ def routed(log_path: Path | None = None, what: str = "edgepipe") -> Iterator[Rou
     finally:
         with _lock:
             _active = None
-            keep = failed and routing.temporary and routing.log_path.stat().st_size > 0
+            try:
+                keep = failed and routing.temporary and routing.log_path.stat().st_size > 0
+            except OSError:   # removed meanwhile (a tmp cleaner): nothing to name, the original error matters
+                keep = False
             if keep:
                 print(f"edgepipe: the libraries' output of this command is in {routing.log_path}",
                       file=routing.console)

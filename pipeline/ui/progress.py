@@ -55,7 +55,7 @@ class Progress:
     def _print(self, text: str) -> None:
         live = self._live
         if live is not None:
-            live.console.print(text, markup=False, highlight=False, emoji=False)
+            live.console.print(text, markup=False, highlight=False, emoji=False, soft_wrap=True)   # as print() would
         else:
             print(text, file=self.stream, flush=True)
 
@@ -85,11 +85,18 @@ class Progress:
         from rich.console import Console
         from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
         from rich.progress import Progress as RichProgress
+        from rich.text import Text
+
+        class Count(MofNCompleteColumn):
+            """``3/16`` for a counted step, nothing for a pulsing one (rich would print ``0/?``)."""
+
+            def render(self, task: Any) -> Text:
+                return super().render(task) if task.total is not None else Text("")
 
         with self._lock:
             if self._live is None:
                 # rich must not redirect sys.stdout/stderr: those are the libraries' streams, bound for run.log
-                self._live = RichProgress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                self._live = RichProgress(TextColumn("{task.description}"), BarColumn(), Count(),
                                           TimeElapsedColumn(), TimeRemainingColumn(),
                                           console=Console(file=self.stream), transient=True,
                                           redirect_stdout=False, redirect_stderr=False)

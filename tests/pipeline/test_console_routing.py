@@ -96,6 +96,7 @@ def test_progress_bar_is_drawn_and_our_lines_stay_when_the_console_is_a_terminal
         for _ in range(3):
             bar.advance()
         progress.say("distill epoch 3/3")
+        progress.say("x" * 200)   # longer than the terminal: wrapped by the terminal, not broken by rich
     progress.close()
     stream.close()
     out = b""
@@ -109,7 +110,7 @@ def test_progress_bar_is_drawn_and_our_lines_stay_when_the_console_is_a_terminal
         out += chunk
     os.close(leader)
     text = out.decode("utf-8", "replace")
-    assert "distill epoch 3/3" in text
+    assert "distill epoch 3/3" in text and "x" * 200 in text
     assert "\x1b[" in text and "━" in text   # rich drew a bar with terminal controls
 
 

@@ -19,7 +19,8 @@ from typing import Any
 
 import yaml
 
-from pipeline.recipe.config import DTYPES, FACTORY, import_factory, watching
+from pipeline.recipe.config import DTYPES, FACTORY
+from pipeline.recipe.usercode import import_factory, watching
 from targets.errors import ConfigError
 
 

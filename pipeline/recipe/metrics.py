@@ -270,7 +270,7 @@ def finite_values(name: str, computed: Any) -> dict[str, float]:
 def resolve_metric(metric: str, base_dir: Path, postprocess: str | None = None, where: str = "task") -> MetricSpec:
     """A built-in name or ``module:callable`` (a class or a factory returning a metric object), checked for the
     protocol; a ConfigError names the key and what is missing."""
-    from pipeline.recipe.config import import_factory, watching
+    from pipeline.recipe.usercode import import_factory, watching
 
     post = import_factory(postprocess, base_dir) if postprocess else None
     post_src = _source_digest(post) if post is not None else ""

@@ -14,7 +14,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from pipeline.recipe.config import InputSpec, Recipe, import_factory, watching
+from pipeline.recipe.config import InputSpec, Recipe
+from pipeline.recipe.usercode import import_factory, watching
 from pipeline.stages.common import Objective, accuracy, as_args, footprint, outputs_list
 from targets.errors import ConfigError
 

@@ -33,7 +33,7 @@ from targets.errors import ConfigError
 QUIET_ENV = {"TF_CPP_MIN_LOG_LEVEL": "2", "GLOG_minloglevel": "2", "ABSL_MIN_LOG_LEVEL": "2"}
 _FORMAT = "%(asctime)s %(levelname)s [%(name)s] %(message)s"
 #: edgepipe's own lines from modules below the ui layer (a slow user factory) go to this logger while routed (it has
-#: a handler on the console then), else straight to stderr: see pipeline/recipe/config.py:_console_line.
+#: a handler on the console then), else straight to stderr: see pipeline/recipe/usercode.py:_console_line.
 CONSOLE_LOGGER = "edgepipe.console"
 
 

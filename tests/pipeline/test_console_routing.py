@@ -5,9 +5,11 @@ from __future__ import annotations
 import io
 import os
 import pty
+import re
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 from pipeline.ui.progress import Progress
@@ -88,15 +90,12 @@ def test_progress_bar_is_plain_lines_when_the_console_is_not_a_terminal(tmp_path
     assert stream.getvalue() == "distill epoch 1/3\n"
 
 
-def test_progress_bar_is_drawn_and_our_lines_stay_when_the_console_is_a_terminal(tmp_path):
+def _on_a_terminal(tmp_path: Path, work) -> str:
+    """What ``work(progress)`` writes to a real pseudo-terminal, as text (escape sequences included)."""
     leader, follower = pty.openpty()
     stream = os.fdopen(follower, "w", buffering=1)
     progress = Progress(tmp_path / "run.log", stream)
-    with progress.bar("distill", 3) as bar:
-        for _ in range(3):
-            bar.advance()
-        progress.say("distill epoch 3/3")
-        progress.say("x" * 200)   # longer than the terminal: wrapped by the terminal, not broken by rich
+    work(progress)
     progress.close()
     stream.close()
     out = b""
@@ -109,20 +108,28 @@ def test_progress_bar_is_drawn_and_our_lines_stay_when_the_console_is_a_terminal
             break
         out += chunk
     os.close(leader)
-    text = out.decode("utf-8", "replace")
+    return out.decode("utf-8", "replace")
+
+
+def test_progress_bar_is_drawn_and_our_lines_stay_when_the_console_is_a_terminal(tmp_path):
+    def work(progress: Progress) -> None:
+        with progress.bar("distill", 3) as bar:
+            for _ in range(3):
+                bar.advance()
+            progress.say("distill epoch 3/3")
+            progress.say("x" * 200)   # longer than the terminal: wrapped by the terminal, not broken by rich
+
+    text = _on_a_terminal(tmp_path, work)
     assert "distill epoch 3/3" in text and "x" * 200 in text
     assert "\x1b[" in text and "━" in text   # rich drew a bar with terminal controls
 
 
 def test_progress_step_pulses_on_a_terminal_and_leaves_one_line(tmp_path):
-    leader, follower = pty.openpty()
-    stream = os.fdopen(follower, "w", buffering=1)
-    progress = Progress(tmp_path / "run.log", stream)
-    with progress.step("export onnx-int8"):
-        pass
-    progress.close()
-    stream.close()
-    text = os.read(leader, 65536).decode("utf-8", "replace")
-    os.close(leader)
-    assert "\x1b[" in text and "export onnx-int8" in text.replace("\x1b[2K", "")
-    assert text.rstrip().splitlines()[-1].strip().startswith("export onnx-int8")
+    def work(progress: Progress) -> None:
+        with progress.step("export onnx-int8"):
+            time.sleep(0.3)   # a few refreshes of the pulsing bar
+
+    text = _on_a_terminal(tmp_path, work)
+    assert "━" in text   # the pulsing bar was drawn meanwhile
+    plain = [line.strip() for line in re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", text).replace("\r", "\n").splitlines()]
+    assert [line for line in plain if re.fullmatch(r"export onnx-int8 +\d+\.\ds", line)], plain

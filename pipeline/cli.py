@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pipeline
 from pipeline.ui.args import add_conn, add_set, conn_overrides, positive_int
+from pipeline.ui.console import routed
 from targets.errors import EdgeError, printable
 from targets.jsonio import strict_dumps
 
@@ -20,18 +21,21 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     if args.nproc is not None and args.nproc > 1 and not distributed.launched_by_torchrun():
         return distributed.launch(args.nproc, distributed.strip_nproc(args.argv))
-    from pipeline.run import run
+    with routed(what="edgepipe-run"):   # before the imports: their C++ start-up lines go to run.log too
+        from pipeline.run import run
 
-    summaries = run(args.recipe, args.device, Path(args.out) if args.out else None, args.set, conn_overrides(args))
+        summaries = run(args.recipe, args.device, Path(args.out) if args.out else None, args.set,
+                        conn_overrides(args))
     if args.json:
         print(strict_dumps(summaries if len(summaries) > 1 else summaries[0], "--json output", indent=2))
     return 0
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    from pipeline.recipe.check import check
+    with routed(what="edgepipe-check"):   # the model and metric run once; what libraries print is not ours
+        from pipeline.recipe.check import check
 
-    recipe, facts = check(args.recipe, args.set)
+        recipe, facts = check(args.recipe, args.set)
     stages = [n for n in ("distill", "prune", "quantize") if getattr(recipe.stages, n) is not None]
     inputs = ", ".join(f"{s.name} {s.dtype}{s.shape}" for s in recipe.model.input_specs)
     print(f"{args.recipe}: ok (recipe {recipe.name!r}, inputs: {inputs}, outputs: {facts.get('outputs')}, "
@@ -40,11 +44,27 @@ def cmd_check(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_bench(args: argparse.Namespace) -> int:
-    from pipeline.phases.measure import bench_artifact
+def cmd_init(args: argparse.Namespace) -> int:
+    with routed(what="edgepipe-init"):   # the model runs once here
+        from pipeline.recipe.init import init_recipe
 
-    rec = bench_artifact(args.artifact, args.device, conn_overrides(args), Path(args.inputs) if args.inputs else None,
-                         repeat=args.repeat)
+        draft, recipe, facts = init_recipe(args.factory, Path(args.out), args.device, args.data, args.input_shape,
+                                           args.dtype, args.postprocess, args.force)
+    for note in draft.notes:
+        print(f"note: {note}", file=sys.stderr)
+    inputs = ", ".join(f"{s.name} {s.dtype}{s.shape}" for s in recipe.model.input_specs)
+    print(f"{args.out}: written and checked (inputs: {inputs}, outputs: {facts.get('outputs')}, metric: "
+          f"{recipe.task.metric}, backends: {', '.join(recipe.backends or [])}); next: edgepipe run {args.out} "
+          f"--device {args.device}")
+    return 0
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    with routed(what="edgepipe-bench"):
+        from pipeline.phases.measure import bench_artifact
+
+        rec = bench_artifact(args.artifact, args.device, conn_overrides(args),
+                             Path(args.inputs) if args.inputs else None, repeat=args.repeat)
     if args.json:
         print(strict_dumps(rec, "--json output"))
     else:
@@ -107,10 +127,11 @@ def cmd_doctor(args: argparse.Namespace) -> int:
 
 
 def cmd_search(args: argparse.Namespace) -> int:
-    from pipeline.search.engine import search
+    with routed(what="edgepipe-search"):   # moved to the search folder's search.log once it is known
+        from pipeline.search.engine import search
 
-    search(args.recipe, args.device, Path(args.out) if args.out else None, args.set, conn_overrides(args),
-           args.cache)
+        search(args.recipe, args.device, Path(args.out) if args.out else None, args.set, conn_overrides(args),
+               args.cache)
     return 0
 
 
@@ -190,6 +211,20 @@ def _args_run(p: argparse.ArgumentParser) -> None:
 def _args_check(p: argparse.ArgumentParser) -> None:
     p.add_argument("recipe")
     add_set(p)
+
+
+def _args_init(p: argparse.ArgumentParser) -> None:
+    p.add_argument("factory", help="module:callable returning your nn.Module (the module next to --out)")
+    p.add_argument("--out", default="recipe.yaml", help="recipe to write (default recipe.yaml; never overwritten "
+                   "without --force)")
+    p.add_argument("--device", default="local", help="device profile whose backends the recipe lists")
+    p.add_argument("--data", help="module:callable returning {train, calib, eval} datasets; its first eval item "
+                   "gives the inputs (default: the one splits() next to --out)")
+    p.add_argument("--input-shape", action="append", metavar="1,3,224,224", help="an input's shape, batch first "
+                   "(repeat per forward() input) instead of reading the data")
+    p.add_argument("--dtype", action="append", help="dtype of each --input-shape (default float32)")
+    p.add_argument("--postprocess", help="module:callable decoding a detector's outputs (enables box mAP)")
+    p.add_argument("--force", action="store_true", help="overwrite an existing --out")
 
 
 def _args_bench(p: argparse.ArgumentParser) -> None:
@@ -275,6 +310,8 @@ Handler = Callable[[argparse.Namespace], int]
 COMMANDS: tuple[tuple[str, str, Callable[[argparse.ArgumentParser], None], Handler], ...] = (
     ("run", "full pipeline: stages, export, check, benchmark -> summary.json", _args_run, cmd_run),
     ("check", "validate a recipe and report every problem at once", _args_check, cmd_check),
+    ("init", "write a commented recipe for your own model factory (run once to learn its inputs), then check it",
+     _args_init, cmd_init),
     ("bench", "benchmark one artifact on one device", _args_bench, cmd_bench),
     ("devices", "list device profiles", _args_none, cmd_devices),
     ("backends", "list the backends, their file types, and whether this machine has the exporter and runtime of "

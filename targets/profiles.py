@@ -157,7 +157,8 @@ def load_profile(name_or_path: str, overrides: dict[str, Any] | None = None) -> 
     try:
         profile = DeviceProfile.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError(f"{path}: invalid device profile", problems=validation_problems(exc, str(path))) from None
+        raise ConfigError(f"{path}: invalid device profile",
+                          problems=validation_problems(exc, str(path), model=DeviceProfile)) from None
     if profile.connection.transport == "ssh" and not profile.connection.host:
         raise ConfigError(f"{path}: connection.host is required for transport: ssh",
                           hint=f"set it in the file, with --host, or EDGEPIPE_{profile.name.upper()}_HOST")

@@ -6,9 +6,10 @@ a user sees the same ``file: key.path: what is expected`` lines whichever file t
 
 from __future__ import annotations
 
+import difflib
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError
@@ -29,20 +30,51 @@ def key_path(loc: tuple[Any, ...] | list[Any]) -> str:
     return out or "<top level>"
 
 
-def validation_problems(exc: ValidationError, source: str, prefix: tuple[Any, ...] = ()) -> list[str]:
+def validation_problems(exc: ValidationError, source: str, prefix: tuple[Any, ...] = (),
+                        model: type[BaseModel] | None = None) -> list[str]:
+    """One ``source: key.path: what`` line per pydantic error; with the validated ``model``, an unknown key names
+    the closest allowed key at that place ("did you mean")."""
     problems = []
     for err in exc.errors():
-        loc = tuple(prefix) + tuple(p for p in err["loc"] if not (isinstance(p, str) and p.startswith("function-")))
+        loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and p.startswith("function-")))
         if err["type"] == "extra_forbidden":
-            msg = "unknown key (check the spelling; see the README for the allowed keys)"
+            close = closest(str(loc[-1]), allowed_keys(model, loc[:-1])) if model is not None and loc else None
+            msg = (f"unknown key; did you mean {close!r}?" if close else "unknown key (check the spelling)") \
+                + " (see the README for the allowed keys)"
         elif err["type"] == "missing":
             msg = "required key is missing"
-        else:
-            msg = err["msg"]
+        else:   # a validator's ValueError reads "Value error, <its message>": the message is the user's line
+            msg = err["msg"].removeprefix("Value error, ").removeprefix("Assertion failed, ")
             if "input" in err and err["type"] not in ("model_type", "dict_type"):
                 msg += f" (got {short(err['input'])})"
-        problems.append(f"{source}: {key_path(loc)}: {msg}")
+        problems.append(f"{source}: {key_path(tuple(prefix) + loc)}: {msg}")
     return problems
+
+
+def closest(word: str, choices: list[str] | set[str] | tuple[str, ...]) -> str | None:
+    """The known name a near-miss was probably meant to be (``eval_sample`` -> ``eval_samples``, ``mAP50`` ->
+    ``map50``), compared case-insensitively; None when nothing is close."""
+    by_lower = {str(c).lower(): str(c) for c in choices}
+    hit = difflib.get_close_matches(word.lower(), list(by_lower), n=1, cutoff=0.6)
+    return by_lower[hit[0]] if hit else None
+
+
+def _models_in(annotation: Any) -> list[type[BaseModel]]:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return [annotation]
+    return [m for arg in get_args(annotation) for m in _models_in(arg)]
+
+
+def allowed_keys(model: type[BaseModel] | None, loc: tuple[Any, ...]) -> set[str]:
+    """The keys the model accepts at ``loc`` (list indices, mapping keys and union tags are stepped over)."""
+    models = [model] if model is not None else []
+    for part in loc:
+        step: list[type[BaseModel]] = []
+        for m in models:
+            field = m.model_fields.get(part) if isinstance(part, str) else None
+            step += _models_in(field.annotation) if field is not None else [m]
+        models = step
+    return {k for m in models for name, f in m.model_fields.items() for k in (name, f.alias) if k}
 
 
 MAX_ALIASES = 100  # a recipe or profile needs a handful; a "billion laughs" needs thousands

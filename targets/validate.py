@@ -9,6 +9,7 @@ this layer knows no metric). Tolerances are per backend and precision (optimum's
 
 from __future__ import annotations
 
+import math
 import platform
 from collections.abc import Callable
 from pathlib import Path
@@ -151,7 +152,9 @@ def validate(artifact: Artifact, inputs: dict[str, np.ndarray] | np.ndarray,
     computed_in = session.io.get("precision_hint") if artifact.precision == "fp16" else None
     tol = tolerance(artifact.backend, artifact.precision, computed_in)
     n = int(bench.count(feeds))
-    report: dict[str, Any] = {"n": n, "tolerance": tol._asdict(), "outputs": len(refs), "check": check}
+    # INT8 has no absolute bound (inf): written as null, since strict JSON (the search's export cache) has no Infinity
+    bounds = {k: (v if math.isfinite(v) else None) for k, v in tol._asdict().items()}
+    report: dict[str, Any] = {"n": n, "tolerance": bounds, "outputs": len(refs), "check": check}
     if computed_in:
         report["computed_in"] = computed_in
     if len(outs) != len(refs):

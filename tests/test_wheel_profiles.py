@@ -46,3 +46,24 @@ def test_wheel_install_lists_and_loads_the_local_profile_outside_the_checkout(tm
     cli = subprocess.run([sys.executable, "-m", "pipeline.cli", "devices"], capture_output=True, text=True,
                          cwd=elsewhere, env=env, check=False)
     assert cli.returncode == 0 and "local" in cli.stdout, cli.stderr[-2000:]
+
+
+def test_editable_install_prints_no_setuptools_warning_when_built_from_the_checkout(tmp_path):
+    """``pip install -e .`` shows the backend's warnings; the package layout must not make setuptools warn."""
+    src = tmp_path / "src"
+    subprocess.run(["git", "-C", str(ROOT), "archive", "--format=tar", "-o", str(tmp_path / "src.tar"), "HEAD"],
+                   check=True)
+    src.mkdir()
+    subprocess.run(["tar", "-xf", str(tmp_path / "src.tar"), "-C", str(src)], check=True)
+    (src / "pyproject.toml").write_bytes((ROOT / "pyproject.toml").read_bytes())
+    code = "import sys; from setuptools import build_meta as b; print(b.build_editable(sys.argv[1]))"
+    proc = subprocess.run([sys.executable, "-W", "always", "-c", code, str(tmp_path / "wheels")],
+                          capture_output=True, text=True, cwd=src, check=False)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    out = proc.stdout + proc.stderr
+    assert "editable" in proc.stdout and "Warning" not in out and "same name" not in out, out[-2000:]
+    [wheel] = (tmp_path / "wheels").glob("edgepipe-*.whl")
+    import zipfile
+
+    pth = [n for n in zipfile.ZipFile(wheel).namelist() if n.endswith(".pth")]
+    assert pth, "an editable wheel adds the checkout with a .pth file"

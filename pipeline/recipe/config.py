@@ -20,7 +20,7 @@ from pipeline.stages.quantize import QuantConfig
 from pipeline.stages.train import TrainConfig
 from targets import BACKENDS
 from targets.errors import ConfigError
-from targets.schema import StrictModel, read_yaml, safe_load_yaml, validation_problems
+from targets.schema import StrictModel, closest, read_yaml, safe_load_yaml, validation_problems
 
 DTYPES = ("float32", "float16", "int64", "int32", "uint8", "bool")
 FACTORY = r"^[\w.]+:[\w.]+$"
@@ -106,8 +106,10 @@ class Task(StrictModel):
         import re
 
         if v not in BUILTIN_METRICS and not re.match(FACTORY, v):
-            raise ValueError(f"unknown metric {v!r}; choose from {', '.join(BUILTIN_METRICS)} or give "
-                             "'module:callable' (a user metric next to the recipe)")
+            near = closest(v, BUILTIN_METRICS)
+            raise ValueError(f"unknown metric {v!r}; " + (f"did you mean {near!r}? " if near else "")
+                             + f"choose from {', '.join(BUILTIN_METRICS)} or give 'module:callable' (a user "
+                             "metric next to the recipe)")
         return v
 
     @property
@@ -288,7 +290,7 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
     try:
         recipe = Recipe.model_validate(raw)
     except ValidationError as exc:
-        problems += validation_problems(exc, source)
+        problems += validation_problems(exc, source, model=Recipe)
     else:
         problems += number_problems(recipe.model_dump(mode="python"), source)
     problems += _semantic_problems(raw, path.parent, source)

@@ -15,7 +15,7 @@ from pipeline.stages.distill import DistillConfig
 from pipeline.stages.prune import PruneConfig
 from pipeline.stages.quantize import QuantConfig
 from targets import BACKENDS
-from targets.schema import StrictModel
+from targets.schema import StrictModel, closest
 
 STAGE_CONFIGS: dict[str, type[StrictModel]] = {"distill": DistillConfig, "prune": PruneConfig,
                                                "quantize": QuantConfig}
@@ -51,8 +51,10 @@ class SearchConfig(StrictModel):
                 problems.append(f"{key!r}: expected 'backends' or 'STAGE.FIELD' with STAGE one of "
                                 f"{', '.join(STAGE_ORDER)} (e.g. prune.ratio)")
             elif fld not in STAGE_CONFIGS[stage].model_fields:
-                problems.append(f"{key!r}: {stage} has no field {fld!r}; choose from "
-                                f"{', '.join(STAGE_CONFIGS[stage].model_fields)}")
+                near = closest(fld, tuple(STAGE_CONFIGS[stage].model_fields))
+                problems.append(f"{key!r}: {stage} has no field {fld!r}; "
+                                + (f"did you mean '{stage}.{near}'? " if near else "")
+                                + f"choose from {', '.join(STAGE_CONFIGS[stage].model_fields)}")
         if problems:
             raise ValueError("; ".join(problems))
         return space

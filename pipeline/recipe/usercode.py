@@ -1,6 +1,9 @@
-"""The user's code, loaded the way a recipe promises: modules next to the recipe under names of their own (never on
-``sys.path``, never shadowing a library), and every call into user code under a watch (a progress line when slow, a
-timeout, a forked child stopped).
+"""User code next to a recipe: loading its modules under names of their own, and watching every call into it.
+
+A factory, a data module or a metric is the user's code: it may hang (a dataset download), fork, or shadow a library
+name. This module loads ``module:callable`` specs from the recipe's folder (``spec_from_file_location``, the folder
+last on ``sys.meta_path`` for sibling imports), reports a slow call on the console and stops one that runs past
+``EDGEPIPE_LOAD_TIMEOUT``, and stops a forked child that returns into edgepipe.
 """
 
 from __future__ import annotations
@@ -10,6 +13,7 @@ import hashlib
 import importlib.abc
 import importlib.machinery
 import importlib.util
+import logging
 import os
 import signal
 import sys
@@ -105,15 +109,34 @@ def load_timeout() -> float:
     return env_seconds("EDGEPIPE_LOAD_TIMEOUT", DEFAULT_LOAD_TIMEOUT, 7 * 86400, zero_means="no limit")
 
 
+def _console_fd() -> int:
+    """The terminal's fd while pipeline/ui/console.py routes fd 2 to the run's log (its ``edgepipe.console``
+    handler's stream), else 2; read without taking logging's locks, which a forked child may find held."""
+    for handler in logging.getLogger("edgepipe.console").handlers:
+        with contextlib.suppress(Exception):
+            return int(handler.stream.fileno())   # type: ignore[attr-defined]
+    return 2
+
+
+def _console_line(line: str) -> None:
+    """On the terminal even while fd 2 goes to run.log: pipeline/ui/console.py's ``edgepipe.console`` logger has a
+    handler on the console then (this layer may not import the ui); else stderr."""
+    console = logging.getLogger("edgepipe.console")
+    if console.handlers:
+        console.warning(line)
+    else:
+        print(line, file=sys.stderr, flush=True)
+
+
 def _stray_child(pid: int, what: str) -> None:
     """A fork inside user code whose child *returns* into edgepipe would run the whole pipeline a second time
     into the same run folder; that child is stopped here (``os._exit``: no atexit handlers, no buffers flushed
     twice). Children that run their own work and exit (multiprocessing) never get here."""
     if os.getpid() != pid:
         with contextlib.suppress(Exception):
-            os.write(2, f"edgepipe: error: {what} forked, and the child process {os.getpid()} returned into "
-                        "edgepipe; it was stopped so that the pipeline runs once (fork only to run work that "
-                        "exits, e.g. multiprocessing)\n".encode())
+            os.write(_console_fd(), f"edgepipe: error: {what} forked, and the child process {os.getpid()} "
+                     "returned into edgepipe; it was stopped so that the pipeline runs once (fork only to run work "
+                     "that exits, e.g. multiprocessing)\n".encode())
         os._exit(2)
 
 
@@ -141,7 +164,7 @@ def watching(what: str) -> Iterator[None]:
             raise _LoadTimeout
         limit = f"; it is stopped after {timeout:g} s (EDGEPIPE_LOAD_TIMEOUT)" if timeout else ""
         with contextlib.suppress(Exception):
-            print(f"edgepipe: still waiting for {what} ({elapsed:.0f} s){limit}", file=sys.stderr, flush=True)
+            _console_line(f"edgepipe: still waiting for {what} ({elapsed:.0f} s){limit}")
         signal.setitimer(signal.ITIMER_REAL, min(PROGRESS_EVERY, timeout - elapsed) if timeout else PROGRESS_EVERY)
 
     previous = signal.signal(signal.SIGALRM, on_alarm)
@@ -171,3 +194,5 @@ def import_factory(spec: str, base_dir: Path) -> Callable[..., Any]:
     if not callable(obj):
         raise TypeError(f"{spec} is not callable")
     return obj
+
+

@@ -115,7 +115,10 @@ def sign_manifest(manifest_bytes: bytes, key_path: Path | None) -> tuple[dict[st
         if os.environ.get("EDGEPIPE_SIGNING_KEY"):   # a named key that is not there is a typo, not a new identity
             raise ConfigError(f"EDGEPIPE_SIGNING_KEY={os.environ['EDGEPIPE_SIGNING_KEY']}: no such signing key",
                               hint="fix the path, or create the key with `edgepipe keygen --out FILE`")
-        generate_key(path)
+        pub = generate_key(path)
+        # not silently: this key becomes the identity receivers pin, so say where it is and how to bring one's own
+        print(f"edgepipe: created a release signing key {path} (public key {pub}); to sign with your own, pass "
+              "--key FILE or set EDGEPIPE_SIGNING_KEY (`edgepipe keygen --out FILE` makes one)", file=sys.stderr)
     warn_loose_permissions(path)
     key = load_private_key(path)
     public = key.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)

@@ -17,7 +17,6 @@ import hashlib
 import json
 import os
 import shutil
-import sys
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -25,6 +24,7 @@ from typing import Any
 
 import targets
 from pipeline.phases.outcome import ExportOutcome
+from pipeline.ui.console import say_on_console
 from targets.artifact import Artifact
 from targets.device import record_problems
 from targets.errors import ConfigError
@@ -99,7 +99,7 @@ def _discard(path: Path, why: str, warn: Callable[[str], None] | None = None) ->
     if warn is not None:
         warn(line)
     else:
-        print(f"edgepipe: warning: {line}", file=sys.stderr)
+        say_on_console(f"edgepipe: warning: {line}")
     if path.is_dir():
         shutil.rmtree(path, ignore_errors=True)
     else:

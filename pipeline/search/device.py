@@ -24,7 +24,7 @@ from pipeline.search.cache import MeasurementCache, device_fingerprint, digest
 from pipeline.search.host import HostWork
 from pipeline.search.report import write_chosen_recipe
 from pipeline.search.space import Candidate
-from pipeline.ui.progress import Progress
+from pipeline.ui.progress import Bar, Progress
 from targets.errors import DeviceError
 from targets.jsonio import write_json
 from targets.profiles import DeviceProfile
@@ -57,29 +57,34 @@ class DeviceSearch:
         self.comparison_measured_now = 0
         self.chosen_recipe: str | None = None
         self.limits = limits_of(host.recipe.gate)
+        self._bar = Bar()              # the live candidates bar while run() is under way (a no-op off a terminal)
 
     # ------------------------------------------------------------------------------------------------ plan
     def run(self) -> dict[str, Any]:
         try:
             self._probe()
-            backends = list(self.grid["backends"])
-            self._note(f"rung 0: the recipe as written, on {len(self.references)} backend(s)")
-            for cand in self.references:
-                self._process(cand, "0 (recipe)")
-            if self.cfg.strategy == "exhaustive":
-                self._rung("exhaustive", backends, self.grid["points"])
-            else:
-                self._halving(backends)
-            if self.status == "running":
-                self.status = "complete"
-            self._guard_chosen()
-            self._compare()
+            with self.progress.bar(f"[{self.profile.name}] candidates", self._left()) as self._bar:
+                self._plan()
         except KeyboardInterrupt:
             self.status = "interrupted"
             raise
         finally:
             self.write()
         return self.result()
+
+    def _plan(self) -> None:
+        backends = list(self.grid["backends"])
+        self._note(f"rung 0: the recipe as written, on {len(self.references)} backend(s)")
+        for cand in self.references:
+            self._process(cand, "0 (recipe)")
+        if self.cfg.strategy == "exhaustive":
+            self._rung("exhaustive", backends, self.grid["points"])
+        else:
+            self._halving(backends)
+        if self.status == "running":
+            self.status = "complete"
+        self._guard_chosen()
+        self._compare()
 
     def _halving(self, backends: list[str]) -> None:
         alive = list(backends)
@@ -322,6 +327,7 @@ class DeviceSearch:
                 else rec.get("reason", rec.get("status")))
         self._note(f"{done:>2} {rec['status']:<8} {rec['label']}: {what} · {fmt_s(elapsed)} elapsed, "
                    f"~{fmt_s(per * left_cands)} left (≤{left_cands} more at ~{per:.0f}s)")
+        self._bar.update(done, done + left_cands)
 
     def _left(self) -> int:
         b = self.cfg.budget

@@ -18,6 +18,7 @@ never chosen (its sibling is measured when needed).
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import threading
 import time
@@ -26,7 +27,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 import pipeline
-from pipeline.recipe.config import load_recipe
+from pipeline.recipe.config import Recipe, load_recipe
 from pipeline.recipe.search_config import SearchConfig
 from pipeline.results.rundir import human_bytes, metric_value
 from pipeline.search.cache import MeasurementCache, cache_root
@@ -34,9 +35,10 @@ from pipeline.search.device import DeviceSearch
 from pipeline.search.host import HostWork
 from pipeline.search.report import write_search_report
 from pipeline.search.space import expand, recipe_candidates
+from pipeline.ui.console import third_party_to_log
 from pipeline.ui.progress import Progress
 from targets.errors import ConfigError, EdgeError, GateError
-from targets.profiles import load_profile
+from targets.profiles import DeviceProfile, load_profile
 
 
 # ------------------------------------------------------------------------------------------------ the command
@@ -52,7 +54,14 @@ def search(recipe_path: str | Path, devices: list[str], out: Path | None = None,
     stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%d-%H%M%S")
     root = Path(out) if out else Path("runs") / f"{recipe.name}-search-{stamp}"
     root.mkdir(parents=True, exist_ok=True)
-    progress = Progress(root / "search.log", stream)
+    with contextlib.ExitStack() as quiet:
+        if stream is None:  # the CLI: third-party console noise goes to search.log, our lines to the console
+            stream = quiet.enter_context(third_party_to_log(root / "search.log"))
+        return _search(recipe, cfg, profiles, root, Progress(root / "search.log", stream), cache)
+
+
+def _search(recipe: Recipe, cfg: SearchConfig, profiles: list[DeviceProfile], root: Path, progress: Progress,
+            cache: str | Path | None) -> list[dict[str, Any]]:
     croot = cache_root(cache)
     stop = threading.Event()
     try:

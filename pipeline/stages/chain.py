@@ -120,6 +120,7 @@ def _loud(log: Callable[[str], None]) -> Callable[[str], None]:
             log.say(message)  # type: ignore[attr-defined]
         else:
             log(message)
+    emit.bar = getattr(log, "bar", None)  # type: ignore[attr-defined]  # training's live bar (pipeline/stages/train)
     return emit
 
 

@@ -13,6 +13,7 @@ and per-rank BatchNorm statistics.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -239,6 +240,7 @@ def fit(model: nn.Module, dataset: Any, loss_fn: LossFn, *, epochs: int, make_op
     device, world = settings.device, distributed.world_size()
     extras = [m for m in extra_modules]
     teacher_device = _device_of(teacher) if teacher is not None else None
+    bars = contextlib.ExitStack()
     try:
         model.to(device)
         for m in extras:
@@ -264,6 +266,9 @@ def fit(model: nn.Module, dataset: Any, loss_fn: LossFn, *, epochs: int, make_op
             net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda"
                                                       else None)
         meter = EpochMeter(name, epochs, log if settings.progress else None, device)
+        # a live bar over every batch when the log is edgepipe's console on a terminal (pipeline/ui/progress.py)
+        bar_of = getattr(log, "bar", None) if settings.progress and distributed.is_main() else None
+        ticker = bars.enter_context(bar_of(name, epochs * len(batches))) if callable(bar_of) else None
         global_batch = settings.batch_size
         for epoch in range(1, epochs + 1):
             net.train(train_mode)
@@ -293,11 +298,14 @@ def fit(model: nn.Module, dataset: Any, loss_fn: LossFn, *, epochs: int, make_op
                 scaler.update()
                 sched.step()
                 meter.update(loss, outputs, y, n)
+                if ticker is not None:
+                    ticker.advance()
             meter.end_epoch(epoch)
         if world > 1:   # BatchNorm statistics differ per rank; rank 0's are the model's
             for t in model.state_dict().values():
                 torch.distributed.broadcast(t, 0)
     finally:
+        bars.close()
         model.to("cpu")
         for m in extras:
             m.to("cpu")

@@ -62,3 +62,73 @@ def test_run_console_shows_our_lines_and_run_log_keeps_the_noise(write_recipe, t
     log = (tmp_path / "out" / "run.log").read_text()
     for noise in ("oneDNN", "libtorchao", "somelib says hello", "UserWarning"):
         assert noise in log
+
+
+TINY = """
+    import torch
+    from torch import nn
+    from torch.utils.data import TensorDataset
+
+
+    def model():
+        torch.manual_seed(0)
+        return nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                             nn.Linear(4, 10))
+
+
+    def splits():
+        g = torch.Generator().manual_seed(0)
+        ds = TensorDataset(torch.randn(32, 1, 8, 8, generator=g), torch.randint(0, 10, (32,), generator=g))
+        return {"train": ds, "calib": ds, "eval": ds}
+"""
+
+INT8 = """
+    name: int8noise
+    model: {factory: "tiny:model", input_shape: [1, 1, 8, 8]}
+    data: {factory: "tiny:splits"}
+    stages:
+      quantize: {mode: ptq, calib_samples: 16}
+    backends: [openvino-int8, tflite-int8]
+    gate: {max_accuracy_drop: 100}
+"""
+
+#: what NNCF, TensorFlow/absl, oneDNN and torchao print during an INT8 run, none of which is edgepipe's
+THIRD_PARTY = ("Statistics collection", "Fast Bias correction", "absl", "oneDNN", "flatbuffer_export",
+               "Estimated count of arithmetic ops", "TensorFlow", "Failed to load", "━")
+
+
+@pytest.mark.openvino
+@pytest.mark.tflite
+def test_int8_run_console_has_no_third_party_lines_when_the_real_exporters_run(write_recipe, tmp_path):
+    recipe = write_recipe(INT8, {"tiny.py": TINY})
+    prof = tmp_path / "fast.yaml"
+    prof.write_text(FAST.replace("WORKDIR", str(tmp_path / "wd")).replace("[onnx-fp32]", "[onnx-fp32, "
+                                                                          "openvino-int8, tflite-int8]"))
+    proc = run_cli("run", str(recipe), "--device", str(prof), "--out", str(tmp_path / "out"))
+    console = proc.stdout + proc.stderr
+    assert "export openvino-int8" in proc.stderr and "export tflite-int8" in proc.stderr, console[-3000:]
+    leaked = [n for n in THIRD_PARTY if n in console]
+    assert not leaked, f"{leaked} on the console:\n{console}"
+    assert proc.stdout == ""   # edgepipe's own lines are on stderr; stdout only carries --json
+    log = (tmp_path / "out" / "run.log").read_text()
+    for noise in ("Statistics collection", "absl", "oneDNN"):   # routed, not lost
+        assert noise in log, log[-3000:]
+
+
+@pytest.mark.slow
+@pytest.mark.openvino
+@pytest.mark.tflite
+def test_search_console_has_no_third_party_lines_and_int8_candidates_are_measured(write_recipe, tmp_path):
+    recipe = write_recipe(INT8 + """
+    search: {space: {quantize.calibration: [minmax]}, strategy: exhaustive, confirm_rounds: 0}
+    """, {"tiny.py": TINY})
+    prof = tmp_path / "fast.yaml"
+    prof.write_text(FAST.replace("WORKDIR", str(tmp_path / "wd")))
+    proc = run_cli("search", str(recipe), "--device", str(prof), "--out", str(tmp_path / "out"), "--cache",
+                   str(tmp_path / "cache"))
+    console = proc.stdout + proc.stderr
+    assert proc.returncode in (0, 3), console[-3000:]   # 3: random weights, so INT8 may lose to float (no pick)
+    assert "measured calibration minmax · tflite-int8" in proc.stderr, console[-3000:]
+    leaked = [n for n in THIRD_PARTY if n in console]
+    assert not leaked, f"{leaked} on the console:\n{console}"
+    assert "Statistics collection" in (tmp_path / "out" / "search.log").read_text()

@@ -105,5 +105,5 @@ def test_search_cli_rejects_a_bad_space_in_one_line_with_exit_2(write_recipe):
     """, {"models.py": "def tiny():\n    pass\n"})
     proc = run_cli("search", str(path), "--device", "local")
     assert proc.returncode == 2, proc.stderr
-    assert "search.space: Value error, 'prune.ratoi': prune has no field 'ratoi'" in proc.stderr
+    assert "search.space: 'prune.ratoi': prune has no field 'ratoi'; did you mean 'prune.ratio'?" in proc.stderr
     assert "Traceback" not in proc.stderr

@@ -98,6 +98,7 @@ def _int8_section(summary: dict[str, Any]) -> str:
     arts = summary.get("artifacts") or []
     flags = [(a.get("int8_guard") or {}) for a in arts]
     out = [f'<p class="bad">⚠ {_e(g["message"])}</p>' for g in flags if g.get("flagged")]
+    out += [f'<p class="muted">{_e(g["note"])}</p>' for g in flags if g.get("note") and not g.get("flagged")]
     rows = []
     for a in arts:
         mp = (a.get("metadata") or {}).get("mixed_precision")

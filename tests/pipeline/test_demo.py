@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import run_cli
+from tests.conftest import DIGITS, run_cli
 
 pytestmark = [pytest.mark.slow, pytest.mark.onnx, pytest.mark.openvino, pytest.mark.tflite]
 
@@ -15,9 +15,9 @@ SIX = {"onnx-fp32", "onnx-int8", "openvino-fp32", "openvino-int8", "tflite-fp32"
 
 
 @pytest.fixture(scope="module")
-def demo(tmp_path_factory, digits_recipe) -> tuple[Path, dict]:
+def demo(tmp_path_factory) -> tuple[Path, dict]:
     out = tmp_path_factory.mktemp("demo") / "run"
-    proc = run_cli("run", str(digits_recipe), "--device", "local", "--out", str(out), timeout=900)
+    proc = run_cli("run", str(DIGITS / "recipe.yaml"), "--device", "local", "--out", str(out), timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return out, json.loads((out / "summary.json").read_text())
 

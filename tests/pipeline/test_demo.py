@@ -19,7 +19,20 @@ def demo(tmp_path_factory) -> tuple[Path, dict]:
     out = tmp_path_factory.mktemp("demo") / "run"
     proc = run_cli("run", str(DIGITS / "recipe.yaml"), "--device", "local", "--out", str(out), timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
+    (out.parent / "console.txt").write_text(proc.stderr)   # beside the run folder, not in it
     return out, json.loads((out / "summary.json").read_text())
+
+
+def test_demo_headline_is_a_real_speedup_over_the_original_and_ends_the_console(demo):
+    """The pitch in one line: the shipped artifact at least 2x faster than the original's FP32 ONNX on this host,
+    beyond the measured spread, within the gate's point of top-1."""
+    out, summary = demo
+    h = summary["headline"]
+    assert h["faster"] is True and h["speedup"] >= 2.0, h["text"]
+    assert h["size_ratio"] >= 2.0 and h["metric_drop"] <= 1.0
+    assert summary["original"]["valid"] and summary["original"]["file"].startswith("artifacts/original/")
+    assert (out.parent / "console.txt").read_text().rstrip().splitlines()[-1] == h["text"]
+    assert h["text"].startswith(f"shipped {h['chosen']['name']}: ") and "× faster" in h["text"]
 
 
 def test_demo_produces_six_verified_benchmarked_artifacts(demo):

@@ -1,6 +1,6 @@
 """The demo's teacher and student CNNs, and factories that train a teacher once and cache its weights.
 
-``trained_teacher`` is the demo's: four conv blocks at 48x48 (about 33M MACs, around a millisecond a call in ONNX
+``trained_teacher`` is the demo's: four conv blocks at 48x48 (about 33M MACs, 0.5-0.7 ms a call in ONNX
 Runtime on 2 cores), big enough that distillation, pruning and INT8 pay on a CPU. ``tiny_teacher`` is the small
 32x32 one (10M MACs, 0.1 ms) that the tests' recipe (tiny.yaml) uses, where every stage runs in seconds.
 """

@@ -41,7 +41,7 @@ def main(argv: list[str] | None = None) -> int:
     import models as digits_models
 
     model = digits_models.trained_teacher().eval()
-    splits = digits_data.splits()
+    splits = digits_data.demo_splits()   # the demo teacher's 48x48 input
     calib, _ = _stack(splits["calib"])
     x_eval, y_eval = _stack(splits["eval"])
     with torch.no_grad():

@@ -162,10 +162,15 @@ def cmd_history(args: argparse.Namespace) -> int:
 
 def cmd_release(args: argparse.Namespace) -> int:
     from pipeline.release.bundle import build_bundle, check_bundle
+    from pipeline.results.headline import headline
+    from pipeline.results.rundir import artifact_name, find_run_dirs, load_summary
     from targets.artifact import sha256_file
 
     path = build_bundle(args.run_dir, args.device, Path(args.dist), args.version, args.allow_failed_gate, args.key)
     manifest = check_bundle(path)
+    summary = load_summary(find_run_dirs(args.run_dir, args.device)[0])
+    shipped = next((a for a in summary["artifacts"] if artifact_name(a) == manifest["pick"]["overall"]), None)
+    print(headline(summary, shipped)["text"])   # the shipped artifact against the original, first
     print(f"{path}  (pick {manifest['pick']['overall']}; {len(manifest['files'])} files; "
           f"sha256 {sha256_file(path)}; signed by {manifest['_signature']['key_id']})")
     return 0

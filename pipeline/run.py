@@ -21,12 +21,14 @@ from pipeline.phases import prepare
 from pipeline.phases.export import export_all
 from pipeline.phases.latency import onnx_latency_ratio
 from pipeline.phases.measure import artifact_record, measure_device
+from pipeline.phases.original import export_original, measure_original, original_dir
 from pipeline.phases.outcome import ExportOutcome
 from pipeline.phases.prepare import ExportPlan, backends_for, tool_versions
 from pipeline.recipe.config import Recipe, load_recipe
 from pipeline.recipe.model import load_data, load_model, predict
 from pipeline.recipe.task import build_context, stage_plan
 from pipeline.results.gate import apply_gate
+from pipeline.results.headline import headline
 from pipeline.results.int8_guard import guard_records
 from pipeline.results.records import Summary
 from pipeline.results.rundir import now_iso
@@ -138,8 +140,10 @@ def _run(recipe: Recipe, profiles: list[DeviceProfile], root: Path, run_id: str,
     prepare.write_eval_inputs(ctx, inputs)
     by_arch = _export_per_arch(result, ExportPlan.of(recipe), recipe, profiles, root, prep, progress)
     outcomes = {f"{n} ({a})" if len(by_arch) > 1 else n: o for a, outs in by_arch.items() for n, o in outs.items()}
+    originals = {a: export_original(prep, recipe, a, original_dir(root, a, len(by_arch) > 1), progress)
+                 for a in by_arch}   # the headline's reference: the untouched model as FP32 ONNX
     context = {"recipe": recipe, "run_id": run_id, "started": started, "baseline": baseline, "result": result,
-               "inputs": inputs, "root": root, "multi": len(profiles) > 1}
+               "inputs": inputs, "root": root, "multi": len(profiles) > 1, "originals": originals}
     store_errors: list[EdgeError] = []
     with ThreadPoolExecutor(max_workers=len(profiles)) as pool:
         done = list(pool.map(lambda p: _device(p, by_arch[p.arch], context, ctx, progress, store, store_errors),
@@ -183,14 +187,17 @@ def _device(profile: DeviceProfile, exported: dict[str, ExportOutcome], run: dic
     for warning in guard_records(records, {b: o.artifact for b, o in wanted.items() if o.artifact is not None},
                                  profile.name):
         progress.warn(warning)
+    original = measure_original(profile, run["originals"][profile.arch], root, device_dir, run["inputs"], progress,
+                                ctx)
     summary = {
         "schema": 1, "recipe": recipe.name, "device": profile.name, "run_id": run["run_id"],
-        "baseline": run["baseline"], "stages": run["result"].records, "artifacts": records,
+        "baseline": run["baseline"], "stages": run["result"].records, "artifacts": records, "original": original,
         "status": "failed" if errors or any(r.get("error") for r in records) else "complete",
         "started": run["started"], "finished": now_iso(), "edgepipe_version": pipeline.__version__,
         "tool_versions": tool_versions(), "host": {"python": sys.version.split()[0]},
     }
     apply_gate(summary, recipe.gate, profile.name)
+    summary["headline"] = headline(summary)   # after the gate: the pick may read its verdicts
     summary = Summary.of(summary).dump()   # typed records (results/records.py), written as schema 1 key for key
     write_json(device_dir / "summary.json", summary)
     try:

@@ -29,6 +29,7 @@ def fields(summary: dict[str, Any]) -> dict[str, list[str]]:
         "environment": union([a["environment"] for a in arts]),
         "gate": sorted(summary["gate"]),
         "gate.artifacts": union(summary["gate"]["artifacts"]),
+        "headline": sorted(summary.get("headline") or {}),
     }
 
 

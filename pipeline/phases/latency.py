@@ -59,10 +59,18 @@ def interleaved_onnx_latency(models: dict[str, nn.Module], example_inputs: torch
 def onnx_latency_ratio(pruned: nn.Module, parent: nn.Module, example_inputs: torch.Tensor | tuple[torch.Tensor, ...],
                        iterations: int = 300,
                        threads: int = 2, min_seconds: float = 2.0) -> dict[str, float]:
+    """The prune guard's figures: both p50s, their ratio, and whether the pruned model is slower beyond the measured
+    spread (``slower``: the p50 95% intervals do not overlap, targets/noise.py) or merely no faster (``no_faster``)."""
+    from targets.noise import clearly_faster, clearly_slower, p50_interval
+
     stats = interleaved_onnx_latency({"pruned": pruned, "parent": parent}, example_inputs, iterations, threads,
                                      min_seconds=min_seconds)
+    mine, theirs = p50_interval(stats["pruned"]), p50_interval(stats["parent"])
+    slower = clearly_slower(mine, theirs)
     return {"pruned_p50_ms": stats["pruned"]["p50"], "parent_p50_ms": stats["parent"]["p50"],
             "latency_ratio": round(stats["pruned"]["p50"] / stats["parent"]["p50"], 3), "n": stats["pruned"]["n"],
+            "pruned_p50_interval_ms": list(mine or ()), "parent_p50_interval_ms": list(theirs or ()),
+            "slower": slower, "no_faster": not slower and not clearly_faster(mine, theirs),
             "runtime": "onnxruntime FP32", "threads": threads}
 
 

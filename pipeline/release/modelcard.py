@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from pipeline.results.headline import headline
 from pipeline.results.rundir import artifact_name, human_bytes, latency, metric_label, metric_value
 
 
@@ -24,8 +25,12 @@ def model_card(summary: dict[str, Any], manifest: dict[str, Any], chosen: list[d
     base = summary.get("baseline") or {}
     pick = manifest["pick"]["overall"]
     n_eval = next(((a.get("bench") or {}).get("n_eval") for a in chosen if (a.get("bench") or {}).get("n_eval")), None)
+    shipped = next((a for a in chosen if artifact_name(a) == pick), None)
     lines = [
         f"# {recipe} for {device}, version {version}",
+        "",
+        f"**{headline(summary, shipped)['text']}** (the original: the recipe's model before any stage, as FP32 "
+        "ONNX, measured on the same device by the same runner)",
         "",
         f"Release bundle of the `{recipe}` model, optimised and measured on the `{device}` device profile by edgepipe "
         f"{summary.get('edgepipe_version') or ''} (run `{summary['run_id']}`, "

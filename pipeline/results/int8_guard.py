@@ -6,6 +6,9 @@ after benchmarking, each int8/fp16 record is compared with the same family's fp3
 (p50, and bytes on disk); a slower or bigger one is flagged in summary.json (``int8_guard``), the console table and
 the report, with the ops its runtime left in float (targets/op_report.py) as the first answer to "why". The release
 never picks a flagged-slower artifact over its faster FP32 parent of equal or better metric (rundir.outranked).
+
+"Slower" means slower beyond the measured spread (targets/noise.py: the p50 confidence intervals do not overlap);
+a difference inside the noise is ``no_faster`` -- a plain note, not a warning, and no reason to prefer the parent.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from typing import Any
 
 from pipeline.results.rundir import latency
 from targets.artifact import Artifact
+from targets.noise import clearly_faster, clearly_slower, record_interval
 
 
 def _ops(art: Artifact | None) -> dict[str, Any] | None:
@@ -30,12 +34,22 @@ def _ops(art: Artifact | None) -> dict[str, Any] | None:
 def judge(rec: dict[str, Any], parent: dict[str, Any], device: str = "the device",
           art: Artifact | None = None) -> dict[str, Any]:
     """The guard's verdict on one int8/fp16 record against its measured FP32 parent: p50 latency and bytes on disk.
-    The one rule: ``edgepipe run`` applies it per family, ``edgepipe search`` per candidate and its float sibling."""
+    The one rule: ``edgepipe run`` applies it per family, ``edgepipe search`` per candidate and its float sibling.
+
+    ``slower``: the p50 intervals do not overlap and this one is above (a warning, and the release prefers the
+    parent); ``no_faster``: they overlap, so the measurement cannot tell them apart (a note)."""
     p50, parent_p50 = latency(rec, "p50"), latency(parent, "p50")
     guard: dict[str, Any] = {"parent": f"{parent['backend']}-{parent['precision']}"}
     if p50 is not None and parent_p50:
+        mine, theirs = record_interval(rec), record_interval(parent)
         guard["latency_ratio"] = round(p50 / parent_p50, 3)
-        guard["slower"] = p50 > parent_p50
+        guard["p50_interval_ms"], guard["parent_p50_interval_ms"] = list(mine or ()), list(theirs or ())
+        guard["slower"] = clearly_slower(mine, theirs)
+        guard["no_faster"] = not guard["slower"] and not clearly_faster(mine, theirs)
+        if guard["no_faster"]:
+            guard["note"] = (f"{rec['backend']}-{rec['precision']} is no faster than {guard['parent']} on {device} "
+                             f"(p50 {p50:.4g} vs {parent_p50:.4g} ms, {guard['latency_ratio']:.2f}x: inside the "
+                             "measured spread)")
     if isinstance(rec.get("bytes"), int) and isinstance(parent.get("bytes"), int) and parent["bytes"]:
         guard["size_ratio"] = round(rec["bytes"] / parent["bytes"], 3)
         guard["bigger"] = rec["bytes"] > parent["bytes"]
@@ -44,7 +58,7 @@ def judge(rec: dict[str, Any], parent: dict[str, Any], device: str = "the device
         what = []
         if guard.get("slower"):
             what.append(f"SLOWER than {guard['parent']} on {device} (p50 {p50:.4g} vs {parent_p50:.4g} ms, "
-                        f"{guard['latency_ratio']:.2f}x)")
+                        f"{guard['latency_ratio']:.2f}x, beyond the measured spread)")
         if guard.get("bigger"):
             what.append(f"BIGGER than {guard['parent']} ({rec['bytes']} vs {parent['bytes']} bytes, "
                         f"{guard['size_ratio']:.2f}x)")

@@ -89,14 +89,34 @@ class Gate(Record):
     failures: list[str] = Field(default_factory=list)
 
 
+class HeadlineSide(Record):
+    name: str
+    p50_ms: float | None = None
+    bytes: int | None = None
+    metric: float | None = None
+
+
+class Headline(Record):
+    """The chosen artifact against the original model on this device (pipeline/results/headline.py)."""
+    device: str
+    text: str
+    original: HeadlineSide | None = None
+    chosen: HeadlineSide | None = None
+    speedup: float | None = None
+    size_ratio: float | None = None
+    metric_drop: float | None = None
+
+
 class Summary(Record):
     schema_: int = Field(alias="schema")
     recipe: str
     device: str
     run_id: str
+    headline: Headline | None = None           # first after the names: what a reader wants first
     baseline: Baseline = Field(default_factory=Baseline)
     stages: list[Stage] = Field(default_factory=list)
     artifacts: list[ArtifactRecord]
+    original: ArtifactRecord | None = None    # the untouched model as FP32 ONNX, measured like an artifact
     gate: Gate | None = None
     status: str | None = None
 

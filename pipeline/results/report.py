@@ -14,6 +14,7 @@ from typing import Any
 
 from pipeline.results import plots
 from pipeline.results.gate import artifact_verdicts
+from pipeline.results.headline import headline
 from pipeline.results.rundir import (
     artifact_name,
     find_run_dirs,
@@ -37,7 +38,7 @@ td.n,td:first-child{white-space:nowrap}
 th{background:#f2f2f2;text-align:left} td.n{text-align:right;font-variant-numeric:tabular-nums}
 .ok{color:#1a7f37;font-weight:600} .bad{color:#cf222e;font-weight:600} .muted{color:#777;font-size:12px}
 .plots{display:flex;flex-wrap:wrap;gap:12px;align-items:flex-start} .plots img{border:1px solid #ddd;max-width:100%}
-.regression{background:#ffebe9} .pick{background:#eef6ff} code{font-size:12px}
+.regression{background:#ffebe9} .pick{background:#eef6ff} code{font-size:12px} .headline{font-size:18px;margin:6px 0}
 """
 
 
@@ -98,6 +99,7 @@ def _int8_section(summary: dict[str, Any]) -> str:
     arts = summary.get("artifacts") or []
     flags = [(a.get("int8_guard") or {}) for a in arts]
     out = [f'<p class="bad">⚠ {_e(g["message"])}</p>' for g in flags if g.get("flagged")]
+    out += [f'<p class="muted">{_e(g["note"])}</p>' for g in flags if g.get("note") and not g.get("flagged")]
     rows = []
     for a in arts:
         mp = (a.get("metadata") or {}).get("mixed_precision")
@@ -216,6 +218,7 @@ def _run_section(summary: dict[str, Any], run_dir: Path) -> str:
     base = summary.get("baseline") or {}
     name = metric_label(summary)
     head = (f"<h3>Run <code>{_e(summary['run_id'])}</code> — recipe {_e(summary['recipe'])}</h3>"
+            f"<p class='headline'><b>{_e(headline(summary)['text'])}</b></p>"
             f"<p>status <b>{_e(summary.get('status', 'complete'))}</b> · started {_e(summary.get('started'))} · "
             f"finished {_e(summary.get('finished'))} · folder <code>{_e(run_dir)}</code><br>"
             f"original model: {_e(name)} {_num(metric_value(base))}, {_e(base.get('params'))} params, "
@@ -239,6 +242,15 @@ def _run_section(summary: dict[str, Any], run_dir: Path) -> str:
             f"<h4>Environment</h4>{_environment(summary)}</section>")
 
 
+def _headlines(devices: dict[str, list[tuple[Path, dict[str, Any]]]]) -> str:
+    """The report's first lines: per device, the latest run's shipped artifact against the original model."""
+    lines = []
+    for device in sorted(devices):
+        latest = max(devices[device], key=lambda rs: (rs[1].get("started") or "", rs[1]["run_id"]))[1]
+        lines.append(f'<p class="headline"><b>{_e(headline(latest)["text"])}</b></p>')
+    return "".join(lines)
+
+
 def _overview(devices: dict[str, list[tuple[Path, dict[str, Any]]]]) -> str:
     """One line per run: where to look first."""
     rows = []
@@ -251,9 +263,10 @@ def _overview(devices: dict[str, list[tuple[Path, dict[str, Any]]]]) -> str:
                          _e(s.get("status", "complete")), _verdict((s.get("gate") or {}).get("passed")),
                          _e(artifact_name(best)) if best else "-",
                          _num(metric_value(best) if best else None) + (f" {_e(metric_label(s))}" if best else ""),
-                         _num(lat.get("p50")), _num(lat.get("p90")), human_bytes((best or {}).get("bytes"))])
+                         _num(lat.get("p50")), _num(lat.get("p90")), human_bytes((best or {}).get("bytes")),
+                         _e(headline(s)["text"])])
     return "<h2>Overview</h2>" + _table(["device", "recipe", "run", "status", "gate", "best artifact", "metric",
-                                         "p50 ms", "p90 ms", "size"], rows, {6, 7, 8, 9})
+                                         "p50 ms", "p90 ms", "size", "against the original"], rows, {6, 7, 8, 9})
 
 
 def write_report(run_dirs: list[Path], out: Path, regression_threshold: float = 0.10) -> Path:
@@ -284,7 +297,8 @@ def write_report(run_dirs: list[Path], out: Path, regression_threshold: float = 
     index = _overview(devices)
     now = datetime.now(timezone.utc).isoformat(timespec="seconds")
     doc = (f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>edgepipe report</title>"
-           f"<style>{CSS}</style></head><body><h1>edgepipe report</h1><p class='muted'>generated {now} from "
+           f"<style>{CSS}</style></head><body><h1>edgepipe report</h1>{_headlines(devices)}"
+           f"<p class='muted'>generated {now} from "
            f"{len(loaded)} run folder(s); latency is one inference at batch 1, p50/p90/p99 over n timed runs on the "
            f"device; figures are the recipe's task metric (named in each table)</p>{index}{''.join(parts)}"
            "</body></html>\n")

@@ -7,6 +7,8 @@ from typing import Any
 
 
 def format_table(summary: dict[str, Any]) -> str:
+    """The table, ending with the headline (the shipped artifact against the original), the line to read first."""
+    from pipeline.results.headline import headline
     from pipeline.results.rundir import metric_label, metric_value
 
     base = summary["baseline"]
@@ -30,6 +32,12 @@ def format_table(summary: dict[str, Any]) -> str:
                      f"{'yes' if r.get('valid') else 'NO: ' + '; '.join(r.get('invalid_reasons', []))[:80]}")
     for r in summary["artifacts"]:
         lines += _notes(r)
+    original = summary.get("original") or {}
+    if original.get("latency_ms"):
+        lat = original["latency_ms"]
+        lines.append(f"  original (FP32 ONNX of the untouched model): {name} {metric_value(original) or 0:.4f}, "
+                     f"p50 {lat.get('p50')} ms, p90 {lat.get('p90')} ms, "
+                     f"{(original.get('bytes') or 0) / 1024:.1f} KiB")
     gate = summary["gate"]
     if not any(r.get("latency_ms") for r in summary["artifacts"]):  # a verdict on figures that do not exist
         lines.append(f"  gate: not measured (no artifact was benchmarked on {summary['device']})")
@@ -37,6 +45,7 @@ def format_table(summary: dict[str, Any]) -> str:
         lines.append(f"  gate: {'passed' if gate['passed'] else 'FAILED'} (max {name} drop "
                      f"{gate.get('max_metric_drop', gate.get('max_accuracy_drop'))}"
                      f"{' points' if (base.get('metric') or {}).get('unit', 'fraction') == 'fraction' else ''})")
+    lines.append(headline(summary)["text"])
     return "\n".join(lines)
 
 
@@ -46,6 +55,8 @@ def _notes(rec: dict[str, Any]) -> list[str]:
     guard = rec.get("int8_guard") or {}
     if guard.get("flagged"):
         out.append(f"  ! {guard['message']}")
+    elif guard.get("note"):   # inside the noise: plain text, not a warning
+        out.append(f"  {guard['note']}")
     mp = (rec.get("metadata") or {}).get("mixed_precision")
     if mp:
         out.append(f"  {rec['name']}: kept in float by auto_keep_float: {', '.join(mp.get('reverted') or []) or 'none'}"

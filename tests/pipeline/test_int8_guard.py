@@ -75,7 +75,57 @@ def test_faster_and_smaller_int8_is_not_flagged() -> None:
              "latency_ms": {"p50": 0.1}}]
     assert guard_records(recs) == []
     assert recs[1]["int8_guard"] == {"parent": "tflite-fp32", "latency_ratio": 0.5, "slower": False,
+                                     "no_faster": False, "p50_interval_ms": [0.1, 0.1],
+                                     "parent_p50_interval_ms": [0.2, 0.2],
                                      "size_ratio": 0.25, "bigger": False, "flagged": False}
+
+
+def _pair(int8_p50: float, int8_std: float, fp32_p50: float = 0.050, fp32_std: float = 0.010, n: int = 300) -> list:
+    def rec(prec: str, p50: float, std: float) -> dict:
+        return {"name": f"onnx-{prec}", "backend": "onnx", "precision": prec, "bytes": 100 if prec == "int8" else 400,
+                "latency_ms": {"p50": p50, "p90": p50 * 1.2, "std": std, "n": n}}
+    return [rec("fp32", fp32_p50, fp32_std), rec("int8", int8_p50, int8_std)]
+
+
+def test_int8_a_little_slower_inside_the_spread_is_no_faster_not_a_warning() -> None:
+    """The demo's old loudest line: 0.052 vs 0.050 ms (1.04x) on a shared host, with a 0.01 ms spread."""
+    recs = _pair(0.052, 0.010)
+    assert guard_records(recs, device="local") == []
+    guard = recs[1]["int8_guard"]
+    assert guard["slower"] is False and guard["no_faster"] is True and guard["flagged"] is False
+    assert guard["note"].startswith("onnx-int8 is no faster than onnx-fp32 on local")
+    assert guard["p50_interval_ms"][0] < guard["parent_p50_interval_ms"][1]       # the intervals overlap
+    table = format_table({"recipe": "r", "device": "local", "baseline": {"accuracy": 0.9, "params": 1, "macs": 1},
+                          "stages": [], "artifacts": [{**r, "valid": True} for r in recs],
+                          "gate": {"passed": True, "max_metric_drop": 1.0}})
+    assert "  onnx-int8 is no faster than onnx-fp32" in table and "SLOWER" not in table and "!" not in table
+
+
+def test_int8_slower_beyond_the_spread_is_slower_and_warned() -> None:
+    recs = _pair(0.060, 0.010)      # intervals ±0.0014 ms at n=300: 0.0586.. above 0.0514..
+    warnings = guard_records(recs, device="local")
+    guard = recs[1]["int8_guard"]
+    assert guard["slower"] is True and guard["no_faster"] is False and guard["flagged"] is True
+    assert len(warnings) == 1 and "SLOWER than onnx-fp32 on local" in warnings[0] and "beyond the measured" \
+        in warnings[0]
+
+
+def test_same_ratio_is_slower_with_many_samples_and_no_faster_with_few() -> None:
+    """The verdict follows the measurement's precision, not the ratio alone: 1.1x with n=2000 samples is real,
+    with n=20 it is noise."""
+    many, few = _pair(0.055, 0.010, n=2000), _pair(0.055, 0.010, n=20)
+    guard_records(many)
+    guard_records(few)
+    assert many[1]["int8_guard"]["slower"] is True
+    assert few[1]["int8_guard"]["slower"] is False and few[1]["int8_guard"]["no_faster"] is True
+
+
+def test_repeat_medians_that_disagree_widen_the_interval() -> None:
+    recs = _pair(0.060, 0.001, fp32_std=0.001)
+    recs[1]["bench"] = {"repeat": {"p50": [0.045, 0.060, 0.075]}}        # the device could not tell them apart
+    guard_records(recs)
+    assert recs[1]["int8_guard"]["slower"] is False and recs[1]["int8_guard"]["no_faster"] is True
+    assert recs[1]["int8_guard"]["p50_interval_ms"] == [0.045, 0.075]
 
 
 @pytest.mark.parametrize(("name", "higher", "parent", "child", "child_wins"), [

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import run_cli
+from tests.conftest import DIGITS, run_cli
 
 pytestmark = pytest.mark.onnx
 
@@ -78,3 +78,38 @@ def test_run_is_recorded_in_the_results_store(fp32_run):
     hist = run_cli("history", "--recipe", "digits", "--device", "local")
     assert hist.returncode == 0, hist.stderr
     assert summary["run_id"] in hist.stdout and "complete" in hist.stdout
+
+
+def test_run_measures_the_original_and_ends_with_its_headline(fp32_run):
+    """No stages: the shipped onnx-fp32 is the original's twin, so the headline must say so -- same size, same
+    top-1, a speed-up that is the ratio of the two measured p50s and no claim of "faster" inside the noise."""
+    out, proc = fp32_run
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    summary = json.loads((out / "summary.json").read_text())
+    original, art = summary["original"], summary["artifacts"][0]
+    assert original["valid"] and original["latency_ms"]["n"] >= 200 and (out / original["file"]).is_file()
+    assert original["file"].startswith("artifacts/original/") and original["bytes"] == art["bytes"]
+    assert original["accuracy"] == pytest.approx(summary["baseline"]["accuracy"], abs=1e-5)
+    h = summary["headline"]
+    assert h["chosen"]["name"] == "onnx-fp32" and h["original"]["name"] == "original"
+    assert h["speedup"] == pytest.approx(original["latency_ms"]["p50"] / art["latency_ms"]["p50"], abs=1e-3)
+    assert h["size_ratio"] == 1.0 and h["metric_drop"] == 0.0
+    assert h["text"].startswith("shipped onnx-fp32: ") and h["text"].endswith("the same size as the original, "
+                                                                               "top-1 ±0.0 pt (local)")
+    assert proc.stderr.rstrip().splitlines()[-1] == h["text"]
+
+
+def test_rerun_reuses_the_original_export_and_measurement(fp32_run, tmp_path):
+    import shutil
+
+    out, _ = fp32_run
+    again = tmp_path / "again"
+    shutil.copytree(out, again)
+    first = json.loads((again / "summary.json").read_text())["original"]
+    proc = run_cli("run", str(DIGITS / "tiny.yaml"), "--device", "local", "--out", str(again), "--set", "stages={}",
+                   "--set", "backends=[onnx-fp32]", "--set", "gate.max_latency_ms=1000")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "original model: FP32 ONNX export re-used" in proc.stderr
+    assert "original model on local: measurement re-used" in proc.stderr
+    second = json.loads((again / "summary.json").read_text())["original"]
+    assert second["sha256"] == first["sha256"] and second["latency_ms"] == first["latency_ms"]

@@ -90,6 +90,30 @@ def test_prune_warns_loudly_when_pruned_model_is_slower(digits, teacher, example
     assert "1.17x" in extra["warnings"][0]
 
 
+def test_prune_says_no_faster_without_a_warning_when_the_slowdown_is_inside_the_spread(digits, teacher,
+                                                                                        example) -> None:
+    """1.12x slower by the p50s, but the two p50 intervals overlap (the demo's old loudest line): a plain note."""
+    def noisy(*a, **k):
+        return {"pruned_p50_ms": 0.056, "parent_p50_ms": 0.050, "latency_ratio": 1.12, "n": 300,
+                "slower": False, "no_faster": True}
+
+    lines: list[str] = []
+    _, extra = prune(teacher, example, digits, PruneConfig(ratio=0.5, finetune_epochs=0), log=lines.append,
+                     timing=noisy)
+    assert extra["warnings"] == [] and not any("WARNING" in line or "SLOWER" in line for line in lines)
+    assert any("no faster than its parent" in line and "inside the measured spread" in line for line in lines)
+
+
+def test_onnx_latency_ratio_reports_the_p50_intervals_and_a_verdict(teacher, example) -> None:
+    from pipeline.phases.latency import onnx_latency_ratio
+
+    guard = onnx_latency_ratio(teacher, teacher, example, iterations=50, min_seconds=0.0)
+    for side in ("pruned", "parent"):
+        low, high = guard[f"{side}_p50_interval_ms"]
+        assert low <= guard[f"{side}_p50_ms"] <= high
+    assert guard["slower"] is (guard["pruned_p50_interval_ms"][0] > guard["parent_p50_interval_ms"][1])
+
+
 @pytest.mark.parametrize("override,path", [("stages.prune.ratio=1.5", "stages.prune.ratio"),
                                            ("stages.prune.importance=random", "stages.prune.importance"),
                                            ("stages.prune.round_to=0", "stages.prune.round_to")])

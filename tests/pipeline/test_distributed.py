@@ -97,7 +97,7 @@ def test_strip_nproc_leaves_the_rest_of_the_command_line() -> None:
 
 @pytest.mark.parametrize(("codes", "expected"), [
     ({0: 2, 1: 2}, 2),            # both ranks refused the recipe
-    ({0: -15, 1: 2}, 2),          # rank 1 failed first and the launcher stopped rank 0 (seen in a fresh-clone make test)
+    ({0: -15, 1: 2}, 2),          # rank 1 failed first and the launcher stopped rank 0 (seen in a fresh-clone run)
     ({0: 3}, 3),                  # rank 0's gate verdict
     ({1: 4}, 4),                  # only rank 1 lost its board
     ({0: -9, 1: -15}, 1),         # signals only: a crash

@@ -25,6 +25,28 @@ def _positive_int(text: str) -> int:
     return int(text)
 
 
+def _scale(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 < value <= 1:
+        raise argparse.ArgumentTypeError(f"expected a factor in (0, 1], e.g. 0.1, got {text!r}")
+    return value
+
+
+def add_scale(p: argparse.ArgumentParser) -> None:
+    """``--scale F``: the recipe's ``scale`` (pipeline/config.py scale_recipe; README "Scale")."""
+    p.add_argument("--scale", type=_scale, metavar="F",
+                   help="shorten the work, not what runs: epochs x F (at least 1), sample counts and search budgets "
+                        "x F (with floors); every stage, backend and option kept; recorded in summary.json")
+
+
+def with_scale(args: argparse.Namespace) -> list[str]:
+    """The --set overrides with --scale appended as ``scale=F`` (the last word, as on the command line)."""
+    return [*args.set, *([f"scale={args.scale}"] if getattr(args, "scale", None) is not None else [])]
+
+
 def _add_conn(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("connection overrides (also EDGEPIPE_<DEVICE>_HOST, _USER, _PORT, _KEY)")
     g.add_argument("--host")
@@ -41,7 +63,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         return distributed.launch(args.nproc, distributed.strip_nproc(args.argv))
     from pipeline.run import run
 
-    summaries = run(args.recipe, args.device, Path(args.out) if args.out else None, args.set, _conn_overrides(args))
+    summaries = run(args.recipe, args.device, Path(args.out) if args.out else None, with_scale(args),
+                    _conn_overrides(args))
     if args.json:
         print(json.dumps(summaries if len(summaries) > 1 else summaries[0], indent=2))
     return 0
@@ -50,7 +73,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_check(args: argparse.Namespace) -> int:
     from pipeline.check import check
 
-    recipe, facts = check(args.recipe, args.set)
+    recipe, facts = check(args.recipe, with_scale(args))
     stages = [n for n in ("distill", "prune", "quantize") if getattr(recipe.stages, n) is not None]
     inputs = ", ".join(f"{s.name} {s.dtype}{s.shape}" for s in recipe.model.input_specs)
     print(f"{args.recipe}: ok (recipe {recipe.name!r}, inputs: {inputs}, outputs: {facts.get('outputs')}, "
@@ -138,6 +161,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="run folder (default runs/<recipe>-<time>)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a recipe value, e.g. --set stages.prune.ratio=0.3")
+    add_scale(p)
     p.add_argument("--json", action="store_true", help="print summary.json to stdout")
     p.add_argument("--nproc", type=_positive_int, metavar="N",
                    help="train the stages on N data-parallel processes on this machine (torchrun underneath; one "
@@ -148,6 +172,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("check", help="validate a recipe and report every problem at once")
     p.add_argument("recipe")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    add_scale(p)
     p.set_defaults(func=cmd_check)
 
     p = sub.add_parser("bench", help="benchmark one artifact on one device")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import secrets
 import time
 from pathlib import Path
 from typing import Any
@@ -58,10 +59,12 @@ def parse_runner_output(result_stdout: str, context: str) -> dict[str, Any]:
 
 
 def push_inputs(profile: DeviceProfile, tr: Transport, inputs: Path) -> str:
-    """Upload the eval inputs once per device and run (every artifact's job reads the same file), named by their
-    content so a retry re-uses them; written under a temporary name and renamed, so a half upload is never read."""
+    """Upload the eval inputs once per device and run (every artifact's job reads the same file); written under a
+    temporary name and renamed, so a half upload is never read. The name is the content's digest plus a token of
+    this upload: two runs of the same recipe on one device at once (two users, two test workers) each remove only
+    their own copy, never the file the other is still reading."""
     digest = hashlib.sha256(Path(inputs).read_bytes()).hexdigest()[:16]
-    final = f"{profile.workdir}/inputs-{digest}.npz"
+    final = f"{profile.workdir}/inputs-{digest}-{secrets.token_hex(4)}.npz"
     tr.run(["mkdir", "-p", profile.workdir], timeout=60)
     tr.put(Path(inputs), final + ".part")
     tr.run(["mv", "-f", final + ".part", final], timeout=60)

@@ -28,7 +28,14 @@ def _private_results_store(tmp_path_factory: pytest.TempPathFactory) -> Iterator
 
 @pytest.fixture(scope="session")
 def digits_recipe() -> Path:
+    """The shipped demo recipe: tests run it as shipped, at most at ``--scale`` (README "Scale")."""
     return DIGITS / "recipe.yaml"
+
+
+@pytest.fixture(scope="session")
+def digits_run_recipe() -> Path:
+    """The run-mechanics tests' own recipe: the demo's teacher and data, no stages, onnx-fp32 (seconds a run)."""
+    return ROOT / "tests" / "fixtures" / "digits_run" / "recipe.yaml"
 
 
 @pytest.fixture

@@ -205,12 +205,16 @@ class Recipe(StrictModel):
 
 # ------------------------------------------------------------------------------------------------ scale
 # One rule for every recipe (README "Scale"): epoch counts -> max(1, round(e * F)) (0 stays 0: a stage with no
-# epochs keeps none); sample counts -> max(min(n, SAMPLE_FLOOR), round(n * F)); the latency guard's iterations ->
+# epochs keeps none); sample counts -> max(min(n, floor), round(n * F)), the floor MEASURE_FLOOR for the samples a
+# check or a search measures on (at 200 one sample is 0.5 point, under every example's tolerance; at 50 one flip
+# failed inspect's 1-point INT8 check) and CALIB_FLOOR for calibration; the latency guard's iterations ->
 # max(10, round(i * F)) and its seconds x F; the search budget -> max(1, round(candidates * F)) measurements and
 # minutes x F. Rounding is half up. Nothing is switched off: every stage, backend and option of the recipe still runs.
-SAMPLE_FLOOR = 32
+MEASURE_FLOOR = 200
+CALIB_FLOOR = 32
 _EPOCHS = ("stages.distill.epochs", "stages.prune.finetune_epochs", "stages.quantize.epochs")
-_SAMPLES = ("data.eval_samples", "stages.quantize.calib_samples", "stages.quantize.sensitivity_samples")
+_SAMPLES = {"data.eval_samples": MEASURE_FLOOR, "stages.quantize.sensitivity_samples": MEASURE_FLOOR,
+            "stages.quantize.calib_samples": CALIB_FLOOR}
 
 
 def _half_up(x: float) -> int:
@@ -224,7 +228,7 @@ def scaled_value(path: str, value: Any, factor: float) -> Any:
     if path in _EPOCHS:
         return 0 if value == 0 else max(1, _half_up(value * factor))
     if path in _SAMPLES:
-        return max(min(value, SAMPLE_FLOOR), _half_up(value * factor))
+        return max(min(value, _SAMPLES[path]), _half_up(value * factor))
     if path == "stages.prune.guard_iterations":
         return max(10, _half_up(value * factor))
     if path == "search.budget.candidates":

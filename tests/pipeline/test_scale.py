@@ -33,11 +33,11 @@ def test_scale_changes_only_epochs_samples_and_budgets_of_every_example(path):
     assert short.backends == full.backends and short.stages.model_fields_set == full.stages.model_fields_set
     for name in ("distill", "prune", "quantize"):
         assert (getattr(short.stages, name) is None) == (getattr(full.stages, name) is None)
-    assert short.data.eval_samples < full.data.eval_samples
+    assert short.data.eval_samples == min(full.data.eval_samples, max(200, round(full.data.eval_samples * 0.1)))
     if full.stages.distill is not None:
         assert 1 <= short.stages.distill.epochs < full.stages.distill.epochs
     record = short.scale_record()
-    assert record["factor"] == 0.1 and record["full"] is False and "data.eval_samples" in record["changed"]
+    assert record["factor"] == 0.1 and record["full"] is False and record["changed"]
     assert load_recipe(path).scale_record() == {"factor": 1.0, "full": True, "changed": {}}
 
 
@@ -45,7 +45,8 @@ def test_scale_rule_rounds_half_up_with_floors_and_keeps_zero_epochs_zero(digits
     r = load_recipe(digits_recipe, ["scale=0.01", "stages.prune.finetune_epochs=0", "stages.distill.epochs=50"])
     assert r.stages.distill.epochs == 1                    # max(1, round(0.5)) -- never 0: the stage still trains
     assert r.stages.prune.finetune_epochs == 0             # a recipe with no fine-tuning keeps none
-    assert r.data.eval_samples == 32 and r.stages.quantize.calib_samples == 32   # the sample floor
+    assert r.data.eval_samples == 200 and r.stages.quantize.sensitivity_samples == 200   # what checks measure on
+    assert r.stages.quantize.calib_samples == 32                                         # the calibration floor
     assert r.stages.prune.guard_iterations == 10 and r.search.budget.candidates == 1
     half = load_recipe(digits_recipe, ["scale=0.25", "stages.distill.epochs=10"])
     assert half.stages.distill.epochs == 3                 # 2.5 rounds up, not to the even 2

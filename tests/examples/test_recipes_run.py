@@ -25,6 +25,9 @@ from tests.examples.conftest import EXAMPLES
 pytestmark = [pytest.mark.scenario, pytest.mark.slow, pytest.mark.onnx, pytest.mark.openvino, pytest.mark.tflite]
 
 SCALE = "0.1"
+# inspect at 0.1 (2 distill epochs from a 1-epoch teacher) gave a 77 %-top-1 student whose onnx-int8 missed the
+# recipe's 1-point INT8 check by 0.5 (3 of 200 samples): its check needs the 5 epochs of 0.25
+SCALES = {"inspect": "0.25"}
 RECIPES = sorted(EXAMPLES.glob("*/recipe.yaml"))
 TEACHER_HOOK = {"detect", "vit", "inspect"}    # examples with EDGEPIPE_<X>_TEACHER_EPOCHS
 
@@ -38,12 +41,13 @@ def test_example_recipe_as_shipped_at_scale_runs_every_stage_and_backend_into_a_
         monkeypatch.setenv(f"EDGEPIPE_{example.upper()}_TEACHER_EPOCHS", "1")
     monkeypatch.setenv("OMP_NUM_THREADS", "1")   # one torch thread: two thrash on a shared 2-core runner
     out = tmp_path / "fresh" / "run"              # not even its parent exists (issue 22: artifacts/.mixed-XXXX)
-    proc = run_cli("run", str(path), "--device", "local", "--out", str(out), "--scale", SCALE, timeout=1800)
+    scale = SCALES.get(example, SCALE)
+    proc = run_cli("run", str(path), "--device", "local", "--out", str(out), "--scale", scale, timeout=1800)
     assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
     recipe = load_recipe(path)
     summary = json.loads((out / "summary.json").read_text())
     assert_gate_verdict_only(proc, [summary])
-    assert summary["scale"]["factor"] == float(SCALE) and summary["scale"]["full"] is False
+    assert summary["scale"]["factor"] == float(scale) and summary["scale"]["full"] is False
     assert [s["name"] for s in summary["stages"]] == [n for n in ("distill", "prune", "quantize")
                                                       if getattr(recipe.stages, n) is not None]
     metric = summary["baseline"]["metric"]["name"]

@@ -26,15 +26,17 @@ demo: setup
 
 # make test: everything but the long end-to-end scenarios, on every core. --dist loadfile keeps each test file on one
 # worker, so a module fixture that trains, runs the CLI or starts an sshd runs once, not once per worker.
+# One torch thread per worker (OMP_NUM_THREADS, unless set): N workers on N cores, not N x N threads thrashing.
 test: setup
-	$(BIN)/python -m pytest -q -n $(JOBS) --dist loadfile -m "not scenario"
+	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(BIN)/python -m pytest -q -n $(JOBS) --dist loadfile -m "not scenario"
 
 # make test-scenarios: the long end-to-end runs (README "Tests"): every examples/*/recipe.yaml as shipped at --scale,
 # the demo, the fleets and the search over SSH, the emulated Raspberry Pi. CI runs it after make test. --dist
 # loadgroup spreads single tests over the workers and keeps a module that shares one expensive fixture together
 # (pytest.mark.xdist_group in that module).
 test-scenarios: setup
-	$(BIN)/python -m pytest -q -n $(JOBS) --dist loadgroup -m scenario --durations=0
+	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(BIN)/python -m pytest -q -n $(JOBS) --dist loadgroup -m scenario \
+		--durations=0
 
 lint: setup
 	$(BIN)/ruff check .

@@ -32,10 +32,10 @@ test: setup
 
 # make test-scenarios: the long end-to-end runs (README "Tests"): every examples/*/recipe.yaml as shipped at --scale,
 # the demo, the fleets and the search over SSH, the emulated Raspberry Pi. CI runs it after make test. --dist
-# loadgroup spreads single tests over the workers and keeps a module that shares one expensive fixture together
-# (pytest.mark.xdist_group in that module).
+# loadfile, as in make test: the demo's and the search's module fixtures run once (pytest-xdist 3.8's loadgroup did
+# not group a module's pytestmark xdist_group here, and the demo ran twice).
 test-scenarios: setup
-	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(BIN)/python -m pytest -q -n $(JOBS) --dist loadgroup -m scenario \
+	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(BIN)/python -m pytest -q -n $(JOBS) --dist loadfile -m scenario \
 		--durations=0
 
 lint: setup

@@ -16,8 +16,7 @@ import yaml
 from pipeline.config import load_recipe
 from tests.conftest import ROOT, run_cli
 
-pytestmark = [pytest.mark.xdist_group("search-over-ssh"),   # one worker: the module shares one expensive fixture
-              pytest.mark.scenario, pytest.mark.ssh, pytest.mark.slow, pytest.mark.onnx, pytest.mark.openvino]
+pytestmark = [pytest.mark.scenario, pytest.mark.ssh, pytest.mark.slow, pytest.mark.onnx, pytest.mark.openvino]
 
 SETS = ["stages.distill.epochs=8", "stages.prune.finetune_epochs=2", "stages.quantize.mode=ptq",
         "gate.max_accuracy_drop=2.0",

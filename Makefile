@@ -5,9 +5,11 @@ BIN     := $(VENV)/bin
 EP      := $(BIN)/edgepipe
 RECIPE  ?= examples/digits/recipe.yaml
 OUT     ?= runs
+# pytest-xdist workers: one per core
+JOBS    ?= auto
 PROFILES := $(basename $(notdir $(wildcard device_profiles/*.yaml)))
 
-.PHONY: setup demo test lint bench-perf clean $(PROFILES) $(addprefix bench-,$(PROFILES)) $(addprefix release-,$(PROFILES))
+.PHONY: setup demo test test-scenarios lint bench-perf clean $(PROFILES) $(addprefix bench-,$(PROFILES)) $(addprefix release-,$(PROFILES))
 
 setup: $(VENV)/.installed
 
@@ -22,8 +24,19 @@ demo: setup
 	$(EP) report $(OUT)/demo --out $(OUT)/demo/report.html
 	$(EP) release $(OUT)/demo --device local --dist dist
 
+# make test: everything but the long end-to-end scenarios, on every core. --dist loadfile keeps each test file on one
+# worker, so a module fixture that trains, runs the CLI or starts an sshd runs once, not once per worker.
+# One torch thread per worker (OMP_NUM_THREADS, unless set): N workers on N cores, not N x N threads thrashing.
 test: setup
-	$(BIN)/python -m pytest -q
+	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(BIN)/python -m pytest -q -n $(JOBS) --dist loadfile -m "not scenario"
+
+# make test-scenarios: the long end-to-end runs (README "Tests"): every examples/*/recipe.yaml as shipped at --scale,
+# the demo, the fleets and the search over SSH, the emulated Raspberry Pi. CI runs it after make test. --dist
+# loadfile, as in make test: the demo's and the search's module fixtures run once (pytest-xdist 3.8's loadgroup did
+# not group a module's pytestmark xdist_group here, and the demo ran twice).
+test-scenarios: setup
+	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(BIN)/python -m pytest -q -n $(JOBS) --dist loadfile -m scenario \
+		--durations=0
 
 lint: setup
 	$(BIN)/ruff check .

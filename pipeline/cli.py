@@ -10,7 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pipeline
-from pipeline.ui.args import add_conn, add_set, conn_overrides, positive_int
+from pipeline.ui.args import add_conn, add_scale, add_set, conn_overrides, positive_int, with_scale
 from pipeline.ui.console import routed
 from targets.errors import EdgeError, printable
 from targets.jsonio import strict_dumps
@@ -24,7 +24,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     with routed(what="edgepipe-run"):   # before the imports: their C++ start-up lines go to run.log too
         from pipeline.run import run
 
-        summaries = run(args.recipe, args.device, Path(args.out) if args.out else None, args.set,
+        summaries = run(args.recipe, args.device, Path(args.out) if args.out else None, with_scale(args),
                         conn_overrides(args))
     if args.json:
         print(strict_dumps(summaries if len(summaries) > 1 else summaries[0], "--json output", indent=2))
@@ -35,7 +35,7 @@ def cmd_check(args: argparse.Namespace) -> int:
     with routed(what="edgepipe-check"):   # the model and metric run once; what libraries print is not ours
         from pipeline.recipe.check import check
 
-        recipe, facts = check(args.recipe, args.set)
+        recipe, facts = check(args.recipe, with_scale(args))
     stages = [n for n in ("distill", "prune", "quantize") if getattr(recipe.stages, n) is not None]
     inputs = ", ".join(f"{s.name} {s.dtype}{s.shape}" for s in recipe.model.input_specs)
     print(f"{args.recipe}: ok (recipe {recipe.name!r}, inputs: {inputs}, outputs: {facts.get('outputs')}, "
@@ -130,7 +130,7 @@ def cmd_search(args: argparse.Namespace) -> int:
     with routed(what="edgepipe-search"):   # moved to the search folder's search.log once it is known
         from pipeline.search.engine import search
 
-        search(args.recipe, args.device, Path(args.out) if args.out else None, args.set, conn_overrides(args),
+        search(args.recipe, args.device, Path(args.out) if args.out else None, with_scale(args), conn_overrides(args),
                args.cache)
     return 0
 
@@ -206,6 +206,7 @@ def _args_run(p: argparse.ArgumentParser) -> None:
                    help="profile name or file; repeat for a fleet (devices run concurrently)")
     p.add_argument("--out", help="run folder (default runs/<recipe>-<time>)")
     add_set(p)
+    add_scale(p)
     p.add_argument("--json", action="store_true", help="print summary.json to stdout")
     p.add_argument("--nproc", type=positive_int, metavar="N",
                    help="train the stages on N data-parallel processes on this machine (torchrun underneath; one "
@@ -216,6 +217,7 @@ def _args_run(p: argparse.ArgumentParser) -> None:
 def _args_check(p: argparse.ArgumentParser) -> None:
     p.add_argument("recipe")
     add_set(p)
+    add_scale(p)
 
 
 def _args_init(p: argparse.ArgumentParser) -> None:
@@ -252,6 +254,7 @@ def _args_search(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cache", help="shared cache of stages, exports and measurements (default $EDGEPIPE_CACHE or "
                    "~/.cache/edgepipe)")
     add_set(p, "--set 'search.space={prune.ratio: [0, 0.5]}'")
+    add_scale(p)
     add_conn(p)
 
 

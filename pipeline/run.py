@@ -121,9 +121,13 @@ def _run(recipe: Recipe, profiles: list[DeviceProfile], root: Path, run_id: str,
          progress: Progress, store: Store) -> list[dict[str, Any]]:
     progress.say(f"edgepipe {pipeline.__version__}: {recipe.name} -> {', '.join(p.name for p in profiles)} "
                  f"(run folder {root})")
-    (root / "recipe.yaml").write_text(yaml.safe_dump(recipe.model_dump(mode="json"), sort_keys=False))
+    if recipe.scale != 1.0:
+        progress.warn(f"scale {recipe.scale:g}: a shortened run, not the recipe's figures ("
+                      + ", ".join(f"{k} {a}->{b}" for k, (a, b) in recipe.scale_record()["changed"].items()) + ")")
+    # as written (scale included, not applied): loading the run folder's recipe again runs the same thing
+    (root / "recipe.yaml").write_text(yaml.safe_dump(recipe.as_written(), sort_keys=False))
     for p in profiles:  # marked incomplete until finish_run: a crash leaves that verdict in the store
-        store.begin_run(run_id, recipe.model_dump(mode="json"), p.name,
+        store.begin_run(run_id, recipe.as_written(), p.name,
                         root if len(profiles) == 1 else root / p.name, started)
     prep = prepare.load(recipe, progress)
     ctx, baseline = prep.ctx, prep.baseline
@@ -191,7 +195,8 @@ def _device(profile: DeviceProfile, exported: dict[str, ExportOutcome], run: dic
                                 ctx)
     summary = {
         "schema": 1, "recipe": recipe.name, "device": profile.name, "run_id": run["run_id"],
-        "baseline": run["baseline"], "stages": run["result"].records, "artifacts": records, "original": original,
+        "scale": recipe.scale_record(), "baseline": run["baseline"], "stages": run["result"].records,
+        "artifacts": records, "original": original,
         "status": "failed" if errors or any(r.get("error") for r in records) else "complete",
         "started": run["started"], "finished": now_iso(), "edgepipe_version": pipeline.__version__,
         "tool_versions": tool_versions(), "host": {"python": sys.version.split()[0]},

@@ -186,6 +186,8 @@ def search(family: str, exporter: Exporter, model: torch.nn.Module, example: tup
     raises. Raises ExportError when even every group in float misses the limit, saying by how much.
     """
     backend = f"{family}-int8"
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)   # its trial folder lives inside: a fresh --out has no artifacts/ yet
     feeds = {"input": x} if isinstance(x, np.ndarray) else x
     refs = [reference] if isinstance(reference, np.ndarray) else list(reference)
     n = min(bench.count(feeds), mp.samples)
@@ -246,7 +248,7 @@ def search(family: str, exporter: Exporter, model: torch.nn.Module, example: tup
                               f"{record['drop']:.2f} pt of {metric} in the runtime, over max_drop {mp.max_drop:g}",
                               hint="raise quantize.max_drop, keep more layers float (keep_float), or use "
                                    "quantize.mode: qat")
-        art = trial.adopt(reverted, Path(out_dir))
+        art = trial.adopt(reverted, out_dir)
     log(f"{backend}: kept in float: {', '.join(reverted) or 'nothing'}; {metric} {record['final_score']:.2f} "
         f"(drop {record['drop']:.2f} pt) after {record['tries']} tries in {record['seconds']:.0f}s")
     art.metadata["mixed_precision"] = record

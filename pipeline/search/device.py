@@ -345,6 +345,7 @@ class DeviceSearch:
         exhaustive = len({c.id for cells in self.grid["cells"].values() for c in cells.values()})
         return {
             "schema": 1, "kind": "search", "recipe": self.host.recipe.name, "device": self.profile.name,
+            "scale": self.host.recipe.scale_record(),
             "status": self.status, "started": self.started, "finished": now_iso(),
             "edgepipe_version": pipeline.__version__, "tool_versions": tool_versions(),
             "strategy": {"name": self.cfg.strategy, "eta": self.cfg.eta,

@@ -1,9 +1,14 @@
-"""Each field scenario's recipe end to end through the real CLI on `local`, from a clean clone.
+"""Every shipped examples/*/recipe.yaml end to end through the real CLI on `local`, as shipped but for the scale knob
+(`--scale`, the one documented way to shorten a recipe: README "Scale"), into a fresh folder, on all its backends.
 
-The teacher is trained from scratch into a temporary cache (EDGEPIPE_<X>_TEACHER_EPOCHS=1: a short teacher, cached
-under its own name so it never replaces the real one) and every stage runs on a cut budget (--set): the point is that
-the recipe's chain runs, each stage leaves its record and the INT8 artifact is checked and scored in the example's
-own metric, not the example's final figures (benchmarks/scenarios.py prints those).
+A scenario (`make test-scenarios`, run by CI): minutes per example. Nothing of the recipe is turned off: every stage,
+backend and option (the detector's mixed-precision search included) runs; only epochs, sample counts and budgets are
+shortened. The three examples whose teachers take minutes to train (detect, vit, inspect) train a one-epoch teacher
+into a temporary cache through their documented hook (EDGEPIPE_<X>_TEACHER_EPOCHS, a file of its own name, never the
+real teacher); the others train their real teacher on first use, as a fresh clone does.
+
+Exit codes: 0, or 3 when the only failures are the gate's metric-drop limits -- a shortened training can land under a
+gate the full recipe meets (README "Scale"); any other failure, an export error or a traceback fails the test.
 """
 
 from __future__ import annotations
@@ -11,39 +16,47 @@ from __future__ import annotations
 import json
 
 import pytest
+from pipeline.recipe.config import load_recipe
 
-from tests.conftest import run_cli
+from targets.profiles import load_profile
+from tests.conftest import assert_gate_verdict_only, run_cli
 from tests.examples.conftest import EXAMPLES
 
-pytestmark = [pytest.mark.slow, pytest.mark.onnx]
+pytestmark = [pytest.mark.scenario, pytest.mark.slow, pytest.mark.onnx, pytest.mark.openvino, pytest.mark.tflite]
 
-CUT = ["--set", "stages.distill.epochs=1", "--set", "backends=[onnx-int8]"]
-PRUNE = ["--set", "stages.prune.finetune_epochs=1", "--set", "stages.prune.latency_guard=false"]
-CASES = {   # example: (metric, eval samples, stages, extra overrides)
-    "inspect": ("top1", 120, ["distill", "prune", "quantize"], PRUNE),
-    "vit": ("top1", 120, ["distill", "prune", "quantize"], PRUNE),
-    # the recipe's mixed-precision search is left to tests/targets/test_mixed_precision.py (a minute per backend)
-    "detect": ("map50_95", 40, ["distill", "quantize"], ["--set", "stages.distill.batch_size=64",
-                                                         "--set", "stages.quantize.auto_keep_float=false"]),
-}
+SCALE = "0.1"
+# inspect at 0.1 (2 distill epochs from a 1-epoch teacher) gave a 77 %-top-1 student whose onnx-int8 missed the
+# recipe's 1-point INT8 check by 0.5 (3 of 200 samples): its check needs the 5 epochs of 0.25
+SCALES = {"inspect": "0.25"}
+RECIPES = sorted(EXAMPLES.glob("*/recipe.yaml"))
+TEACHER_HOOK = {"detect", "vit", "inspect"}    # examples with EDGEPIPE_<X>_TEACHER_EPOCHS
 
 
-@pytest.mark.parametrize("example", list(CASES))
-def test_scenario_recipe_runs_its_chain_to_int8_from_a_fresh_teacher(example, tmp_path, monkeypatch):
-    metric, samples, stages, extra = CASES[example]
-    monkeypatch.setenv(f"EDGEPIPE_{example.upper()}_CACHE", str(tmp_path / "cache"))
-    monkeypatch.setenv(f"EDGEPIPE_{example.upper()}_TEACHER_EPOCHS", "1")
+@pytest.mark.parametrize("path", RECIPES, ids=[p.parent.name for p in RECIPES])
+def test_example_recipe_as_shipped_at_scale_runs_every_stage_and_backend_into_a_fresh_folder(path, tmp_path,
+                                                                                             monkeypatch):
+    example = path.parent.name
+    if example in TEACHER_HOOK:
+        monkeypatch.setenv(f"EDGEPIPE_{example.upper()}_CACHE", str(tmp_path / "cache"))
+        monkeypatch.setenv(f"EDGEPIPE_{example.upper()}_TEACHER_EPOCHS", "1")
     monkeypatch.setenv("OMP_NUM_THREADS", "1")   # one torch thread: two thrash on a shared 2-core runner
-    out = tmp_path / "run"
-    proc = run_cli("run", str(EXAMPLES / example / "recipe.yaml"), "--device", "local", "--out", str(out),
-                   *CUT, "--set", f"data.eval_samples={samples}", *extra, timeout=900)
-    assert proc.returncode in (0, 3), proc.stderr[-3000:]
-    assert list((tmp_path / "cache").glob("teacher-v*-e1.pt")), "the teacher was not trained from scratch"
+    out = tmp_path / "fresh" / "run"              # not even its parent exists (issue 22: artifacts/.mixed-XXXX)
+    scale = SCALES.get(example, SCALE)
+    proc = run_cli("run", str(path), "--device", "local", "--out", str(out), "--scale", scale, timeout=1800)
+    assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    recipe = load_recipe(path)
     summary = json.loads((out / "summary.json").read_text())
-    assert [s["name"] for s in summary["stages"]] == stages
-    assert summary["baseline"]["metric"]["name"] == metric
-    [art] = summary["artifacts"]
-    assert art["name"] == "onnx-int8" and not art.get("error"), art.get("error")
-    assert art["metric"]["name"] == metric and 0.0 <= art["metric"]["value"] <= 1.0
-    assert art["latency_ms"]["n"] >= 20
-    assert summary["gate"]["metric"] == metric and (proc.returncode == 0) == summary["gate"]["passed"]
+    assert_gate_verdict_only(proc, [summary])
+    assert summary["scale"]["factor"] == float(scale) and summary["scale"]["full"] is False
+    assert [s["name"] for s in summary["stages"]] == [n for n in ("distill", "prune", "quantize")
+                                                      if getattr(recipe.stages, n) is not None]
+    metric = summary["baseline"]["metric"]["name"]
+    arts = {a["name"]: a for a in summary["artifacts"]}
+    assert list(arts) == list(recipe.backends or load_profile("local").backends)
+    for name, art in arts.items():
+        assert not art.get("error"), (name, art.get("error"))
+        assert art["metric"]["name"] == metric and art["latency_ms"]["n"] >= 20, name
+        assert (out / art["file"]).is_file(), name
+        if recipe.stages.quantize is not None and recipe.stages.quantize.auto_keep_float and name.endswith("-int8"):
+            assert art["metadata"]["mixed_precision"]["met"] is True, name     # the search ran, in every runtime
+    assert summary["gate"]["metric"] == metric

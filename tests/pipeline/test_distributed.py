@@ -1,6 +1,7 @@
 """Data-parallel stages: `edgepipe run --nproc 2` (torchrun's launcher, gloo on the CPU) against one process.
 
-Kept cheap: distill for 2 epochs and QAT for 1 on the demo, no pruning, one FP32 backend.
+Kept cheap: the run-mechanics test recipe (tests/fixtures/digits_run: the demo's teacher and data) with distill for 2
+epochs and QAT for 1, no pruning, one FP32 backend.
 """
 
 from __future__ import annotations
@@ -14,17 +15,17 @@ from tests.conftest import run_cli
 
 pytestmark = [pytest.mark.onnx, pytest.mark.slow]
 
-SHORT = ["--set", "stages.distill.epochs=2", "--set", "stages.prune=null", "--set", "stages.quantize.epochs=1",
-         "--set", "backends=[onnx-fp32]", "--set", "train.device=cpu",
+SHORT = ["--set", "stages={distill: {width: 0.5, epochs: 2}, quantize: {mode: qat, epochs: 1}}",
+         "--set", "train.device=cpu",
          "--set", "gate.max_accuracy_drop=5"]     # 2 epochs land ~2 points below the teacher; not tested here
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory, digits_recipe) -> dict[str, tuple[Path, object]]:
+def runs(tmp_path_factory, digits_run_recipe) -> dict[str, tuple[Path, object]]:
     out: dict[str, tuple[Path, object]] = {}
     for name, extra in (("one", []), ("ddp", ["--nproc", "2"])):
         folder = tmp_path_factory.mktemp(name) / "run"
-        proc = run_cli("run", str(digits_recipe), "--device", "local", "--out", str(folder), *SHORT, *extra,
+        proc = run_cli("run", str(digits_run_recipe), "--device", "local", "--out", str(folder), *SHORT, *extra,
                        timeout=1800)
         out[name] = (folder, proc)
     return out
@@ -76,8 +77,8 @@ def test_ddp_run_prints_one_progress_line_per_epoch_from_rank_zero_only(runs) ->
     assert log.count("distill epoch 2/2: loss") == 1 and log.count("qat epoch 1/1: loss") == 1
 
 
-def test_nproc_keeps_rank_zero_exit_code_and_one_line_error(digits_recipe) -> None:
-    proc = run_cli("run", str(digits_recipe), "--device", "local", "--nproc", "2", "--set", "train.device=gpu0")
+def test_nproc_keeps_rank_zero_exit_code_and_one_line_error(digits_run_recipe) -> None:
+    proc = run_cli("run", str(digits_run_recipe), "--device", "local", "--nproc", "2", "--set", "train.device=gpu0")
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert proc.stderr.count("edgepipe: error:") == 1 and "train.device" in proc.stderr
     assert "Traceback" not in proc.stderr

@@ -12,7 +12,7 @@ from pipeline.results.headline import headline
 from pipeline.results.report import write_report
 from pipeline.results.rundir import pick_best
 from pipeline.results.table import format_table
-from targets.artifact import atomic_write_json
+from targets.jsonio import write_json as atomic_write_json
 from tests.conftest import run_cli
 from tests.pipeline.runfolder import DEFAULT_FIGURES, make_run
 

@@ -14,7 +14,7 @@ from tests.conftest import ROOT, run_cli
 
 RECIPE = ROOT / "tests" / "fixtures" / "se_digits" / "recipe.yaml"
 
-pytestmark = [pytest.mark.slow, pytest.mark.onnx, pytest.mark.openvino, pytest.mark.tflite,
+pytestmark = [pytest.mark.scenario, pytest.mark.slow, pytest.mark.onnx, pytest.mark.openvino, pytest.mark.tflite,
               pytest.mark.skipif(not os.environ.get("EDGEPIPE_ISSUE12_E2E"),
                                  reason="~15 min on 2 contended cores (3 searches of 8-12 tries); make test runs "
                                         "the revert path on "

@@ -226,11 +226,10 @@ def test_build_bundle_is_identical_from_a_copy_at_another_path(passing_run: Path
 
 
 @pytest.mark.onnx
-def test_real_run_folder_releases_verifies_reports_and_is_recorded(tmp_path: Path, digits_recipe: Path) -> None:
+def test_real_run_folder_releases_verifies_reports_and_is_recorded(tmp_path: Path, digits_run_recipe: Path) -> None:
     """The orchestrator's own run folder (not the fabricated one) goes through every command of this issue."""
     out, dist = tmp_path / "run", tmp_path / "dist"
-    run = run_cli("run", str(digits_recipe), "--device", "local", "--out", str(out), "--set", "stages={}",
-                  "--set", "backends=[onnx-fp32]", "--set", "gate.max_latency_ms=1000")
+    run = run_cli("run", str(digits_run_recipe), "--device", "local", "--out", str(out))
     assert run.returncode == 0, run.stderr[-2000:]
     rel = run_cli("release", str(out), "--device", "local", "--dist", str(dist))
     assert rel.returncode == 0, rel.stderr

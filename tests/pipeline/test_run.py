@@ -16,10 +16,9 @@ ARTIFACT_KEYS = {"backend", "precision", "file", "sha256", "bytes", "accuracy", 
 
 
 @pytest.fixture(scope="module")
-def fp32_run(tmp_path_factory, digits_recipe) -> tuple[Path, object]:
+def fp32_run(tmp_path_factory, digits_run_recipe) -> tuple[Path, object]:
     out = tmp_path_factory.mktemp("run") / "r"
-    proc = run_cli("run", str(digits_recipe), "--device", "local", "--out", str(out), "--set", "stages={}",
-                   "--set", "backends=[onnx-fp32]", "--set", "gate.max_latency_ms=1000")
+    proc = run_cli("run", str(digits_run_recipe), "--device", "local", "--out", str(out))
     return out, proc
 
 
@@ -57,9 +56,9 @@ def test_bench_cli_measures_an_artifact_alone(fp32_run):
     assert rec["latency_ms"]["n"] >= 200 and rec["accuracy"] > 0.95
 
 
-def test_run_exits_3_when_the_latency_gate_fails(tmp_path, digits_recipe):
-    proc = run_cli("run", str(digits_recipe), "--device", "local", "--out", str(tmp_path / "r"), "--set",
-                   "stages={}", "--set", "backends=[onnx-fp32]", "--set", "gate.max_latency_ms=0.000001")
+def test_run_exits_3_when_the_latency_gate_fails(tmp_path, digits_run_recipe):
+    proc = run_cli("run", str(digits_run_recipe), "--device", "local", "--out", str(tmp_path / "r"), "--set",
+                   "gate.max_latency_ms=0.000001")
     assert proc.returncode == 3, proc.stderr[-2000:]
     assert "onnx-fp32: p90 latency" in proc.stderr and "Traceback" not in proc.stderr
     summary = json.loads((tmp_path / "r" / "summary.json").read_text())

@@ -17,11 +17,11 @@ def test_run_ids_started_in_the_same_second_differ():
     assert len(ids) == 50 and all(i.startswith("digits-") for i in ids)
 
 
-def test_run_refuses_a_folder_a_live_run_holds(tmp_path, digits_recipe):
+def test_run_refuses_a_folder_a_live_run_holds(tmp_path, digits_run_recipe):
     out = tmp_path / "r"
     with claim_run_folder(out, "digits-live"):
         with pytest.raises(ConfigError, match="in use by run digits-live"):
-            run(digits_recipe, ["local"], out, ["stages={}", "backends=[onnx-fp32]"])
+            run(digits_run_recipe, ["local"], out)
     assert not (out / CLAIM).exists()
 
 

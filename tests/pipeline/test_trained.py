@@ -36,3 +36,38 @@ def test_an_interrupted_training_leaves_no_cache(tmp_path: Path) -> None:
     except KeyboardInterrupt:
         pass
     assert not path.exists() and not list(tmp_path.iterdir())
+
+
+TRAIN_IN_A_PROCESS = """
+import sys, time
+from pathlib import Path
+import torch
+from torch import nn
+from pipeline.recipe.trained import trained_once
+
+def train(m):
+    with open(sys.argv[2], "a") as log:
+        log.write("trained\\n")
+    time.sleep(1.0)                      # long enough for the other process to find the cache missing too
+    with torch.no_grad():
+        m.weight.fill_(0.25)
+
+m = trained_once(nn.Linear(3, 2), Path(sys.argv[1]), train, "a test teacher")
+assert float(m.weight[0, 0]) == 0.25
+"""
+
+
+def test_two_processes_needing_the_same_missing_cache_train_it_once(tmp_path: Path) -> None:
+    """Parallel test workers (make test runs pytest -n 2) and two runs at once share examples/*/.cache."""
+    import os
+    import subprocess
+    import sys
+
+    script, log = tmp_path / "train.py", tmp_path / "calls.log"
+    script.write_text(TRAIN_IN_A_PROCESS)
+    path = tmp_path / "cache" / "teacher-v1.pt"
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+    procs = [subprocess.Popen([sys.executable, str(script), str(path), str(log)], env=env) for _ in range(2)]
+    assert [p.wait(timeout=120) for p in procs] == [0, 0]
+    assert log.read_text() == "trained\n"
+    assert sorted(p.name for p in path.parent.iterdir()) == ["teacher-v1.pt"]

@@ -21,7 +21,7 @@ from targets.validate import host_check, validate
 from tests.conftest import run_cli
 from tests.targets._models import blobs, example
 
-pytestmark = [pytest.mark.ssh, pytest.mark.onnx, pytest.mark.tflite, pytest.mark.slow]
+pytestmark = [pytest.mark.scenario, pytest.mark.ssh, pytest.mark.onnx, pytest.mark.tflite, pytest.mark.slow]
 LIGHT = {"warmup": 3, "min_iterations": 30, "min_seconds": 2.0, "max_seconds": 60.0}
 
 

@@ -98,3 +98,19 @@ def test_int8_search_reverts_the_sensitive_group_and_records_it(family, tmp_path
     assert set(mp["reverted"]) <= set(art.metadata["keep_float"])
     assert any("sensitivity" in ln for ln in lines) and any("kept in float" in ln for ln in lines)
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".mixed-")]   # trials cleaned up
+
+
+@pytest.mark.onnx
+def test_int8_search_creates_its_output_folder_when_it_does_not_exist_yet(tmp_path) -> None:
+    """A fresh ``--out``: the run's artifacts/ does not exist when the first INT8 search starts (issue 22: the detector
+    example died with FileNotFoundError on .mixed-XXXX after 40 epochs)."""
+    from targets import get_exporter
+
+    model = tiny_cnn()
+    x, y = blobs(64, seed=5)
+    out = tmp_path / "run" / "artifacts"
+    art = search("onnx", get_exporter("onnx"), model, example(), blobs(32, seed=1)[0],
+                 ExportConfig(name="t", precision="int8", calib_samples=32), out, x, reference(model, x),
+                 MixedPrecisionConfig(max_drop=100.0, samples=64), labels=y, log=lambda _: None)
+    assert Path(art.path).parent == out and Path(art.path).is_file()
+    assert not [p for p in out.iterdir() if p.name.startswith(".mixed-")]

@@ -10,7 +10,7 @@ import pytest
 from targets.export_onnx import host_has_vnni
 from tests.conftest import run_cli
 
-pytestmark = [pytest.mark.ssh, pytest.mark.slow, pytest.mark.onnx, pytest.mark.tflite]
+pytestmark = [pytest.mark.scenario, pytest.mark.ssh, pytest.mark.slow, pytest.mark.onnx, pytest.mark.tflite]
 
 
 def test_fleet_run_with_the_stock_rpi5_profile_passes_its_gate(armboard, tmp_path, digits_recipe, monkeypatch):

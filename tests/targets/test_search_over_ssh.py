@@ -16,7 +16,7 @@ import yaml
 from pipeline.recipe.config import load_recipe
 from tests.conftest import ROOT, run_cli
 
-pytestmark = [pytest.mark.ssh, pytest.mark.slow, pytest.mark.onnx, pytest.mark.openvino]
+pytestmark = [pytest.mark.scenario, pytest.mark.ssh, pytest.mark.slow, pytest.mark.onnx, pytest.mark.openvino]
 
 SETS = ["stages.distill.epochs=8", "stages.prune.finetune_epochs=2", "stages.quantize.mode=ptq",
         "gate.max_accuracy_drop=2.0",

@@ -16,8 +16,8 @@ from __future__ import annotations
 import json
 
 import pytest
-from pipeline.recipe.config import load_recipe
 
+from pipeline.recipe.config import load_recipe
 from targets.profiles import load_profile
 from tests.conftest import assert_gate_verdict_only, run_cli
 from tests.examples.conftest import EXAMPLES

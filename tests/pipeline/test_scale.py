@@ -7,8 +7,8 @@ import json
 
 import pytest
 import yaml
-from pipeline.recipe.config import SCALED_FIELDS, load_recipe
 
+from pipeline.recipe.config import SCALED_FIELDS, load_recipe
 from tests.conftest import ROOT, run_cli
 from tests.pipeline.test_any_model import DATA, MODELS, RECIPE
 

@@ -25,11 +25,11 @@ def test_every_example_recipe_loads(path):
 
 
 def test_quick_teacher_exists_in_exactly_the_examples_the_readme_names():
-    """README: "`examples/multihead` and `examples/tokens` (only those two) also have `models:quick_teacher`"."""
+    """docs/recipe.md: "`examples/multihead` and `examples/tokens` (only those two) also have `models:quick_teacher`"."""
     import ast
 
     have = [p.parent.name for p in sorted((ROOT / "examples").glob("*/models.py"))
             if any(isinstance(n, ast.FunctionDef) and n.name == "quick_teacher" for n in ast.parse(p.read_text()).body)]
     assert have == ["multihead", "tokens"]
     assert "`examples/multihead` and `examples/tokens` (only those two) also have\n`models:quick_teacher`" \
-        in (ROOT / "README.md").read_text()
+        in (ROOT / "docs" / "recipe.md").read_text()

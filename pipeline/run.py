@@ -131,8 +131,8 @@ def _run(recipe: Recipe, profiles: list[DeviceProfile], root: Path, run_id: str,
     if warning:
         progress.warn(warning)
         baseline["warnings"] = [warning]
-    result = run_stages(prep.model, prep.data, stage_plan(recipe, ctx, prep.data, timing=onnx_latency_ratio), root,
-                        progress)
+    plan = stage_plan(recipe, ctx, prep.data, timing=onnx_latency_ratio, baseline=baseline)
+    result = run_stages(prep.model, prep.data, plan, root, progress)
     prepare.check_finite(recipe, result)
     inputs = root / "inputs" / "eval.npz"
     prepare.write_eval_inputs(ctx, inputs)

@@ -71,12 +71,21 @@ def build_context(recipe: Recipe, teacher: nn.Module, data: dict[str, Any]) -> T
     return TaskContext(metric, names, inputs, targets_array(targets), reference)
 
 
-def stage_plan(recipe: Recipe, ctx: TaskContext, data: dict[str, Any], timing: Any = None) -> StagePlan:
+def stage_plan(recipe: Recipe, ctx: TaskContext, data: dict[str, Any], timing: Any = None,
+               baseline: dict[str, Any] | None = None, stop_at_gate: bool = True) -> StagePlan:
+    """The stages' resolved inputs. With ``stop_at_gate`` a stage whose metric falls past ``gate.max_metric_drop``
+    (against ``baseline``, the original model's record, scored here when not given) stops the run at once."""
+    from targets import units
+
     stages = recipe.stages
+    limit = units.max_metric_drop(recipe.gate) if stop_at_gate else None
+    original = None
+    if limit is not None:
+        original = (baseline or ctx.record(ctx.reference)).get("metric")
     student = stages.distill.student if stages.distill else None
     return StagePlan(distill=stages.distill, prune=stages.prune, quantize=stages.quantize,
                      example=example_from(data["calib"], ctx.input_names), input_names=ctx.input_names,
                      objective=objective(recipe), evaluate=ctx.evaluate,
                      student_factory=import_factory(student, recipe.base_dir) if student else None,
                      timing=timing, metric_label=ctx.label, metric_key=ctx.metric.identity,
-                     train=recipe.train)
+                     train=recipe.train, baseline_metric=original, max_metric_drop=limit)

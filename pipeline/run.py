@@ -156,7 +156,7 @@ def _run(recipe: Recipe, profiles: list[DeviceProfile], root: Path, run_id: str,
 def _export_per_arch(result: StagesResult, plan: ExportPlan, recipe: Recipe, profiles: list[DeviceProfile],
                      root: Path, prep: prepare.Prepared, progress: Progress) -> dict[str, dict[str, ExportOutcome]]:
     """One export per target CPU architecture, of every backend any device of that architecture wants."""
-    ref = predict(result.model, prep.ctx.inputs)
+    ref = predict(result.model, prep.ctx.inputs, batch_axes=prep.ctx.batch_axes)
     arches = sorted({p.arch for p in profiles})
     by_arch: dict[str, dict[str, ExportOutcome]] = {}
     for arch in arches:

@@ -125,10 +125,12 @@ def _nonfinite_inputs(feeds: dict[str, np.ndarray], refs: list[np.ndarray]) -> l
 def validate(artifact: Artifact, inputs: dict[str, np.ndarray] | np.ndarray,
              reference: list[np.ndarray] | np.ndarray, labels: np.ndarray | None = None, threads: int = 1, *,
              classification: bool = True, score: Callable[[list[np.ndarray]], dict[str, Any]] | None = None,
-             parent_score: dict[str, Any] | None = None, max_drop: float | None = None) -> dict[str, Any]:
+             parent_score: dict[str, Any] | None = None, max_drop: float | None = None,
+             batch_axes: list[int] | None = None) -> dict[str, Any]:
     """Run ``inputs`` (by input name) through the artifact's runtime and compare every output with ``reference``
-    (the parent's outputs). ``score`` turns outputs into the task metric (``{"name", "value", "higher_is_better",
-    "unit"}``); an INT8 artifact whose metric drops more than ``max_drop`` below ``parent_score`` fails.
+    (the parent's outputs, samples first; ``batch_axes`` says where the artifact puts them). ``score`` turns
+    outputs into the task metric (``{"name", "value", "higher_is_better", "unit"}``); an INT8 artifact whose metric
+    drops more than ``max_drop`` below ``parent_score`` fails.
 
     Raises OutputMismatchError listing every failed check, including a file that no longer loads.
     """
@@ -142,7 +144,7 @@ def validate(artifact: Artifact, inputs: dict[str, np.ndarray] | np.ndarray,
     try:
         level = {"optimization": check["optimization"]} if artifact.backend == "onnx" else {}
         session = bench.load(artifact.path, artifact.backend, threads, input_names=list(feeds), **level)
-        outs = bench.predict(session, feeds)
+        outs = bench.predict(session, feeds, batch_axes)   # samples first, as ``reference`` is
     except Exception as exc:  # noqa: BLE001 - any runtime failure on load/run means the file is unusable
         text = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         failures.append(f"{artifact.backend} runtime cannot load or run {artifact.path}: {text[:300]}")

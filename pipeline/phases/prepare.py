@@ -50,7 +50,7 @@ class ExportPlan:
     @classmethod
     def of(cls, recipe: Recipe) -> ExportPlan:
         q = recipe.stages.quantize
-        return cls(recipe.name, list(recipe.model.outputs or []), q.mixed_precision() if q is not None else None,
+        return cls(recipe.name, list(recipe.model.output_names or []), q.mixed_precision() if q is not None else None,
                    units.max_metric_drop(recipe.gate))
 
 
@@ -84,6 +84,8 @@ def write_eval_inputs(ctx: TaskContext, path: Path) -> str:
     """The eval inputs as the runner reads them (one array per input name, ``__order__``, labels as ``y`` for
     classification), written atomically; returns their sha256 (a cache key part)."""
     extra = {"y": np.asarray(ctx.targets)} if ctx.metric.classification and "y" not in ctx.inputs else {}
+    if any(ctx.batch_axes):   # the runner stacks such outputs along their own batch axis (bench.read_batch_axes)
+        extra["__batch_axes__"] = np.asarray(ctx.batch_axes, dtype=np.int64)
     buf = io.BytesIO()
     np.savez(buf, **ctx.inputs, __order__=np.array(ctx.input_names), **extra)
     atomic_write_bytes(path, buf.getvalue())  # a full disk never leaves a truncated eval.npz at its final name

@@ -111,7 +111,7 @@ class HostWork:
         self.exports.dir.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=".export-", dir=self.exports.dir))
         try:
-            ref = predict(result.model, self.ctx.inputs)
+            ref = predict(result.model, self.ctx.inputs, batch_axes=self.ctx.batch_axes)
             res = StagesResult(model=copy.deepcopy(result.model), teacher=result.teacher, calib=result.calib,
                                records=result.records, export_overrides=result.export_overrides,
                                qat_ranges=result.qat_ranges)

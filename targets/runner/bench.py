@@ -298,11 +298,19 @@ def count(inputs: dict[str, np.ndarray]) -> int:
     return len(next(iter(inputs.values()))) if inputs else 0
 
 
-def predict(session: Session, inputs: dict[str, np.ndarray] | np.ndarray) -> list[np.ndarray]:
-    """Run every sample one at a time (artifacts have a static batch of 1); every output, stacked."""
+def predict(session: Session, inputs: dict[str, np.ndarray] | np.ndarray,
+            batch_axes: list[int] | None = None) -> list[np.ndarray]:
+    """Run every sample one at a time (artifacts have a static batch of 1); every output stacked samples first:
+    output j's batch axis is ``batch_axes[j]`` (0 when not given; 1 for a time-major ``(T, B, C)``)."""
     feeds = _feeds(session, inputs)
     batch = session.input_shape[0] if session.input_shape else 1
-    outs = [session.run({k: v[i:i + batch] for k, v in feeds.items()}) for i in range(0, count(feeds), batch)]
+    axes = list(batch_axes or [])
+
+    def first(o: np.ndarray, j: int) -> np.ndarray:
+        axis = axes[j] if j < len(axes) else 0
+        return np.moveaxis(o, axis, 0) if axis and o.ndim > axis else o
+    outs = [[first(o, j) for j, o in enumerate(session.run({k: v[i:i + batch] for k, v in feeds.items()}))]
+            for i in range(0, count(feeds), batch)]
     return [np.concatenate([o[j] for o in outs], axis=0) for j in range(len(outs[0]))] if outs else []
 
 
@@ -312,10 +320,17 @@ def read_inputs(path: str) -> tuple[dict[str, np.ndarray], np.ndarray | None]:
     with np.load(path, allow_pickle=False) as data:
         arrays = {k: np.asarray(data[k]) for k in data.files}
     labels = arrays.pop("y", None)
+    arrays.pop("__batch_axes__", None)   # read_batch_axes: how outputs are stacked, not an input
     order = arrays.pop("__order__", None)
     if order is not None:
         arrays = {str(k): arrays[str(k)] for k in order}
     return arrays, labels
+
+
+def read_batch_axes(path: str) -> list[int] | None:
+    """Each output's batch axis as the host wrote it into the inputs file (``__batch_axes__``), else None (all 0)."""
+    with np.load(path, allow_pickle=False) as data:
+        return [int(a) for a in data["__batch_axes__"]] if "__batch_axes__" in data.files else None
 
 
 def write_outputs(path: str, outputs: list[np.ndarray], max_bytes: int) -> int:
@@ -671,7 +686,7 @@ def benchmark(args: argparse.Namespace) -> dict[str, Any]:
                         "governor": before.get("governor"), "temp_c": after.get("temp_c")},
     }
     if args.inputs and args.outputs:   # raw outputs for the host to score: the runner knows no metric
-        outs = predict(session, inputs)
+        outs = predict(session, inputs, read_batch_axes(args.inputs))
         result["outputs"] = {"file": os.path.basename(args.outputs), "n": count(inputs), "count": len(outs),
                              "bytes": write_outputs(args.outputs, outs, int(args.max_output_mb * 2**20))}
     reasons, warnings = state_problems(before, after)

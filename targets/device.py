@@ -182,10 +182,20 @@ def _job(profile: DeviceProfile, tr: Transport, artifact: Artifact, inputs: Path
         if len(records) > 1:
             record = repeat_check(records, profile.bench.repeat_tolerance)
         if outputs is not None and record.get("outputs"):
-            Path(outputs).parent.mkdir(parents=True, exist_ok=True)
-            part = Path(str(outputs) + ".part")
-            tr.get(f"{job}/outputs.npz", part)
-            part.replace(outputs)
+            _fetch_outputs(tr, job, Path(outputs), int(record["outputs"].get("parts") or 1))
         return record
     finally:
         tr.remove_tree(job)
+
+
+def _fetch_outputs(tr: Transport, job: str, dest: Path, parts: int) -> None:
+    """Every part of the runner's outputs (bench.write_outputs), each fetched under a temporary name and renamed,
+    part 0 (which names the count) last, so a half-fetched set never looks complete."""
+    from targets.runner.bench import part_path
+
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    for k in reversed(range(parts)):
+        final = Path(part_path(str(dest), k))
+        tmp = Path(str(final) + ".part")
+        tr.get(part_path(f"{job}/outputs.npz", k), tmp)
+        tmp.replace(final)

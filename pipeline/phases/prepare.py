@@ -14,7 +14,14 @@ import numpy as np
 from torch import nn
 
 from pipeline.recipe.config import Recipe
-from pipeline.recipe.model import arrays_problem, complexity, load_data, load_model, weights_problem
+from pipeline.recipe.model import (
+    arrays_problem,
+    complexity,
+    load_data,
+    load_model,
+    output_size_problem,
+    weights_problem,
+)
 from pipeline.recipe.task import TaskContext, build_context
 from pipeline.stages.chain import StagesResult
 from pipeline.stages.common import example_from
@@ -74,6 +81,10 @@ def load(recipe: Recipe, progress: Progress) -> Prepared:
         model = load_model(recipe)
         data = load_data(recipe)
         ctx = build_context(recipe, model, data)
+        n = len(ctx.reference[0]) if ctx.reference and ctx.reference[0].ndim else 1
+        problem = output_size_problem(recipe, sum(int(r.nbytes) for r in ctx.reference) // max(n, 1), n)
+        if problem:   # found now, before any stage or export, not by the runner after each one
+            raise ConfigError(problem)
         example = example_from(data["calib"], ctx.input_names)
         params, macs = complexity(model, example)
     baseline = {**ctx.record(ctx.reference), "params": params, "macs": macs}

@@ -83,6 +83,12 @@ def model_problems(recipe: Recipe) -> tuple[list[str], dict[str, Any]]:
     if recipe.model.outputs is not None and len(recipe.model.outputs) != len(outs):
         problems.append(f"{src}: model.outputs: names {len(recipe.model.outputs)} output(s) "
                         f"{recipe.model.output_names} but the model returns {len(outs)}")
+    from pipeline.recipe.model import output_size_problem
+
+    per_sample = sum(o.numel() * (4 if o.is_floating_point() else o.element_size()) for o in outs)  # float32 out
+    too_big = output_size_problem(recipe, per_sample, min(len(data["eval"]), recipe.data.eval_samples))
+    if too_big:
+        problems.append(too_big)
     axes = _batch_axes(recipe, model, data, names, problems)
     facts["batch_axes"] = axes
     if metric is not None:

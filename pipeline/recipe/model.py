@@ -222,6 +222,20 @@ def eval_size_problem(recipe: Recipe, dataset: Any) -> str | None:
             f"{limit // per:,} (or raise EDGEPIPE_MAX_EVAL_BYTES)")
 
 
+def output_size_problem(recipe: Recipe, per_sample: int, n: int) -> str | None:
+    """Whether the raw outputs of ``n`` eval samples (``per_sample`` bytes each, measured on the host) fit what the
+    on-device runner writes back (bench.MAX_OUTPUT_MB, in parts): judged before any stage or export runs, so a
+    model with huge outputs fails in seconds with the number to set, not after every artifact was measured."""
+    from targets.runner.bench import MAX_OUTPUT_MB
+
+    limit = int(MAX_OUTPUT_MB * 2**20)
+    if per_sample * n <= limit:
+        return None
+    return (f"{recipe.path}: data.eval_samples: the outputs of {n:,} eval samples are {per_sample * n / 2**20:,.1f} "
+            f"MiB ({per_sample:,} bytes each), over the {MAX_OUTPUT_MB:g} MiB the device runner returns: set "
+            f"data.eval_samples to at most {max(limit // max(per_sample, 1), 1):,}")
+
+
 def eval_arrays(recipe: Recipe, dataset: Any) -> tuple[dict[str, np.ndarray], list[Any]]:
     """The eval inputs as one array per input name (dtype from the recipe) and the targets, bounded by
     ``data.eval_samples`` and by ``max_eval_bytes`` (checked before anything is read): what the host checks and

@@ -333,18 +333,55 @@ def read_batch_axes(path: str) -> list[int] | None:
         return [int(a) for a in data["__batch_axes__"]] if "__batch_axes__" in data.files else None
 
 
-def write_outputs(path: str, outputs: list[np.ndarray], max_bytes: int) -> int:
-    """Every output as ``out0, out1, ...`` in a compressed .npz, refused above ``max_bytes`` (raw) so a board never
-    fills its disk or the link; written under a temporary name and renamed, so a half file never looks complete."""
+#: Raw outputs the runner writes at most (the host checks the eval set against it before any export), and the raw
+#: size of one outputs part: outputs are written in parts of whole samples, so no single file is large.
+MAX_OUTPUT_MB = 2048.0
+OUTPUT_PART_MB = 32.0
+
+
+def part_path(path: str, k: int) -> str:
+    """Part ``k`` of an outputs file: the file itself for part 0 (it says how many parts there are), else
+    ``<stem>-<k>.npz`` beside it."""
+    return path if k == 0 else f"{path[:-4] if path.endswith('.npz') else path}-{k}.npz"
+
+
+def write_outputs(path: str, outputs: list[np.ndarray], max_bytes: int,
+                  part_bytes: int = int(OUTPUT_PART_MB * 2**20)) -> tuple[int, int]:
+    """Every output as ``out0, out1, ...`` (samples first) in compressed .npz parts of at most ``part_bytes`` raw
+    each (whole samples; part 0 holds ``__parts__``), refused above ``max_bytes`` in all so a board never fills its
+    disk or the link. Each part is written under a temporary name and renamed, part 0 last, so a half-written set
+    never looks complete. Returns (raw bytes, parts)."""
     raw = sum(int(o.nbytes) for o in outputs)
     if raw > max_bytes:
         raise RunnerError(f"the outputs are {raw / 2**20:.1f} MiB, over the {max_bytes / 2**20:.0f} MiB limit: "
                           "lower data.eval_samples in the recipe")
-    tmp = path + ".part"
-    with open(tmp, "wb") as fh:
-        np.savez_compressed(fh, **{f"out{i}": o for i, o in enumerate(outputs)})
-    os.replace(tmp, path)
-    return raw
+    n = len(outputs[0]) if outputs and outputs[0].ndim else 1
+    per_sample = max(1, raw // max(n, 1))
+    step = max(1, part_bytes // per_sample)
+    starts = list(range(0, max(n, 1), step))
+    for k in reversed(range(len(starts))):
+        chunk = {f"out{i}": (o[starts[k]:starts[k] + step] if o.ndim else o) for i, o in enumerate(outputs)}
+        if k == 0:
+            chunk["__parts__"] = np.asarray(len(starts))
+        final = part_path(path, k)
+        with open(final + ".part", "wb") as fh:
+            np.savez_compressed(fh, **chunk)
+        os.replace(final + ".part", final)
+    return raw, len(starts)
+
+
+def read_outputs(path: str) -> list[np.ndarray]:
+    """The outputs ``write_outputs`` wrote, part by part, each output concatenated along its samples."""
+    with np.load(path, allow_pickle=False) as data:
+        keys = sorted((k for k in data.files if k.startswith("out")), key=lambda k: int(k[3:]))
+        parts = int(data["__parts__"]) if "__parts__" in data.files else 1
+        chunks = [[np.asarray(data[k]) for k in keys]]
+    for k in range(1, parts):
+        with np.load(part_path(path, k), allow_pickle=False) as data:
+            chunks.append([np.asarray(data[key]) for key in keys])
+    if parts == 1:
+        return chunks[0]
+    return [np.concatenate([c[j] for c in chunks], axis=0) for j in range(len(keys))]
 
 
 # --------------------------------------------------------------------------------------------------------- statistics
@@ -687,8 +724,10 @@ def benchmark(args: argparse.Namespace) -> dict[str, Any]:
     }
     if args.inputs and args.outputs:   # raw outputs for the host to score: the runner knows no metric
         outs = predict(session, inputs, read_batch_axes(args.inputs))
+        raw, parts = write_outputs(args.outputs, outs, int(args.max_output_mb * 2**20),
+                                   int(args.output_part_mb * 2**20))
         result["outputs"] = {"file": os.path.basename(args.outputs), "n": count(inputs), "count": len(outs),
-                             "bytes": write_outputs(args.outputs, outs, int(args.max_output_mb * 2**20))}
+                             "bytes": raw, "parts": parts}
     reasons, warnings = state_problems(before, after)
     reasons[:0] = rule_problems(args, len(samples))
     reasons += temperature_problems(before, after, args.max_temp_c)
@@ -716,7 +755,9 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--max-seconds", type=float, default=120.0)
     ap.add_argument("--inputs", default=None, help=".npz with one array per input name (or x for a single input)")
     ap.add_argument("--outputs", default=None, help="write every output on --inputs to this .npz (out0, out1, ...)")
-    ap.add_argument("--max-output-mb", type=float, default=64.0, help="refuse to write more raw output than this")
+    ap.add_argument("--max-output-mb", type=float, default=MAX_OUTPUT_MB, help="refuse to write more raw output "
+                    "than this in all")
+    ap.add_argument("--output-part-mb", type=float, default=OUTPUT_PART_MB, help="raw size of one outputs part")
     ap.add_argument("--providers", default="", help="comma-separated ONNX Runtime execution providers")
     ap.add_argument("--thermal", default=None)
     ap.add_argument("--throttled-cmd", default=None)

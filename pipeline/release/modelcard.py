@@ -145,7 +145,7 @@ def detection(outs: list) -> str:
     """Boxes and scores from the raw outputs: (K, 6) rows x1 y1 x2 y2 score class; or a (K, 4) boxes output beside a
     (K,) or (K, C) scores output; or one packed (K, 4 + C) head (box values as the model emits them, before the
     recipe's decoding, and class logits)."""
-    arrays = [np.asarray(o, dtype=np.float64) for o in outs]
+    arrays = [np.atleast_2d(np.asarray(o, dtype=np.float64)) for o in outs]   # one box per image: (4,) -> (1, 4)
     rows = next((a for a in arrays if a.ndim == 2 and a.shape[1] == 6), None)
     boxes = next((a for a in arrays if a.ndim == 2 and a.shape[1] == 4), None)
     kind = "boxes"

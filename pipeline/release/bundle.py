@@ -131,6 +131,18 @@ def _inputs(run_dir: Path) -> list[dict[str, Any]] | None:
     return [{"name": "input", "shape": shape, "dtype": "float32"}] if shape else None
 
 
+def _batch_axes(run_dir: Path) -> list[int] | None:
+    """Each output's batch axis as the run used it (``inputs/eval.npz``'s ``__batch_axes__``; None = all 0)."""
+    import numpy as np
+
+    path = run_dir / "inputs" / "eval.npz"
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            return [int(a) for a in data["__batch_axes__"]] if "__batch_axes__" in data.files else None
+    except (OSError, ValueError):
+        return None
+
+
 def _supported(device: str, present: set[str]) -> set[str]:
     """Backend families the device profile lists; all present families when the profile is not at hand."""
     from targets.profiles import load_profile
@@ -242,7 +254,8 @@ def build_bundle(run_dir: str | Path, device: str | None = None, dist: str | Pat
         sources["recipe.yaml"] = recipe_file(run_dir)
     top = manifest_artifacts[0]
     runtime = CAPABILITIES[top["backend"]]["runtime"]
-    sources["example.py"] = example_py(top["path"], top["backend"], runtime, metric_info(summary)["name"]).encode()
+    sources["example.py"] = example_py(top["path"], top["backend"], runtime, metric_info(summary)["name"],
+                                       _batch_axes(run_dir)).encode()
     mtime = _epoch(summary)
     manifest: dict[str, Any] = {
         "schema": 1, "name": _clean(summary["recipe"]), "device": run_device, "version": ver, "bundle": name,

@@ -82,6 +82,18 @@ def test_time_major_model_runs_end_to_end_on_onnx_fp32_and_int8(tmp_path: Path) 
     assert by["onnx-int8"]["gate"]["passed"] and summary["gate"]["passed"]
     with np.load(out / "inputs" / "eval.npz") as f:
         assert f["__batch_axes__"].tolist() == [1]
+    # the release's example drops each output's own batch axis: (T, 1, C) -> (T, C)
+    rel = run_cli("release", str(out), "--device", "local", "--dist", str(tmp_path / "dist"))
+    assert rel.returncode == 0, rel.stderr
+    import subprocess
+    import tarfile
+
+    with tarfile.open(next((tmp_path / "dist").glob("*.tar.gz")), "r:gz") as tar:
+        tar.extractall(tmp_path / "unpacked", filter="data")
+    example = subprocess.run([sys.executable, "example.py"], cwd=next((tmp_path / "unpacked").iterdir()),
+                             capture_output=True, text=True, timeout=120)
+    assert example.returncode == 0, example.stderr
+    assert example.stdout.startswith("input 0: output 0: shape [4, 10], first values "), example.stdout
 
 
 @pytest.mark.slow

@@ -137,8 +137,8 @@ def _run(recipe: Recipe, profiles: list[DeviceProfile], root: Path, run_id: str,
     if warning:
         progress.warn(warning)
         baseline["warnings"] = [warning]
-    result = run_stages(prep.model, prep.data, stage_plan(recipe, ctx, prep.data, timing=onnx_latency_ratio), root,
-                        progress)
+    plan = stage_plan(recipe, ctx, prep.data, timing=onnx_latency_ratio, baseline=baseline)
+    result = run_stages(prep.model, prep.data, plan, root, progress)
     prepare.check_finite(recipe, result)
     inputs = root / "inputs" / "eval.npz"
     prepare.write_eval_inputs(ctx, inputs)
@@ -164,7 +164,7 @@ def _run(recipe: Recipe, profiles: list[DeviceProfile], root: Path, run_id: str,
 def _export_per_arch(result: StagesResult, plan: ExportPlan, recipe: Recipe, profiles: list[DeviceProfile],
                      root: Path, prep: prepare.Prepared, progress: Progress) -> dict[str, dict[str, ExportOutcome]]:
     """One export per target CPU architecture, of every backend any device of that architecture wants."""
-    ref = predict(result.model, prep.ctx.inputs)
+    ref = predict(result.model, prep.ctx.inputs, batch_axes=prep.ctx.batch_axes)
     arches = sorted({p.arch for p in profiles})
     by_arch: dict[str, dict[str, ExportOutcome]] = {}
     for arch in arches:

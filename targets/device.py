@@ -217,14 +217,33 @@ def _job(profile: DeviceProfile, tr: Transport, artifact: Artifact, inputs: Path
         if len(records) > 1:
             record = repeat_check(records, profile.bench.repeat_tolerance)
         if outputs is not None and record.get("outputs"):
-            Path(outputs).parent.mkdir(parents=True, exist_ok=True)
-            part = Path(str(outputs) + ".part")
-            try:
-                tr.get(f"{job}/outputs.npz", part)
-                check_outputs_npz(part, context)
-                part.replace(outputs)
-            finally:
-                part.unlink(missing_ok=True)
+            _fetch_outputs(tr, job, Path(outputs), record["outputs"].get("parts"), context)
         return record
     finally:
         tr.remove_tree(job)
+
+
+MAX_OUTPUT_PARTS = 128   # 2 GiB of outputs in 32 MiB parts is 64: a board that claims more is not believed
+
+
+def _fetch_outputs(tr: Transport, job: str, dest: Path, parts: Any, context: str) -> None:
+    """Every part of the runner's outputs (bench.write_outputs), each fetched under a temporary name, checked
+    against the cap from its zip index before anything loads it (check_outputs_npz), and renamed, part 0 (which
+    names the count) last, so a half-fetched set never looks complete. The count comes from the board: bounded."""
+    from targets.runner.bench import part_path
+
+    count = parts if parts is not None else 1
+    if isinstance(count, bool) or not isinstance(count, int) or not 1 <= count <= MAX_OUTPUT_PARTS:
+        raise RemoteCommandError(f"{context}: the runner reports {str(parts)[:20]!r} output parts (1 to "
+                                 f"{MAX_OUTPUT_PARTS} expected)", hint="the board's runner is not edgepipe's: "
+                                 "re-run so the checked runner is copied again")
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    for k in reversed(range(count)):
+        final = Path(part_path(str(dest), k))
+        tmp = Path(str(final) + ".part")
+        try:
+            tr.get(part_path(f"{job}/outputs.npz", k), tmp)
+            check_outputs_npz(tmp, context)
+            tmp.replace(final)
+        finally:
+            tmp.unlink(missing_ok=True)

@@ -97,6 +97,7 @@ class _Trial:
         self.exporter, self.model, self.example, self.calib, self.cfg = exporter, model, example, calib, cfg
         self.x, self.score, self.workdir, self.simulate = x, score, workdir, simulate
         self.count = 0
+        self.batch_axes: list[int] | None = None   # the outputs' batch axes (samples first, as the reference is)
         self.artifacts: dict[tuple[str, ...], tuple[Artifact, float]] = {}
         self.simulated: dict[tuple[str, ...], float] = {}
 
@@ -119,7 +120,8 @@ class _Trial:
         self.count += 1
         cfg = self.cfg.model_copy(update={"keep_float": list(key)})
         art = self.exporter(self.model, self.example, self.calib, cfg, self.workdir / f"t{self.count}")
-        out = bench.predict(bench.load(art.path, art.backend, threads=1, input_names=list(self.x)), self.x)
+        out = bench.predict(bench.load(art.path, art.backend, threads=1, input_names=list(self.x)), self.x,
+                            self.batch_axes)
         self.artifacts[key] = (art, self.score(out))
         return self.artifacts[key][1]
 
@@ -177,7 +179,8 @@ def search(family: str, exporter: Exporter, model: torch.nn.Module, example: tup
            calib: Any, cfg: ExportConfig, out_dir: Path, x: Inputs | np.ndarray,
            reference: list[np.ndarray] | np.ndarray,
            mp: MixedPrecisionConfig, score: tuple[str, ScoreFn] | None = None, labels: np.ndarray | None = None,
-           log: Callable[[str], None] = print, simulate: Simulator | None = None) -> Artifact:
+           log: Callable[[str], None] = print, simulate: Simulator | None = None,
+           batch_axes: list[int] | None = None) -> Artifact:
     """Export ``cfg`` (INT8) with the fewest float layer groups that keep the metric within ``mp.max_drop`` of the
     FP32 parent (``reference`` = its outputs on ``x``); the ranking and the choice go into the artifact's metadata.
 
@@ -200,6 +203,7 @@ def search(family: str, exporter: Exporter, model: torch.nn.Module, example: tup
                               "measured_in": "the backend's own runtime"}
     with tempfile.TemporaryDirectory(prefix=".mixed-", dir=out_dir) as tmp:
         trial = _Trial(exporter, model, example, calib, cfg, feeds, fn, Path(tmp), simulate)
+        trial.batch_axes = batch_axes
         if simulate is not None:
             record["measured_in"] = "ranking and search simulated in torch (the exporter's own quantizer); all-INT8 " \
                                     "and the final choice in the backend's runtime"

@@ -24,8 +24,8 @@ def test_every_example_recipe_loads(path):
     assert load_recipe(path).name
 
 
-def test_quick_teacher_exists_in_exactly_the_examples_the_readme_names():
-    """docs/recipe.md: "`examples/multihead` and `examples/tokens` (only those two) also have `models:quick_teacher`"."""
+def test_quick_teacher_exists_in_exactly_the_examples_the_docs_name():
+    """docs/recipe.md names the examples that have ``models:quick_teacher``: exactly multihead and tokens."""
     import ast
 
     have = [p.parent.name for p in sorted((ROOT / "examples").glob("*/models.py"))

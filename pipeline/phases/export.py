@@ -50,7 +50,8 @@ def export_all(result: StagesResult, plan: ExportPlan, backends: list[str], out_
             with progress.step(f"check {name}"):
                 labels = ctx.targets if ctx.metric.classification else None
                 entry.validation = validate(art, ctx.inputs, ref, labels, classification=ctx.metric.classification,
-                                               score=ctx.score, parent_score=parent_score, max_drop=plan.max_drop)
+                                               score=ctx.score, parent_score=parent_score, max_drop=plan.max_drop,
+                                               batch_axes=ctx.batch_axes)
         except EdgeError as exc:
             entry.failure = Failure.of(exc)
             if not isinstance(exc, OutputMismatchError):
@@ -77,7 +78,8 @@ def _export_one(family: str, result: StagesResult, example: tuple[Any, ...], cal
 
         mp = MixedPrecisionConfig(**mixed)
         return search(family, get_exporter(family), result.model, example, calib, cfg, out_dir, ctx.inputs, ref, mp,
-                      score=_points_scorer(ctx, mp.samples), log=progress.say, simulate=get_simulator(family))
+                      score=_points_scorer(ctx, mp.samples), log=progress.say, simulate=get_simulator(family),
+                      batch_axes=ctx.batch_axes)
     return get_exporter(family)(result.model, example, calib, cfg, out_dir)
 
 

@@ -67,9 +67,10 @@ def artifact_record(name: str, entry: ExportOutcome, device_dir: Path, bench_rec
 
 
 def read_outputs(path: Path) -> list[np.ndarray]:
-    with np.load(path, allow_pickle=False) as data:
-        keys = sorted((k for k in data.files if k.startswith("out")), key=lambda k: int(k[3:]))
-        return [np.asarray(data[k]) for k in keys]
+    """The device's raw outputs, read part by part (the runner writes them in bounded parts)."""
+    from targets.runner.bench import read_outputs as read_parts
+
+    return read_parts(str(path))
 
 
 def measure_device(profile: DeviceProfile, outcomes: dict[str, ExportOutcome], root: Path, device_dir: Path,

@@ -14,7 +14,14 @@ import numpy as np
 from torch import nn
 
 from pipeline.recipe.config import Recipe
-from pipeline.recipe.model import arrays_problem, complexity, load_data, load_model, weights_problem
+from pipeline.recipe.model import (
+    arrays_problem,
+    complexity,
+    load_data,
+    load_model,
+    output_size_problem,
+    weights_problem,
+)
 from pipeline.recipe.task import TaskContext, build_context
 from pipeline.stages.chain import StagesResult
 from pipeline.stages.common import example_from
@@ -50,7 +57,7 @@ class ExportPlan:
     @classmethod
     def of(cls, recipe: Recipe) -> ExportPlan:
         q = recipe.stages.quantize
-        return cls(recipe.name, list(recipe.model.outputs or []), q.mixed_precision() if q is not None else None,
+        return cls(recipe.name, list(recipe.model.output_names or []), q.mixed_precision() if q is not None else None,
                    units.max_metric_drop(recipe.gate))
 
 
@@ -74,6 +81,10 @@ def load(recipe: Recipe, progress: Progress) -> Prepared:
         model = load_model(recipe)
         data = load_data(recipe)
         ctx = build_context(recipe, model, data)
+        n = len(ctx.reference[0]) if ctx.reference and ctx.reference[0].ndim else 1
+        problem = output_size_problem(recipe, sum(int(r.nbytes) for r in ctx.reference) // max(n, 1), n)
+        if problem:   # found now, before any stage or export, not by the runner after each one
+            raise ConfigError(problem)
         example = example_from(data["calib"], ctx.input_names)
         params, macs = complexity(model, example)
     baseline = {**ctx.record(ctx.reference), "params": params, "macs": macs}
@@ -84,6 +95,8 @@ def write_eval_inputs(ctx: TaskContext, path: Path) -> str:
     """The eval inputs as the runner reads them (one array per input name, ``__order__``, labels as ``y`` for
     classification), written atomically; returns their sha256 (a cache key part)."""
     extra = {"y": np.asarray(ctx.targets)} if ctx.metric.classification and "y" not in ctx.inputs else {}
+    if any(ctx.batch_axes):   # the runner stacks such outputs along their own batch axis (bench.read_batch_axes)
+        extra["__batch_axes__"] = np.asarray(ctx.batch_axes, dtype=np.int64)
     buf = io.BytesIO()
     np.savez(buf, **ctx.inputs, __order__=np.array(ctx.input_names), **extra)
     atomic_write_bytes(path, buf.getvalue())  # a full disk never leaves a truncated eval.npz at its final name

@@ -82,9 +82,20 @@ def model_problems(recipe: Recipe) -> tuple[list[str], dict[str, Any]]:
                         "inputs, so it overflows inside the model)")
     if recipe.model.outputs is not None and len(recipe.model.outputs) != len(outs):
         problems.append(f"{src}: model.outputs: names {len(recipe.model.outputs)} output(s) "
-                        f"{recipe.model.outputs} but the model returns {len(outs)}")
+                        f"{recipe.model.output_names} but the model returns {len(outs)}")
+    from pipeline.recipe.model import output_size_problem
+
+    per_sample = sum(o.numel() * (4 if o.is_floating_point() else o.element_size()) for o in outs)  # float32 out
+    too_big = output_size_problem(recipe, per_sample, min(len(data["eval"]), recipe.data.eval_samples))
+    if too_big:
+        problems.append(too_big)
+    axes = _batch_axes(recipe, model, data, names, problems)
+    facts["batch_axes"] = axes
     if metric is not None:
-        arrays = [o.float().numpy() if o.is_floating_point() else o.numpy() for o in outs]
+        from pipeline.recipe.model import samples_first
+
+        arrays = [samples_first(o.float().numpy() if o.is_floating_point() else o.numpy(), axes[j] if j < len(axes)
+                                else 0) for j, o in enumerate(outs)]
         try:
             scored = metric.score(arrays, targets_array([target]), arrays)
             facts["metric"] = scored
@@ -92,6 +103,22 @@ def model_problems(recipe: Recipe) -> tuple[list[str], dict[str, Any]]:
             problems.append(f"{src}: task.metric: {recipe.task.metric!r} cannot score the model's outputs "
                             f"{facts['outputs']} with the data's targets: {_first_line(exc)}")
     return problems, facts
+
+
+def _batch_axes(recipe: Recipe, model: Any, data: dict[str, Any], names: list[str], problems: list[str]) -> list[int]:
+    """Each output's batch axis as a run will use it (declared, checked, or inferred from 2 and 3 eval samples)."""
+    import torch
+
+    from pipeline.recipe.model import infer_batch_axes
+    from pipeline.stages.common import as_args
+
+    items = [as_args(data["eval"][i][0], names) for i in range(min(3, len(data["eval"])))]
+    stacked = {n: torch.stack([it[k] for it in items]).numpy() for k, n in enumerate(names)}
+    try:
+        return infer_batch_axes(model, stacked, recipe.model.declared_batch_axes, str(recipe.path))
+    except ConfigError as exc:
+        problems.append(str(exc))
+        return [0] * len(recipe.model.outputs or [])
 
 
 def check(path: str, overrides: list[str] | None = None) -> tuple[Recipe, dict[str, Any]]:

@@ -45,13 +45,23 @@ class InputSpec(StrictModel):
         return self.dtype.startswith("float")
 
 
+class OutputSpec(StrictModel):
+    """One model output, in ``forward()`` order: its name and, where it is not 0, the axis that indexes samples
+    (a time-major sequence model returns ``(T, B, C)``: ``batch_axis: 1``). Left out, the axis is inferred by running
+    the model at two batch sizes where that is unambiguous, else 0."""
+
+    name: str = Field(min_length=1)
+    batch_axis: int | None = Field(default=None, ge=0, le=16)
+
+
 class ModelSpec(StrictModel):
     factory: str | None = Field(default=None, pattern=FACTORY)
     weights: str | None = None
     program: str | None = None
     input_shape: list[int] | None = Field(default=None, min_length=2)   # shorthand: one float32 input "input"
     inputs: list[InputSpec] | None = Field(default=None, min_length=1)
-    outputs: list[str] | None = Field(default=None, min_length=1)       # names, in forward() order
+    # names in forward() order, or {name, batch_axis} entries for outputs whose samples are not on axis 0
+    outputs: list[str | OutputSpec] | None = Field(default=None, min_length=1)
 
     @field_validator("input_shape")
     @classmethod
@@ -71,9 +81,23 @@ class ModelSpec(StrictModel):
                              "(the shorthand for one float32 input)")
         if self.inputs is not None and len({i.name for i in self.inputs}) != len(self.inputs):
             raise ValueError("model.inputs: two inputs share a name")
-        if self.outputs is not None and len(set(self.outputs)) != len(self.outputs):
+        if self.outputs is not None and len(set(self.output_names or [])) != len(self.outputs):
             raise ValueError("model.outputs: two outputs share a name")
         return self
+
+    @property
+    def output_names(self) -> list[str] | None:
+        """The outputs' names in forward() order (None when the recipe names none)."""
+        if self.outputs is None:
+            return None
+        return [o if isinstance(o, str) else o.name for o in self.outputs]
+
+    @property
+    def declared_batch_axes(self) -> list[int | None] | None:
+        """Each output's declared batch axis (None where the recipe leaves it to inference)."""
+        if self.outputs is None:
+            return None
+        return [None if isinstance(o, str) else o.batch_axis for o in self.outputs]
 
     @property
     def input_specs(self) -> list[InputSpec]:

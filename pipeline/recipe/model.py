@@ -223,6 +223,20 @@ def eval_size_problem(recipe: Recipe, dataset: Any) -> str | None:
             f"{limit // per:,} (or raise EDGEPIPE_MAX_EVAL_BYTES)")
 
 
+def output_size_problem(recipe: Recipe, per_sample: int, n: int) -> str | None:
+    """Whether the raw outputs of ``n`` eval samples (``per_sample`` bytes each, measured on the host) fit what the
+    on-device runner writes back (bench.MAX_OUTPUT_MB, in parts): judged before any stage or export runs, so a
+    model with huge outputs fails in seconds with the number to set, not after every artifact was measured."""
+    from targets.runner.bench import MAX_OUTPUT_MB
+
+    limit = int(MAX_OUTPUT_MB * 2**20)
+    if per_sample * n <= limit:
+        return None
+    return (f"{recipe.path}: data.eval_samples: the outputs of {n:,} eval samples are {per_sample * n / 2**20:,.1f} "
+            f"MiB ({per_sample:,} bytes each), over the {MAX_OUTPUT_MB:g} MiB the device runner returns: set "
+            f"data.eval_samples to at most {max(limit // max(per_sample, 1), 1):,}")
+
+
 def eval_arrays(recipe: Recipe, dataset: Any) -> tuple[dict[str, np.ndarray], list[Any]]:
     """The eval inputs as one array per input name (dtype from the recipe) and the targets, bounded by
     ``data.eval_samples`` and by ``max_eval_bytes`` (checked before anything is read): what the host checks and
@@ -252,19 +266,64 @@ def targets_array(targets: list[Any]) -> np.ndarray | list[Any]:
     return arr if arr.dtype != object else list(targets)
 
 
+def samples_first(out: np.ndarray, axis: int) -> np.ndarray:
+    """An output with its batch axis moved to the front: how every figure downstream reads outputs (samples first),
+    whatever layout the model returns (a time-major ``(T, B, C)`` has ``axis`` 1)."""
+    return np.moveaxis(out, axis, 0) if axis and out.ndim > axis else out
+
+
 @torch.no_grad()
-def predict(model: nn.Module, inputs: dict[str, np.ndarray] | np.ndarray, batch_size: int = 256) -> list[np.ndarray]:
-    """Every output of ``model`` on the named inputs, one array per output (float outputs as float32)."""
+def predict(model: nn.Module, inputs: dict[str, np.ndarray] | np.ndarray, batch_size: int = 256,
+            batch_axes: list[int] | None = None) -> list[np.ndarray]:
+    """Every output of ``model`` on the named inputs, one array per output (float outputs as float32), samples
+    first: each batch's output is stacked along its own ``batch_axes`` entry (0 when not given)."""
     model.eval()
     feeds = {"input": inputs} if isinstance(inputs, np.ndarray) else inputs
     names = list(feeds)
     n = len(feeds[names[0]])
+    axes = list(batch_axes or [])
     outs: list[list[np.ndarray]] = []
     for i in range(0, n, batch_size):
         args = tuple(torch.from_numpy(np.ascontiguousarray(feeds[k][i:i + batch_size])) for k in names)
         res = outputs_list(model(*args))
-        outs.append([o.detach().float().numpy() if o.is_floating_point() else o.detach().numpy() for o in res])
+        outs.append([samples_first(o.detach().float().numpy() if o.is_floating_point() else o.detach().numpy(),
+                                   axes[j] if j < len(axes) else 0) for j, o in enumerate(res)])
     return [np.concatenate([o[j] for o in outs], axis=0) for j in range(len(outs[0]))]
+
+
+@torch.no_grad()
+def infer_batch_axes(model: nn.Module, inputs: dict[str, np.ndarray], declared: list[int | None] | None,
+                     where: str) -> list[int]:
+    """Each output's batch axis: the declared one (``model.outputs[i].batch_axis``), checked against the model, else
+    the one axis that grows from 2 to 3 when the model runs 2 and then 3 samples, else 0 (a model that cannot run
+    more than one sample, an output with no such axis). A declaration the model contradicts is a ConfigError."""
+    n = len(next(iter(inputs.values()))) if inputs else 0
+    shapes: list[tuple[list[int], list[int]]] = []
+    if n >= 3:
+        try:
+            model.eval()
+            runs = [outputs_list(model(*(torch.from_numpy(np.ascontiguousarray(a[:b])) for a in inputs.values())))
+                    for b in (2, 3)]
+            shapes = [(list(x.shape), list(y.shape)) for x, y in zip(*runs, strict=True)]
+        except Exception:  # noqa: BLE001 - a fixed-batch program: only declarations (or 0) can say
+            shapes = []
+    axes: list[int] = []
+    count = len(shapes) or len(declared or [])
+    for j in range(count):
+        decl = declared[j] if declared and j < len(declared) else None
+        inferred = None
+        if j < len(shapes):
+            a, b = shapes[j]
+            differ = [k for k in range(len(a)) if len(a) == len(b) and a[k] != b[k]]
+            if len(differ) == 1 and (a[differ[0]], b[differ[0]]) == (2, 3):
+                inferred = differ[0]
+            if decl is not None and (decl >= len(a) or (inferred is not None and inferred != decl)):
+                grows = f"grows along axis {inferred}" if inferred is not None else "has no such axis"
+                raise ConfigError(f"{where}: model.outputs[{j}].batch_axis: {decl} is declared, but the model's "
+                                  f"output {j} {grows} (shape {a} for 2 samples, {b} for 3)",
+                                  hint=f"set batch_axis: {inferred if inferred is not None else 0} or leave it out")
+        axes.append(decl if decl is not None else inferred if inferred is not None else 0)
+    return axes
 
 
 def complexity(model: nn.Module, example_inputs: tuple[torch.Tensor, ...]) -> tuple[int, int]:

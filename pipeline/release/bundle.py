@@ -11,11 +11,11 @@ A bundle is ``dist/<recipe>-<device>-<version>.tar.gz`` holding one folder of th
     bench/<name>.json the runner's full record for each chosen artifact
     summary.json, recipe.yaml   the run's record and the recipe as run
 
-Chosen: per backend family the device supports, the best usable artifact (valid, measured; best task metric in its
-direction, then lowest p90); the overall pick is the best of those. Version: ``--version``, else the summary's
-``version``, else the run id without its leading ``<recipe>-`` (the run's timestamp). Reproducible: entries sorted,
-uid/gid 0, no owner names, mode 0644, mtime ``SOURCE_DATE_EPOCH`` or the run's finish time, gzip with mtime 0 and no
-file name; so the same run folder always gives the same bytes.
+Chosen: per backend family the device supports, the fastest usable artifact that meets the gate (valid, measured;
+lowest p90, then bytes; rundir.PICK_RULE); the overall pick is the fastest of those. Version: ``--version``, else the
+summary's ``version``, else the run id without its leading ``<recipe>-`` (the run's timestamp). Reproducible: entries
+sorted, uid/gid 0, no owner names, mode 0644, mtime ``SOURCE_DATE_EPOCH`` or the run's finish time, gzip with mtime 0
+and no file name; so the same run folder always gives the same bytes.
 
 Nothing but regular, single-link files really inside the run folder is packed (``targets.safe_files``: a symlink
 or a hard link is refused), every file of a chosen artifact must still have the sha256 the run recorded for it
@@ -44,14 +44,14 @@ from pipeline.release.signing import SIGNATURE, sign_manifest
 from pipeline.release.verify import MANIFEST, SUMS, check_bundle, verify_bundle
 from pipeline.results.gate import artifact_verdicts, evaluate_gate
 from pipeline.results.rundir import (
+    PICK_RULE,
     artifact_files,
     artifact_name,
+    candidates,
     find_run_dirs,
-    is_usable,
     load_summary,
-    outranked,
+    metric_info,
     parse_time,
-    rank_key,
     recipe_file,
 )
 from targets import CAPABILITIES, parse_backend
@@ -140,6 +140,18 @@ def _inputs(run_dir: Path) -> list[dict[str, Any]] | None:
     return [{"name": "input", "shape": shape, "dtype": "float32"}] if shape else None
 
 
+def _batch_axes(run_dir: Path) -> list[int] | None:
+    """Each output's batch axis as the run used it (``inputs/eval.npz``'s ``__batch_axes__``; None = all 0)."""
+    import numpy as np
+
+    path = run_dir / "inputs" / "eval.npz"
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            return [int(a) for a in data["__batch_axes__"]] if "__batch_axes__" in data.files else None
+    except (OSError, ValueError):
+        return None
+
+
 def _supported(device: str, present: set[str]) -> set[str]:
     """Backend families the device profile lists; all present families when the profile is not at hand."""
     from targets.profiles import load_profile
@@ -151,17 +163,19 @@ def _supported(device: str, present: set[str]) -> set[str]:
     return {parse_backend(b)[0] for b in profile.backends} or present
 
 
-def choose(summary: dict[str, Any], device: str) -> tuple[list[dict[str, Any]], dict[str, str]]:
-    """The best usable artifact per supported family, best first, and {family: name}."""
+def choose(summary: dict[str, Any], device: str, verdicts: dict[str, dict[str, Any]] | None = None
+           ) -> tuple[list[dict[str, Any]], dict[str, str]]:
+    """The best artifact per supported family by the release's pick rule (rundir.PICK_RULE), best first, and
+    {family: name}."""
     arts = summary.get("artifacts") or []
-    usable = [a for a in arts if is_usable(a) and a.get("backend") in CAPABILITIES and not outranked(a, arts)
-              and a.get("precision") in CAPABILITIES[a["backend"]]["precisions"]]  # names become bundle paths
-    families = _supported(device, {a["backend"] for a in usable})
+    pool, key = candidates([a for a in arts if a.get("backend") in CAPABILITIES
+                            and a.get("precision") in CAPABILITIES[a["backend"]]["precisions"]], verdicts)
+    families = _supported(device, {a["backend"] for a in pool})   # names become bundle paths
     chosen: dict[str, dict[str, Any]] = {}
-    for art in sorted(usable, key=rank_key):
+    for art in sorted(pool, key=key):
         if art["backend"] in families and art["backend"] not in chosen:
             chosen[art["backend"]] = art
-    ranked = sorted(chosen.values(), key=rank_key)
+    ranked = sorted(chosen.values(), key=key)
     return ranked, {fam: artifact_name(a) for fam, a in sorted(chosen.items())}
 
 
@@ -240,7 +254,8 @@ def build_bundle(run_dir: str | Path, device: str | None = None, dist: str | Pat
         raise GateError(f"{run_dir}: cannot release, the quality gate failed: " + "; ".join(failures),
                         hint="fix the model or the recipe's gate, or pass --allow-failed-gate "
                              "(recorded in the manifest)")
-    chosen, per_family = choose(summary, run_device)
+    verdicts = artifact_verdicts({**summary, "gate": gate})
+    chosen, per_family = choose(summary, run_device, verdicts)
     if not chosen:
         raise ConfigError(f"{run_dir}: no valid, measured artifact to release on {run_device}",
                           hint="see the report: every artifact failed, was invalid or is unsupported by the device")
@@ -248,7 +263,6 @@ def build_bundle(run_dir: str | Path, device: str | None = None, dist: str | Pat
     name = f"{_clean(summary['recipe'])}-{_clean(run_device)}-{ver}"
     sources: dict[str, Path | bytes] = {"bench.py": RUNNER_PATH}
     roots: dict[str, Path] = {}  # arc name -> the folder its file must really be in
-    verdicts = artifact_verdicts({**summary, "gate": gate})
     manifest_artifacts = []
     for art in chosen:
         files = _inside_run(run_dir, art)
@@ -279,7 +293,8 @@ def build_bundle(run_dir: str | Path, device: str | None = None, dist: str | Pat
         sources["recipe.yaml"] = recipe_file(run_dir)
     top = manifest_artifacts[0]
     runtime = CAPABILITIES[top["backend"]]["runtime"]
-    sources["example.py"] = example_py(top["path"], top["backend"], runtime).encode()
+    sources["example.py"] = example_py(top["path"], top["backend"], runtime, metric_info(summary)["name"],
+                                       _batch_axes(run_dir)).encode()
     mtime = _epoch(summary)
     manifest: dict[str, Any] = {
         "schema": 1, "name": _clean(summary["recipe"]), "device": run_device, "version": ver, "bundle": name,
@@ -289,7 +304,7 @@ def build_bundle(run_dir: str | Path, device: str | None = None, dist: str | Pat
         "edgepipe_version": summary.get("edgepipe_version"),
         "tool_versions": summary.get("tool_versions") or {},
         "pick": {"overall": top["name"], "per_family": per_family,
-                 "rule": "valid and measured; best task metric (in its direction), then lowest p90 latency"},
+                 "rule": PICK_RULE},
         "artifacts": manifest_artifacts,
         "lineage": {"original": summary.get("baseline") or {}, "stages": summary.get("stages") or [],
                     "artifacts": {a["name"]: a["lineage"] for a in manifest_artifacts}},

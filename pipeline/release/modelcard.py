@@ -101,12 +101,13 @@ def model_card(summary: dict[str, Any], manifest: dict[str, Any], chosen: list[d
     return "\n".join(lines)
 
 
-EXAMPLE = '''"""Load the released model with the bundled runner and run it on one input.
+EXAMPLE = '''"""Load the released model with the bundled runner, run it and print what it found.
 
 Needs only Python 3, numpy and the runtime of the artifact ({runtime}). Run from anywhere:
     python3 example.py [inputs.npz | input.npy]
 An .npz holds one array per input name (with the batch dimension); an .npy is the single-input shorthand. With
 no file, every input gets a placeholder of its declared shape and dtype (random floats, zero integers).
+Each output is read as the recipe's task ({metric}) reads it: {what}.
 """
 
 import sys
@@ -120,6 +121,9 @@ import bench  # noqa: E402 - the on-device runner shipped next to this file
 
 MODEL = HERE / {path!r}
 BACKEND = {backend!r}
+TASK = {task!r}               # "classification", "detection" or "other"
+BATCH_AXES = {batch_axes!r}   # per output: the axis that indexes samples (0 when not listed)
+TOP_K = 5
 
 
 def placeholder(spec: dict) -> np.ndarray:
@@ -127,6 +131,53 @@ def placeholder(spec: dict) -> np.ndarray:
     if np.issubdtype(spec["dtype"], np.floating):
         return np.random.default_rng(0).standard_normal(shape).astype(spec["dtype"])
     return np.zeros(shape, dtype=spec["dtype"])
+
+
+def one_sample(outputs: list) -> list:
+    """Each output of a batch-1 call without its batch axis."""
+    return [np.take(o, 0, axis=BATCH_AXES[j] if j < len(BATCH_AXES) else 0) for j, o in enumerate(outputs)]
+
+
+def classification(outs: list) -> str:
+    logits = np.asarray(outs[0], dtype=np.float64).reshape(-1)
+    probs = np.exp(logits - logits.max())
+    probs /= probs.sum()
+    top = np.argsort(-probs, kind="stable")[:TOP_K]
+    return f"top-{{len(top)}} " + ", ".join(f"class {{int(c)}} ({{probs[c]:.3f}})" for c in top)
+
+
+def detection(outs: list) -> str:
+    """Boxes and scores from the raw outputs: (K, 6) rows x1 y1 x2 y2 score class; or a (K, 4) boxes output beside a
+    (K,) or (K, C) scores output; or one packed (K, 4 + C) head (box values as the model emits them, before the
+    recipe's decoding, and class logits)."""
+    arrays = [np.atleast_2d(np.asarray(o, dtype=np.float64)) for o in outs]   # one box per image: (4,) -> (1, 4)
+    rows = next((a for a in arrays if a.ndim == 2 and a.shape[1] == 6), None)
+    boxes = next((a for a in arrays if a.ndim == 2 and a.shape[1] == 4), None)
+    kind = "boxes"
+    if rows is not None:
+        boxes, scores, classes = rows[:, :4], rows[:, 4], rows[:, 5]
+    elif boxes is not None:
+        rest = [a for a in arrays if a is not boxes and a.shape[:1] == boxes.shape[:1]]
+        if not rest:
+            return "a boxes output but no scores beside it"
+        s = rest[0].reshape(len(boxes), -1)
+        scores, classes = s.max(1), s.argmax(1)
+    else:
+        head = next((a for a in arrays if a.ndim == 2 and a.shape[1] > 4), None)
+        if head is None:
+            return "no box output (shapes %s)" % [list(a.shape) for a in arrays]
+        s = head[:, 4:]
+        s = s if 0.0 <= s.min() and s.max() <= 1.0 else 1.0 / (1.0 + np.exp(-s))
+        boxes, scores, classes, kind = head[:, :4], s.max(1), s.argmax(1), "raw box values"
+    top = np.argsort(-scores, kind="stable")[:TOP_K]
+    return f"{{len(scores)}} candidates, best {{len(top)}} {{kind}} (x1 y1 x2 y2 score class): " + "; ".join(
+        " ".join(f"{{v:.1f}}" for v in boxes[i]) + f" {{scores[i]:.3f}} {{int(classes[i])}}" for i in top)
+
+
+def other(outs: list) -> str:
+    return "; ".join(f"output {{j}}: shape {{list(np.shape(o))}}, first values "
+                     f"{{np.round(np.asarray(o, dtype=np.float64).reshape(-1)[:4], 4).tolist()}}"
+                     for j, o in enumerate(outs))
 
 
 def main() -> None:
@@ -139,17 +190,27 @@ def main() -> None:
         feeds = {{first["name"]: np.load(sys.argv[1]).reshape(-1, *first["shape"][1:])}}
     else:
         feeds = {{i["name"]: placeholder(i) for i in session.inputs}}
-    outputs = bench.predict(session, feeds)
-    for i in range(len(outputs[0])):
-        parts = [f"output {{k}}: shape {{list(out.shape[1:])}}, argmax {{int(out[i].argmax())}} "
-                 f"(max {{float(out[i].max()):.3f}})" for k, out in enumerate(outputs)]
-        print(f"input {{i}}: " + "; ".join(parts) + f" with {{session.runtime}} {{session.version}}")
+    show = {{"classification": classification, "detection": detection}}.get(TASK, other)
+    for i in range(len(next(iter(feeds.values())))):
+        outs = one_sample(session.run({{k: v[i:i + 1] for k, v in feeds.items()}}))
+        print(f"input {{i}}: {{show(outs)}} with {{session.runtime}} {{session.version}}")
 
 
 if __name__ == "__main__":
     main()
 '''
 
+TASKS = {"top1": "classification", "top5": "classification", "map50": "detection", "map50_95": "detection"}
+WHAT = {"classification": "the top-5 classes of the first output with their softmax probabilities",
+        "detection": "the highest-scoring boxes with score and class",
+        "other": "each output's shape and first values"}
 
-def example_py(path: str, backend: str, runtime: str) -> str:
-    return EXAMPLE.format(path=path, backend=backend, runtime=runtime)
+
+def example_py(path: str, backend: str, runtime: str, metric: str | None = None,
+               batch_axes: list[int] | None = None) -> str:
+    """example.py of a bundle: loads the pick with the bundled runner and prints what the task reads from it (top-k
+    classes for a classifier, boxes for a detector, shapes and first values otherwise), so the first thing a user
+    runs shows the model at work, not an ``argmax`` over a box tensor."""
+    task = TASKS.get(metric or "", "other")
+    return EXAMPLE.format(path=path, backend=backend, runtime=runtime, metric=metric or "unknown",
+                          what=WHAT[task], task=task, batch_axes=list(batch_axes or []))

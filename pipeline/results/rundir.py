@@ -105,11 +105,27 @@ def is_usable(art: dict[str, Any]) -> bool:
 
 
 def rank_key(art: dict[str, Any]) -> tuple[float, float, str]:
-    """Best first: best metric (in its direction), then lowest p90, then the name (so ties never depend on list
-    order)."""
+    """Best first among artifacts that meet the gate: lowest p90 on the device, then fewest bytes, then the name (so
+    ties never depend on list order). The metric is not a key: the gate already says which are good enough, and
+    the promise is the *fastest* one that is (README, first line)."""
+    size = art.get("bytes")
+    return (latency(art) or float("inf"), float(size) if isinstance(size, (int, float)) else float("inf"),
+            artifact_name(art))
+
+
+def metric_key(art: dict[str, Any]) -> tuple[float, float, str]:
+    """Best metric (in its direction), then lowest p90, then the name: the fallback order when no artifact meets the
+    gate (a release with ``--allow-failed-gate``), where speed alone would pick a destroyed model."""
     value = metric_value(art) or 0.0
     higher = (art.get("metric") or {}).get("higher_is_better", True)
     return (-value if higher else value, latency(art) or float("inf"), artifact_name(art))
+
+
+def passes_gate(art: dict[str, Any], verdicts: dict[str, dict[str, Any]] | None = None) -> bool:
+    """The artifact's own gate verdict (``verdicts`` by name, else the one stored with it); an artifact with no
+    verdict at all (a run without a gate) passes."""
+    verdict = (verdicts or {}).get(artifact_name(art)) or art.get("gate")
+    return not isinstance(verdict, dict) or verdict.get("passed") is not False
 
 
 EQUAL_METRIC = 1e-3
@@ -132,9 +148,26 @@ def outranked(art: dict[str, Any], artifacts: list[dict[str, Any]]) -> bool:
     return theirs >= mine - EQUAL_METRIC if higher else theirs <= mine + EQUAL_METRIC
 
 
-def pick_best(artifacts: list[dict[str, Any]]) -> dict[str, Any] | None:
-    usable = [a for a in artifacts if is_usable(a) and not outranked(a, artifacts)]
-    return min(usable, key=rank_key) if usable else None
+PICK_RULE = ("valid and measured, meets the gate on this device; lowest p90 latency, then fewest bytes, then name "
+             "(an int8/fp16 slower than its as-good FP32 parent is never picked; with no artifact meeting the gate, "
+             "best task metric first)")
+
+
+def candidates(artifacts: list[dict[str, Any]], verdicts: dict[str, dict[str, Any]] | None = None
+               ) -> tuple[list[dict[str, Any]], Any]:
+    """The artifacts a release may pick from and the key that orders them best first: the usable ones the INT8 guard
+    does not outrank that meet the gate, fastest first; when none meets it, every usable one, best metric first."""
+    usable = [a for a in artifacts if is_usable(a)]
+    passing = [a for a in usable if passes_gate(a, verdicts)]
+    pool, key = (passing, rank_key) if passing else (usable, metric_key)
+    return [a for a in pool if not outranked(a, pool)], key   # a parent that fails the gate outranks nothing
+
+
+def pick_best(artifacts: list[dict[str, Any]],
+              verdicts: dict[str, dict[str, Any]] | None = None) -> dict[str, Any] | None:
+    """The one artifact to ship on this device (PICK_RULE)."""
+    pool, key = candidates(artifacts, verdicts)
+    return min(pool, key=key) if pool else None
 
 
 def artifact_files(run_dir: Path, art: dict[str, Any]) -> list[Path]:

@@ -24,16 +24,11 @@ from pipeline.search.cache import MeasurementCache, device_fingerprint, digest
 from pipeline.search.host import HostWork
 from pipeline.search.report import write_chosen_recipe
 from pipeline.search.space import Candidate
-from pipeline.ui.progress import Bar, Progress
+from pipeline.ui.progress import Bar, Progress, fmt_s
 from targets.errors import DeviceError
 from targets.jsonio import write_json
 from targets.profiles import DeviceProfile
 from targets.transport import open_transport
-
-
-def fmt_s(seconds: float) -> str:
-    seconds = max(0, int(seconds))
-    return f"{seconds // 60}m{seconds % 60:02d}s" if seconds >= 60 else f"{seconds}s"
 
 
 class DeviceSearch:
@@ -87,21 +82,42 @@ class DeviceSearch:
         self._compare()
 
     def _halving(self, backends: list[str]) -> None:
+        """Successive halving over backends. Rung 1 measures the covering points (every value of every key) on
+        every backend, so each dimension reaches every backend it applies to before any is dropped; from then on
+        each rung keeps the fastest 1/eta backends (each drop says why) and widens their points by eta."""
         alive = list(backends)
         points = list(self.grid["points"])
-        width = 1
+        take = [p for p in (self.grid.get("first") or points[:1]) if p in points]
+        width = max(1, len(take))
         rung = 1
         while points and alive and not self._out_of_budget():
-            keep = max(1, math.ceil(len(alive) / self.cfg.eta)) if len(alive) > 1 else 1
-            ranked = sorted(alive, key=self._score)
-            dropped = ranked[keep:]
-            alive = ranked[:keep]
-            if dropped:
-                self._note(f"rung {rung}: keeping {', '.join(alive)}; dropped {', '.join(dropped)} (slower)")
-            width = len(points) if len(alive) == 1 else width * self.cfg.eta
-            take, points = points[:width], points[width:]
+            if rung > 1:
+                keep = max(1, math.ceil(len(alive) / self.cfg.eta)) if len(alive) > 1 else 1
+                ranked = sorted(alive, key=self._score)
+                dropped = ranked[keep:]
+                alive = ranked[:keep]
+                if dropped:
+                    self._note(f"rung {rung}: keeping {', '.join(alive)}; dropped "
+                               + ", ".join(f"{b} ({self._drop_reason(b, alive)})" for b in dropped))
+                width = len(points) if len(alive) == 1 else width * self.cfg.eta
+                take = points[:width]
+            points = [p for p in points if p not in take]
             self._rung(str(rung), alive, take)
             rung += 1
+
+    def _drop_reason(self, backend: str, kept: list[str]) -> str:
+        """Why halving drops a backend, in words: slower (its fastest gate-passing p90 against the slowest kept
+        one's), failed the gate (the first limit it broke), failed to export or check, or not measured."""
+        recs = [r for r in self.records.values() if r["backend"] == backend and r.get("role") != "int8 guard"]
+        mine = self._score(backend)[0]
+        if mine != math.inf:
+            worst = max(kept, key=lambda b: self._score(b)[0])
+            return f"slower: p90 {mine:.4g} ms vs {worst} {self._score(worst)[0]:.4g} ms"
+        gate = next((f for r in recs for f in r.get("failures") or []), None)
+        if gate is not None:
+            return f"failed the gate: {gate.removeprefix(backend + ': ')}"
+        failed = next((r.get("reason") for r in recs if r.get("reason")), None)
+        return failed if failed else "not measured yet: no candidate of it ran"
 
     def _rung(self, rung: str, backends: list[str], points: list[str]) -> None:
         for point in points:

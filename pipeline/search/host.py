@@ -54,7 +54,8 @@ class HostWork:
             return hit[0], 0.0
         recipe = self.recipe.model_copy(update={"stages": candidate_stages(self.recipe.stages, cand)})
         start = time.perf_counter()
-        plan = stage_plan(recipe, self.ctx, self.data, timing=onnx_latency_ratio)
+        # a candidate past the gate is judged (and dropped, with its reason) by the search, not stopped at its stage
+        plan = stage_plan(recipe, self.ctx, self.data, timing=onnx_latency_ratio, stop_at_gate=False)
         result = run_stages(self.model, self.data, plan, self.cache, self.progress)
         seconds = sum(r.get("seconds", 0.0) for r in result.records if not r.get("cached"))
         self._variants[cand.variant_key] = (result, seconds)
@@ -110,7 +111,7 @@ class HostWork:
         self.exports.dir.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=".export-", dir=self.exports.dir))
         try:
-            ref = predict(result.model, self.ctx.inputs)
+            ref = predict(result.model, self.ctx.inputs, batch_axes=self.ctx.batch_axes)
             res = StagesResult(model=copy.deepcopy(result.model), teacher=result.teacher, calib=result.calib,
                                records=result.records, export_overrides=result.export_overrides,
                                qat_ranges=result.qat_ranges)

@@ -82,9 +82,29 @@ def _digest(obj: Any) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
+#: Quantize knobs that reach only some backends (README "The stages"): ORT's and NNCF's calibrators read
+#: ``calibration`` (TFLite's PT2E observers do not), NNCF alone does bias correction. Elsewhere they are reset to
+#: their default, so points that differ only in them fold into one candidate there.
+QUANT_APPLIES = {"calibration": {"onnx-int8", "openvino-int8"}, "bias_correction": {"openvino-int8"}}
+
+
+def applies(key: str, backend: str) -> bool:
+    """Whether a space key (``stage.field`` or ``backends``) can change the artifact of ``backend``."""
+    stage, _, fld = key.partition(".")
+    if stage != "quantize" or key == "backends":
+        return True
+    if fld in QUANT_APPLIES:
+        return backend in QUANT_APPLIES[fld]
+    return True
+
+
 def _normalize(stages: dict[str, dict[str, Any] | None], backend: str) -> dict[str, dict[str, Any] | None] | None:
     """Fold equivalent points together; None when the pair is not a combination (INT8 without quantization)."""
     out = dict(stages)
+    q = out.get("quantize")
+    if q is not None:
+        defaults = STAGE_CONFIGS["quantize"]().model_dump(mode="json")
+        out["quantize"] = {k: (defaults[k] if not applies(f"quantize.{k}", backend) else v) for k, v in q.items()}
     prune = out.get("prune")
     if prune is not None and float(prune.get("ratio", 0)) <= 0:
         out["prune"] = None
@@ -130,7 +150,24 @@ def expand(search: SearchConfig, recipe_stages: Any, default_backends: list[str]
                 cand = Candidate(norm, backend, {**settings, "backends": backend})
                 cells[point][backend] = seen.setdefault(cand.id, cand)
     points = sorted(cells, key=lambda p: -ratios[p])  # stable: ties keep the space's own order
-    return {"points": points, "cells": cells, "backends": backends}
+    return {"points": points, "cells": cells, "backends": backends, "first": covering(points)}
+
+
+def covering(points: list[str]) -> list[str]:
+    """A small set of points (greedy set cover, in the space's order) that holds every value of every key at least
+    once: the first rung of the halving measures these on every backend, so each dimension of the space reaches
+    every backend it applies to before any backend is dropped (issue 21: ``quantize.calibration`` reached one
+    backend only)."""
+    def pairs(p: str) -> set[tuple[str, str]]:
+        return {(k, json.dumps(v, sort_keys=True, default=str)) for k, v in json.loads(p).items()}
+    wanted = set().union(*(pairs(p) for p in points)) if points else set()
+    chosen: list[str] = points[:1]
+    wanted -= pairs(points[0]) if points else set()
+    while wanted:
+        best = max((p for p in points if p not in chosen), key=lambda p: len(pairs(p) & wanted))
+        chosen.append(best)
+        wanted -= pairs(best)
+    return [p for p in points if p in chosen]
 
 
 def recipe_candidates(recipe_stages: Any, backends: list[str]) -> list[Candidate]:

@@ -51,6 +51,10 @@ class StagePlan:
     metric_label: str = "top-1"
     metric_key: dict[str, Any] | None = None               # the task metric's identity: a stage record holds its score
     train: Any = None                                      # pipeline.stages.train.TrainConfig (None = defaults)
+    # the original model's metric record and the gate's allowed drop: a stage that falls past it stops the run at
+    # once (GateError) instead of after every export; None = no check (``edgepipe search`` judges candidates itself)
+    baseline_metric: dict[str, Any] | None = None
+    max_metric_drop: float | None = None
 
 
 def calibration_inputs(dataset: Any, n: int, names: list[str]) -> dict[str, np.ndarray]:
@@ -99,8 +103,8 @@ def _read_entry(hit: Path, base: Callable[[], nn.Module], log: Callable[[str], N
             raise ValueError("record.json lacks its figures")
         ranges_file = hit / "qat_ranges.json"
         ranges = json.loads(ranges_file.read_text()) if ranges_file.is_file() else None
-        if ranges is not None and not isinstance(ranges, dict):
-            raise ValueError("qat_ranges.json is not a mapping")
+        if ranges is not None and not (isinstance(ranges, list) and all(isinstance(r, dict) for r in ranges)):
+            raise ValueError("qat_ranges.json is not a list of ranges")
     except Exception as exc:  # noqa: BLE001 - any unreadable entry is recomputed; the stage is the source of truth
         why = (str(exc).strip().splitlines() or [""])[0][:160]
         log(f"WARNING: stage {name}: cached entry {hit} is unreadable ({type(exc).__name__}: {why}); discarded, "
@@ -172,8 +176,8 @@ class _Chain:
         # the device and the loader's workers are not part of the key: a stage trained on a GPU is reused on a CPU
         key_extra = {**(extra_key or {}), **({"task": self.task_key} if self.objective.kind != "logits" else {}),
                      "train": self.settings(cfg).cache_fields(), "metric": self.plan.metric_key}
-        key = stage_key(name, self.parent_hash, cfg.model_dump(mode="json", exclude={"train"}), self.data_fp,
-                        key_extra)
+        key = stage_key(name, self.parent_hash, cfg.model_dump(mode="json", exclude={"train", "allow_gate_miss"}),
+                        self.data_fp, key_extra)
         hit = cache.lookup(key) if self.main else None
         cached = _read_entry(hit, base, self.log, name) if hit is not None else None
         hit = hit if cached is not None else None   # a malformed entry was discarded: the stage runs again
@@ -212,6 +216,39 @@ class _Chain:
             self.log(f"WARNING: {name}: {warning}")
         self.result.records.append(record)
         self.current, self.parent_hash = out.eval(), model_hash(out)
+        self.check_gate(name, cfg, record)
+
+    def check_gate(self, name: str, cfg: Any, record: dict[str, Any]) -> None:
+        """A stage whose metric already falls past the gate (in gate units, ``targets/units.py``) stops the run now:
+        every artifact made from it would fail the gate after all the exports (issue 21: a pruned detector at mAP 0
+        went on to be exported, checked and measured on six backends). ``stages.<name>.allow_gate_miss`` goes on
+        with a loud warning (stored in the stage's ``warnings``)."""
+        from targets import units
+        from targets.errors import GateError
+
+        base, limit = self.plan.baseline_metric, self.plan.max_metric_drop
+        value = (record.get("metric") or {}).get("value")
+        if not base or limit is None or not isinstance(value, (int, float)) \
+                or not isinstance(base.get("value"), (int, float)):
+            return
+        drop = units.drop(float(base["value"]), float(value), base)
+        if units.within(drop, limit):
+            return
+        unit = " points" if units.is_fraction(base) else ""
+        what = (f"stage {name}: {self.plan.metric_label} {value:.4g} is {drop:.2f}{unit} below the original's "
+                f"{base['value']:.4g}, past the gate's max_metric_drop {limit:g}")
+        if getattr(cfg, "allow_gate_miss", False):
+            note = f"{what}; going on (stages.{name}.allow_gate_miss), every artifact of it will fail the gate"
+            record.setdefault("warnings", []).append(note)
+            self.log(f"WARNING: {note}")
+            return
+        raise GateError(what, hint=f"{_GATE_FIX[name]}, or set stages.{name}.allow_gate_miss: true to go on")
+
+
+#: What to change when a stage falls past the gate (GateError's hint).
+_GATE_FIX = {"distill": "raise stages.distill.epochs or use a wider student",
+             "prune": "lower stages.prune.ratio or raise stages.prune.finetune_epochs",
+             "quantize": "for QAT raise stages.quantize.epochs or lower its lr"}
 
 
 def _distill(c: _Chain) -> None:

@@ -90,6 +90,12 @@ class Objective:
             return kd_loss(student[0], teacher[0], targets, temperature, alpha)
         if teacher is None:
             raise ValueError("output-matching KD needs the teacher's outputs")
+        if self.output_weights is not None and len(self.output_weights) != len(student):
+            from targets.errors import ConfigError
+
+            raise ConfigError(f"task.output_weights: {len(self.output_weights)} weight(s) for a model with "
+                              f"{len(student)} output(s)", hint=f"give one weight per output ({len(student)})")
+        balanced = self.output_weights is None
         weights = self.output_weights or [1.0] * len(student)
         total = torch.zeros(())
         for w, s, t in zip(weights, student, teacher, strict=True):
@@ -98,8 +104,16 @@ class Objective:
                 term = 1 - F.cosine_similarity(s.reshape(len(s), -1), t.reshape(len(t), -1), dim=1).mean()
             else:
                 term = F.mse_loss(s, t)
+                if balanced:   # each output by its own spread: pixel boxes must not drown 0..1 scores (issue 21)
+                    term = term / spread(t)
             total = total + w * term
         return total
+
+
+def spread(t: torch.Tensor) -> torch.Tensor:
+    """The scale an output's squared error is divided by in the balanced default: its variance over the batch, with
+    a floor (a thousandth of its mean square) so a nearly constant output does not blow its term up."""
+    return torch.maximum(t.var(unbiased=False), 1e-3 * t.pow(2).mean()).clamp_min(1e-12)
 
 
 @torch.no_grad()

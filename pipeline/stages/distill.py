@@ -40,6 +40,7 @@ class DistillConfig(StrictModel):
     seed: int = 0
     features: list[FeaturePair] = Field(default_factory=list)
     train: TrainOverride | None = None                                     # this stage's device/amp/... overrides
+    allow_gate_miss: bool = False    # go on (loud warning) when this stage's metric falls past the gate
 
 
 class _Capture:

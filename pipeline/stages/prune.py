@@ -37,6 +37,7 @@ class PruneConfig(StrictModel):
     guard_seconds: float = Field(default=2.0, ge=0)                # and at least this long per model
     guard_tolerance: float = Field(default=0.05, ge=0, le=1)       # slower by more than this fraction -> WARNING
     train: TrainOverride | None = None                             # this stage's device/amp/... overrides
+    allow_gate_miss: bool = False    # go on (loud warning) when this stage's metric falls past the gate
     # attention: fraction of whole heads removed in every module exposing ``num_heads`` (pipeline/stages/heads.py)
     head_pruning_ratio: float = Field(default=0.0, ge=0, lt=1)
 

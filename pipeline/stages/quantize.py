@@ -51,6 +51,7 @@ class QuantConfig(StrictModel):
     sensitivity_samples: int = Field(default=300, ge=16)           # eval inputs the search measures on
     max_groups: int = Field(default=12, ge=1)                      # layer groups ranked by sensitivity
     train: TrainOverride | None = None                             # qat: device/workers/... (always fp32, no AMP)
+    allow_gate_miss: bool = False    # go on (loud warning) when this stage's metric falls past the gate
 
     def export_overrides(self) -> dict[str, Any]:
         """The ExportConfig fields (targets/export_config.py) this stage decides for every INT8 exporter."""

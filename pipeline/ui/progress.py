@@ -132,3 +132,9 @@ class Progress:
         if self._handler is not None:
             self.logger.removeHandler(self._handler)
             self._handler.close()
+
+
+def fmt_s(seconds: float) -> str:
+    """``42s``, ``3m07s``: an elapsed or remaining time as a progress line shows it."""
+    seconds = max(0, int(seconds))
+    return f"{seconds // 60}m{seconds % 60:02d}s" if seconds >= 60 else f"{seconds}s"

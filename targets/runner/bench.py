@@ -298,11 +298,19 @@ def count(inputs: dict[str, np.ndarray]) -> int:
     return len(next(iter(inputs.values()))) if inputs else 0
 
 
-def predict(session: Session, inputs: dict[str, np.ndarray] | np.ndarray) -> list[np.ndarray]:
-    """Run every sample one at a time (artifacts have a static batch of 1); every output, stacked."""
+def predict(session: Session, inputs: dict[str, np.ndarray] | np.ndarray,
+            batch_axes: list[int] | None = None) -> list[np.ndarray]:
+    """Run every sample one at a time (artifacts have a static batch of 1); every output stacked samples first:
+    output j's batch axis is ``batch_axes[j]`` (0 when not given; 1 for a time-major ``(T, B, C)``)."""
     feeds = _feeds(session, inputs)
     batch = session.input_shape[0] if session.input_shape else 1
-    outs = [session.run({k: v[i:i + batch] for k, v in feeds.items()}) for i in range(0, count(feeds), batch)]
+    axes = list(batch_axes or [])
+
+    def first(o: np.ndarray, j: int) -> np.ndarray:
+        axis = axes[j] if j < len(axes) else 0
+        return np.moveaxis(o, axis, 0) if axis and o.ndim > axis else o
+    outs = [[first(o, j) for j, o in enumerate(session.run({k: v[i:i + batch] for k, v in feeds.items()}))]
+            for i in range(0, count(feeds), batch)]
     return [np.concatenate([o[j] for o in outs], axis=0) for j in range(len(outs[0]))] if outs else []
 
 
@@ -312,24 +320,68 @@ def read_inputs(path: str) -> tuple[dict[str, np.ndarray], np.ndarray | None]:
     with np.load(path, allow_pickle=False) as data:
         arrays = {k: np.asarray(data[k]) for k in data.files}
     labels = arrays.pop("y", None)
+    arrays.pop("__batch_axes__", None)   # read_batch_axes: how outputs are stacked, not an input
     order = arrays.pop("__order__", None)
     if order is not None:
         arrays = {str(k): arrays[str(k)] for k in order}
     return arrays, labels
 
 
-def write_outputs(path: str, outputs: list[np.ndarray], max_bytes: int) -> int:
-    """Every output as ``out0, out1, ...`` in a compressed .npz, refused above ``max_bytes`` (raw) so a board never
-    fills its disk or the link; written under a temporary name and renamed, so a half file never looks complete."""
+def read_batch_axes(path: str) -> list[int] | None:
+    """Each output's batch axis as the host wrote it into the inputs file (``__batch_axes__``), else None (all 0)."""
+    with np.load(path, allow_pickle=False) as data:
+        return [int(a) for a in data["__batch_axes__"]] if "__batch_axes__" in data.files else None
+
+
+#: Raw outputs the runner writes at most (the host checks the eval set against it before any export), and the raw
+#: size of one outputs part: outputs are written in parts of whole samples, so no single file is large.
+MAX_OUTPUT_MB = 2048.0
+OUTPUT_PART_MB = 32.0
+
+
+def part_path(path: str, k: int) -> str:
+    """Part ``k`` of an outputs file: the file itself for part 0 (it says how many parts there are), else
+    ``<stem>-<k>.npz`` beside it."""
+    return path if k == 0 else f"{path[:-4] if path.endswith('.npz') else path}-{k}.npz"
+
+
+def write_outputs(path: str, outputs: list[np.ndarray], max_bytes: int,
+                  part_bytes: int = int(OUTPUT_PART_MB * 2**20)) -> tuple[int, int]:
+    """Every output as ``out0, out1, ...`` (samples first) in compressed .npz parts of at most ``part_bytes`` raw
+    each (whole samples; part 0 holds ``__parts__``), refused above ``max_bytes`` in all so a board never fills its
+    disk or the link. Each part is written under a temporary name and renamed, part 0 last, so a half-written set
+    never looks complete. Returns (raw bytes, parts)."""
     raw = sum(int(o.nbytes) for o in outputs)
     if raw > max_bytes:
         raise RunnerError(f"the outputs are {raw / 2**20:.1f} MiB, over the {max_bytes / 2**20:.0f} MiB limit: "
                           "lower data.eval_samples in the recipe")
-    tmp = path + ".part"
-    with open(tmp, "wb") as fh:
-        np.savez_compressed(fh, **{f"out{i}": o for i, o in enumerate(outputs)})
-    os.replace(tmp, path)
-    return raw
+    n = len(outputs[0]) if outputs and outputs[0].ndim else 1
+    per_sample = max(1, raw // max(n, 1))
+    step = max(1, part_bytes // per_sample)
+    starts = list(range(0, max(n, 1), step))
+    for k in reversed(range(len(starts))):
+        chunk = {f"out{i}": (o[starts[k]:starts[k] + step] if o.ndim else o) for i, o in enumerate(outputs)}
+        if k == 0:
+            chunk["__parts__"] = np.asarray(len(starts))
+        final = part_path(path, k)
+        with open(final + ".part", "wb") as fh:
+            np.savez_compressed(fh, **chunk)
+        os.replace(final + ".part", final)
+    return raw, len(starts)
+
+
+def read_outputs(path: str) -> list[np.ndarray]:
+    """The outputs ``write_outputs`` wrote, part by part, each output concatenated along its samples."""
+    with np.load(path, allow_pickle=False) as data:
+        keys = sorted((k for k in data.files if k.startswith("out")), key=lambda k: int(k[3:]))
+        parts = int(data["__parts__"]) if "__parts__" in data.files else 1
+        chunks = [[np.asarray(data[k]) for k in keys]]
+    for k in range(1, parts):
+        with np.load(part_path(path, k), allow_pickle=False) as data:
+            chunks.append([np.asarray(data[key]) for key in keys])
+    if parts == 1:
+        return chunks[0]
+    return [np.concatenate([c[j] for c in chunks], axis=0) for j in range(len(keys))]
 
 
 # --------------------------------------------------------------------------------------------------------- statistics
@@ -675,9 +727,11 @@ def benchmark(args: argparse.Namespace) -> dict[str, Any]:
                         "governor": before.get("governor"), "temp_c": after.get("temp_c")},
     }
     if args.inputs and args.outputs:   # raw outputs for the host to score: the runner knows no metric
-        outs = predict(session, inputs)
+        outs = predict(session, inputs, read_batch_axes(args.inputs))
+        raw, parts = write_outputs(args.outputs, outs, int(args.max_output_mb * 2**20),
+                                   int(args.output_part_mb * 2**20))
         result["outputs"] = {"file": os.path.basename(args.outputs), "n": count(inputs), "count": len(outs),
-                             "bytes": write_outputs(args.outputs, outs, int(args.max_output_mb * 2**20))}
+                             "bytes": raw, "parts": parts}
     reasons, warnings = state_problems(before, after)
     reasons[:0] = rule_problems(args, len(samples))
     reasons += temperature_problems(before, after, args.max_temp_c)
@@ -705,7 +759,9 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--max-seconds", type=float, default=120.0)
     ap.add_argument("--inputs", default=None, help=".npz with one array per input name (or x for a single input)")
     ap.add_argument("--outputs", default=None, help="write every output on --inputs to this .npz (out0, out1, ...)")
-    ap.add_argument("--max-output-mb", type=float, default=64.0, help="refuse to write more raw output than this")
+    ap.add_argument("--max-output-mb", type=float, default=MAX_OUTPUT_MB, help="refuse to write more raw output "
+                    "than this in all")
+    ap.add_argument("--output-part-mb", type=float, default=OUTPUT_PART_MB, help="raw size of one outputs part")
     ap.add_argument("--providers", default="", help="comma-separated ONNX Runtime execution providers")
     ap.add_argument("--thermal", default=None)
     ap.add_argument("--throttled-cmd", default=None)

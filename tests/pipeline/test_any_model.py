@@ -87,13 +87,20 @@ def test_check_runs_one_eval_sample_and_names_the_outputs(write_recipe):
 
 def test_a_model_broken_by_pruning_never_passes_its_gate(write_recipe, tmp_path):
     # pruning half the hidden units without fine-tuning breaks the embedding: cosine to the original drops far
-    # more than 0.01, so the run fails its gate (exit 3) with the metric named -- never a pass
+    # more than 0.01, so the run stops at the stage (exit 3) with the metric named -- never a pass
     path = write_recipe(RECIPE.format(data="splits", metric="cosine"), {"models.py": MODELS, "data.py": DATA})
     out = tmp_path / "run"
     proc = run_cli("run", str(path), "--device", "local", "--out", str(out),
                    "--set", "stages.prune.ratio=0.5")
     assert proc.returncode == 3, proc.stderr[-2000:]
+    assert "stage prune: cosine " in proc.stderr and "past the gate's max_metric_drop 0.01" in proc.stderr
+    assert not (out / "summary.json").exists()               # stopped before any export
+    # asked to go on, it warns, exports, and the gate fails at the end with the figures stored
+    proc = run_cli("run", str(path), "--device", "local", "--out", str(out),
+                   "--set", "stages.prune.ratio=0.5", "--set", "stages.prune.allow_gate_miss=true")
+    assert proc.returncode == 3, proc.stderr[-2000:]
     summary = json.loads((out / "summary.json").read_text())
+    assert any("allow_gate_miss" in w for w in summary["stages"][0]["warnings"])
     assert summary["baseline"]["metric"]["name"] == "cosine" and "accuracy" not in summary["baseline"]
     stage = summary["stages"][0]
     assert stage["metric"]["value"] < 0.99 and summary["gate"]["passed"] is False

@@ -48,12 +48,24 @@ def test_release_and_best_never_pick_a_slower_int8_over_its_fp32_parent_of_equal
     _, per_family = choose(summary, "local")
     assert per_family["onnx"] == "onnx-fp32"
     assert pick_best(summary["artifacts"])["name"] != "onnx-int8"
-    # a quantization-noise "gain" (less than 0.1 point) would win the plain accuracy-first ranking; not here
     by = {a["name"]: a for a in summary["artifacts"]}
-    by["onnx-int8"]["accuracy"] = 0.9815
+    by["onnx-int8"]["accuracy"] = 0.99      # both meet the gate: a better metric does not buy a slower artifact
+    assert choose(summary, "local")[1]["onnx"] == "onnx-fp32"
+    # with no artifact meeting the gate the release falls back to the best metric, and the guard still holds there:
+    for a in summary["artifacts"]:
+        a["gate"] = {"passed": False, "failures": ["too big"]}
+    by["onnx-int8"]["accuracy"] = 0.9815    # a quantization-noise "gain" (less than 0.1 point) does not win
     assert choose(summary, "local")[1]["onnx"] == "onnx-fp32"
     assert pick_best(summary["artifacts"])["name"] != "onnx-int8"
-    by["onnx-int8"]["accuracy"] = 0.99                        # a real gain in the metric is worth its latency
+    by["onnx-int8"]["accuracy"] = 0.99      # a real gain does
+    assert choose(summary, "local")[1]["onnx"] == "onnx-int8"
+
+
+def test_release_picks_a_slower_int8_when_its_fp32_parent_fails_the_gate(tmp_path: Path) -> None:
+    """A parent that does not meet the gate (here: too big) outranks nothing; the slower int8 that does is shipped."""
+    summary = json.loads((_guarded_run(tmp_path / "run") / "summary.json").read_text())
+    by = {a["name"]: a for a in summary["artifacts"]}
+    by["onnx-fp32"]["gate"] = {"passed": False, "failures": ["onnx-fp32: size 400 bytes exceeds 200 bytes"]}
     assert choose(summary, "local")[1]["onnx"] == "onnx-int8"
 
 
@@ -135,7 +147,7 @@ def test_repeat_medians_that_disagree_widen_the_interval() -> None:
     ("mse", False, 0.010, 0.005, True),        # half the error is a real gain
     ("mse", False, 0.010, 0.020, False),
 ])
-def test_guard_ranks_by_the_task_metric_when_records_carry_no_accuracy(
+def test_guard_ranks_by_the_task_metric_when_no_artifact_meets_the_gate(
         name: str, higher: bool, parent: float, child: float, child_wins: bool) -> None:
     """Detector and regression summaries have ``metric`` and no ``accuracy``: the guard must read the metric, in
     its own direction (the CI failure of stop 17 was a KeyError here on a real run folder)."""
@@ -144,6 +156,33 @@ def test_guard_ranks_by_the_task_metric_when_records_carry_no_accuracy(
                 "metric": {"name": name, "value": value, "higher_is_better": higher},
                 "latency_ms": {"p50": p90, "p90": p90}}
     arts = [rec("fp32", parent, 0.05), rec("int8", child, 0.09)]
+    for a in arts:   # neither meets the gate: the metric-first fallback, where the guard's rule decides
+        a["gate"] = {"passed": False, "failures": ["p90 over the limit"]}
     guard_records(arts)
     assert arts[1]["int8_guard"]["slower"] is True
     assert pick_best(arts)["name"] == ("onnx-int8" if child_wins else "onnx-fp32")
+
+
+def test_release_picks_the_faster_int8_over_a_slower_fp32_of_nearly_equal_metric() -> None:
+    """Issue 21: a gate-passing openvino-int8 3.7x faster than openvino-fp32 (mAP 0.9298 vs 0.9324, within the gate)
+    lost to tflite-fp32 under "highest metric first". The pick is the fastest artifact that meets the gate."""
+    from pipeline.results.gate import apply_gate
+
+    def rec(name: str, value: float, p90: float, size: int) -> dict:
+        backend, prec = name.split("-")
+        return {"name": name, "backend": backend, "precision": prec, "valid": True, "bytes": size,
+                "metric": {"name": "map50", "value": value, "higher_is_better": True, "unit": "fraction"},
+                "latency_ms": {"p50": p90 * 0.9, "p90": p90}}
+    arts = [rec("tflite-fp32", 0.9324, 8.0, 4000), rec("openvino-fp32", 0.9320, 18.5, 4000),
+            rec("openvino-int8", 0.9298, 5.0, 1100), rec("onnx-int8", 0.40, 1.0, 1000)]   # onnx-int8: destroyed
+    summary = {"recipe": "faces", "baseline": {"metric": {"name": "map50", "value": 0.9330, "higher_is_better": True,
+                                                          "unit": "fraction"}}, "artifacts": arts}
+    block = apply_gate(summary, {"max_metric_drop": 1.0}, "local")
+    assert [v["artifact"] for v in block["artifacts"] if not v["passed"]] == ["onnx-int8"]
+    guard_records(arts)
+    assert pick_best(arts)["name"] == "openvino-int8"
+    ranked, per_family = choose(summary, "local")
+    assert ranked[0]["name"] == "openvino-int8" and per_family["openvino"] == "openvino-int8"
+    assert "onnx" not in per_family          # the only onnx artifact fails the gate while others pass
+    arts[2]["latency_ms"]["p90"] = 8.0       # a tie on p90 goes to the smaller file
+    assert pick_best(arts)["name"] == "openvino-int8"

@@ -114,9 +114,26 @@ def test_successive_halving_keeps_the_fastest_backends_and_widens_their_settings
     rungs: dict[str, list[str]] = {}
     for rung, backend in calls:
         rungs.setdefault(rung, []).append(backend)
-    assert sorted(set(rungs["1"])) == ["b-fp32", "c-fp32"] and len(rungs["1"]) == 2 * 2   # 1/eta kept, eta points
-    assert set(rungs["2"]) == {"b-fp32"} and len(rungs["2"]) == 4      # the last one gets the rest of the space
-    assert len(calls) == 4 + 4 + 4 < 4 + 4 * 6                          # fewer than exhaustive enumeration
+    assert sorted(rungs["1"]) == sorted(backends)                       # the first point on every backend
+    assert sorted(set(rungs["2"])) == ["b-fp32", "c-fp32"] and len(rungs["2"]) == 2 * 2   # 1/eta kept, eta points
+    assert set(rungs["3"]) == {"b-fp32"} and len(rungs["3"]) == 3      # the last one gets the rest of the space
+    assert len(calls) == 4 + 4 + 4 + 3 < 4 + 4 * 6                      # fewer than exhaustive enumeration
+    notes = s.progress.stream.getvalue()
+    assert "dropped d-fp32 (slower: p90 3 ms vs c-fp32 2 ms), a-fp32 (slower: p90 4 ms vs c-fp32 2 ms)" in notes
+
+
+def test_halving_names_the_true_reason_of_every_drop():
+    """Issue 21: "dropped openvino-fp32, onnx-int8, tflite-int8 (slower)" when the two INT8 had failed the gate."""
+    s = _search([{"id": "f", "backend": "onnx-fp32", "accuracy": 0.99, "latency_ms": {"p90": 0.10}, "bytes": 40},
+                 {"id": "o", "backend": "openvino-fp32", "accuracy": 0.99, "latency_ms": {"p90": 0.30}, "bytes": 40},
+                 {"id": "q", "backend": "onnx-int8", "accuracy": 0.95, "latency_ms": {"p90": 0.05}, "bytes": 10}])
+    s.records["t"] = {"id": "t", "backend": "tflite-int8", "status": "failed", "feasible": False,
+                      "reason": "export or check failed: top1 0.91 is 8 points below the FP32 parent's 0.99 (max 1)"}
+    assert s._drop_reason("openvino-fp32", ["onnx-fp32"]) == "slower: p90 0.3 ms vs onnx-fp32 0.1 ms"
+    assert s._drop_reason("onnx-int8", ["onnx-fp32"]) == ("failed the gate: accuracy 0.950 is 4.0 points below "
+                                                          "baseline 0.990 (max 1)")
+    assert s._drop_reason("tflite-int8", ["onnx-fp32"]).startswith("export or check failed: top1 0.91 is 8 points")
+    assert s._drop_reason("tflite-fp32", ["onnx-fp32"]) == "not measured yet: no candidate of it ran"
 
 
 def test_search_feasible_set_and_int8_flags_are_exactly_the_gate_and_the_guard_of_a_run():

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from pipeline.recipe.config import load_recipe
@@ -107,3 +109,18 @@ def test_search_cli_rejects_a_bad_space_in_one_line_with_exit_2(write_recipe):
     assert proc.returncode == 2, proc.stderr
     assert "search.space: 'prune.ratoi': prune has no field 'ratoi'; did you mean 'prune.ratio'?" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_calibration_reaches_every_int8_backend_it_applies_to_and_folds_elsewhere(digits_recipe):
+    backends = ("onnx-fp32", "onnx-int8", "openvino-int8", "tflite-int8")
+    _, grid = _grid(digits_recipe, "{prune.ratio: [0.25, 0.5], quantize.calibration: [minmax, entropy, percentile]}",
+                    backends)
+    def variants(backend: str) -> set[str]:
+        return {c.stages["quantize"]["calibration"] for cells in grid["cells"].values() for c in cells.values()
+                if c.backend == backend and c.stages.get("quantize")}
+    assert variants("onnx-int8") == variants("openvino-int8") == {"minmax", "entropy", "percentile"}
+    assert variants("tflite-int8") == {"minmax"}      # PT2E observers read no calibration: one candidate per ratio
+    # the first rung covers every value of every key, so halving measures each on every backend before a drop
+    first = [json.loads(p) for p in grid["first"]]
+    assert {p["quantize.calibration"] for p in first} == {"minmax", "entropy", "percentile"}
+    assert {p["prune.ratio"] for p in first} == {0.25, 0.5} and len(first) == 3

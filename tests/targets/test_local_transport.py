@@ -33,21 +33,3 @@ def test_local_run_kills_a_command_past_its_timeout() -> None:
     with pytest.raises(RemoteCommandError, match="timed out after 1s"):
         LocalTransport().run([sys.executable, "-c", "import time; time.sleep(60)"], 1)
     assert time.monotonic() - start < 15
-
-
-def test_two_uploads_of_the_same_inputs_to_one_device_do_not_share_a_file(tmp_path) -> None:
-    """Two runs of one recipe on `local` at once (make test runs two workers; users share boards) upload the same eval
-    inputs; the first to finish removes its copy, which must not be the file the other run still reads."""
-    from pathlib import Path
-
-    from targets.device import push_inputs, remove_inputs
-    from targets.profiles import load_profile
-
-    profile = load_profile("local").model_copy(update={"workdir": str(tmp_path / "work")})
-    inputs = tmp_path / "eval.npz"
-    inputs.write_bytes(b"the same eval inputs")
-    tr = LocalTransport()
-    first, second = push_inputs(profile, tr, inputs), push_inputs(profile, tr, inputs)
-    assert first != second
-    remove_inputs(tr, first)
-    assert not Path(first).exists() and Path(second).read_bytes() == b"the same eval inputs"

@@ -59,3 +59,51 @@ def test_validate_reports_a_missing_file_and_the_load_failure(tiny, tmp_path):
         validate(art, tiny.x, tiny.ref)
     assert any("gone.onnx is missing" in f for f in info.value.failures)
     assert any("cannot load or run" in f for f in info.value.failures)
+
+
+def _top1_against(labels: np.ndarray):
+    def score(outputs: list[np.ndarray]) -> dict:
+        acc = float((outputs[0].argmax(1) == labels).mean())
+        return {"name": "top1", "value": acc, "higher_is_better": True, "unit": "fraction"}
+    return score
+
+
+@pytest.mark.onnx
+def test_with_a_task_metric_int8_is_judged_by_its_drop_and_cosine_is_a_diagnostic_beside_it(tiny):
+    """Issue 21: onnx-int8 of a detector was refused for "cosine 0.8843 < 0.9000", a proxy. With the task metric at
+    hand the artifact is judged by the metric's drop against its FP32 parent; the proxies are reported beside it."""
+    art, labels = tiny.artifact("onnx", "int8"), tiny.ref.argmax(1)
+    score = _top1_against(labels)
+    parent = score([tiny.ref])
+    # against a reference the proxies call hopeless (cosine -1, no argmax agreement), the metric itself is intact
+    report = validate(art, tiny.x, -tiny.ref, score=score, parent_score=parent, max_drop=5.0)
+    assert report["judged_by"] == "task metric" and report["metric_drop"] <= 5.0
+    assert any("cosine similarity to the model's -" in d for d in report["diagnostics"])
+    assert any(d.startswith("top-1 agreement") for d in report["diagnostics"])
+    # the metric past the limit fails, one line naming the drop, the limit and the diagnostics beside it
+    with pytest.raises(OutputMismatchError) as info:
+        validate(art, tiny.x, -tiny.ref, score=_top1_against((labels + 1) % 10), parent_score=parent, max_drop=5.0)
+    (failure,) = info.value.failures
+    assert failure.startswith("top1 ") and "points below the FP32 parent's 1 (max 5) (diagnostics: output: cosine" \
+        in failure
+    # without a limit the proxies judge, as before
+    with pytest.raises(OutputMismatchError, match="cosine similarity"):
+        validate(art, tiny.x, -tiny.ref, score=score, parent_score=parent, max_drop=None)
+
+
+@pytest.mark.onnx
+def test_fp32_must_still_match_its_parent_even_when_the_metric_is_fine(tiny):
+    art, labels = tiny.artifact("onnx", "fp32"), tiny.ref.argmax(1)
+    score = _top1_against(labels)
+    with pytest.raises(OutputMismatchError) as info:
+        validate(art, tiny.x, -tiny.ref, score=score, parent_score=score([tiny.ref]), max_drop=1.0)
+    assert any("max abs error" in f for f in info.value.failures)
+    assert any("cosine similarity" in f for f in info.value.failures)
+
+
+@pytest.mark.onnx
+def test_shape_mismatch_fails_whatever_the_metric(tiny):
+    art = tiny.artifact("onnx", "int8")
+    score = _top1_against(tiny.ref.argmax(1))
+    with pytest.raises(OutputMismatchError, match=r"output shape \[64, 10\] != expected \[64, 5\]"):
+        validate(art, tiny.x, tiny.ref[:, :5], score=score, parent_score=score([tiny.ref]), max_drop=1.0)

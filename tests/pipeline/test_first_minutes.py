@@ -42,7 +42,10 @@ def test_history_shows_the_runs_own_metric_and_baseline_when_it_is_not_accuracy(
         spans.append((at, at + len(dashes)))
         at += len(dashes) + 2
     cells = {header[a:b].strip(): line[a:b].strip() for a, b in spans}
-    assert cells["metric"] == "cosine" and cells["baseline"] == "0.99995" and cells["best"] == "onnx-fp32"
+    from pipeline.results.rundir import artifact_name, pick_best
+
+    shipped = pick_best(json.loads((run / "summary.json").read_text())["artifacts"])   # the release's pick
+    assert cells["metric"] == "cosine" and cells["baseline"] == "0.99995" and cells["best"] == artifact_name(shipped)
     assert "base acc" not in header
 
 

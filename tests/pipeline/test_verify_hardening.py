@@ -16,7 +16,7 @@ from pipeline.release.verify import verify_bundle
 from tests.conftest import run_cli
 from tests.pipeline.runfolder import make_run
 
-PASSING = {"onnx-fp32": (0.981, 0.110, 4), "onnx-int8": (0.978, 0.061, 1)}
+PASSING = {"onnx-fp32": (0.981, 0.061, 4), "onnx-int8": (0.978, 0.110, 1)}   # fp32 ships: the fastest
 TOP = "digits-local-1.0"
 
 

@@ -91,4 +91,5 @@ def stage_plan(recipe: Recipe, ctx: TaskContext, data: dict[str, Any], timing: A
                      objective=objective(recipe), evaluate=ctx.evaluate,
                      student_factory=import_factory(student, recipe.base_dir) if student else None,
                      timing=timing, metric_label=ctx.label, metric_key=ctx.metric.identity,
-                     train=recipe.train, baseline_metric=original, max_metric_drop=limit)
+                     train=recipe.train, baseline_metric=original, max_metric_drop=limit,
+                     scale=float(getattr(recipe, "scale", 1.0) or 1.0))

@@ -55,6 +55,7 @@ class StagePlan:
     # once (GateError) instead of after every export; None = no check (``edgepipe search`` judges candidates itself)
     baseline_metric: dict[str, Any] | None = None
     max_metric_drop: float | None = None
+    scale: float = 1.0                                      # recipe.scale: a shortened run goes on past the gate
 
 
 def calibration_inputs(dataset: Any, n: int, names: list[str]) -> dict[str, np.ndarray]:
@@ -222,7 +223,8 @@ class _Chain:
         """A stage whose metric already falls past the gate (in gate units, ``targets/units.py``) stops the run now:
         every artifact made from it would fail the gate after all the exports (issue 21: a pruned detector at mAP 0
         went on to be exported, checked and measured on six backends). ``stages.<name>.allow_gate_miss`` goes on
-        with a loud warning (stored in the stage's ``warnings``)."""
+        with a loud warning (stored in the stage's ``warnings``), and so does a run at ``--scale`` below 1: it exists
+        to exercise every stage and backend in less time, and its gate still judges at the end (exit 3)."""
         from targets import units
         from targets.errors import GateError
 
@@ -237,8 +239,10 @@ class _Chain:
         unit = " points" if units.is_fraction(base) else ""
         what = (f"stage {name}: {self.plan.metric_label} {value:.4g} is {drop:.2f}{unit} below the original's "
                 f"{base['value']:.4g}, past the gate's max_metric_drop {limit:g}")
-        if getattr(cfg, "allow_gate_miss", False):
-            note = f"{what}; going on (stages.{name}.allow_gate_miss), every artifact of it will fail the gate"
+        if getattr(cfg, "allow_gate_miss", False) or self.plan.scale < 1.0:
+            why = f"stages.{name}.allow_gate_miss" if getattr(cfg, "allow_gate_miss", False) else \
+                f"a run at scale {self.plan.scale:g} runs every stage and backend"
+            note = f"{what}; going on ({why}), every artifact of it will fail the gate"
             record.setdefault("warnings", []).append(note)
             self.log(f"WARNING: {note}")
             return

@@ -23,6 +23,7 @@ from pipeline.stages.cache import model_hash
 from pipeline.stages.chain import StagesResult
 from pipeline.ui.progress import Progress
 from targets.artifact import sha256_file
+from targets.device import record_problems
 from targets.errors import EdgeError
 from targets.jsonio import write_json
 from targets.profiles import DeviceProfile
@@ -78,8 +79,12 @@ def measure_original(profile: DeviceProfile, outcome: ExportOutcome, root: Path,
         cached = None
     if isinstance(cached, dict) and cached.get("key") == key and isinstance(cached.get("record"), dict) \
             and cached["record"].get("valid"):
-        progress.say(f"original model on {profile.name}: measurement re-used from {cache}")
-        return cached["record"]
+        # re-checked with the runner's own rules, as every cached measurement is: an edited file is not believed
+        problems = record_problems(cached["record"].get("bench"), profile.bench.model_dump(mode="json"))
+        if not problems:
+            progress.say(f"original model on {profile.name}: measurement re-used from {cache}")
+            return cached["record"]
+        progress.warn(f"cache entry {cache} is invalid ({'; '.join(problems)}); discarded, measuring again")
     try:
         records, _ = measure_device(profile, {ORIGINAL: outcome}, root, device_dir, inputs, progress, ctx)
         record = records[0]

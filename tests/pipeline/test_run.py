@@ -112,3 +112,24 @@ def test_rerun_reuses_the_original_export_and_measurement(fp32_run, tmp_path):
     assert "original model on local: measurement re-used" in proc.stderr
     second = json.loads((again / "summary.json").read_text())["original"]
     assert second["sha256"] == first["sha256"] and second["latency_ms"] == first["latency_ms"]
+
+
+def test_a_tampered_cached_original_measurement_is_measured_again(fp32_run, tmp_path):
+    """The original's cached figure is re-checked with the runner's rules like every cached measurement (issue 19):
+    an edited original.json (n=1, p90 below p50) is discarded with a warning, never the headline's reference."""
+    import shutil
+
+    out, _ = fp32_run
+    again = tmp_path / "tampered"
+    shutil.copytree(out, again)
+    cache = again / "original.json"
+    data = json.loads(cache.read_text())
+    data["record"]["bench"]["latency_ms"].update(n=1, p90=data["record"]["bench"]["latency_ms"]["p50"] / 2)
+    cache.write_text(json.dumps(data))
+    proc = run_cli("run", str(DIGITS / "tiny.yaml"), "--device", "local", "--out", str(again), "--set", "stages={}",
+                   "--set", "backends=[onnx-fp32]", "--set", "gate.max_latency_ms=1000")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "original.json is invalid (percentiles out of order" in proc.stderr
+    assert "original model on local: measurement re-used" not in proc.stderr
+    second = json.loads((again / "summary.json").read_text())["original"]
+    assert second["latency_ms"]["n"] > 1 and second["valid"] is True

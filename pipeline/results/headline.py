@@ -49,6 +49,9 @@ def headline(summary: dict[str, Any], chosen: dict[str, Any] | None = None) -> d
         else None
     out["metric_unit"] = "points" if units.is_fraction(metric) else "raw"
     out["text"] = _sentence(out, metric_label(summary))
+    if (chosen.get("gate") or {}).get("passed") is False:   # nothing passed: the pick fell back to the best metric
+        out["text"] = (f"no artifact meets the gate on {device}; the best, "
+                       + out["text"].removeprefix("shipped "))
     return out
 
 

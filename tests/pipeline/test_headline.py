@@ -80,3 +80,12 @@ def test_release_line_and_model_card_open_with_the_headline(tmp_path: Path) -> N
         card = next(m for m in tar.getmembers() if m.name.endswith("MODEL_CARD.md"))
         text = tar.extractfile(card).read().decode()
     assert text.splitlines()[2].startswith(f"**{summary['headline']['text']}**")
+
+
+def test_headline_says_nothing_ships_when_no_artifact_meets_the_gate(tmp_path: Path) -> None:
+    """A gate-failing run has no shipped artifact: the headline must not say "shipped" of the fallback pick."""
+    _, summary = _run_with_original(tmp_path / "run")
+    for art in summary["artifacts"]:
+        art["gate"] = {"passed": False, "failures": ["top-1 too low"]}
+    text = headline(summary)["text"]
+    assert text.startswith("no artifact meets the gate on local; the best, onnx-fp32: ") and "shipped" not in text

@@ -8,10 +8,13 @@ of the value, never a traceback and never a half-written file.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
+import shutil
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -69,3 +72,20 @@ def write_json(path: str | os.PathLike[str], obj: Any, what: str | None = None, 
     """Strict JSON to ``path`` through a temporary file (indent 2 unless given): nothing half-written."""
     kwargs.setdefault("indent", 2)
     atomic_write_bytes(path, (strict_dumps(obj, what or str(path), **kwargs) + "\n").encode())
+
+
+@contextlib.contextmanager
+def staged_dir(final: str | os.PathLike[str]) -> Iterator[Path]:
+    """A folder written in full under a temporary name next to ``final`` and then renamed over it (replacing an older
+    entry), so a Ctrl-C or a full disk never leaves a half entry that looks finished; on failure nothing is left."""
+    final = Path(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}-", dir=final.parent))
+    try:
+        yield tmp
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise

@@ -85,3 +85,19 @@ TINY_MODELS = """
         return nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
                              nn.Linear(4, 10))
 """
+
+#: a linear classifier on random 8x8 inputs (module `tiny`: model, splits): a real run folder in seconds
+TINY = """
+    import torch
+    from torch import nn
+    from torch.utils.data import TensorDataset
+
+    def model():
+        torch.manual_seed(0)
+        return nn.Sequential(nn.Flatten(), nn.Linear(64, 10))
+
+    def splits():
+        g = torch.Generator().manual_seed(0)
+        ds = TensorDataset(torch.randn(32, 1, 8, 8, generator=g), torch.randint(0, 10, (32,), generator=g))
+        return {"train": ds, "calib": ds, "eval": ds}
+"""

@@ -17,7 +17,6 @@ import hashlib
 import json
 import os
 import shutil
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -28,7 +27,7 @@ from pipeline.ui.console import say_on_console
 from targets.artifact import Artifact
 from targets.device import record_problems
 from targets.errors import ConfigError
-from targets.jsonio import strict_dumps, write_json
+from targets.jsonio import staged_dir, strict_dumps, write_json
 
 
 def cache_root(given: str | Path | None = None) -> Path:
@@ -173,9 +172,7 @@ class ExportCache:
     def put(self, key: str, backend: str, entry: ExportOutcome) -> ExportOutcome:
         """Move the artifact's files into the cache and return the outcome pointing at them."""
         parent = self.dir / key
-        parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{backend}-", dir=parent))
-        try:
+        with staged_dir(parent / backend) as tmp:
             outcome = entry.to_json()
             art = entry.artifact
             if art is not None:
@@ -188,13 +185,6 @@ class ExportCache:
                 outcome["artifact"] = moved.to_dict()
             (tmp / "outcome.json").write_text(strict_dumps(outcome, f"export cache {key}/{backend}", indent=1,
                                                            default=str))
-            final = parent / backend
-            if final.exists():
-                shutil.rmtree(final)
-            os.replace(tmp, final)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
         got = self.get(key, backend)
         if got is None:
             raise OSError(f"{parent / backend}: the export cache entry just written cannot be read back")

@@ -13,16 +13,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from targets.jsonio import strict_dumps
+from targets.jsonio import staged_dir, strict_dumps
 
 _PRIMITIVE = (int, float, bool, str, type(None))
 
@@ -139,19 +136,11 @@ class StageCache:
         return d if (d / "record.json").is_file() and (d / "model.pt").is_file() else None
 
     def store(self, key: str, model: nn.Module, record: dict[str, Any], files: dict[str, Any] | None = None) -> Path:
-        self.root.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{key}-", dir=self.root))
-        try:
+        final = self.entry(key)
+        with staged_dir(final) as tmp:
             save_model(model, tmp / "model.pt")
             for fname, content in (files or {}).items():
                 (tmp / fname).write_text(strict_dumps(content, f"stage cache {fname}", indent=1, sort_keys=True))
             (tmp / "record.json").write_text(strict_dumps(record, f"stage {self.root.name} record", indent=1,
                                                           sort_keys=True))
-            final = self.entry(key)
-            if final.exists():
-                shutil.rmtree(final)
-            os.replace(tmp, final)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
         return final

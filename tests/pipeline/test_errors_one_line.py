@@ -10,7 +10,7 @@ import pytest
 from pipeline.results.store import open_store
 from pipeline.run import run
 from targets.errors import ConfigError, EdgeError
-from tests.conftest import run_cli
+from tests.conftest import TINY, run_cli
 from tests.pipeline.runfolder import make_run
 
 
@@ -122,20 +122,6 @@ def test_verify_reports_odd_manifests_without_a_traceback(tmp_path):
         assert problems and "manifest.json" in problems[0]
 
 
-TINY = """
-    import torch
-    from torch import nn
-    from torch.utils.data import TensorDataset
-
-    def model():
-        torch.manual_seed(0)
-        return nn.Sequential(nn.Flatten(), nn.Linear(64, 10))
-
-    def splits():
-        g = torch.Generator().manual_seed(0)
-        ds = TensorDataset(torch.randn(32, 1, 8, 8, generator=g), torch.randint(0, 10, (32,), generator=g))
-        return {"train": ds, "calib": ds, "eval": ds}
-"""
 
 
 @pytest.mark.onnx

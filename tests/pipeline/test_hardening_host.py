@@ -24,23 +24,8 @@ from pipeline.recipe.config import load_recipe
 from pipeline.recipe.metrics import resolve_metric
 from pipeline.results.gate import check_artifact
 from targets.errors import ConfigError
-from tests.conftest import ROOT, run_cli
+from tests.conftest import ROOT, TINY, run_cli
 from tests.pipeline.runfolder import make_run
-
-TINY = """
-    import torch
-    from torch import nn
-    from torch.utils.data import TensorDataset
-
-    def model():
-        torch.manual_seed(0)
-        return nn.Sequential(nn.Flatten(), nn.Linear(64, 10))
-
-    def splits():
-        g = torch.Generator().manual_seed(0)
-        ds = TensorDataset(torch.randn(32, 1, 8, 8, generator=g), torch.randint(0, 10, (32,), generator=g))
-        return {"train": ds, "calib": ds, "eval": ds}
-"""
 
 METRICS = """
     import math

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from pipeline.results.generation import describe, generation
 from pipeline.results.headline import headline
 from pipeline.results.rundir import artifact_name, human_bytes, latency, metric_label, metric_value
 
@@ -72,6 +73,13 @@ def model_card(summary: dict[str, Any], manifest: dict[str, Any], chosen: list[d
         lines.append(f"| {label} | `{entry['path']}` | {human_bytes(art.get('bytes'))}"
                      f" | {_fmt(metric_value(art))} | {_fmt(latency(art, 'p50'))} | {_fmt(latency(art, 'p90'))} | "
                      f"{_fmt(latency(art, 'p99'))} | {lat.get('n', '-')} | {runtime} | {verdict} |")
+    gen_rows = [(artifact_name(a), describe(rec)) for a in chosen if (rec := generation(a)) is not None]
+    if gen_rows:
+        lines += ["", "### Generation (greedy, batch 1, KV cache; measured on the device by the runner)", "",
+                  "| artifact | prompt + new | time to first token p50 / p90 ms | decode tokens/s p50 / p90 | n | "
+                  "peak RSS MiB | valid | greedy tokens |", "|---|---|---:|---:|---:|---:|---|---|"]
+        lines += [f"| {n} | {c['prompt']} | {c['ttft']} | {c['tps']} | {c['n']} | {c['rss']} | {c['valid']} | "
+                  f"{c['greedy']} |" for n, c in gen_rows]
     lines += ["", "Latency is one inference at a time (batch 1) after warm-up; p50/p90/p99 over n timed runs. The "
               "figures hold for this device with the environment below; another board, runtime version, thread "
               "count or temperature gives other numbers.", "", "## Environment", ""]

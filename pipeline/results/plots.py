@@ -30,7 +30,7 @@ def png_uri(fig: Any) -> str:
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
 
 
-PRECISION_MARKERS = {"fp32": "o", "fp16": "s", "int8": "^"}
+PRECISION_MARKERS = {"fp32": "o", "fp16": "s", "int8": "^", "int4": "v"}
 
 
 def accuracy_vs_latency(artifacts: list[dict[str, Any]], baseline: float | None, title: str,
@@ -72,6 +72,39 @@ def accuracy_vs_latency(artifacts: list[dict[str, Any]], baseline: float | None,
     lo, hi = ax.get_ylim()
     if hi > 1.0:  # accuracy cannot exceed 1: keep the window, shifted below it
         ax.set_ylim(lo - (hi - 1.0) + 0.0005, 1.0005)
+    ax.ticklabel_format(useOffset=False, style="plain")
+    return png_uri(fig)
+
+
+def tokens_vs_metric(artifacts: list[dict[str, Any]], baseline: float | None, title: str, ylabel: str,
+                     higher_is_better: bool = False) -> str:
+    """A language model's trade-off: decode tokens/s on the device (p50, higher is better) against the task metric
+    (perplexity: lower is better). Only generations that met their own measurement rules are drawn filled."""
+    from pipeline.results.generation import generation, stat
+
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(6.0, 3.6))
+    for a in artifacts:
+        rec, value = generation(a), metric_value(a)
+        tps = stat(rec, "decode_tokens_per_s")
+        if rec is None or tps is None or not isinstance(value, (int, float)):
+            continue
+        name, marker = artifact_name(a), PRECISION_MARKERS.get(a.get("precision"), "D")
+        color = FAMILY_COLORS.get(a.get("backend"), "gray")
+        if is_usable(a) and rec.get("valid") is True:
+            ax.scatter(tps, value, s=70, marker=marker, color=color, zorder=3, label=name, alpha=0.9)
+        else:
+            ax.scatter(tps, value, s=70, marker=marker, facecolor="none", edgecolor=color, zorder=2,
+                       label=f"{name} (invalid)")
+    if isinstance(baseline, (int, float)):
+        ax.axhline(baseline, color="green", linestyle=":", linewidth=1, label=f"original {baseline:.3f}")
+    ax.set_xlabel("decode tokens/s, p50 (higher is better)")
+    ax.set_ylabel(ylabel if higher_is_better else f"{ylabel} (lower is better)")
+    ax.set_title(title, fontsize=10)
+    ax.grid(alpha=0.3)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
+    ax.margins(x=0.15, y=0.2)
     ax.ticklabel_format(useOffset=False, style="plain")
     return png_uri(fig)
 

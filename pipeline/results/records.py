@@ -63,6 +63,19 @@ class Stage(Record):
     cached: bool | None = None
 
 
+class Generation(Record):
+    """A language model's greedy generation on the device (issue 24): time to first token and decode speed, each with
+    its own n and percentiles, peak memory, and whether it met its measurement rules."""
+    prompt_len: int | None = None
+    new_tokens: int | None = None
+    ttft_ms: Latency | None = None
+    decode_tokens_per_s: Latency | None = None
+    peak_rss_mb: float | None = None
+    valid: bool = False
+    why: str | None = None
+    greedy_matches_torch: bool | None = None
+
+
 class ArtifactRecord(Record):
     name: str | None = None
     backend: str
@@ -77,6 +90,7 @@ class ArtifactRecord(Record):
     invalid_reasons: list[str] = Field(default_factory=list)
     environment: Environment | None = None
     error: str | None = None
+    generation: Generation | None = None
 
 
 class GateVerdict(Record):

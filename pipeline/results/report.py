@@ -14,6 +14,7 @@ from typing import Any
 
 from pipeline.results import plots
 from pipeline.results.gate import artifact_verdicts
+from pipeline.results.generation import any_generation, describe, generation
 from pipeline.results.headline import headline
 from pipeline.results.rundir import (
     artifact_name,
@@ -115,6 +116,23 @@ def _int8_section(summary: dict[str, Any]) -> str:
             ["artifact", "kept in float", "metric all-INT8 → chosen", "drop pt", "max drop", "metric", "samples",
              "sensitivity (pt gained when alone float)"], rows, {3}))
     return "".join(out)
+
+
+def _generation_section(summary: dict[str, Any]) -> str:
+    """A language model's generation figures per artifact, as the runner measured them on the device."""
+    rows = []
+    for a in summary.get("artifacts") or []:
+        rec = generation(a)
+        if rec is None:
+            continue
+        cells = describe(rec)
+        rows.append([_e(artifact_name(a)), _e(cells["prompt"]), _e(cells["ttft"]), _e(cells["tps"]), _e(cells["n"]),
+                     _e(cells["rss"]), _e(cells["valid"]), _e(cells["greedy"])])
+    if not rows:
+        return ""
+    return ("<h4>Generation (greedy, batch 1, KV cache)</h4>" + _table(
+        ["artifact", "prompt + new", "time to first token p50 / p90 ms", "decode tokens/s p50 / p90", "n",
+         "peak RSS MiB", "valid", "greedy tokens"], rows, {2, 3, 5}))
 
 
 def _state(st: dict[str, Any] | None) -> str:
@@ -233,12 +251,18 @@ def _run_section(summary: dict[str, Any], run_dir: Path) -> str:
              f"{name} versus p90 latency with the Pareto front"),
             (plots.size_bars(arts, "artifact size"), "size per artifact"),
             (plots.stage_trail(summary, "stage-by-stage trail"), f"params, MACs and {name} per stage")]
+    if any_generation(arts):
+        imgs.insert(1, (plots.tokens_vs_metric(arts, metric_value(base), f"{name} vs decode tokens/s — "
+                                               f"{summary['device']}", name,
+                                               bool(metric_info(summary)["higher_is_better"])),
+                        f"{name} versus decode tokens per second"))
     figures = "".join(f'<img src="{src}" alt="{_e(alt)}">' for src, alt in imgs)
     usable = sum(1 for a in arts if is_usable(a))
     anchor = f"{summary['run_id']}-{summary['device']}"
     return (f'<section class="run" id="{_e(anchor)}" title="{_e(title)}">{head}'
             f"<p class='muted'>{usable} of {len(arts)} artifacts valid and measured; ★ = best ({_e(name)}, "
-            f"then lowest p90)</p>{_artifact_table(summary)}{_int8_section(summary)}<div class='plots'>{figures}</div>"
+            f"then lowest p90)</p>{_artifact_table(summary)}{_int8_section(summary)}"
+            f"{_generation_section(summary)}<div class='plots'>{figures}</div>"
             f"<h4>Environment</h4>{_environment(summary)}</section>")
 
 

@@ -178,13 +178,22 @@ def test_runner_generation_refuses_an_artifact_without_cache_inputs():
         bench.generation(plain, np.zeros((1, 4), np.int64), 4, argparse.Namespace())
 
 
-@pytest.mark.onnx
-def test_a_plain_graph_is_measured_without_generation_and_says_why(tiny, tmp_path):
-    """A TFLite lm artifact is the plain static graph: the host asks for no generation and records why (the tiny
-    CNN's onnx stands in for any artifact without the "generation" metadata)."""
-    art = tiny.artifact("onnx", "fp32")
+@pytest.mark.tflite
+def test_tflite_lm_is_the_plain_static_graph_measured_without_generation(lm, tmp_path):
+    """TFLite has static shapes: an lm artifact is forward(input_ids [1, T]) -> logits, for perplexity; the host
+    asks its runner for no generation and records why."""
+    from targets.export_tflite import export
+
+    cfg = ExportConfig(name="lm", task="lm", input_names=["input_ids"], output_names=["logits"])
+    art = export(lm.model, (torch.zeros(1, 32, dtype=torch.long),), None, cfg, tmp_path / "tflite")
+    assert "generation" not in art.metadata and "perplexity only" in art.metadata["lm"]
+    windows = prompts(3, 32)
+    outs = bench.predict(bench.load(art.path, "tflite", input_names=["input_ids"]), {"input_ids": windows})
+    with torch.no_grad():
+        np.testing.assert_allclose(outs[0], lm.model(torch.from_numpy(windows)).numpy(), atol=1e-4)
     rec = benchmark(_profile(tmp_path), art, generate=(4, 4), prompts=np.zeros((1, 4), np.int64))
     assert "generation" not in rec and "no key/value-cache graph" in rec["generation_skipped"]
+    assert rec["valid"] and rec["latency_ms"]["n"] >= RULES["min_iterations"]
 
 
 @pytest.mark.onnx

@@ -246,3 +246,18 @@ def test_generate_over_ssh_on_a_device_python_without_torch(lm, sshd, tmp_path):
     assert gen["valid"], gen["why"]
     assert generation_entry(gen, lm.ref, "fp32")[0]["greedy_matches_torch"] is True
     assert not list((tmp_path / "work").glob("job*"))   # the job folder (prompts included) is gone
+
+
+@pytest.mark.scenario
+@pytest.mark.slow
+@pytest.mark.ssh
+@pytest.mark.onnx
+def test_generate_on_the_emulated_rpi5_matches_pytorch_token_for_token(lm, armboard, tmp_path):
+    """The x86 host's cache graph decoded by onnxruntime on aarch64 (qemu) gives PyTorch's tokens."""
+    light = {"warmup": 1, "min_iterations": 20, "min_seconds": 0.5, "max_seconds": 60.0}
+    profile = load_profile(str(armboard.profile(tmp_path, bench=light, workdir=str(tmp_path / "work"))))
+    rec = benchmark(profile, lm.artifact("onnx"), generate=(PROMPT_LEN, NEW), prompts=lm.prompts)
+    gen = rec["generation"]
+    assert rec["environment"]["machine"] == "aarch64"
+    assert gen["valid"], gen["why"]
+    assert generation_entry(gen, lm.ref, "fp32")[0]["greedy_matches_torch"] is True

@@ -209,6 +209,20 @@ def repeat_check(records: list[dict[str, Any]], tolerance: float) -> dict[str, A
                        f"(tolerance {tolerance:.0%})")
     record["invalid_reasons"] = reasons
     record["valid"] = not reasons
+    gens = [r["generation"] for r in records if isinstance(r.get("generation"), dict)]
+    if len(gens) == len(records) and gens:   # the same check for the time to first token
+        gen = dict(gens[0])
+        ttfts = [float(g["ttft_ms"]["p50"]) for g in gens]
+        spread = (max(ttfts) - min(ttfts)) / min(ttfts) if min(ttfts) > 0 else 0.0
+        why = list(gen.get("invalid_reasons") or [])
+        for other in gens[1:]:
+            why += [r for r in other.get("invalid_reasons") or [] if r not in why]
+        if spread > tolerance:
+            why.append(f"repeat check: TTFT medians {', '.join(f'{t:g}' for t in ttfts)} ms differ by {spread:.1%} "
+                       f"(tolerance {tolerance:.0%})")
+        gen.update(repeat={"ttft_p50": ttfts, "spread": round(spread, 4), "tolerance": tolerance,
+                           "stable": spread <= tolerance}, invalid_reasons=why, valid=not why, why="; ".join(why))
+        record["generation"] = gen
     return record
 
 

@@ -261,3 +261,18 @@ def test_generate_on_the_emulated_rpi5_matches_pytorch_token_for_token(lm, armbo
     assert rec["environment"]["machine"] == "aarch64"
     assert gen["valid"], gen["why"]
     assert generation_entry(gen, lm.ref, "fp32")[0]["greedy_matches_torch"] is True
+
+
+def test_repeat_check_holds_the_time_to_first_token_to_the_same_tolerance():
+    from targets.device import repeat_check
+
+    lat = {"p50": 1.0, "p90": 1.0, "p99": 1.0, "mean": 1.0, "n": 30}
+    slow = _gen_record()
+    slow["ttft_ms"] = {**slow["ttft_ms"], "p50": 1.5, "p90": 2.0}
+    runs = [{"latency_ms": lat, "valid": True, "invalid_reasons": [], "generation": g}
+            for g in (_gen_record(), slow)]
+    merged = repeat_check(runs, tolerance=0.1)
+    assert merged["valid"] is True   # the latency medians agree
+    gen = merged["generation"]
+    assert gen["valid"] is False and gen["repeat"]["spread"] == 0.5 and "TTFT medians 1, 1.5 ms" in gen["why"]
+    assert repeat_check(runs, tolerance=0.6)["generation"]["valid"] is True

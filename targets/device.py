@@ -33,6 +33,7 @@ STALE_JOB_MIN = 10
 LEASE_GRACE_S = 120  # cleanup after the job timeout
 MAX_OUTPUT_MB = 64  # the runner's --max-output-mb default: raw outputs a device may return
 NPZ_SLACK = 1 << 20  # npz headers and the zip directory on top of the raw outputs
+MAX_GENERATED_TOKENS = 100_000  # the greedy tokens travel in the runner's JSON line (a 4 MiB stream cap)
 
 
 def runner_argv(profile: DeviceProfile, python: str, job: str, artifact_name: str, backend: str,
@@ -265,6 +266,10 @@ def benchmark(profile: DeviceProfile, artifact: Artifact, inputs: Path | str | N
                 shape = data["prompt_ids"].shape if "prompt_ids" in data.files else ()
             if len(shape) != 2 or shape[1] != generate[0]:
                 raise ConfigError(f"prompts {prompt_file}: prompt_ids {list(shape)}, expected [n, {generate[0]}]")
+            if shape[0] * generate[1] > MAX_GENERATED_TOKENS:
+                raise ConfigError(f"generate: {shape[0]} prompts x {generate[1]} new tokens is over "
+                                  f"{MAX_GENERATED_TOKENS} tokens, which come back in the runner's one JSON line",
+                                  hint="use fewer prompts (a few dozen decode as well)")
             generate = (int(generate[0]), int(generate[1]), int(shape[0]))
         record = _benchmark(profile, artifact, inputs, transport, outputs, generate, prompt_file)
     if skipped:

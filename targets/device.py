@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from targets.artifact import Artifact
-from targets.errors import DeviceError, RemoteCommandError
+from targets.errors import ConfigError, DeviceError, RemoteCommandError
 from targets.lock import device_lock, runner_argv_with_pid, runner_pid_path
 from targets.profiles import DeviceProfile
 from targets.remote import PURGE_JOBS_SH
@@ -33,10 +33,12 @@ STALE_JOB_MIN = 10
 LEASE_GRACE_S = 120  # cleanup after the job timeout
 MAX_OUTPUT_MB = 64  # the runner's --max-output-mb default: raw outputs a device may return
 NPZ_SLACK = 1 << 20  # npz headers and the zip directory on top of the raw outputs
+MAX_GENERATED_TOKENS = 100_000  # the greedy tokens travel in the runner's JSON line (a 4 MiB stream cap)
 
 
 def runner_argv(profile: DeviceProfile, python: str, job: str, artifact_name: str, backend: str,
-                inputs_name: str | None, precision: str | None = None, outputs: bool = False) -> list[str]:
+                inputs_name: str | None, precision: str | None = None, outputs: bool = False,
+                generate: tuple[int, int] | None = None) -> list[str]:
     rules, rt, tel = profile.bench, profile.runtime, profile.telemetry
     argv = [python, f"{job}/bench.py", "--artifact", f"{job}/{artifact_name}", "--backend", backend,
             *(["--precision", precision] if precision else []),
@@ -47,6 +49,8 @@ def runner_argv(profile: DeviceProfile, python: str, job: str, artifact_name: st
         argv += ["--inputs", inputs_name if inputs_name.startswith("/") else f"{job}/{inputs_name}"]
         if outputs:
             argv += ["--outputs", f"{job}/outputs.npz"]
+    if generate:   # the prompts travel in the job's folder as prompts.npz
+        argv += ["--generate", f"{generate[0]},{generate[1]}", "--prompts", f"{job}/prompts.npz"]
     for flag, value in (("--thermal", tel.thermal), ("--throttled-cmd", tel.throttled),
                         ("--power-mode-cmd", tel.power_mode), ("--clocks-cmd", tel.clocks)):
         if value:
@@ -93,6 +97,62 @@ def record_problems(rec: Any, rules: dict[str, Any] | None = None) -> list[str]:
         args = argparse.Namespace(**{k: rules[k] for k in ("min_iterations", "min_seconds", "max_seconds")})
         if rec.get("valid") and rule_problems(args, int(lat["n"])):
             problems += rule_problems(args, int(lat["n"]))
+    if "generation" in rec:
+        problems += [f"generation: {p}" for p in generation_problems(rec["generation"], rules)]
+    return problems
+
+
+def _stats_problems(stats: Any, what: str) -> list[str]:
+    keys = ("p50", "p90", "p99", "mean", "n")
+    if not isinstance(stats, dict) or not all(isinstance(stats.get(k), (int, float)) and
+                                              not isinstance(stats.get(k), bool) for k in keys):
+        return [f"{what} lacks one of {', '.join(keys)}"]
+    if not all(math.isfinite(stats[k]) and stats[k] >= 0 for k in keys):
+        return [f"a {what} figure is negative or not finite"]
+    if not stats["p50"] <= stats["p90"] <= stats["p99"]:
+        return [f"{what} percentiles out of order (p50 {stats['p50']}, p90 {stats['p90']}, p99 {stats['p99']})"]
+    return []
+
+
+def generation_problems(gen: Any, rules: dict[str, Any] | None = None,
+                        expect: tuple[int, int, int] | None = None) -> list[str]:
+    """What makes a runner's generation record unfit to stand (as ``record_problems`` for latency): its shape, its
+    TTFT and tokens/s statistics (finite, ordered; one of each per timed generation), the runner's rules re-applied
+    with ``rules`` to its number of timed generations, and with ``expect`` = (prompt_len, new_tokens, prompts) the
+    tokens it owes the host (one list of new_tokens ids per prompt). A record that only lacks its tokens (a
+    summary's copy) is checked without them."""
+    from targets.runner.bench import rule_problems
+
+    if not isinstance(gen, dict):
+        return ["not a record"]
+    problems = _stats_problems(gen.get("ttft_ms"), "ttft_ms") + _stats_problems(gen.get("decode_tokens_per_s"),
+                                                                                "decode_tokens_per_s")
+    if problems:
+        return problems
+    n = int(gen["ttft_ms"]["n"])
+    if int(gen["decode_tokens_per_s"]["n"]) != n:
+        problems.append(f"{n} TTFT figures but {gen['decode_tokens_per_s']['n']} tokens/s figures")
+    rss = gen.get("peak_rss_mb")
+    if rss is not None and (isinstance(rss, bool) or not isinstance(rss, (int, float)) or not math.isfinite(rss)
+                            or rss <= 0):
+        problems.append(f"peak_rss_mb {rss!r} is not a positive figure")
+    if not isinstance(gen.get("valid"), bool) or not isinstance(gen.get("why", ""), str):
+        problems.append("valid / why malformed")
+    elif gen["valid"] and gen.get("why"):
+        problems.append("marked valid with a reason not to be")
+    if expect is not None:
+        prompt_len, new_tokens, count = expect
+        if (gen.get("prompt_len"), gen.get("new_tokens")) != (prompt_len, new_tokens):
+            problems.append(f"generated {gen.get('prompt_len')},{gen.get('new_tokens')}, asked for "
+                            f"{prompt_len},{new_tokens}")
+        tokens = gen.get("tokens")
+        if not (isinstance(tokens, list) and len(tokens) == count and all(
+                isinstance(t, list) and len(t) == new_tokens and all(isinstance(i, int) and not isinstance(i, bool)
+                                                                    for i in t) for t in tokens)):
+            problems.append(f"tokens are not {count} lists of {new_tokens} ids")
+    if rules and gen.get("valid"):
+        args = argparse.Namespace(**{k: rules[k] for k in ("min_iterations", "min_seconds", "max_seconds")})
+        problems += rule_problems(args, n)
     return problems
 
 
@@ -150,14 +210,75 @@ def repeat_check(records: list[dict[str, Any]], tolerance: float) -> dict[str, A
                        f"(tolerance {tolerance:.0%})")
     record["invalid_reasons"] = reasons
     record["valid"] = not reasons
+    gens = [r["generation"] for r in records if isinstance(r.get("generation"), dict)]
+    if len(gens) == len(records) and gens:   # the same check for the time to first token
+        gen = dict(gens[0])
+        ttfts = [float(g["ttft_ms"]["p50"]) for g in gens]
+        spread = (max(ttfts) - min(ttfts)) / min(ttfts) if min(ttfts) > 0 else 0.0
+        why = list(gen.get("invalid_reasons") or [])
+        for other in gens[1:]:
+            why += [r for r in other.get("invalid_reasons") or [] if r not in why]
+        if spread > tolerance:
+            why.append(f"repeat check: TTFT medians {', '.join(f'{t:g}' for t in ttfts)} ms differ by {spread:.1%} "
+                       f"(tolerance {tolerance:.0%})")
+        gen.update(repeat={"ttft_p50": ttfts, "spread": round(spread, 4), "tolerance": tolerance,
+                           "stable": spread <= tolerance}, invalid_reasons=why, valid=not why, why="; ".join(why))
+        record["generation"] = gen
     return record
 
 
 def benchmark(profile: DeviceProfile, artifact: Artifact, inputs: Path | str | None = None,
-              transport: Transport | None = None, outputs: Path | None = None) -> dict[str, Any]:
+              transport: Transport | None = None, outputs: Path | None = None, *,
+              generate: tuple[int, int] | None = None, prompts: Path | np.ndarray | None = None) -> dict[str, Any]:
     """Run the on-device runner for one artifact and return its JSON record (latency, state). ``inputs`` is a local
     file (uploaded into the job's own folder) or a path on the device the caller keeps there; with ``outputs`` the
-    raw outputs on those inputs are fetched to that local .npz for the host to score."""
+    raw outputs on those inputs are fetched to that local .npz for the host to score.
+
+    ``generate=(prompt_len, new_tokens)`` with ``prompts`` (int64 ``prompt_ids`` [n, prompt_len], as an array or a
+    local .npz from ``targets.generate.write_prompts``) also times greedy generation on a decoder's cache graph: the
+    record gains ``"generation"`` (bench.generation: TTFT and decode tokens/s statistics, peak RSS, validity and the
+    greedy tokens, checked here by ``generation_problems``). An artifact without the cache graph (a TFLite lm
+    artifact: static shapes) is measured without it and says why in ``"generation_skipped"``."""
+    import tempfile
+
+    skipped = None
+    if generate is not None:
+        gen_meta = artifact.metadata.get("generation") if isinstance(artifact.metadata, dict) else None
+        if not isinstance(gen_meta, dict):
+            skipped = (f"{artifact.backend}-{artifact.precision} has no key/value-cache graph (static shapes): "
+                       "perplexity only, no generation figures")
+            generate = None
+        else:
+            from targets.generate import check_positions
+
+            check_positions(int(generate[0]), int(generate[1]), int(gen_meta.get("max_positions", 1 << 30)))
+    with tempfile.TemporaryDirectory(prefix="edgepipe-prompts-") as tmp:
+        prompt_file: Path | None = None
+        if generate is not None:
+            if prompts is None:
+                raise ConfigError("generate needs prompts (int64 prompt_ids [n, prompt_len])")
+            prompt_file = Path(prompts) if not isinstance(prompts, np.ndarray) else Path(tmp) / "prompts.npz"
+            if isinstance(prompts, np.ndarray):
+                from targets.generate import write_prompts
+
+                write_prompts(prompt_file, prompts)
+            with np.load(prompt_file, allow_pickle=False) as data:
+                shape = data["prompt_ids"].shape if "prompt_ids" in data.files else ()
+            if len(shape) != 2 or shape[1] != generate[0]:
+                raise ConfigError(f"prompts {prompt_file}: prompt_ids {list(shape)}, expected [n, {generate[0]}]")
+            if shape[0] * generate[1] > MAX_GENERATED_TOKENS:
+                raise ConfigError(f"generate: {shape[0]} prompts x {generate[1]} new tokens is over "
+                                  f"{MAX_GENERATED_TOKENS} tokens, which come back in the runner's one JSON line",
+                                  hint="use fewer prompts (a few dozen decode as well)")
+            generate = (int(generate[0]), int(generate[1]), int(shape[0]))
+        record = _benchmark(profile, artifact, inputs, transport, outputs, generate, prompt_file)
+    if skipped:
+        record["generation_skipped"] = skipped
+    return record
+
+
+def _benchmark(profile: DeviceProfile, artifact: Artifact, inputs: Path | str | None, transport: Transport | None,
+               outputs: Path | None, generate: tuple[int, int, int] | None, prompts: Path | None) -> dict[str, Any]:
     own = transport is None
     tr = transport or open_transport(profile)
     job_timeout = profile.connection.job_timeout
@@ -166,14 +287,16 @@ def benchmark(profile: DeviceProfile, artifact: Artifact, inputs: Path | str | N
         # A waiter outwaits a whole lease (plus a poll): a holder that died mid-job leaves a lease that expires
         # within that time, so a crashed job never makes the next one give up as "busy".
         with device_lock(tr, profile.workdir, lease_s=lease, wait_s=lease + 30, device=profile.name) as owner:
-            return _job(profile, tr, artifact, inputs, time.monotonic() + job_timeout, outputs, owner)
+            return _job(profile, tr, artifact, inputs, time.monotonic() + job_timeout, outputs, owner, generate,
+                        prompts)
     finally:
         if own:
             tr.close()
 
 
 def _job(profile: DeviceProfile, tr: Transport, artifact: Artifact, inputs: Path | str | None,
-         deadline: float, outputs: Path | None = None, owner: str | None = None) -> dict[str, Any]:
+         deadline: float, outputs: Path | None = None, owner: str | None = None,
+         generate: tuple[int, int, int] | None = None, prompts: Path | None = None) -> dict[str, Any]:
     context = f"{profile.name}: {Path(artifact.path).name}"
 
     def remaining() -> float:
@@ -200,8 +323,11 @@ def _job(profile: DeviceProfile, tr: Transport, artifact: Artifact, inputs: Path
         elif inputs is not None:
             inputs_name = "inputs.npz"       # this job's own copy: no other run can remove it
             tr.put(Path(inputs), f"{job}/{inputs_name}")
+        if generate is not None and prompts is not None:
+            tr.put(prompts, f"{job}/prompts.npz")
         argv = runner_argv(profile, tr.python(profile.python), job, Path(artifact.path).name,
-                           artifact.backend, inputs_name, artifact.precision, outputs=outputs is not None)
+                           artifact.backend, inputs_name, artifact.precision, outputs=outputs is not None,
+                           generate=generate[:2] if generate else None)
         if owner is not None:  # where a breaker of our lease finds (and stops) this runner
             argv = runner_argv_with_pid(runner_pid_path(profile.workdir, owner), argv)
         records = []
@@ -212,6 +338,12 @@ def _job(profile: DeviceProfile, tr: Transport, artifact: Artifact, inputs: Path
                 detail = (record or {}).get("error") or res.stderr.strip().splitlines()[-1:] or ["no output"]
                 raise RemoteCommandError(f"{context}: runner failed (exit {res.exit_status}): {detail}",
                                          exit_status=res.exit_status, stderr=res.stderr)
+            if generate is not None:
+                bad = generation_problems(record.get("generation"), expect=generate)
+                if bad:
+                    raise RemoteCommandError(f"{context}: the runner's generation record is unusable: "
+                                             f"{'; '.join(bad)}", hint="the board's runner is not edgepipe's: "
+                                             "re-run so the checked runner is copied again")
             records.append(record)
         record = records[0]
         if len(records) > 1:

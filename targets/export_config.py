@@ -41,3 +41,6 @@ class ExportConfig(StrictModel):
     # openvino-int8 from the model (NNCF PTQ), or from the onnx-int8 QDQ artifact (after QAT: its scales as decided
     # there); the latter declares a dependency on onnx-int8 (targets.REQUIRES), exported first whatever the order.
     ov_int8_from: Literal["model", "onnx-qdq"] = "model"
+    # the recipe's task kind; "lm" (a decoder, LM_CONTRACT.md) exports ONNX and OpenVINO as the key/value-cache graph
+    # (targets/export_decoder.py) and TFLite as the plain static-shape forward
+    task: str | None = None

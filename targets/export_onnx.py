@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from targets import export_decoder
 from targets._export_common import (
     calib_samples,
     count_outputs,
@@ -100,10 +101,24 @@ class _HalfBody(torch.nn.Module):
 
 
 def _export_graph(model: torch.nn.Module, example_inputs: tuple[torch.Tensor, ...], path: Path, opset: int,
-                  cfg: ExportConfig | None = None) -> None:
-    names_in, names_out = io_names(cfg or ExportConfig(), example_inputs, count_outputs(model, example_inputs))
+                  cfg: ExportConfig | None = None, *, half: bool = False) -> None:
+    """The graph of ``model`` (``half``: in float16 behind float32 edges); for task ``lm`` the key/value-cache graph
+    of the decoder (targets/export_decoder.py) with B, S and P dynamic."""
+    cfg = cfg or ExportConfig()
+    dynamic_shapes = None
+    if export_decoder.is_lm(cfg):
+        layout = export_decoder.cache_layout(model)
+        model = export_decoder.CacheGraph(copy.deepcopy(model).half() if half else model, half=half)
+        example_inputs = export_decoder.example_inputs(layout)
+        dynamic_shapes = export_decoder.onnx_dynamic_shapes(layout)
+        names_in, names_out = export_decoder.io_names(layout["layers"])
+    else:
+        if half:
+            model = _HalfBody(copy.deepcopy(model).eval().half())
+        names_in, names_out = io_names(cfg, example_inputs, count_outputs(model, example_inputs))
     try:
-        program = torch.onnx.export(model.eval(), example_inputs, dynamo=True, opset_version=opset, verbose=False)
+        program = torch.onnx.export(model.eval(), example_inputs, dynamo=True, opset_version=opset, verbose=False,
+                                    dynamic_shapes=dynamic_shapes)
         program.save(str(path))
     except Exception as exc:  # exporter failures come in many types
         raise export_failure("onnx", exc, model, example_inputs) from exc
@@ -253,13 +268,14 @@ def export(model: torch.nn.Module, example_inputs: tuple[torch.Tensor, ...], cal
     out_dir.mkdir(parents=True, exist_ok=True)
     final = out_dir / f"{cfg.name}.{cfg.precision}.onnx"
     metadata: dict[str, Any] = {"opset": cfg.opset, "exporter": f"torch.onnx dynamo (torch {torch.__version__})"}
+    if export_decoder.is_lm(cfg):
+        metadata["generation"] = export_decoder.generation_metadata(export_decoder.cache_layout(model))
     with tempfile.TemporaryDirectory(dir=out_dir, prefix=".onnx-") as tmp:
         tmp_path = Path(tmp) / final.name
         if cfg.precision == "fp32":
             _export_graph(model, example_inputs, tmp_path, cfg.opset, cfg)
         elif cfg.precision == "fp16":
-            half = _HalfBody(copy.deepcopy(model).eval().half())
-            _export_graph(half, example_inputs, tmp_path, cfg.opset, cfg)
+            _export_graph(model, example_inputs, tmp_path, cfg.opset, cfg, half=True)
             metadata["fp16"] = ("weights and compute in float16, float32 input/output (casts at the edges); "
                                 "integer inputs are not cast")
         else:

@@ -26,6 +26,7 @@ import numpy as np
 import openvino as ov  # at module level: a missing runtime surfaces in get_exporter as the extra to install
 import torch
 
+from targets import export_decoder
 from targets._export_common import (
     calib_samples,
     count_outputs,
@@ -48,10 +49,19 @@ _OV_OPS = {"Add": ["Add"], "Mul": ["Multiply"], "Sub": ["Subtract"], "Div": ["Di
 
 def _convert(model: torch.nn.Module, example_inputs: tuple[torch.Tensor, ...],
              cfg: ExportConfig | None = None) -> Any:
-    """Static shapes, every input typed as the example (int64 ids stay int64) and every input/output named."""
-    names_in, names_out = io_names(cfg or ExportConfig(), example_inputs, count_outputs(model, example_inputs))
-    shapes = [(ov.PartialShape([int(d) for d in x.shape]), _OV_TYPES.get(x.dtype, ov.Type.f32))
-              for x in example_inputs]
+    """Static shapes, every input typed as the example (int64 ids stay int64) and every input/output named; for task
+    ``lm`` the key/value-cache graph (targets/export_decoder.py) with B, S and P dynamic."""
+    cfg = cfg or ExportConfig()
+    if export_decoder.is_lm(cfg):
+        layout = export_decoder.cache_layout(model)
+        model = export_decoder.CacheGraph(model)
+        example_inputs = export_decoder.example_inputs(layout)
+        shapes = export_decoder.openvino_inputs(layout)
+        names_in, names_out = export_decoder.io_names(layout["layers"])
+    else:
+        names_in, names_out = io_names(cfg, example_inputs, count_outputs(model, example_inputs))
+        shapes = [(ov.PartialShape([int(d) for d in x.shape]), _OV_TYPES.get(x.dtype, ov.Type.f32))
+                  for x in example_inputs]
     try:
         ov_model = ov.convert_model(model.eval(), example_input=example_inputs, input=shapes)
     except Exception as exc:  # the frontend raises OpConversionFailure, RuntimeError, GeneralFailure...
@@ -192,6 +202,8 @@ def export(model: torch.nn.Module, example_inputs: tuple[torch.Tensor, ...], cal
                                            zip(cfg.input_names or [f"input{i}" for i in range(len(example_inputs))],
                                                example_inputs, strict=False)},
                                 "weights_on_disk": cfg.precision}
+    if export_decoder.is_lm(cfg):
+        metadata["generation"] = export_decoder.generation_metadata(export_decoder.cache_layout(model))
     parent = cfg.parent
     if cfg.precision == "int8" and cfg.ov_int8_from == "onnx-qdq":
         ov_model, qdq = _from_qdq(sources)

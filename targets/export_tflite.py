@@ -224,6 +224,9 @@ def export(model: torch.nn.Module, example_inputs: tuple[torch.Tensor, ...], cal
     elif cfg.precision == "fp16":
         metadata["fp16"] = "float16 weights dequantized at load; float32 compute and I/O"
     metadata["inputs"] = list(cfg.input_names) or None   # the runner matches args_<i> to these, in order
+    if cfg.task == "lm":   # static shapes: no key/value cache graph (targets/export_decoder.py)
+        metadata["lm"] = ("plain graph input_ids [1, T] -> logits (static shapes): perplexity only, no generation "
+                          "figures")
     with tempfile.TemporaryDirectory(dir=out_dir, prefix=".tflite-") as tmp:
         tmp_path = Path(tmp) / final.name
         edge_model.export(str(tmp_path))

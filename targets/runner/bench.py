@@ -12,6 +12,7 @@ import argparse
 import json
 import os
 import platform
+import re
 import shlex
 import subprocess
 import sys
@@ -25,6 +26,10 @@ PROTOCOL = 1
 MIN_ITERATIONS_FLOOR = 20  # the same floors as targets/profiles.py (this file cannot import it)
 MIN_SECONDS_FLOOR = 0.05
 SUFFIXES = {".onnx": "onnx", ".xml": "openvino", ".tflite": "tflite"}
+
+
+CACHE_INPUT = re.compile(r"past_(key|value)_\d+")      # a decoder's cache graph (LM_CONTRACT.md)
+CACHE_OUTPUT = re.compile(r"present_(key|value)_\d+")
 
 
 class RunnerError(Exception):
@@ -43,8 +48,9 @@ class Session:
 
     def __init__(self, fn: Callable[[dict[str, np.ndarray]], list[np.ndarray]], *, inputs: list[dict[str, Any]],
                  runtime: str, version: str, providers: list[str] | None = None,
-                 io: dict[str, Any] | None = None) -> None:
+                 io: dict[str, Any] | None = None, outputs: list[str] | None = None) -> None:
         self._fn = fn
+        self.outputs = outputs or []                # output names in order, where the runtime names them
         self.inputs = inputs                       # [{"name", "shape", "dtype"}] in the artifact's order
         self.input_shape = inputs[0]["shape"] if inputs else []
         self.runtime = runtime
@@ -55,6 +61,11 @@ class Session:
     @property
     def input_names(self) -> list[str]:
         return [i["name"] for i in self.inputs]
+
+    @property
+    def cache_inputs(self) -> list[dict[str, Any]]:
+        """The key/value-cache inputs of a decoder's cache graph (``past_key_<i>``, ``past_value_<i>``)."""
+        return [i for i in self.inputs if CACHE_INPUT.fullmatch(i["name"])]
 
     def run(self, feeds: dict[str, np.ndarray] | np.ndarray) -> list[np.ndarray]:
         if isinstance(feeds, np.ndarray):           # one unnamed array: the single-input shorthand
@@ -94,7 +105,7 @@ def load_onnx(path: str, threads: int, providers: list[str] | None = None, optim
         return [_float_out(o) for o in out]
 
     return Session(run, inputs=ins, runtime="onnxruntime", version=ort.__version__,
-                   providers=list(sess.get_providers()),
+                   providers=list(sess.get_providers()), outputs=[o.name for o in sess.get_outputs()],
                    io={"input_dtype": sess.get_inputs()[0].type, "requested": wanted,
                        "inputs": {i.name: i.type for i in sess.get_inputs()},
                        "outputs": [o.name for o in sess.get_outputs()]})
@@ -122,6 +133,7 @@ def load_openvino(path: str, threads: int, precision_hint: str | None = None) ->
                     "shape": _static_shape(list(port.get_partial_shape().get_min_shape())),
                     "dtype": np.dtype(port.get_element_type().to_dtype())})
     n_out = len(compiled.outputs)
+    out_names = [port.get_any_name() if port.get_names() else f"output{j}" for j, port in enumerate(compiled.outputs)]
 
     def run(feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
         request.infer({i["index"]: np.asarray(feeds[i["name"]]).astype(i["dtype"], copy=False) for i in ins})
@@ -131,7 +143,7 @@ def load_openvino(path: str, threads: int, precision_hint: str | None = None) ->
         effective = compiled.get_property("INFERENCE_PRECISION_HINT").to_string()
     except Exception:  # noqa: BLE001 - older OpenVINO releases: report the requested hint
         effective = precision_hint
-    return Session(run, inputs=ins, runtime="openvino", version=ov.get_version(), providers=["CPU"],
+    return Session(run, inputs=ins, runtime="openvino", version=ov.get_version(), providers=["CPU"], outputs=out_names,
                    io={"precision_hint": effective, "precision_requested": precision_hint,
                        "inputs": {i["name"]: i["dtype"].name for i in ins}})
 
@@ -282,12 +294,23 @@ def load(path: str, backend: str | None = None, threads: int = 1, providers: lis
     raise RunnerError(f"unknown backend {backend!r} for {path}")
 
 
+def empty_past(session: Session, batch: int) -> dict[str, np.ndarray]:
+    """A decoder's empty cache (P = 0: zero-size arrays [B, H_i, 0, D_i]): what prefill and perplexity feed."""
+    return {i["name"]: np.zeros((batch, i["shape"][1], 0, i["shape"][3]), dtype=i["dtype"])
+            for i in session.cache_inputs}
+
+
 def _feeds(session: Session, inputs: dict[str, np.ndarray] | np.ndarray) -> dict[str, np.ndarray]:
-    """Match the given arrays to the artifact's inputs by name; a single unnamed array feeds a single input."""
+    """Match the given arrays to the artifact's inputs by name; a single unnamed array feeds a single input. A
+    cache graph's past inputs that are not given are the empty past: the graph then is the plain forward (the
+    whole window, no cache), as perplexity and the host's check run it."""
     if isinstance(inputs, np.ndarray):
         inputs = {session.inputs[0]["name"]: inputs}
     if len(inputs) == 1 and len(session.inputs) == 1:
         return {session.inputs[0]["name"]: next(iter(inputs.values()))}
+    missing_cache = [i["name"] for i in session.cache_inputs if i["name"] not in inputs]
+    if missing_cache and len(missing_cache) == len(session.cache_inputs) and inputs:
+        inputs = {**inputs, **empty_past(session, count(inputs))}
     missing = [n for n in session.input_names if n not in inputs]
     if missing:
         raise RunnerError(f"the artifact's input(s) {missing} are not in the inputs file (it has {sorted(inputs)})")
@@ -301,15 +324,21 @@ def count(inputs: dict[str, np.ndarray]) -> int:
 def predict(session: Session, inputs: dict[str, np.ndarray] | np.ndarray,
             batch_axes: list[int] | None = None) -> list[np.ndarray]:
     """Run every sample one at a time (artifacts have a static batch of 1); every output stacked samples first:
-    output j's batch axis is ``batch_axes[j]`` (0 when not given; 1 for a time-major ``(T, B, C)``)."""
+    output j's batch axis is ``batch_axes[j]`` (0 when not given; 1 for a time-major ``(T, B, C)``). A cache
+    graph's presents are its cache, not its prediction: only its other outputs (the logits) are returned."""
     feeds = _feeds(session, inputs)
     batch = session.input_shape[0] if session.input_shape else 1
     axes = list(batch_axes or [])
+    keep = [j for j, name in enumerate(session.outputs) if not CACHE_OUTPUT.fullmatch(name)] \
+        if session.cache_inputs and session.outputs else None
 
     def first(o: np.ndarray, j: int) -> np.ndarray:
         axis = axes[j] if j < len(axes) else 0
         return np.moveaxis(o, axis, 0) if axis and o.ndim > axis else o
-    outs = [[first(o, j) for j, o in enumerate(session.run({k: v[i:i + batch] for k, v in feeds.items()}))]
+    def run(x: dict[str, np.ndarray]) -> list[np.ndarray]:
+        out = session.run(x)
+        return out if keep is None else [out[j] for j in keep]
+    outs = [[first(o, j) for j, o in enumerate(run({k: v[i:i + batch] for k, v in feeds.items()}))]
             for i in range(0, count(feeds), batch)]
     return [np.concatenate([o[j] for o in outs], axis=0) for j in range(len(outs[0]))] if outs else []
 
@@ -429,6 +458,102 @@ def first_inference_ms(session: Session, inputs: dict[str, np.ndarray] | np.ndar
     t0 = time.perf_counter()
     session.run({k: v[:batch] for k, v in feeds.items()})
     return (time.perf_counter() - t0) * 1000
+
+
+# --------------------------------------------------------------------------------------------------------- generation
+def read_prompts(path: str, prompt_len: int) -> np.ndarray:
+    """``prompt_ids`` int64 [n, PROMPT_LEN] from the prompts file (arrays only, never objects)."""
+    with np.load(path, allow_pickle=False) as data:
+        if "prompt_ids" not in data.files:
+            raise RunnerError(f"the prompts file has no prompt_ids array (it has {sorted(data.files)})")
+        ids = np.asarray(data["prompt_ids"])
+    if ids.ndim != 2 or ids.shape[1] != prompt_len or not len(ids) or not np.issubdtype(ids.dtype, np.integer):
+        raise RunnerError(f"prompt_ids is {ids.dtype} {list(ids.shape)}: expected integer [n, {prompt_len}] for "
+                          f"--generate {prompt_len},...")
+    return ids.astype(np.int64)
+
+
+def greedy(session: Session, prompt: np.ndarray, new_tokens: int) -> tuple[list[int], float, float]:
+    """Greedy decoding of one prompt (int64 [PROMPT_LEN]) through the cache graph: one prefill call (S = PROMPT_LEN,
+    empty past) gives the first token, then ``new_tokens - 1`` decode calls (S = 1) feed each call's presents back.
+    Returns (tokens, time to first token in s, decode time in s). ``present_key_i`` feeds ``past_key_i`` by name
+    (where the runtime gives no output names: every output after the logits, in the past inputs' order)."""
+    cache = [i["name"] for i in session.cache_inputs]
+    ids_name = next(i["name"] for i in session.inputs if i["name"] not in cache)
+    by_name = {name: j for j, name in enumerate(session.outputs)}
+    source = [by_name.get(name.replace("past_", "present_", 1), 1 + k) for k, name in enumerate(cache)]
+    t0 = time.perf_counter()
+    out = session.run({ids_name: prompt[None, :], **empty_past(session, 1)})
+    tokens = [int(np.argmax(out[0][0, -1]))]
+    t1 = time.perf_counter()
+    for _ in range(new_tokens - 1):
+        past = {name: out[source[k]] for k, name in enumerate(cache)}
+        out = session.run({ids_name: np.array([[tokens[-1]]], dtype=np.int64), **past})
+        tokens.append(int(np.argmax(out[0][0, -1])))
+    return tokens, t1 - t0, time.perf_counter() - t1
+
+
+def peak_rss_mb() -> float | None:
+    """This process's peak resident memory: /proc/self/status VmHWM (kB), else getrusage (KiB on Linux, bytes on
+    macOS)."""
+    text = _read("/proc/self/status") or ""
+    for line in text.splitlines():
+        if line.startswith("VmHWM:"):
+            return round(int(line.split()[1]) / 1024, 2)
+    try:
+        import resource
+
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    except (ImportError, OSError):
+        return None
+    return round(peak / (2**20 if sys.platform == "darwin" else 1024), 2)
+
+
+def generation(session: Session, prompts: np.ndarray, new_tokens: int, args: argparse.Namespace) -> dict[str, Any]:
+    """Time greedy generation under the latency bench's rules: every prompt once untimed (its tokens are the
+    record's, for the host to compare with PyTorch; also the first warm-up), more warm-up up to ``args.warmup``
+    generations, then timed generations cycling the prompts until ``min_iterations`` and ``min_seconds`` are both met
+    or ``max_seconds`` (warm-up included) is reached. Each timed generation gives one TTFT and one decode tokens/s
+    (``new_tokens - 1`` decode calls over their time); a prompt that decodes differently when repeated is a
+    non-deterministic runtime and invalidates the figures. Validity as the latency bench: rule_problems, the device
+    state before and after, the temperature rule."""
+    if not session.cache_inputs:
+        raise RunnerError("--generate needs the key/value-cache graph (inputs past_key_<i>, past_value_<i>); this "
+                          "artifact has none (TFLite lm artifacts are the plain graph: perplexity only)")
+    if new_tokens < 2:
+        raise RunnerError("--generate PROMPT_LEN,NEW_TOKENS: NEW_TOKENS must be at least 2 (one prefill, one decode)")
+    telemetry = (args.thermal, args.throttled_cmd, args.power_mode_cmd, args.clocks_cmd)
+    before = device_state(*telemetry)
+    begin = time.perf_counter()
+    tokens = [greedy(session, p, new_tokens)[0] for p in prompts]
+    for i in range(max(0, args.warmup - len(prompts))):
+        if time.perf_counter() - begin >= args.max_seconds:
+            break
+        greedy(session, prompts[i % len(prompts)], new_tokens)
+    ttft: list[float] = []
+    rate: list[float] = []
+    drift: list[str] = []
+    start = time.perf_counter()
+    i = 0
+    while True:
+        k = i % len(prompts)
+        got, first_s, decode_s = greedy(session, prompts[k], new_tokens)
+        ttft.append(first_s * 1000)
+        rate.append((new_tokens - 1) / decode_s if decode_s > 0 else float("inf"))
+        if got != tokens[k] and len(drift) < 3:
+            drift.append(f"prompt {k} decoded differently when repeated (non-deterministic runtime)")
+        i += 1
+        if (i >= args.min_iterations and time.perf_counter() - start >= args.min_seconds) or \
+                time.perf_counter() - begin >= args.max_seconds:
+            break
+    after = device_state(*telemetry)
+    reasons, _ = state_problems(before, after)
+    reasons[:0] = rule_problems(args, len(ttft))
+    reasons += temperature_problems(before, after, args.max_temp_c) + drift
+    return {"prompt_len": int(prompts.shape[1]), "new_tokens": int(new_tokens), "prompts": int(len(prompts)),
+            "ttft_ms": latency_stats(ttft), "decode_tokens_per_s": latency_stats(rate), "peak_rss_mb": peak_rss_mb(),
+            "valid": not reasons, "why": "; ".join(reasons), "invalid_reasons": reasons,
+            "state": {"before": before, "after": after}, "tokens": tokens}
 
 
 def artifact_precision(args: argparse.Namespace) -> str | None:
@@ -708,9 +833,18 @@ def benchmark(args: argparse.Namespace) -> dict[str, Any]:
     session = load(args.artifact, args.backend, args.threads, providers or None,
                    input_names=list(inputs) if inputs else None, **onnx_options)
     load_ms = (time.perf_counter() - t0) * 1000
-    if inputs is None:   # no data: zeros of each input's shape and dtype (valid ids and masks, unlike noise)
-        inputs = {i["name"]: np.zeros((8, *i["shape"][1:]), dtype=i["dtype"]) for i in session.inputs}
+    if inputs is None:   # no data: zeros of each input's shape and dtype (valid ids and masks, unlike noise); a
+        # cache graph's past is left out, so it is empty (_feeds): the forward of one token from scratch
+        cache = {i["name"] for i in session.cache_inputs}
+        inputs = {i["name"]: np.zeros((8, *i["shape"][1:]), dtype=i["dtype"]) for i in session.inputs
+                  if i["name"] not in cache}
     first_ms = first_inference_ms(session, inputs)  # an engine build or JIT lands here, not in the figures
+    gen = None
+    if args.generate:   # before the latency bench and the outputs: peak memory is the model's and generation's
+        prompt_len, new_tokens = parse_generate(args.generate)
+        if not args.prompts:
+            raise RunnerError("--generate needs --prompts (an .npz with int64 prompt_ids [n, PROMPT_LEN])")
+        gen = generation(session, read_prompts(args.prompts, prompt_len), new_tokens, args)
     telemetry = (args.thermal, args.throttled_cmd, args.power_mode_cmd, args.clocks_cmd)
     before = device_state(*telemetry)
     samples = time_session(session, inputs, args.warmup, args.min_iterations, args.min_seconds, args.max_seconds)
@@ -744,7 +878,23 @@ def benchmark(args: argparse.Namespace) -> dict[str, Any]:
     result["valid"] = not reasons
     result["invalid_reasons"] = reasons
     result["warnings"] = warnings
+    if gen is not None:
+        if fallback:
+            gen["invalid_reasons"].append(fallback)
+            gen["valid"], gen["why"] = False, "; ".join(gen["invalid_reasons"])
+        result["generation"] = gen
     return result
+
+
+def parse_generate(text: str) -> tuple[int, int]:
+    """``--generate PROMPT_LEN,NEW_TOKENS`` -> (prompt_len, new_tokens)."""
+    try:
+        prompt_len, new_tokens = (int(v) for v in text.split(","))
+    except ValueError:
+        raise RunnerError(f"--generate {text!r}: give PROMPT_LEN,NEW_TOKENS, e.g. 16,32") from None
+    if prompt_len < 1 or new_tokens < 2:
+        raise RunnerError(f"--generate {text!r}: PROMPT_LEN >= 1 and NEW_TOKENS >= 2")
+    return prompt_len, new_tokens
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -768,6 +918,10 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--power-mode-cmd", default=None)
     ap.add_argument("--clocks-cmd", default=None)
     ap.add_argument("--max-temp-c", type=float, default=None, help="invalid when the device is this hot or hotter")
+    ap.add_argument("--generate", default=None, metavar="PROMPT_LEN,NEW_TOKENS",
+                    help="a decoder's cache graph: time greedy generation of --prompts (TTFT, decode tokens/s, peak "
+                         "memory) and return the tokens")
+    ap.add_argument("--prompts", default=None, help=".npz with int64 prompt_ids [n, PROMPT_LEN] for --generate")
     ap.add_argument("--probe", action="store_true", help="report runtimes and device state, then exit")
     return ap
 

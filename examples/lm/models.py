@@ -169,7 +169,9 @@ def student() -> nn.Module:
     DistilBERT starts from its teacher's layers), so logit KD recovers in a few epochs instead of from scratch."""
     teacher = trained_teacher()
     torch.manual_seed(0)
-    s = Decoder(teacher.embed.num_embeddings, **{**TEACHER, "depth": 2})
+    first = teacher.blocks[0]
+    s = Decoder(teacher.embed.num_embeddings, dim=teacher.embed.embedding_dim, depth=2,
+                num_heads=first.attn.num_heads, hidden=first.fc1.out_features, max_positions=teacher.max_positions)
     state = {k: v for k, v in teacher.state_dict().items() if not k.startswith("blocks.")}
     for j, i in enumerate((0, 2)):
         state.update({f"blocks.{j}.{k}": v for k, v in teacher.blocks[i].state_dict().items()})

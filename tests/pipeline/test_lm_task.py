@@ -156,3 +156,18 @@ def test_task_generate_is_validated_and_reaches_the_export_plan():
         Task.model_validate({"metric": "perplexity", "generate": {"prompt_len": 0, "new_tokens": 4}})
     with pytest.raises(ValidationError):
         Task.model_validate({"metric": "perplexity", "generate": {"prompt_len": 4}})
+
+
+def test_a_release_without_the_recipe_rejudges_with_the_stored_relative_limit(tmp_path):
+    """The bundle re-judges the gate from the summary's stored limits when the run folder lost its recipe: a
+    relative limit is stored as written ("5%", with no accuracy alias) and must come back as one."""
+    from pipeline.release.bundle import _gate_block
+
+    baseline = {"metric": {**PPL, "value": 40.0}}
+    art = {"backend": "onnx", "precision": "int8", "metric": {**PPL, "value": 42.4}, "file": "a.onnx"}
+    summary = {"baseline": baseline, "artifacts": [art], "gate": limits_of(Gate(max_metric_drop="5%"))}
+    block = _gate_block(tmp_path, summary, "local")
+    assert block["passed"] is False and block["max_metric_drop"] == "5%"
+    assert block["failures"] == ["onnx-int8: perplexity 42.400 is 6.0% worse than baseline 40.000 (max 5%)"]
+    summary["gate"] = limits_of(Gate(max_metric_drop="10%"))
+    assert _gate_block(tmp_path, summary, "local")["passed"] is True

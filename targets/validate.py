@@ -223,13 +223,15 @@ def validate(artifact: Artifact, inputs: dict[str, np.ndarray] | np.ndarray,
         else:
             if by_metric:
                 assert parent_score is not None and max_drop is not None
-                drop = units.drop(float(parent_score["value"]), float(report["metric"]["value"]), parent_score)
+                drop = units.drop(float(parent_score["value"]), float(report["metric"]["value"]), parent_score,
+                                  max_drop)
                 report["metric_drop"] = drop
                 if not units.within(drop, max_drop):
-                    unit = " points" if units.is_fraction(parent_score) else ""
+                    unit = units.unit_word(parent_score, max_drop)
                     beside = f" (diagnostics: {'; '.join(proxies)})" if proxies else ""
+                    side = "below" if parent_score.get("higher_is_better", True) else "worse than"
                     failures.append(f"{report['metric']['name']} {report['metric']['value']:.4g} is {drop:.3g}{unit} "
-                                    f"below the FP32 parent's {parent_score['value']:.4g} (max {max_drop:g}){beside}")
+                                    f"{side} the FP32 parent's {parent_score['value']:.4g} (max {max_drop:g}){beside}")
     if failures:
         _raise(artifact, failures)
     return report

@@ -53,12 +53,15 @@ class ExportPlan:
     output_names: list[str]
     mixed: dict[str, Any] | None       # quantize's accuracy-aware mixed precision, None when off
     max_drop: float | None             # the gate's allowed metric drop, which every INT8 artifact must meet too
+    # task lm: {"prompt_len", "new_tokens"} of ``task.generate``, for the runner's generation mode; None otherwise
+    generate: dict[str, int] | None = None
 
     @classmethod
     def of(cls, recipe: Recipe) -> ExportPlan:
         q = recipe.stages.quantize
+        gen = recipe.task.generate
         return cls(recipe.name, list(recipe.model.output_names or []), q.mixed_precision() if q is not None else None,
-                   units.max_metric_drop(recipe.gate))
+                   units.max_metric_drop(recipe.gate), gen.model_dump() if gen is not None else None)
 
 
 def backends_for(recipe: Recipe, profile: DeviceProfile) -> list[str]:

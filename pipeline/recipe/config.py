@@ -113,7 +113,15 @@ class DataSpec(StrictModel):
     eval_samples: int = Field(default=500, ge=1)   # what the host checks and a board holds and runs
 
 
-BUILTIN_METRICS = ("top1", "top5", "map50", "map50_95", "cosine", "mse")
+BUILTIN_METRICS = ("top1", "top5", "map50", "map50_95", "cosine", "mse", "perplexity")
+
+
+class Generate(StrictModel):
+    """Task ``lm``: what the measure phase asks the runner to generate -- a prompt of ``prompt_len`` eval tokens,
+    then ``new_tokens`` greedy tokens (time to first token, decode tokens/s; LM_CONTRACT.md)."""
+
+    prompt_len: int = Field(ge=1, le=100_000)
+    new_tokens: int = Field(ge=1, le=100_000)
 
 
 class Task(StrictModel):
@@ -124,6 +132,7 @@ class Task(StrictModel):
     loss: str | None = Field(default=None, pattern=FACTORY)          # user loss; default follows the metric
     output_loss: Literal["mse", "cosine"] = "mse"                    # output-matching KD (non-classification)
     output_weights: list[float] | None = None                        # one per output; default all 1
+    generate: Generate | None = None                                 # lm only: generation measured on the device
 
     @field_validator("metric")
     @classmethod
@@ -141,6 +150,18 @@ class Task(StrictModel):
     def classification(self) -> bool:
         return self.metric in ("top1", "top5")
 
+    @property
+    def language_model(self) -> bool:
+        """Task ``lm`` (metric ``perplexity``): logit KD over every position, like classification over V."""
+        return self.metric == "perplexity"
+
+    @model_validator(mode="after")
+    def _generate_needs_lm(self) -> Task:
+        if self.generate is not None and not self.language_model:
+            raise ValueError("task.generate measures text generation: it needs metric: perplexity (task lm), "
+                             f"not {self.metric!r}")
+        return self
+
 
 class Stages(StrictModel):
     distill: DistillConfig | None = None
@@ -149,18 +170,36 @@ class Stages(StrictModel):
 
 
 class Gate(StrictModel):
-    # the metric's units: points (x100) for fraction metrics (top-1/5, mAP), raw units for cosine/mse/user metrics;
-    # the direction comes from the metric. ``max_accuracy_drop`` is the classification alias.
-    max_metric_drop: float | None = Field(default=None, ge=0)
+    # the metric's units: points (x100) for fraction metrics (top-1/5, mAP), raw units for cosine/mse/perplexity/user
+    # metrics; a string "N%" is relative instead: worse by at most N percent of the original's value (targets/units.py).
+    # The direction comes from the metric. ``max_accuracy_drop`` is the classification alias.
+    max_metric_drop: float | str | None = None
     max_accuracy_drop: float | None = Field(default=None, ge=0, le=100)
     max_latency_ms: float | None = Field(default=None, gt=0)       # p90 on the device
     max_bytes: int | None = Field(default=None, gt=0)              # artifact size
+
+    @field_validator("max_metric_drop")
+    @classmethod
+    def _drop(cls, v: float | str | None) -> float | str | None:
+        from targets import units
+
+        if isinstance(v, str):
+            limit = units.parse_limit(v)
+            if limit is None:
+                raise ValueError(f"{v!r} is neither a number nor a percentage; give e.g. 1.0 (the metric's units) "
+                                 "or \"5%\" (relative to the original's value)")
+            return units.as_written(limit)
+        if v is not None and v < 0:
+            raise ValueError("must be >= 0")
+        return v
 
     @model_validator(mode="after")
     def _alias(self) -> Gate:
         if self.max_metric_drop is not None and self.max_accuracy_drop is not None \
                 and self.max_metric_drop != self.max_accuracy_drop:
             raise ValueError("give max_metric_drop or its alias max_accuracy_drop, not both")
+        if isinstance(self.max_metric_drop, str):   # a relative limit has no accuracy-points alias
+            return self
         if self.max_metric_drop is None:
             self.__dict__["max_metric_drop"] = 1.0 if self.max_accuracy_drop is None else self.max_accuracy_drop
         self.__dict__["max_accuracy_drop"] = self.max_metric_drop
@@ -185,6 +224,15 @@ class Recipe(StrictModel):
     _path: Path = PrivateAttr(default=Path("recipe.yaml"))
     _as_written: dict[str, Any] | None = PrivateAttr(default=None)
     _scaled: dict[str, list[float | int | None]] = PrivateAttr(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _prompt_fits(self) -> Recipe:
+        gen = self.task.generate
+        specs = self.model.input_specs
+        if gen is not None and specs and len(specs[0].shape) >= 2 and gen.prompt_len > specs[0].shape[1]:
+            raise ValueError(f"task.generate.prompt_len {gen.prompt_len} is longer than the model's input "
+                             f"{specs[0].name!r} ({specs[0].shape[1]} tokens): prompts are cut from eval windows")
+        return self
 
     @model_validator(mode="after")
     def _search_values(self) -> Recipe:

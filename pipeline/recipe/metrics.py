@@ -108,6 +108,64 @@ class MSE(_Reference):
         return ((out - ref) ** 2).mean(axis=1)
 
 
+class Perplexity:
+    """Language modelling (task ``lm``): exp of the mean next-token cross-entropy over every eval position, from
+    logits ``(N, T, V)`` (the first output) and next-token ids ``(N, T)``. Lower is better; unit ``ratio`` (1 is a
+    model that is always sure and right, V a uniform guess over the vocabulary).
+
+    ``next_token_agreement`` (the share of positions whose top-1 id equals the original model's) is reported beside
+    it as a diagnostic when the original's outputs are at hand (``update_reference``): it says how much of the
+    original's behaviour a compressed model kept, which perplexity alone (an average) can hide."""
+
+    primary = "perplexity"
+    unit = "ratio"
+    higher_is_better = False
+    reference = False
+
+    def __init__(self) -> None:
+        self.nll = 0.0
+        self.count = 0
+        self.agree = 0
+        self.compared = 0
+
+    @staticmethod
+    def _logits(outputs: list[np.ndarray]) -> np.ndarray:
+        logits = np.asarray(outputs[0])
+        if logits.ndim != 3:
+            raise ValueError(f"perplexity needs logits (samples, positions, vocabulary); the first output has shape "
+                             f"{list(logits.shape)}")
+        return logits
+
+    def update(self, outputs: list[np.ndarray], targets: Any) -> None:
+        logits = self._logits(outputs)
+        ids = np.asarray(targets)
+        if ids.shape != logits.shape[:2] or not np.issubdtype(ids.dtype, np.integer):
+            raise ValueError(f"perplexity needs integer next-token ids of shape {list(logits.shape[:2])} (got "
+                             f"{ids.dtype} {list(ids.shape)})")
+        if ids.size and (ids.min() < 0 or ids.max() >= logits.shape[2]):
+            raise ValueError(f"perplexity: target ids span [{ids.min()}, {ids.max()}] but the vocabulary has "
+                             f"{logits.shape[2]} entries")
+        z = logits.astype(np.float64)
+        top = z.max(axis=2, keepdims=True)
+        log_norm = np.log(np.exp(z - top).sum(axis=2)) + top[..., 0]
+        picked = np.take_along_axis(z, ids[..., None].astype(np.int64), axis=2)[..., 0]
+        self.nll += float((log_norm - picked).sum())
+        self.count += int(ids.size)
+
+    def update_reference(self, outputs: list[np.ndarray], reference: list[np.ndarray]) -> None:
+        mine, theirs = self._logits(outputs), np.asarray(reference[0])
+        if mine.shape == theirs.shape:
+            self.agree += int((mine.argmax(axis=2) == theirs.argmax(axis=2)).sum())
+            self.compared += int(mine.shape[0] * mine.shape[1])
+
+    def compute(self) -> dict[str, float]:
+        mean = self.nll / max(self.count, 1)
+        out = {"perplexity": math.exp(min(mean, 700.0)), "cross_entropy": mean}
+        if self.compared:
+            out["next_token_agreement"] = self.agree / self.compared
+        return out
+
+
 class BoxMAP:
     """COCO box mAP with pycocotools. Predictions per image: (K, 6) ``x1, y1, x2, y2, score, class`` (what a
     ``postprocess`` returns; raw outputs are taken as (N, K, 6) with rows of score <= 0 as padding). Targets per
@@ -167,10 +225,10 @@ class BoxMAP:
 
 BUILTINS: dict[str, Callable[[], Any]] = {
     "top1": lambda: TopK(1), "top5": lambda: TopK(5), "map50": lambda: BoxMAP("50"),
-    "map50_95": lambda: BoxMAP("50_95"), "cosine": Cosine, "mse": MSE,
+    "map50_95": lambda: BoxMAP("50_95"), "cosine": Cosine, "mse": MSE, "perplexity": Perplexity,
 }
 LABELS = {"top1": "top-1", "top5": "top-5", "map50": "mAP@0.5", "map50_95": "mAP@0.5:0.95", "cosine": "cosine",
-          "mse": "MSE"}
+          "mse": "MSE", "perplexity": "perplexity"}
 
 
 def label(name: str) -> str:
@@ -185,7 +243,7 @@ class MetricSpec:
     name: str                                   # the primary value's name
     factory: Callable[[], Any]
     higher_is_better: bool
-    unit: str                                   # "fraction" (gate in points) or "raw"
+    unit: str                                   # "fraction" (gate in points), "ratio" or "raw"
     reference: bool
     postprocess: Callable[[list[np.ndarray]], Any] | None = None
     source: str = ""                            # digest of the code that computes it (user module or this file)
@@ -206,6 +264,11 @@ class MetricSpec:
     def classification(self) -> bool:
         return self.name in ("top1", "top5")
 
+    @property
+    def language_model(self) -> bool:
+        """Task ``lm``: next-token logits (N, T, V) against next-token ids (N, T)."""
+        return self.name == "perplexity"
+
     def score(self, outputs: list[np.ndarray], targets: Any, reference: list[np.ndarray] | None = None,
               batch: int = 256) -> dict[str, Any]:
         """``{"name", "value", "higher_is_better", "unit", "values"}`` over all samples, in batches."""
@@ -221,6 +284,8 @@ class MetricSpec:
                     outs = self.postprocess(outs)
                 tgt = [t[i:i + batch] for t in truth] if self.reference else truth[i:i + batch]
                 metric.update(outs, tgt)
+                if reference is not None and hasattr(metric, "update_reference"):   # diagnostics vs the original
+                    metric.update_reference(outs, [r[i:i + batch] for r in reference])
             computed = metric.compute()
         except EdgeError:
             raise

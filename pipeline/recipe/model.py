@@ -338,6 +338,6 @@ def objective(recipe: Recipe) -> Objective:
     names = [s.name for s in recipe.model.input_specs]
     if task.loss:
         return Objective("user", names, user_loss=import_factory(task.loss, recipe.base_dir))
-    if task.classification:
+    if task.classification or task.language_model:   # lm: logit KD over V at every position
         return Objective("logits", names)
     return Objective("outputs", names, output_loss=task.output_loss, output_weights=task.output_weights)

@@ -101,6 +101,8 @@ def _gate_block(run_dir: Path, summary: dict[str, Any], device: str) -> dict[str
     stored = summary.get("gate") if isinstance(summary.get("gate"), dict) else {}
     if raw is None:
         raw = {k: stored[k] for k in ("max_accuracy_drop", "max_latency_ms", "max_bytes") if stored.get(k) is not None}
+        if isinstance(stored.get("max_metric_drop"), str):   # a relative limit ("5%") has no accuracy alias
+            raw["max_metric_drop"] = stored["max_metric_drop"]
     try:
         limits = Gate.model_validate(raw or {})
     except Exception as exc:  # noqa: BLE001 - pydantic's ValidationError; shown in one line

@@ -35,7 +35,10 @@ def limits_of(gate_cfg: Any) -> dict[str, Any]:
     """Accept the recipe's ``Gate`` model or a plain mapping (as stored in recipe.yaml / summary.json)."""
     raw = gate_cfg.model_dump() if hasattr(gate_cfg, "model_dump") else dict(gate_cfg or {})
     out = {k: raw.get(k) for k in LIMITS}
-    out["max_metric_drop"] = out["max_accuracy_drop"] = units.max_metric_drop(raw)
+    limit = units.max_metric_drop(raw)
+    # stored as written: a relative "5%" stays a string (its alias, in accuracy points, has no such form)
+    out["max_metric_drop"] = units.as_written(limit)
+    out["max_accuracy_drop"] = None if units.is_relative(limit) else limit
     return out
 
 
@@ -59,8 +62,7 @@ def check_artifact(art: dict[str, Any], limits: dict[str, Any], baseline: float 
     what = "accuracy" if metric.get("name") == "top1" and "metric" not in base_rec else label(metric["name"])
     if max_drop is not None:
         value, base = metric_value(art), metric_value(base_rec)
-        fraction = units.is_fraction({"unit": "fraction", **metric})
-        unit = " points" if fraction else ""
+        unit = units.unit_word({"unit": "fraction", **metric}, max_drop)
         if value is None:
             failures.append(f"{name}: no {what} was measured (max drop {max_drop:g}{unit} needs one)")
         elif not _finite(value):
@@ -72,7 +74,7 @@ def check_artifact(art: dict[str, Any], limits: dict[str, Any], baseline: float 
             failures.append(f"{name}: the baseline {what} is {base!r}, not a finite number, so no drop can be "
                             "judged")
         else:
-            drop = units.drop(base, value, {"unit": "fraction", **metric})
+            drop = units.drop(base, value, {"unit": "fraction", **metric}, max_drop)
             if not units.within(drop, max_drop, EPS):
                 failures.append(f"{name}: {what} {value:.3f} is {drop:.1f}{unit} "
                                 f"{'below' if metric.get('higher_is_better', True) else 'worse than'} baseline "

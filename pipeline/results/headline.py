@@ -45,9 +45,10 @@ def headline(summary: dict[str, Any], chosen: dict[str, Any] | None = None) -> d
     metric = original.get("metric") or (summary.get("baseline") or {}).get("metric") or {"name": "accuracy"}
     o_val, c_val = metric_value(original), metric_value(chosen)
     out["metric"] = metric.get("name", "accuracy")
-    out["metric_drop"] = round(units.drop(o_val, c_val, metric), 4) if o_val is not None and c_val is not None \
-        else None
-    out["metric_unit"] = "points" if units.is_fraction(metric) else "raw"
+    limit = units.max_metric_drop(summary.get("gate"))   # a relative gate ("5%") counts the drop in percent
+    out["metric_drop"] = round(units.drop(o_val, c_val, metric, limit), 4) if o_val is not None \
+        and c_val is not None else None
+    out["metric_unit"] = "percent" if units.is_relative(limit) else "points" if units.is_fraction(metric) else "raw"
     out["text"] = _sentence(out, metric_label(summary))
     if (chosen.get("gate") or {}).get("passed") is False:   # nothing passed: the pick fell back to the best metric
         out["text"] = (f"no artifact meets the gate on {device}; the best, "

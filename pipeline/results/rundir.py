@@ -216,13 +216,13 @@ def human_bytes(n: Any) -> str:
     return str(n)
 
 
-def metric_drop(baseline: dict[str, Any], rec: dict[str, Any]) -> float | None:
-    """How far below the original model a record is, in the gate's units (targets.units); None when either has
-    no metric."""
+def metric_drop(baseline: dict[str, Any], rec: dict[str, Any], limits: Any = None) -> float | None:
+    """How far below the original model a record is, in the gate's units (targets.units; in percent when the gate
+    ``limits`` are relative, "5%"); None when either has no metric."""
     base, value = metric_value(baseline), metric_value(rec)
     if base is None or value is None:
         return None
-    return units.drop(base, value, baseline.get("metric") or {"name": "accuracy"})
+    return units.drop(base, value, baseline.get("metric") or {"name": "accuracy"}, units.max_metric_drop(limits))
 
 
 def pareto_front(points: list[tuple[str, float, float, float]], higher_is_better: bool = True) -> list[str]:

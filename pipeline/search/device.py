@@ -25,6 +25,7 @@ from pipeline.search.host import HostWork
 from pipeline.search.report import write_chosen_recipe
 from pipeline.search.space import Candidate
 from pipeline.ui.progress import Bar, Progress, fmt_s
+from targets import units
 from targets.errors import DeviceError
 from targets.jsonio import write_json
 from targets.profiles import DeviceProfile
@@ -157,7 +158,7 @@ class DeviceSearch:
         art = entry.artifact
         host_rec = dict(entry.validation or {})
         rec["host_check"] = {"accuracy": host_rec.get("accuracy"), "metric": host_rec.get("metric"),
-                             "drop": metric_drop(self.host.baseline, host_rec)}
+                             "drop": metric_drop(self.host.baseline, host_rec, self.limits)}
         if art is not None:
             rec.update(sha256=art.sha256, bytes=art.bytes, file=art.path)
         reason = self._skip_reason(cand, entry, rec)
@@ -176,14 +177,15 @@ class DeviceSearch:
     def _skip_reason(self, cand: Candidate, entry: ExportOutcome, rec: dict[str, Any]) -> str | None:
         if entry.failure is not None:
             return f"export or check failed: {entry.failure.message}"
-        drop, limit = rec["host_check"]["drop"], self.limits["max_metric_drop"]
+        drop, limit = rec["host_check"]["drop"], units.max_metric_drop(self.limits)
         if drop is not None and limit is not None and drop > limit + EPS:
             # it can never be chosen, but a smaller or more accurate one may still belong on the front
             better = next((r for r in self.records.values() if r.get("latency_ms") and r.get("valid")
                            and (r.get("bytes") or 0) <= rec.get("bytes", 0)
                            and r.get("drop") is not None and r["drop"] <= drop), None)
             if better is not None:
-                return (f"host check: metric {drop:.2f} below the original (gate {limit:g}), and "
+                return (f"host check: metric {drop:.2f}{units.unit_word({}, limit)} worse than the original (gate "
+                        f"{limit:g}), and "
                         f"{better['id']} is as small and as accurate; not measured")
             rec["measured_for"] = "the Pareto front (fails the gate on the host check)"
         max_bytes = self.limits["max_bytes"]
@@ -224,7 +226,7 @@ class DeviceSearch:
             if k in one:
                 rec[k] = one[k]
         rec["graph_key"] = cand.graph_key
-        rec["drop"] = metric_drop(self.host.baseline, rec)
+        rec["drop"] = metric_drop(self.host.baseline, rec, self.limits)
         rec["failures"] = self._failures(rec)
         rec["feasible"] = not rec["failures"]
         if self.device_errors >= 2:

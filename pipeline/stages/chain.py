@@ -233,11 +233,12 @@ class _Chain:
         if not base or limit is None or not isinstance(value, (int, float)) \
                 or not isinstance(base.get("value"), (int, float)):
             return
-        drop = units.drop(float(base["value"]), float(value), base)
+        drop = units.drop(float(base["value"]), float(value), base, limit)
         if units.within(drop, limit):
             return
-        unit = " points" if units.is_fraction(base) else ""
-        what = (f"stage {name}: {self.plan.metric_label} {value:.4g} is {drop:.2f}{unit} below the original's "
+        unit = units.unit_word(base, limit)
+        side = "below" if base.get("higher_is_better", True) else "worse than"
+        what = (f"stage {name}: {self.plan.metric_label} {value:.4g} is {drop:.2f}{unit} {side} the original's "
                 f"{base['value']:.4g}, past the gate's max_metric_drop {limit:g}")
         if getattr(cfg, "allow_gate_miss", False) or self.plan.scale < 1.0:
             why = f"stages.{name}.allow_gate_miss" if getattr(cfg, "allow_gate_miss", False) else \

@@ -86,7 +86,7 @@ class Objective:
             return self.user_loss(student, teacher, targets)
         if self.kind == "logits":
             if teacher is None or alpha <= 0:
-                return F.cross_entropy(student[0], targets)
+                return task_cross_entropy(student[0], targets)
             return kd_loss(student[0], teacher[0], targets, temperature, alpha)
         if teacher is None:
             raise ValueError("output-matching KD needs the teacher's outputs")
@@ -152,8 +152,11 @@ def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, labels: 
             temperature: float, alpha: float) -> torch.Tensor:
     """Hinton et al.: alpha * T^2 * KL(teacher_T || student_T) + (1 - alpha) * CE(labels).
 
-    The T^2 factor keeps the soft term's gradient magnitude independent of the temperature.
+    The T^2 factor keeps the soft term's gradient magnitude independent of the temperature. Sequence logits
+    ``(B, T, V)`` with labels ``(B, T)`` (a language model's next tokens) count every position as one sample: the KL
+    over V per position, averaged over all B * T positions.
     """
+    student_logits, teacher_logits, labels = per_position(student_logits, teacher_logits, labels)
     hard = F.cross_entropy(student_logits, labels)
     if alpha <= 0:
         return hard
@@ -161,6 +164,24 @@ def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, labels: 
     soft = F.kl_div(F.log_softmax(student_logits / t, dim=1), F.log_softmax(teacher_logits / t, dim=1),
                     reduction="batchmean", log_target=True) * (t * t)
     return alpha * soft + (1 - alpha) * hard
+
+
+def per_position(logits: torch.Tensor, *others: torch.Tensor | None) -> tuple[Any, ...]:
+    """``(B, T, V)`` logits (and teacher logits ``(B, T, V)`` / labels ``(B, T)``) flattened to one row per position,
+    so cross-entropy and KL read the class axis last; 2-D logits come back as they are."""
+    if logits.dim() <= 2:
+        return (logits, *others)
+    v = logits.shape[-1]
+    out: list[Any] = [logits.reshape(-1, v)]
+    for t in others:
+        out.append(None if t is None else t.reshape(-1, v) if t.dim() == logits.dim() else t.reshape(-1))
+    return tuple(out)
+
+
+def task_cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy of class logits against integer labels, per position for sequence logits."""
+    flat, flat_labels = per_position(logits, labels)
+    return F.cross_entropy(flat, flat_labels)
 
 
 def train(model: nn.Module, dataset: Any, *, epochs: int, lr: float, batch_size: int, seed: int,

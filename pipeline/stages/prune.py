@@ -196,7 +196,7 @@ def prune(model: nn.Module, example_inputs: torch.Tensor | tuple[torch.Tensor, .
     given ``timing`` function (the orchestrator hands one in; none means no guard); returns (model, extra record)."""
     import copy
 
-    from pipeline.stages.common import Objective, collate, train
+    from pipeline.stages.common import Objective, collate, task_cross_entropy, train
     from pipeline.stages.distributed import is_main
 
     obj = objective or Objective()
@@ -211,7 +211,7 @@ def prune(model: nn.Module, example_inputs: torch.Tensor | tuple[torch.Tensor, .
     def grad_loss(outs: list[torch.Tensor], y: Any) -> torch.Tensor:
         """Taylor importance needs a loss: the task's own where it has labels, else the outputs' energy."""
         if obj.kind == "logits":
-            return nn.functional.cross_entropy(outs[0], y)
+            return task_cross_entropy(outs[0], y)
         if obj.kind == "user" and obj.user_loss is not None:
             return obj.user_loss(outs, None, y)
         return sum(o.float().pow(2).mean() for o in outs)

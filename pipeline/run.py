@@ -20,7 +20,7 @@ import pipeline
 from pipeline.phases import prepare
 from pipeline.phases.export import export_all
 from pipeline.phases.latency import onnx_latency_ratio
-from pipeline.phases.measure import artifact_record, measure_device
+from pipeline.phases.measure import GenerationPlan, artifact_record, measure_device
 from pipeline.phases.original import export_original, measure_original, original_dir
 from pipeline.phases.outcome import ExportOutcome
 from pipeline.phases.prepare import ExportPlan, backends_for, tool_versions
@@ -142,12 +142,14 @@ def _run(recipe: Recipe, profiles: list[DeviceProfile], root: Path, run_id: str,
     prepare.check_finite(recipe, result)
     inputs = root / "inputs" / "eval.npz"
     prepare.write_eval_inputs(ctx, inputs)
-    by_arch = _export_per_arch(result, ExportPlan.of(recipe), recipe, profiles, root, prep, progress)
+    export_plan = ExportPlan.of(recipe)
+    by_arch = _export_per_arch(result, export_plan, recipe, profiles, root, prep, progress)
     outcomes = {f"{n} ({a})" if len(by_arch) > 1 else n: o for a, outs in by_arch.items() for n, o in outs.items()}
     originals = {a: export_original(prep, recipe, a, original_dir(root, a, len(by_arch) > 1), progress)
                  for a in by_arch}   # the headline's reference: the untouched model as FP32 ONNX
     context = {"recipe": recipe, "run_id": run_id, "started": started, "baseline": baseline, "result": result,
-               "inputs": inputs, "root": root, "multi": len(profiles) > 1, "originals": originals}
+               "inputs": inputs, "root": root, "multi": len(profiles) > 1, "originals": originals,
+               "generation": GenerationPlan.of(export_plan.generate, result.model, ctx.inputs)}
     store_errors: list[EdgeError] = []
     with ThreadPoolExecutor(max_workers=len(profiles)) as pool:
         done = list(pool.map(lambda p: _device(p, by_arch[p.arch], context, ctx, progress, store, store_errors),
@@ -184,7 +186,8 @@ def _device(profile: DeviceProfile, exported: dict[str, ExportOutcome], run: dic
     device_dir = root / profile.name if run["multi"] else root
     wanted = {b: exported[b] for b in backends_for(recipe, profile)}
     try:
-        records, errors = measure_device(profile, wanted, root, device_dir, run["inputs"], progress, ctx)
+        records, errors = measure_device(profile, wanted, root, device_dir, run["inputs"], progress, ctx,
+                                         run["generation"])
     except EdgeError as exc:  # one device's failure must not lose the others' summaries or store rows
         records = [artifact_record(b, e, device_dir, None, str(exc)) for b, e in wanted.items()]
         errors = [exc]

@@ -24,6 +24,42 @@ from targets.profiles import DeviceProfile, load_profile
 from targets.safe_files import copy_regular
 from targets.transport import open_transport
 
+
+@dataclasses.dataclass(frozen=True)
+class GenerationPlan:
+    """Task lm: the greedy generation every cache-graph artifact runs on the device (``task.generate``), with the
+    prompts (the first eval windows, cut to ``prompt_len``) and PyTorch's greedy tokens for them from the model the
+    artifacts were exported from -- the reference each float artifact must match token for token."""
+
+    prompt_len: int
+    new_tokens: int
+    prompts: np.ndarray
+    reference: np.ndarray
+
+    PROMPTS = 4
+
+    @classmethod
+    def of(cls, generate: dict[str, int] | None, model: Any, inputs: dict[str, np.ndarray]) -> GenerationPlan | None:
+        if not generate:
+            return None
+        from targets.generate import greedy_torch
+
+        ids = np.asarray(inputs["input_ids"], dtype=np.int64)
+        prompts = np.ascontiguousarray(ids[:cls.PROMPTS, :generate["prompt_len"]])
+        return cls(int(generate["prompt_len"]), int(generate["new_tokens"]), prompts,
+                   greedy_torch(model, prompts, int(generate["new_tokens"])))
+
+    def entry(self, bench_rec: dict[str, Any], precision: str) -> tuple[dict[str, Any] | None, list[str]]:
+        """The summary's ``generation`` entry of one artifact and the problems that fail it (a float artifact that
+        does not decode as its model does)."""
+        from targets.generate import generation_entry
+
+        gen = bench_rec.get("generation")
+        if not isinstance(gen, dict):
+            return None, []
+        return generation_entry(gen, self.reference, precision)
+
+
 VALIDATION_KEYS = ("max_abs_error", "top1_agreement", "computed_in", "cosine", "per_output", "metric_drop", "check")
 
 
@@ -74,8 +110,8 @@ def read_outputs(path: Path) -> list[np.ndarray]:
 
 
 def measure_device(profile: DeviceProfile, outcomes: dict[str, ExportOutcome], root: Path, device_dir: Path,
-                   inputs: Path, progress: Progress,
-                   ctx: TaskContext | None = None) -> tuple[list[dict[str, Any]], list[EdgeError]]:
+                   inputs: Path, progress: Progress, ctx: TaskContext | None = None,
+                   gen: GenerationPlan | None = None) -> tuple[list[dict[str, Any]], list[EdgeError]]:
     """Benchmark every artifact this device wants, over one transport; returns records and device errors.
 
     The eval inputs go to the device once (not once per artifact); each job returns its raw outputs, which are
@@ -99,13 +135,24 @@ def measure_device(profile: DeviceProfile, outcomes: dict[str, ExportOutcome], r
                     out_file = device_dir / "outputs" / f"{name}.npz"
                     with progress.step(f"bench {name} on {profile.name}"):  # inputs travel in each job's folder
                         bench_rec = benchmark(profile, art, inputs, transport=transport,
-                                              outputs=out_file if ctx is not None else None)
+                                              outputs=out_file if ctx is not None else None,
+                                              generate=(gen.prompt_len, gen.new_tokens) if gen else None,
+                                              prompts=gen.prompts if gen else None)
                     write_json(device_dir / "bench" / f"{name}.json", bench_rec)
                     if ctx is not None and out_file.is_file():
                         try:
                             scored = ctx.record(read_outputs(out_file))
                         except Exception as exc:  # noqa: BLE001 - outputs the metric cannot read: a failed check
                             error = f"the device's outputs cannot be scored: {type(exc).__name__}: {exc}"
+                    if gen is not None:
+                        generation, problems = gen.entry(bench_rec, entry.precision)
+                        scored = dict(scored or {})
+                        if generation is not None:
+                            scored["generation"] = generation
+                        elif bench_rec.get("generation_skipped"):
+                            scored["generation_skipped"] = bench_rec["generation_skipped"]
+                        if problems and error is None:
+                            error = "; ".join(problems)
                 except DeviceError as exc:
                     error = str(exc)
                     errors.append(exc)

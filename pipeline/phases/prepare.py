@@ -55,13 +55,17 @@ class ExportPlan:
     max_drop: float | None             # the gate's allowed metric drop, which every INT8 artifact must meet too
     # task lm: {"prompt_len", "new_tokens"} of ``task.generate``, for the runner's generation mode; None otherwise
     generate: dict[str, int] | None = None
+    # the model family the exporters tailor the graph to: "lm" (a decoder: its key/value-cache graph, weight-only
+    # INT8/INT4) or None
+    task: str | None = None
 
     @classmethod
     def of(cls, recipe: Recipe) -> ExportPlan:
         q = recipe.stages.quantize
         gen = recipe.task.generate
         return cls(recipe.name, list(recipe.model.output_names or []), q.mixed_precision() if q is not None else None,
-                   units.max_metric_drop(recipe.gate), gen.model_dump() if gen is not None else None)
+                   units.max_metric_drop(recipe.gate), gen.model_dump() if gen is not None else None,
+                   "lm" if recipe.task.language_model else None)
 
 
 def backends_for(recipe: Recipe, profile: DeviceProfile) -> list[str]:

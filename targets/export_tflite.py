@@ -24,6 +24,14 @@ from targets.export_config import ExportConfig
 os.environ.setdefault("LITERT_TORCH_SHOW_PROGRESS", "n")  # litert-torch prints a progress tree per conversion
 
 import litert_torch  # after the env var; at module level so get_exporter reports a missing extra
+from litert_torch import fx_infra
+from torch._decomp import decompositions as _torch_decomp
+
+# litert-torch lowers only the core-ATen set, which has no adaptive_max_pool2d (a global max pool: face detectors'
+# and re-id heads' "peak" features), so such a model was refused by both tflite backends. torch's own decomposition
+# turns a global or evenly dividing one into amax / max_pool2d, which LiteRT has (registered once, for this
+# converter's table only).
+fx_infra.decomp.add_pre_convert_decomp(torch.ops.aten.adaptive_max_pool2d, _torch_decomp.adaptive_max_pool2d)
 
 # ONNX op type spelling (keep_float_ops) -> the aten ops of the exported graph
 _ATEN = {"Add": ("add",), "Mul": ("mul",), "Sub": ("sub", "rsub"), "Div": ("div",), "Where": ("where",),
@@ -70,6 +78,30 @@ def _drop_orphaned_shared_specs(model: torch.fx.GraphModule) -> None:
                 changed = True
 
 
+# TFLite's int8 kernels of these ops accept only one output scale / zero point (tflite/kernels/activations.cc: "output->
+# params.scale not near 1.f / 256"): the quantizer's own fixed-qparams annotator matches ``_softmax`` and ``sigmoid``
+# alone, and only after an annotated producer, so a ``softmax.int`` between a conv and a mul (a soft-argmax box head)
+# got its consumer's observed scale and the .tflite failed to load.
+_FIXED_QPARAMS = {"softmax": (1 / 256, -128), "_softmax": (1 / 256, -128), "sigmoid": (1 / 256, -128),
+                  "tanh": (1 / 128, 0)}
+
+
+def _fix_output_qparams(model: torch.fx.GraphModule, floated: set[int]) -> None:
+    """Give every softmax / sigmoid / tanh not kept float the output quantization TFLite's int8 kernel demands."""
+    from torchao.quantization.pt2e.quantizer import FixedQParamsQuantizationSpec, QuantizationAnnotation
+
+    for node in model.graph.nodes:
+        op = _aten_name(node) if node.op == "call_function" else ""
+        if op not in _FIXED_QPARAMS or id(node) in floated:
+            continue
+        scale, zero = _FIXED_QPARAMS[op]
+        spec = FixedQParamsQuantizationSpec(dtype=torch.int8, scale=scale, zero_point=zero, quant_min=-128,
+                                            quant_max=127, qscheme=torch.per_tensor_affine)
+        ann = node.meta.get("quantization_annotation")
+        node.meta["quantization_annotation"] = QuantizationAnnotation(
+            input_qspec_map=dict(ann.input_qspec_map) if ann else {}, output_qspec=spec, _annotated=True)
+
+
 def _keep_float_quantizer(base: type, graph: torch.fx.GraphModule, keep_float: list[str],
                           keep_ops: list[str] | None = None) -> Any:
     """litert-torch's PT2EQuantizer with the ``keep_float`` layers left unannotated, so they stay float between a
@@ -78,8 +110,6 @@ def _keep_float_quantizer(base: type, graph: torch.fx.GraphModule, keep_float: l
     calls = [n for n in graph.graph.nodes if n.op == "call_function"]
     ops_here = {_aten_name(n) for n in calls}
     transformer = bool({"softmax", "_softmax"} & ops_here) and bool({"matmul", "bmm", "mm"} & ops_here)
-    if not keep_float and keep_ops is None and not transformer:
-        return base()
     missing = [k for k in keep_float if not any(k in module_paths(n) for n in calls)]
     if missing:
         raise keep_float_not_found("tflite", missing)
@@ -105,6 +135,7 @@ def _keep_float_quantizer(base: type, graph: torch.fx.GraphModule, keep_float: l
                         user.meta.pop("quantization_annotation")
                         floated.append(user)
             _drop_orphaned_shared_specs(model)
+            _fix_output_qparams(model, {id(n) for n in floated})
             return model
 
     return KeepFloat()

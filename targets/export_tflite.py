@@ -198,19 +198,26 @@ def simulate(model: torch.nn.Module, example_inputs: tuple[torch.Tensor, ...], c
     names = list(cfg.input_names) or (["input"] if len(example_inputs) == 1
                                       else [f"input{i}" for i in range(len(example_inputs))])
 
-    def run(feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+    def run(feeds: dict[str, np.ndarray], batch_axes: list[int] | None = None) -> list[np.ndarray]:
+        """Every output samples first, as ``bench.predict`` returns the runtime's: output j's samples lie on
+        ``batch_axes[j]`` (0 when not given; 1 for a time-major ``(T, B, C)``), so each chunk is moved before it is
+        stacked (stacking a time-major output on axis 0 gave ``(T * chunks, 64, C)``)."""
+        axes = list(batch_axes or [])
         n = len(next(iter(feeds.values())))
+
+        def call(lo: int, hi: int) -> list[np.ndarray]:
+            got = program(*(torch.from_numpy(np.ascontiguousarray(feeds[k][lo:hi])) for k in names))
+            got = got if isinstance(got, (tuple, list)) else [got]
+            return [np.moveaxis(t.numpy(), axes[j], 0) if j < len(axes) and axes[j] and t.ndim > axes[j]
+                    else t.numpy() for j, t in enumerate(got)]
+
         outs: list[list[np.ndarray]] = []
         with torch.no_grad():
             for i in range(0, n, 64):
                 try:
-                    got = program(*(torch.from_numpy(np.ascontiguousarray(feeds[k][i:i + 64])) for k in names))
+                    outs.append(call(i, min(n, i + 64)))
                 except Exception:  # noqa: BLE001 - a batch-specialised graph: one sample a call
-                    got = [program(*(torch.from_numpy(feeds[k][j:j + 1]) for k in names))
-                           for j in range(i, min(n, i + 64))]
-                    got = [torch.cat([g[o] if isinstance(g, (tuple, list)) else g for g in got])
-                           for o in range(len(got[0]) if isinstance(got[0], (tuple, list)) else 1)]
-                outs.append([t.numpy() for t in (got if isinstance(got, (tuple, list)) else [got])])
+                    outs.extend(call(k, k + 1) for k in range(i, min(n, i + 64)))
         return [np.concatenate([o[j] for o in outs]) for j in range(len(outs[0]))]
 
     return run

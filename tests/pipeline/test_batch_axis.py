@@ -22,10 +22,10 @@ FIXTURE = ROOT / "tests" / "fixtures" / "seq_digits"
 RECIPE = FIXTURE / "recipe.yaml"
 
 
-def _models() -> ModuleType:
+def _models(name: str = "models") -> ModuleType:
     sys.path.insert(0, str(FIXTURE))
     try:
-        spec = importlib.util.spec_from_file_location("seq_digits_models", FIXTURE / "models.py")
+        spec = importlib.util.spec_from_file_location(f"seq_digits_{name}", FIXTURE / f"{name}.py")
         module = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(module)
         return module
@@ -113,3 +113,36 @@ def test_time_major_model_runs_end_to_end_on_all_six_backends(tmp_path: Path) ->
         assert art["valid"] and not art.get("error"), art
         if art["precision"] == "fp32":
             assert art["metric"]["value"] == pytest.approx(base, abs=1e-3), art["name"]
+
+
+@pytest.mark.tflite
+def test_tflite_int8_simulator_stacks_time_major_outputs_samples_first_as_the_runtime_does(tmp_path: Path) -> None:
+    """The mixed-precision search scores simulated tries against a samples-first reference: the TFLite INT8
+    simulator stacks each chunk of 64 along the output's own batch axis (it stacked (T, 64, C) on axis 0: (T * 2,
+    64, C) for 100 samples, which no metric can read), agreeing with the LiteRT artifact run by the runner."""
+    from targets.export_config import ExportConfig
+    from targets.export_tflite import export, simulate
+    from targets.runner import bench
+
+    ds = _models("data").splits()
+    sys.path.insert(0, str(FIXTURE))   # a fresh clone trains it here: models._train imports data
+    saved = sys.modules.pop("data", None)
+    try:
+        model = _models().trained()
+    finally:
+        sys.path.remove(str(FIXTURE))
+        sys.modules.pop("data", None)
+        if saved is not None:
+            sys.modules["data"] = saved
+    x = {"input": ds["eval"].tensors[0][:100].numpy()}
+    y = ds["eval"].tensors[1][:100].numpy()
+    calib = ds["calib"].tensors[0].numpy()
+    cfg = ExportConfig(name="seq", precision="int8", calib_samples=64)
+    example = (torch.from_numpy(x["input"][:1]),)
+    sim = simulate(model, example, calib, cfg)(x, [1])
+    assert [o.shape for o in sim] == [(100, 4, 10)]
+    art = export(model, example, calib, cfg, tmp_path)
+    rt = bench.predict(bench.load(art.path, "tflite", threads=1, input_names=["input"]), x, [1])
+    assert [o.shape for o in rt] == [(100, 4, 10)]
+    assert (sim[0].argmax(-1) == rt[0].argmax(-1)).mean() > 0.95          # the same program, samples aligned
+    assert (sim[0].argmax(-1) == y).mean() > 0.5                          # and a reader, not chance (0.1)

@@ -1,0 +1,50 @@
+"""Issue 21's model classes, each trained here in seconds on sklearn digits, end to end on all six backends
+(onnx / openvino / tflite x fp32 / int8) through the real CLI: a time-major conv + BiLSTM reader ``(T, B, C)``
+scored per position, a three-output detector (boxes + scores + landmarks) scored by mAP@0.5, and a batch-first LSTM
+classifier scored by top-1. (The attention encoder with two int64 inputs is examples/tokens, run on its six backends
+by tests/examples/test_recipes_run.py; YOLOv8 is tests/examples/test_detect.py.)
+
+A scenario (~1 min a model on 2 contended cores). Each artifact must exist with its sha256, carry the task's own
+metric, a validity verdict, and a gate verdict that is its metric drop against the limit
+(tests/conftest.py assert_artifacts_honest); the FP32 artifacts must score what the PyTorch model scores."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tests.conftest import ROOT, SIX, assert_artifacts_honest, run_cli
+
+pytestmark = [pytest.mark.scenario, pytest.mark.slow, pytest.mark.onnx, pytest.mark.openvino, pytest.mark.tflite]
+
+FIXTURES = ROOT / "tests" / "fixtures"
+# fixture -> (the trained model's floor in its metric, well above chance, and the outputs' batch axes)
+CASES = {"seq_digits": (0.5, [1]), "faces3": (0.85, [0, 0, 0]), "lstm_digits": (0.85, [0])}
+
+
+@pytest.mark.parametrize("fixture", list(CASES))
+def test_model_class_runs_end_to_end_on_all_six_backends_with_honest_gates(fixture: str, tmp_path: Path,
+                                                                           monkeypatch) -> None:
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    floor, axes = CASES[fixture]
+    out = tmp_path / "run"
+    proc = run_cli("run", str(FIXTURES / fixture / "recipe.yaml"), "--device", "local", "--out", str(out),
+                   "--set", f"backends=[{', '.join(SIX)}]", timeout=1800)
+    assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    summary = json.loads((out / "summary.json").read_text())
+    assert_artifacts_honest(summary, out, SIX)
+    base = summary["baseline"]["metric"]["value"]
+    assert base > floor, base                                      # a trained model, not chance
+    by = {a["name"]: a for a in summary["artifacts"]}
+    assert not [n for n, a in by.items() if a.get("error")], {n: a["error"] for n, a in by.items() if a.get("error")}
+    for name in ("onnx-fp32", "openvino-fp32", "tflite-fp32"):     # float artifacts read outputs as torch does
+        assert by[name]["metric"]["value"] == pytest.approx(base, abs=1e-3), name
+    for name in ("onnx-int8", "openvino-int8", "tflite-int8"):
+        assert by[name]["precision"] == "int8" and by[name]["bytes"] > 0, name
+    assert proc.returncode == (0 if summary["gate"]["passed"] else 3), proc.stderr[-3000:]
+    assert summary["gate"]["passed"], summary["gate"]["failures"]   # every INT8 keeps its metric within the gate
+    with np.load(out / "inputs" / "eval.npz") as f:
+        assert (f["__batch_axes__"].tolist() if "__batch_axes__" in f.files else [0] * len(axes)) == axes

@@ -48,3 +48,22 @@ def test_model_class_runs_end_to_end_on_all_six_backends_with_honest_gates(fixtu
     assert summary["gate"]["passed"], summary["gate"]["failures"]   # every INT8 keeps its metric within the gate
     with np.load(out / "inputs" / "eval.npz") as f:
         assert (f["__batch_axes__"].tolist() if "__batch_axes__" in f.files else [0] * len(axes)) == axes
+
+
+def test_time_major_tflite_int8_mixed_precision_search_ranks_in_the_simulator_and_meets_its_limit(tmp_path: Path,
+                                                                                                  monkeypatch) -> None:
+    """auto_keep_float on tflite-int8 ranks its tries in the torch simulator, which must hand the time-major
+    ``(T, B, C)`` outputs on samples first as the runtime does (it stacked them on axis 0); the choice, measured in
+    LiteRT, meets the limit and the artifact its gate."""
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    out = tmp_path / "run"
+    proc = run_cli("run", str(FIXTURES / "seq_digits" / "recipe.yaml"), "--device", "local", "--out", str(out),
+                   "--set", "backends=[tflite-fp32, tflite-int8]",
+                   "--set", "stages={quantize: {mode: ptq, auto_keep_float: true, max_drop: 0.1}}", timeout=1800)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = json.loads((out / "summary.json").read_text())
+    assert_artifacts_honest(summary, out, ["tflite-fp32", "tflite-int8"])
+    mp = next(a for a in summary["artifacts"] if a["name"] == "tflite-int8")["metadata"]["mixed_precision"]
+    assert mp["measured_in"].startswith("ranking and search simulated in torch") and mp["met"] is True
+    assert mp["ranking"] and mp["drop"] <= 0.1 and mp["fp32_score"] > 50       # points of positions read right
+    assert abs(mp["ranking"][0]["score"] - mp["fp32_score"]) < 5   # simulated scores on the same, aligned samples

@@ -24,6 +24,14 @@ from targets.export_config import ExportConfig
 os.environ.setdefault("LITERT_TORCH_SHOW_PROGRESS", "n")  # litert-torch prints a progress tree per conversion
 
 import litert_torch  # after the env var; at module level so get_exporter reports a missing extra
+from litert_torch import fx_infra
+from torch._decomp import decompositions as _torch_decomp
+
+# litert-torch lowers only the core-ATen set, which has no adaptive_max_pool2d (a global max pool: face detectors'
+# and re-id heads' "peak" features), so such a model was refused by both tflite backends. torch's own decomposition
+# turns a global or evenly dividing one into amax / max_pool2d, which LiteRT has (registered once, for this
+# converter's table only).
+fx_infra.decomp.add_pre_convert_decomp(torch.ops.aten.adaptive_max_pool2d, _torch_decomp.adaptive_max_pool2d)
 
 # ONNX op type spelling (keep_float_ops) -> the aten ops of the exported graph
 _ATEN = {"Add": ("add",), "Mul": ("mul",), "Sub": ("sub", "rsub"), "Div": ("div",), "Where": ("where",),
@@ -70,6 +78,30 @@ def _drop_orphaned_shared_specs(model: torch.fx.GraphModule) -> None:
                 changed = True
 
 
+# TFLite's int8 kernels of these ops accept only one output scale / zero point (tflite/kernels/activations.cc: "output->
+# params.scale not near 1.f / 256"): the quantizer's own fixed-qparams annotator matches ``_softmax`` and ``sigmoid``
+# alone, and only after an annotated producer, so a ``softmax.int`` between a conv and a mul (a soft-argmax box head)
+# got its consumer's observed scale and the .tflite failed to load.
+_FIXED_QPARAMS = {"softmax": (1 / 256, -128), "_softmax": (1 / 256, -128), "sigmoid": (1 / 256, -128),
+                  "tanh": (1 / 128, 0)}
+
+
+def _fix_output_qparams(model: torch.fx.GraphModule, floated: set[int]) -> None:
+    """Give every softmax / sigmoid / tanh not kept float the output quantization TFLite's int8 kernel demands."""
+    from torchao.quantization.pt2e.quantizer import FixedQParamsQuantizationSpec, QuantizationAnnotation
+
+    for node in model.graph.nodes:
+        op = _aten_name(node) if node.op == "call_function" else ""
+        if op not in _FIXED_QPARAMS or id(node) in floated:
+            continue
+        scale, zero = _FIXED_QPARAMS[op]
+        spec = FixedQParamsQuantizationSpec(dtype=torch.int8, scale=scale, zero_point=zero, quant_min=-128,
+                                            quant_max=127, qscheme=torch.per_tensor_affine)
+        ann = node.meta.get("quantization_annotation")
+        node.meta["quantization_annotation"] = QuantizationAnnotation(
+            input_qspec_map=dict(ann.input_qspec_map) if ann else {}, output_qspec=spec, _annotated=True)
+
+
 def _keep_float_quantizer(base: type, graph: torch.fx.GraphModule, keep_float: list[str],
                           keep_ops: list[str] | None = None) -> Any:
     """litert-torch's PT2EQuantizer with the ``keep_float`` layers left unannotated, so they stay float between a
@@ -78,8 +110,6 @@ def _keep_float_quantizer(base: type, graph: torch.fx.GraphModule, keep_float: l
     calls = [n for n in graph.graph.nodes if n.op == "call_function"]
     ops_here = {_aten_name(n) for n in calls}
     transformer = bool({"softmax", "_softmax"} & ops_here) and bool({"matmul", "bmm", "mm"} & ops_here)
-    if not keep_float and keep_ops is None and not transformer:
-        return base()
     missing = [k for k in keep_float if not any(k in module_paths(n) for n in calls)]
     if missing:
         raise keep_float_not_found("tflite", missing)
@@ -105,6 +135,7 @@ def _keep_float_quantizer(base: type, graph: torch.fx.GraphModule, keep_float: l
                         user.meta.pop("quantization_annotation")
                         floated.append(user)
             _drop_orphaned_shared_specs(model)
+            _fix_output_qparams(model, {id(n) for n in floated})
             return model
 
     return KeepFloat()
@@ -167,19 +198,26 @@ def simulate(model: torch.nn.Module, example_inputs: tuple[torch.Tensor, ...], c
     names = list(cfg.input_names) or (["input"] if len(example_inputs) == 1
                                       else [f"input{i}" for i in range(len(example_inputs))])
 
-    def run(feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+    def run(feeds: dict[str, np.ndarray], batch_axes: list[int] | None = None) -> list[np.ndarray]:
+        """Every output samples first, as ``bench.predict`` returns the runtime's: output j's samples lie on
+        ``batch_axes[j]`` (0 when not given; 1 for a time-major ``(T, B, C)``), so each chunk is moved before it is
+        stacked (stacking a time-major output on axis 0 gave ``(T * chunks, 64, C)``)."""
+        axes = list(batch_axes or [])
         n = len(next(iter(feeds.values())))
+
+        def call(lo: int, hi: int) -> list[np.ndarray]:
+            got = program(*(torch.from_numpy(np.ascontiguousarray(feeds[k][lo:hi])) for k in names))
+            got = got if isinstance(got, (tuple, list)) else [got]
+            return [np.moveaxis(t.numpy(), axes[j], 0) if j < len(axes) and axes[j] and t.ndim > axes[j]
+                    else t.numpy() for j, t in enumerate(got)]
+
         outs: list[list[np.ndarray]] = []
         with torch.no_grad():
             for i in range(0, n, 64):
                 try:
-                    got = program(*(torch.from_numpy(np.ascontiguousarray(feeds[k][i:i + 64])) for k in names))
+                    outs.append(call(i, min(n, i + 64)))
                 except Exception:  # noqa: BLE001 - a batch-specialised graph: one sample a call
-                    got = [program(*(torch.from_numpy(feeds[k][j:j + 1]) for k in names))
-                           for j in range(i, min(n, i + 64))]
-                    got = [torch.cat([g[o] if isinstance(g, (tuple, list)) else g for g in got])
-                           for o in range(len(got[0]) if isinstance(got[0], (tuple, list)) else 1)]
-                outs.append([t.numpy() for t in (got if isinstance(got, (tuple, list)) else [got])])
+                    outs.extend(call(k, k + 1) for k in range(i, min(n, i + 64)))
         return [np.concatenate([o[j] for o in outs]) for j in range(len(outs[0]))]
 
     return run

@@ -35,7 +35,8 @@ from targets.schema import StrictModel
 ScoreFn = Callable[[list[np.ndarray]], float]      # outputs -> metric in points (x100 for fractions), higher = better
 Inputs = dict[str, np.ndarray]
 Exporter = Callable[..., Artifact]
-Simulator = Callable[..., Callable[[Inputs], list[np.ndarray]]]   # (model, example, calib, cfg) -> run(inputs)
+# (model, example, calib, cfg) -> run(inputs, batch_axes): outputs samples first, as bench.predict returns them
+Simulator = Callable[..., Callable[[Inputs, list[int] | None], list[np.ndarray]]]
 _WEIGHTED = (torch.nn.Conv1d, torch.nn.Conv2d, torch.nn.Conv3d, torch.nn.Linear, torch.nn.ConvTranspose2d)
 
 
@@ -110,7 +111,8 @@ class _Trial:
         if key not in self.simulated:
             self.count += 1
             cfg = self.cfg.model_copy(update={"keep_float": list(key)})
-            self.simulated[key] = self.score(self.simulate(self.model, self.example, self.calib, cfg)(self.x))
+            run = self.simulate(self.model, self.example, self.calib, cfg)
+            self.simulated[key] = self.score(run(self.x, self.batch_axes))
         return self.simulated[key]
 
     def runtime(self, keep: list[str]) -> float:

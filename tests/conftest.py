@@ -77,6 +77,41 @@ def assert_gate_verdict_only(proc: subprocess.CompletedProcess[str], summaries) 
             s["gate"]["failures"]
 
 
+SIX = ("onnx-fp32", "onnx-int8", "openvino-fp32", "openvino-int8", "tflite-fp32", "tflite-int8")
+
+
+def assert_artifacts_honest(summary: dict, out: Path, names) -> None:
+    """Each artifact the recipe asked for, in order: its file on disk with the summary's sha256, a finite value in
+    the task's own metric, a validity verdict (a measurement marked invalid says why), and a gate verdict that is
+    exactly its metric drop against ``gate.max_metric_drop``; a backend that cannot build the model states why in
+    one line and fails the gate."""
+    import hashlib
+    import math
+
+    from targets import units
+
+    gate, metric = summary["gate"], summary["baseline"]["metric"]["name"]
+    limit = units.max_metric_drop(gate)
+    assert gate["max_latency_ms"] is None and gate["max_bytes"] is None   # the verdict is the metric drop alone
+    arts = {a["name"]: a for a in summary["artifacts"]}
+    verdicts = {v["artifact"]: v for v in gate["artifacts"]}
+    assert list(arts) == list(names) and list(verdicts) == list(names), (list(arts), list(verdicts))
+    for name, art in arts.items():
+        if art.get("error"):
+            assert "\n" not in art["error"] and len(art["error"]) > 20, (name, art["error"])
+            assert verdicts[name]["passed"] is False and art["error"] in verdicts[name]["failures"][0], name
+            continue
+        path = out / art["file"]
+        assert path.is_file() and hashlib.sha256(path.read_bytes()).hexdigest() == art["sha256"], name
+        assert art["metric"]["name"] == metric and math.isfinite(art["metric"]["value"]), (name, art["metric"])
+        assert art["latency_ms"]["p50"] > 0 and art["latency_ms"]["n"] >= 20, name
+        assert art["valid"] is True and art["invalid_reasons"] == [] or \
+            art["valid"] is False and all(r.strip() for r in art["invalid_reasons"]) and art["invalid_reasons"], name
+        drop = units.drop(gate["baseline_metric"], art["metric"]["value"], art["metric"])
+        assert verdicts[name]["passed"] is art["gate"]["passed"] is (drop <= limit + 1e-9), (name, drop, limit)
+    assert gate["passed"] is all(v["passed"] for v in verdicts.values())
+
+
 TINY_MODELS = """
     import torch
     from torch import nn

@@ -19,7 +19,7 @@ import pytest
 
 from pipeline.recipe.config import load_recipe
 from targets.profiles import load_profile
-from tests.conftest import assert_gate_verdict_only, run_cli
+from tests.conftest import assert_artifacts_honest, assert_gate_verdict_only, run_cli
 from tests.examples.conftest import EXAMPLES
 
 pytestmark = [pytest.mark.scenario, pytest.mark.slow, pytest.mark.onnx, pytest.mark.openvino, pytest.mark.tflite]
@@ -53,6 +53,8 @@ def test_example_recipe_as_shipped_at_scale_runs_every_stage_and_backend_into_a_
     metric = summary["baseline"]["metric"]["name"]
     arts = {a["name"]: a for a in summary["artifacts"]}
     assert list(arts) == list(recipe.backends or load_profile("local").backends)
+    # every artifact on disk with its sha256, scored in the task's metric, valid or saying why, gated by its drop
+    assert_artifacts_honest(summary, out, list(arts))
     for name, art in arts.items():
         assert not art.get("error"), (name, art.get("error"))
         assert art["metric"]["name"] == metric and art["latency_ms"]["n"] >= 20, name

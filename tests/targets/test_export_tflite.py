@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 
 from targets.errors import ExportError, OutputMismatchError
 from targets.export_config import ExportConfig
@@ -92,3 +93,38 @@ def test_tflite_validate_reports_a_truncated_file_without_a_traceback(setup, tmp
     bad = moved(arts["fp32"], corrupt_copy(arts["fp32"].path, tmp_path, truncate=True))
     with pytest.raises(OutputMismatchError, match=r"cannot load or run .*tiny\.fp32\.tflite"):
         validate(bad, x, ref)
+
+
+class _SoftArgmaxPeak(torch.nn.Module):
+    """A face-detector head in miniature: a soft-argmax (softmax over a conv's heat map times a coordinate grid),
+    a global max pool of the features, a tanh-bounded size. LiteRT had no adaptive_max_pool2d, and the int8 SOFTMAX
+    took its consumer's observed output scale, which TFLite refuses at load ("output->params.scale not near
+    1.f / 256")."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv, self.heat = torch.nn.Conv2d(1, 8, 3, padding=1), torch.nn.Conv2d(8, 1, 1)
+        self.peak, self.size = torch.nn.AdaptiveMaxPool2d(1), torch.nn.Linear(8, 2)
+        self.register_buffer("grid", torch.arange(64, dtype=torch.float32), persistent=False)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        f = torch.relu(self.conv(x))
+        w = torch.softmax(self.heat(f).flatten(1), 1)
+        return (w * self.grid).sum(1, keepdim=True), 8.0 * torch.tanh(self.size(self.peak(f).flatten(1)))
+
+
+@pytest.mark.parametrize("precision", ["fp32", "int8"])
+def test_tflite_exports_a_global_max_pool_and_an_int8_softmax_that_loads(tmp_path, precision):
+    from targets.runner import bench
+
+    torch.manual_seed(0)
+    model = _SoftArgmaxPeak().eval()
+    x = torch.randn(64, 1, 8, 8, generator=torch.Generator().manual_seed(1))
+    art = export(model, (x[:1],), x.numpy(), ExportConfig(name="peak", precision=precision, calib_samples=64),
+                 tmp_path)
+    got = bench.predict(bench.load(art.path, "tflite", threads=1, input_names=["input"]), x.numpy())
+    with torch.no_grad():
+        ref = [t.numpy() for t in model(x)]
+    tol = 1e-4 if precision == "fp32" else 0.1       # int8: a few quantization steps of each output's range
+    for g, r in zip(got, ref, strict=True):
+        assert g.shape == r.shape and np.abs(g - r).max() <= tol * max(1.0, np.abs(r).max()), (g[:3], r[:3])

@@ -30,7 +30,7 @@ def png_uri(fig: Any) -> str:
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
 
 
-PRECISION_MARKERS = {"fp32": "o", "fp16": "s", "int8": "^"}
+PRECISION_MARKERS = {"fp32": "o", "fp16": "s", "int8": "^", "int4": "v"}
 
 
 def accuracy_vs_latency(artifacts: list[dict[str, Any]], baseline: float | None, title: str,

@@ -436,7 +436,7 @@ def artifact_precision(args: argparse.Namespace) -> str | None:
     if args.precision:
         return args.precision
     parts = os.path.basename(args.artifact).split(".")
-    return parts[-2] if len(parts) >= 3 and parts[-2] in ("fp32", "fp16", "int8") else None
+    return parts[-2] if len(parts) >= 3 and parts[-2] in ("fp32", "fp16", "int8", "int4") else None
 
 
 # --------------------------------------------------------------------------------------------------------- device state

@@ -193,6 +193,9 @@ def test_openvino_int4_stores_4_bit_constants_and_stays_close(lm):
     assert _ppl(out, lm["held"]) <= lm["ppl"] * 1.10
     report = validate(int4, {"input_ids": lm["x"]}, lm["ref"], classification=False)
     assert report["cosine"] >= 0.98
+    # NNCF keeps the decompression scales in f16; the runner must still compute in f32 (not the fp16 IR's f16/bf16)
+    session = bench.load(str(int4.path), "openvino", 1)
+    assert session.io["precision_requested"] == "f32"
 
 
 def test_openvino_int8_of_an_lm_is_8_bit_weights(lm):

@@ -13,7 +13,9 @@ Latency is a PROXY for decoding: one plain-graph forward at batch 1 over T token
 a KV cache, T=16 a short prefill), each artifact exported at that static length. Real generation timing (KV cache,
 TTFT, tokens/s) is wt-kvgen's runner mode. Every artifact is made by the pipeline's own exporters
 (``targets/export_*.py`` with ``task: lm``: int8 = weight-only) and run by the on-device runner's loaders
-(``targets/runner/bench.py``), 1 thread, interleaved rounds, p50.
+(``targets/runner/bench.py``), 1 thread, interleaved rounds, p50. Variants beside the defaults: ``acc0`` = ORT
+MatMulNBits with ``accuracy_level`` 0 (float compute in the kernel; the default is 4), ``awq`` = NNCF data-aware
+AWQ + scale estimation over 16 calibration windows.
 
     python benchmarks/lm_weight_only.py [--train-seconds 240] [--iters 20] [--skip-large]
                                         [--backends onnx,openvino,tflite]
@@ -145,7 +147,7 @@ def train(model: GPT, data: np.ndarray, seconds: float, batch: int = 16) -> tupl
         loss_t.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
-        loss, step = float(loss_t), step + 1
+        loss, step = float(loss_t.detach()), step + 1
     model.eval()
     return step, loss
 
@@ -157,8 +159,8 @@ def perplexity(logits: np.ndarray, windows: np.ndarray) -> float:
 
 VARIANTS: dict[str, tuple[str, str, dict[str, Any]]] = {
     "onnx-fp32": ("onnx", "fp32", {}), "onnx-int8": ("onnx", "int8", {}),
-    "onnx-int8 acc4": ("onnx", "int8", {"wo_accuracy_level": 4}), "onnx-int4": ("onnx", "int4", {}),
-    "onnx-int4 acc4": ("onnx", "int4", {"wo_accuracy_level": 4}),
+    "onnx-int8 acc0": ("onnx", "int8", {"wo_accuracy_level": 0}), "onnx-int4": ("onnx", "int4", {}),
+    "onnx-int4 acc0": ("onnx", "int4", {"wo_accuracy_level": 0}),
     "openvino-fp32": ("openvino", "fp32", {}), "openvino-int8": ("openvino", "int8", {}),
     "openvino-int4": ("openvino", "int4", {}), "openvino-int4 awq": ("openvino", "int4", {"wo_data_aware": True}),
     "tflite-fp32": ("tflite", "fp32", {}), "tflite-int8": ("tflite", "int8", {}),

@@ -53,8 +53,10 @@ class ExportConfig(StrictModel):
     wo_symmetric: bool = True
     wo_ratio: float = Field(default=1.0, ge=0.0, le=1.0)
     wo_keep_float: list[str] = Field(default_factory=list)
-    # ORT MatMulNBits accuracy_level: 0 = unset (float compute, the default: activations stay float); 4 = int8
-    # compute of the activations inside the kernel (faster on x86 with VNNI; measured in benchmarks/lm_weight_only.py)
-    wo_accuracy_level: Literal[0, 1, 2, 3, 4] = 0
+    # ORT MatMulNBits accuracy_level: the compute type inside the kernel (the graph's activations stay float either
+    # way). 4 = the kernel quantizes each activation block to int8 on the fly (like TFLite's dynamic-range kernels);
+    # 0 = float compute. Measured (benchmarks/lm_weight_only.py, docs/backends.md): at 0 ORT's int8 MatMulNBits was
+    # 6-11x SLOWER than FP32 and int4 barely faster, at 4 int4 decoded 3-10x faster with the same perplexity (+0.4%).
+    wo_accuracy_level: Literal[0, 1, 2, 3, 4] = 4
     # OpenVINO int4: NNCF's data-aware AWQ + scale estimation over the calibration inputs (when given)
     wo_data_aware: bool = False

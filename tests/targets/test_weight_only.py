@@ -131,6 +131,7 @@ def test_onnx_int4_is_matmulnbits_blockwise_a_third_of_fp32_and_close(lm):
     attrs = [{a.name: a.i for a in n.attribute} for n in nbits]
     assert len(nbits) == 9                                   # 4 Linear x 2 blocks + the tied head
     assert {a["block_size"] for a in attrs} == {32}
+    assert {a.get("accuracy_level") for a in attrs} == {4}       # int8 compute inside the kernel (the default)
     assert sorted(a["bits"] for a in attrs) == [4] * 8 + [8]  # the head at 8 bits, as NNCF does
     assert any(n.op_type == "GatherBlockQuantized" for n in graph.node)
     assert not any(n.op_type == "MatMul" and n.input[1] in {i.name for i in graph.initializer} for n in graph.node)

@@ -2,6 +2,7 @@
 
 ``CAPABILITIES`` is the one table the CLI, the recipe validation, the runner dispatch and the tests read: a backend
 family, the precisions it can produce, its file suffix, the extra that installs it and the runtime that runs it.
+``int4`` is weight-only (4-bit weights, float activations: ``targets.weight_only``); TFLite has no int4 here.
 ``EXPORTERS`` maps a family to its ``module:function`` and is resolved lazily, so importing ``targets`` never pulls in
 onnxruntime, openvino or litert.
 """
@@ -16,9 +17,9 @@ from typing import Any
 from targets.errors import ConfigError, MissingDependencyError
 
 CAPABILITIES: dict[str, dict[str, Any]] = {
-    "onnx": {"precisions": ("fp32", "fp16", "int8"), "suffix": ".onnx", "extra": None,
+    "onnx": {"precisions": ("fp32", "fp16", "int8", "int4"), "suffix": ".onnx", "extra": None,
              "runtime": "onnxruntime", "export_module": "onnxscript"},
-    "openvino": {"precisions": ("fp32", "fp16", "int8"), "suffix": ".xml", "extra": "openvino",
+    "openvino": {"precisions": ("fp32", "fp16", "int8", "int4"), "suffix": ".xml", "extra": "openvino",
                  "runtime": "openvino", "export_module": "openvino"},
     "tflite": {"precisions": ("fp32", "fp16", "int8"), "suffix": ".tflite", "extra": "tflite",
                "runtime": "ai_edge_litert", "export_module": "litert_torch"},

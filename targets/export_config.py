@@ -10,7 +10,7 @@ from targets.schema import StrictModel
 
 
 class ExportConfig(StrictModel):
-    precision: Literal["fp32", "fp16", "int8"] = "fp32"
+    precision: Literal["fp32", "fp16", "int8", "int4"] = "fp32"   # int4: weight-only (onnx, openvino)
     name: str = "model"                      # file stem: <name>.<precision>.<suffix>
     parent: str | None = None                # sha256 or name of what this was exported from (lineage)
     opset: int = Field(default=18, ge=13)
@@ -41,6 +41,24 @@ class ExportConfig(StrictModel):
     # openvino-int8 from the model (NNCF PTQ), or from the onnx-int8 QDQ artifact (after QAT: its scales as decided
     # there); the latter declares a dependency on onnx-int8 (targets.REQUIRES), exported first whatever the order.
     ov_int8_from: Literal["model", "onnx-qdq"] = "model"
+    # What "int8" means (LM_CONTRACT.md): "auto" resolves per model family -- weight-only when ``task == "lm"``, the
+    # exporter's activation-quantizing scheme otherwise. "weight_only" stores 8-bit weights and keeps activations
+    # float (targets/weight_only.py).
+    int8_scheme: Literal["auto", "static", "dynamic", "smoothquant", "weight_only"] = "auto"
     # the recipe's task kind; "lm" (a decoder, LM_CONTRACT.md) exports ONNX and OpenVINO as the key/value-cache graph
-    # (targets/export_decoder.py) and TFLite as the plain static-shape forward
+    # (targets/export_decoder.py) and TFLite as the plain static-shape forward; it also picks int8_scheme "auto"
     task: str | None = None
+    # Weight-only quantization (precision int4, or int8 with the weight_only scheme): block (group) size along the
+    # input dimension, symmetric or asymmetric, the fraction of the ratio-defining layers at 4 bit (the rest at 8),
+    # and layers (module paths) kept in float.
+    wo_block_size: int = Field(default=32, ge=16)
+    wo_symmetric: bool = True
+    wo_ratio: float = Field(default=1.0, ge=0.0, le=1.0)
+    wo_keep_float: list[str] = Field(default_factory=list)
+    # ORT MatMulNBits accuracy_level: the compute type inside the kernel (the graph's activations stay float either
+    # way). 4 = the kernel quantizes each activation block to int8 on the fly (like TFLite's dynamic-range kernels);
+    # 0 = float compute. Measured (benchmarks/lm_weight_only.py, docs/backends.md): at 0 ORT's int8 MatMulNBits was
+    # 6-11x SLOWER than FP32 and int4 barely faster, at 4 int4 decoded 3-10x faster with the same perplexity (+0.4%).
+    wo_accuracy_level: Literal[0, 1, 2, 3, 4] = 4
+    # OpenVINO int4: NNCF's data-aware AWQ + scale estimation over the calibration inputs (when given)
+    wo_data_aware: bool = False

@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from targets import export_decoder
+from targets import export_decoder, weight_only
 from targets._export_common import (
     calib_samples,
     count_outputs,
@@ -278,6 +278,10 @@ def export(model: torch.nn.Module, example_inputs: tuple[torch.Tensor, ...], cal
             _export_graph(model, example_inputs, tmp_path, cfg.opset, cfg, half=True)
             metadata["fp16"] = ("weights and compute in float16, float32 input/output (casts at the edges); "
                                 "integer inputs are not cast")
+        elif weight_only.bits_for(cfg) is not None:   # int4, or int8 of a language model: weights only
+            fp32 = Path(tmp) / "fp32.onnx"
+            _export_graph(model, example_inputs, fp32, cfg.opset, cfg)
+            metadata["weight_only"] = weight_only.quantize_onnx(fp32, tmp_path, cfg)
         else:
             if calib is None or len(calib) == 0:
                 raise ExportError("onnx", "INT8 needs calibration inputs", hint="give data.calib in the recipe")

@@ -26,7 +26,7 @@ import numpy as np
 import openvino as ov  # at module level: a missing runtime surfaces in get_exporter as the extra to install
 import torch
 
-from targets import export_decoder
+from targets import export_decoder, weight_only
 from targets._export_common import (
     calib_samples,
     count_outputs,
@@ -205,7 +205,13 @@ def export(model: torch.nn.Module, example_inputs: tuple[torch.Tensor, ...], cal
     if export_decoder.is_lm(cfg):
         metadata["generation"] = export_decoder.generation_metadata(export_decoder.cache_layout(model))
     parent = cfg.parent
-    if cfg.precision == "int8" and cfg.ov_int8_from == "onnx-qdq":
+    if weight_only.bits_for(cfg) is not None:   # int4, or int8 of a language model: NNCF weight compression
+        ov_model = _convert(model, example_inputs, cfg)
+        data = None
+        if cfg.wo_data_aware and calib is not None and len(calib):
+            data = calib_samples(calib, [p.get_any_name() for p in ov_model.inputs], cfg.calib_samples)
+        ov_model, metadata["weight_only"] = weight_only.quantize_openvino(ov_model, cfg, data)
+    elif cfg.precision == "int8" and cfg.ov_int8_from == "onnx-qdq":
         ov_model, qdq = _from_qdq(sources)
         ov_model.outputs[0].get_tensor().set_names({"output"})
         parent = qdq.sha256

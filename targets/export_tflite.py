@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from targets import weight_only
 from targets._export_common import calib_samples, export_failure, keep_float_not_found, module_paths
 from targets.artifact import Artifact
 from targets.errors import ExportError, MissingDependencyError
@@ -231,6 +232,10 @@ def _convert(model: torch.nn.Module, example_inputs: tuple[torch.Tensor, ...], c
         from litert_torch.generative.quantize import quant_recipes
 
         return litert_torch.convert(model.eval(), example_inputs, quant_config=quant_recipes.full_fp16_recipe())
+    if weight_only.bits_for(cfg) == 8:   # dynamic-range INT8: int8 weights, float activations and I/O
+        from litert_torch.generative.quantize import quant_recipes
+
+        return litert_torch.convert(model.eval(), example_inputs, quant_config=quant_recipes.full_dynamic_recipe())
     program, qcfg = _quantized_program(model, example_inputs, calib, cfg)
     return litert_torch.convert(program, example_inputs, quant_config=qcfg)
 
@@ -238,7 +243,7 @@ def _convert(model: torch.nn.Module, example_inputs: tuple[torch.Tensor, ...], c
 def export(model: torch.nn.Module, example_inputs: tuple[torch.Tensor, ...], calib: Any,
            cfg: ExportConfig, out_dir: Path) -> Artifact:
     """Write ``<name>.<precision>.tflite`` into ``out_dir`` (atomically) with its sidecar record."""
-    if cfg.precision == "int8":
+    if cfg.precision == "int8" and weight_only.bits_for(cfg) is None:
         if calib is None or len(calib) == 0:
             raise ExportError("tflite", "INT8 needs calibration inputs", hint="give data.calib in the recipe")
     out_dir = Path(out_dir)
@@ -251,7 +256,10 @@ def export(model: torch.nn.Module, example_inputs: tuple[torch.Tensor, ...], cal
     except Exception as exc:  # torch.export, PT2E and the MLIR lowering all raise their own types
         raise export_failure("tflite", exc, model, example_inputs) from exc
     metadata: dict[str, Any] = {"converter": f"litert-torch {litert_torch.__version__}"}
-    if cfg.precision == "int8":
+    if weight_only.bits_for(cfg) == 8:
+        metadata["weight_only"] = weight_only.tflite_record(model, f"litert_torch {litert_torch.__version__} "
+                                                            "full_dynamic_recipe")
+    elif cfg.precision == "int8":
         metadata.update(scheme="full-integer int8 (int8 I/O), symmetric, "
                         + ("per-channel" if cfg.per_channel else "per-tensor") + " weights",
                         quantizer="litert_torch PT2EQuantizer",

@@ -37,6 +37,8 @@ _FP16 = Tolerance(5e-2, 1e-2, 0.98, 0.999)
 # INT8's cosine floor only catches corruption (a broken model scores ~0.4); whether the quantized model is good
 # enough is decided by the task metric's drop against the FP32 parent
 _INT8 = Tolerance(float("inf"), 0.0, 0.95, 0.90)
+# weight-only INT4 (activations float): like INT8, the floor catches corruption; the task metric judges quality
+_INT4 = Tolerance(float("inf"), 0.0, 0.90, 0.90)
 _BF16 = Tolerance(1e-1, 3e-2, 0.98, 0.999)  # 8-bit mantissa: about 3 significant digits per op
 
 TOLERANCES: dict[tuple[str, str], Tolerance] = {
@@ -46,6 +48,8 @@ TOLERANCES: dict[tuple[str, str], Tolerance] = {
     ("openvino", "fp32"): _FP32,          # the runner pins INFERENCE_PRECISION_HINT=f32 (no silent bf16)
     ("openvino", "fp16"): _FP16,          # f16 weights; f16 compute where the device has it
     ("openvino", "int8"): _INT8,
+    ("onnx", "int4"): _INT4,
+    ("openvino", "int4"): _INT4,
     ("tflite", "fp32"): Tolerance(2e-3, 1e-4, 0.999, 0.9999),   # XNNPACK reorders float sums a little more
     ("tflite", "fp16"): _FP16,
     ("tflite", "int8"): Tolerance(float("inf"), 0.0, 0.93, 0.90),  # per-tensor symmetric int8 activations
@@ -57,7 +61,7 @@ def tolerance(backend: str, precision: str, computed_in: str | None = None) -> T
     coarser one than the file's (OpenVINO runs an fp16 IR in bf16 on x86 CPUs with AVX512-BF16 but no float16)."""
     if computed_in == "bf16":
         return _BF16
-    by_precision = {"fp32": _FP32, "fp16": _FP16, "int8": _INT8}
+    by_precision = {"fp32": _FP32, "fp16": _FP16, "int8": _INT8, "int4": _INT4}
     return TOLERANCES.get((backend, precision), by_precision.get(precision, _FP32))
 
 
@@ -181,7 +185,7 @@ def validate(artifact: Artifact, inputs: dict[str, np.ndarray] | np.ndarray,
             failures.append(f"{tag} dtype {out.dtype} != float32")
         if not np.issubdtype(ref.dtype, np.floating):       # integer outputs (indices, counts) must be exact
             wrong = float((out != ref).mean()) if out.size else 0.0
-            if wrong > (0.0 if artifact.precision != "int8" else 1 - tol.min_top1):
+            if wrong > (0.0 if artifact.precision not in ("int8", "int4") else 1 - tol.min_top1):
                 (failures if strict else proxies).append(f"{tag}: {wrong:.1%} of its integer values differ from "
                                                           "the model's")
             errs.append(0.0)

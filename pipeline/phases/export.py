@@ -43,7 +43,7 @@ def export_all(result: StagesResult, plan: ExportPlan, backends: list[str], out_
             with progress.step(f"export {name}" + (f" for {target_arch}" if target_arch else "")):
                 cfg = ExportConfig(name=plan.name, precision=precision, parent=parent, target_arch=target_arch,
                                    task=plan.task, **names, **result.export_overrides)
-                calib = result.calib if precision == "int8" else None
+                calib = result.calib if precision in ("int8", "int4") else None
                 art = _export_one(family, result, example, calib, cfg, out_dir, outcomes, plan.mixed, ctx, ref,
                                   progress)
             entry.artifact = art

@@ -73,7 +73,7 @@ def judge(rec: dict[str, Any], parent: dict[str, Any], device: str = "the device
 
 def guards(rec: dict[str, Any]) -> bool:
     """Whether the guard applies to a record: a reduced precision that exists to be faster or smaller."""
-    return rec.get("precision") in ("int8", "fp16")
+    return rec.get("precision") in ("int8", "int4", "fp16")
 
 
 def guard_records(records: list[dict[str, Any]], artifacts: dict[str, Artifact] | None = None,

@@ -119,8 +119,10 @@ def load_openvino(path: str, threads: int, precision_hint: str | None = None) ->
     core = ov.Core()
     model = core.read_model(path)
     if precision_hint is None:  # an IR saved with float16 weights asks for f16 compute, any other one for f32
-        f16 = any(op.get_type_name() == "Constant" and op.get_element_type() == ov.Type.f16 for op in model.get_ops())
-        precision_hint = "f16" if f16 else "f32"
+        consts = {op.get_element_type() for op in model.get_ops() if op.get_type_name() == "Constant"}
+        # NNCF's weight-only IRs (int4/int8 weights) store their decompression scales in f16: still f32 compute
+        packed = consts & {ov.Type.u4, ov.Type.i4, ov.Type.u8, ov.Type.i8}
+        precision_hint = "f16" if ov.Type.f16 in consts and not packed else "f32"
     # OpenVINO's CPU plugin silently runs "FP32" models in bf16 on CPUs that support it; pin what was asked for.
     config = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_NUM_THREADS": threads,
               "INFERENCE_PRECISION_HINT": precision_hint}
@@ -561,7 +563,7 @@ def artifact_precision(args: argparse.Namespace) -> str | None:
     if args.precision:
         return args.precision
     parts = os.path.basename(args.artifact).split(".")
-    return parts[-2] if len(parts) >= 3 and parts[-2] in ("fp32", "fp16", "int8") else None
+    return parts[-2] if len(parts) >= 3 and parts[-2] in ("fp32", "fp16", "int8", "int4") else None
 
 
 # --------------------------------------------------------------------------------------------------------- device state

@@ -51,7 +51,7 @@ def test_runtime_and_export_modules_of_the_table_are_installed_here():
 
 def test_an_unknown_backend_lists_the_valid_ones():
     with pytest.raises(ConfigError, match="openvino-int8"):
-        parse_backend("openvino-int4")
+        parse_backend("tflite-int4")
 
 
 def test_a_missing_exporter_module_names_the_extra_to_install(monkeypatch):

@@ -17,7 +17,8 @@ def test_every_backend_has_its_own_tolerance_row():
     for (family, precision), tol in TOLERANCES.items():
         assert tolerance(family, precision) is tol
         assert 0 < tol.min_top1 <= 1 and 0 < tol.min_cosine <= 1
-        assert (tol.atol == float("inf")) == (precision == "int8")  # INT8 is judged by agreement, floats by value
+        # INT8 and weight-only INT4 are judged by agreement, floats by value
+        assert (tol.atol == float("inf")) == (precision in ("int8", "int4"))
 
 
 @pytest.mark.openvino

@@ -41,3 +41,8 @@ class ExportConfig(StrictModel):
     # openvino-int8 from the model (NNCF PTQ), or from the onnx-int8 QDQ artifact (after QAT: its scales as decided
     # there); the latter declares a dependency on onnx-int8 (targets.REQUIRES), exported first whatever the order.
     ov_int8_from: Literal["model", "onnx-qdq"] = "model"
+    # How INT8 quantizes (targets._export_common.resolve_int8_scheme): "auto" = by model family and backend --
+    # static for convolutional nets; for attention models onnx "dynamic" (ORT quantize_dynamic of the weight
+    # MatMuls), openvino "smoothquant" (NNCF transformer scheme + SmoothQuant), tflite "static"; recorded in the
+    # artifact's metadata (int8.scheme, int8.scheme_why). "weight_only" is for language models (not every backend).
+    int8_scheme: Literal["auto", "static", "dynamic", "smoothquant", "weight_only"] = "auto"

@@ -92,18 +92,19 @@ def _cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--backends", default="onnx,openvino,tflite")
-    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--threads", default="1,2", help="runtime threads, comma-separated: one timing table each")
     ap.add_argument("--eval", type=int, default=360, help="eval samples the cosine and top-1 are taken on")
     ap.add_argument("--rounds", type=int, default=6)
     ap.add_argument("--iters", type=int, default=10)
     ap.add_argument("--gap", type=float, default=0.1)
     ap.add_argument("--calib", type=int, default=128)
     args = ap.parse_args(argv)
-    torch.set_num_threads(args.threads)
+    threads = [int(t) for t in args.threads.split(",") if t]
+    torch.set_num_threads(threads[0])
     from data import splits
 
     load_before = os.getloadavg()
-    print(f"cpu: {cpu_model()} ({platform.machine()}, {os.cpu_count()} cpus); threads={args.threads} batch=1")
+    print(f"cpu: {cpu_model()} ({platform.machine()}, {os.cpu_count()} cpus); runtime threads={threads} batch=1")
     print("versions:", _versions(), flush=True)
     model = EmbedderWithHead(trained_encoder()).eval()
     data = splits()
@@ -136,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
                 tag = f"{fam}-{scheme}" + (f"->{resolved}" if scheme == "auto" else "")
                 arts[tag] = art
                 print(f"  exported {tag} in {time.perf_counter() - t0:.1f}s", flush=True)
-        sessions = {tag: bench.load(str(a.path), a.backend, args.threads, input_names=a.metadata.get("inputs"))
+        sessions = {tag: bench.load(str(a.path), a.backend, threads[0], input_names=a.metadata.get("inputs"))
                     for tag, a in arts.items()}
         for tag, sess in sessions.items():
             outs = [sess.run({k: feeds[k][i:i + 1] for k in NAMES}) for i in range(n)]
@@ -147,18 +148,11 @@ def main(argv: list[str] | None = None) -> int:
                          "top1": float(np.mean(logits.argmax(1) == labels)),
                          "agree": float(np.mean(logits.argmax(1) == ref_logits.argmax(1))),
                          "bytes": arts[tag].bytes, "family": arts[tag].backend})
-        times = _timed(sessions, feeds, args)
-    fp32 = {r["family"]: np.median(times[r["tag"]]) for r in rows if r["tag"].endswith("-fp32")}
-    hdr = (f"{'artifact':<26}{'cos mean':>9}{'cos min':>9}{'top-1':>7}{'agree':>7}{'p50 ms':>8}{'p90 ms':>8}"
-           f"{'n':>5}{'/fp32':>7}{'MB':>7}")
-    print("\n" + hdr + "\n" + "-" * len(hdr))
-    for r in rows:
-        t = np.asarray(times[r["tag"]])
-        p50 = float(np.median(t))
-        ratio = p50 / fp32[r["family"]] if r["family"] in fp32 else float("nan")
-        ok = "" if r["tag"].endswith("fp32") else ("  ok" if r["cos"] >= 0.99 and ratio < 1 else "  <- misses")
-        print(f"{r['tag']:<26}{r['cos']:>9.4f}{r['cos_min']:>9.4f}{r['top1']:>7.3f}{r['agree']:>7.3f}{p50:>8.2f}"
-              f"{float(np.percentile(t, 90)):>8.2f}{len(t):>5}{ratio:>7.2f}{r['bytes'] / 1e6:>7.2f}{ok}")
+        for t in threads:
+            if t != threads[0]:
+                sessions = {tag: bench.load(str(a.path), a.backend, t, input_names=a.metadata.get("inputs"))
+                            for tag, a in arts.items()}
+            _table(rows, _timed(sessions, feeds, args), t)
     load_after = os.getloadavg()
     print(f"\nloadavg (1/5/15 min) before {load_before[0]:.2f}/{load_before[1]:.2f}/{load_before[2]:.2f}, after "
           f"{load_after[0]:.2f}/{load_after[1]:.2f}/{load_after[2]:.2f} on {os.cpu_count()} cpus"
@@ -166,6 +160,20 @@ def main(argv: list[str] | None = None) -> int:
              if max(load_before[0], load_after[0]) > (os.cpu_count() or 1) else ""))
     print("ok = INT8 cosine >= 0.99 to the original and faster than the same backend's FP32 artifact")
     return 0
+
+
+def _table(rows: list[dict[str, Any]], times: dict[str, list[float]], threads: int) -> None:
+    fp32 = {r["family"]: np.median(times[r["tag"]]) for r in rows if r["tag"].endswith("-fp32")}
+    hdr = (f"{'artifact':<26}{'cos mean':>9}{'cos min':>9}{'top-1':>7}{'agree':>7}{'p50 ms':>8}{'p90 ms':>8}"
+           f"{'n':>5}{'/fp32':>7}{'MB':>7}")
+    print(f"\nruntime threads = {threads}; loadavg now {os.getloadavg()[0]:.2f}\n" + hdr + "\n" + "-" * len(hdr))
+    for r in rows:
+        t = np.asarray(times[r["tag"]])
+        p50 = float(np.median(t))
+        ratio = p50 / fp32[r["family"]] if r["family"] in fp32 else float("nan")
+        ok = "" if r["tag"].endswith("fp32") else ("  ok" if r["cos"] >= 0.99 and ratio < 1 else "  <- misses")
+        print(f"{r['tag']:<26}{r['cos']:>9.4f}{r['cos_min']:>9.4f}{r['top1']:>7.3f}{r['agree']:>7.3f}{p50:>8.2f}"
+              f"{float(np.percentile(t, 90)):>8.2f}{len(t):>5}{ratio:>7.2f}{r['bytes'] / 1e6:>7.2f}{ok}", flush=True)
 
 
 def _timed(sessions: dict[str, Any], feeds: dict[str, np.ndarray], args: argparse.Namespace) -> dict[str, list[float]]:

@@ -205,6 +205,9 @@ def _convert(model: torch.nn.Module, example_inputs: tuple[torch.Tensor, ...], c
              cfg: ExportConfig, scheme: dict[str, str] | None = None) -> Any:
     if cfg.precision == "int8" and scheme is not None and scheme["scheme"] == "dynamic":
         # dynamic-range: int8 weights, activations quantized per call inside each kernel, float32 I/O
+        if cfg.keep_float or cfg.keep_float_ops:
+            raise ExportError("tflite", "keep_float is not applied by the dynamic-range scheme",
+                              hint="use int8_scheme: static (or auto) with keep_float")
         from litert_torch.generative.quantize import quant_recipes
 
         return litert_torch.convert(model.eval(), example_inputs, quant_config=quant_recipes.full_dynamic_recipe())

@@ -138,3 +138,20 @@ def test_openvino_auto_on_attention_is_smoothquant_and_recorded(encoder, tmp_pat
     static = get_exporter("openvino")(model, ex, calib, _cfg(int8_scheme="static"), tmp_path / "static")
     assert static.metadata["int8"]["scheme"] == "static" and static.metadata["preset"] == "performance"
     assert "smooth_quant_alpha_matmul" not in static.metadata["op_plan"]
+
+
+@pytest.mark.tflite
+def test_tflite_dynamic_on_request_is_dynamic_range_with_float_io(encoder, tmp_path):
+    model, ex, calib, feeds, ref = encoder
+    art = get_exporter("tflite")(model, ex, calib, _cfg(int8_scheme="dynamic"), tmp_path / "dyn")
+    assert art.metadata["int8"]["scheme"] == "dynamic" and art.metadata["calib_samples"] == 0
+    assert "dynamic-range" in art.metadata["scheme"]
+    from ai_edge_litert.interpreter import Interpreter
+
+    interp = Interpreter(model_path=str(art.path))
+    tensors = interp.get_tensor_details()
+    assert any(t["dtype"] == np.int8 for t in tensors)                      # int8 weights in the file
+    assert all(d["dtype"] != np.int8 for d in interp.get_input_details() + interp.get_output_details())
+    assert _cosine(_outputs(art, feeds), ref) >= 0.99
+    with pytest.raises(ExportError, match="keep_float is not applied by the dynamic-range scheme"):
+        get_exporter("tflite")(model, ex, calib, _cfg(int8_scheme="dynamic", keep_float=["head"]), tmp_path / "k")

@@ -110,6 +110,11 @@ def test_onnx_auto_on_attention_is_dynamic_and_keeps_the_trained_encoder(encoder
     assert "DynamicQuantizeLinear" in ops and "MatMulInteger" in ops and "QuantizeLinear" not in ops
     # attention's activation x activation MatMuls (scores, context) stay float: 2 of them in the one block
     assert ops.count("MatMul") >= 2
+    from targets.op_report import onnx_ops
+
+    report = onnx_ops(str(art.path))   # ORT's fused dynamic kernels count as integer, not as ops left in float
+    assert report["quantized_ops"] >= 4 and "DynamicQuantizeMatMul" not in report["float_by_type"]
+    assert "MatMulIntegerToFloat" not in report["float_by_type"]
     out = _outputs(art, feeds)
     assert _cosine(out, ref) >= 0.99
     assert np.mean(out.argmax(1) == ref.argmax(1)) >= 0.95

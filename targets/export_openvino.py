@@ -193,6 +193,10 @@ def _from_qdq(sources: dict[str, Artifact] | None) -> tuple[Any, Artifact]:
         raise ExportError("openvino", "ov_int8_from: onnx-qdq needs the onnx-int8 artifact, and there is none",
                           hint="export onnx-int8 first (the pipeline does, in dependency order), or set "
                                "ov_int8_from: model")
+    scheme = (qdq.metadata.get("int8") or {}).get("scheme", "static")
+    if scheme != "static":
+        raise ExportError("openvino", f"ov_int8_from: onnx-qdq needs a static QDQ onnx-int8, and it was made with "
+                          f"int8_scheme {scheme}", hint="set quantize.int8_scheme: static (or auto) with mode: qat")
     try:
         return ov.convert_model(str(qdq.path)), qdq
     except Exception as exc:  # the frontend raises many types

@@ -64,7 +64,9 @@ class QuantConfig(StrictModel):
                 "keep_float_ops": [k[3:] for k in self.keep_float if k.startswith("op:")] or None,
                 # QAT weights: NNCF re-quantization loses what QAT learned; OpenVINO reads the QDQ ONNX instead
                 "ov_int8_from": "onnx-qdq" if self.mode == "qat" else "model",
-                "ov_bias_correction": self.bias_correction, "int8_scheme": self.int8_scheme}
+                "ov_bias_correction": self.bias_correction,
+                # QAT learned static scales: "auto" keeps them (static QDQ, which openvino-int8 then reads)
+                "int8_scheme": "static" if self.mode == "qat" and self.int8_scheme == "auto" else self.int8_scheme}
 
     def mixed_precision(self) -> dict[str, Any] | None:
         """targets.mixed_precision.MixedPrecisionConfig fields, or None when auto_keep_float is off."""

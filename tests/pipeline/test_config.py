@@ -119,3 +119,11 @@ def test_quantize_int8_scheme_reaches_every_int8_exporter_and_a_bad_value_names_
     problem = info.value.problems[0]
     assert "stages.quantize.int8_scheme" in problem and "\n" not in problem
     assert "dynamic" in problem and "smoothquant" in problem   # names what is allowed
+
+
+def test_qat_keeps_its_learned_static_scales_under_auto():
+    from pipeline.stages.quantize import QuantConfig
+
+    assert QuantConfig(mode="qat").export_overrides()["int8_scheme"] == "static"
+    assert QuantConfig(mode="ptq").export_overrides()["int8_scheme"] == "auto"
+    assert QuantConfig(mode="qat", int8_scheme="dynamic").export_overrides()["int8_scheme"] == "dynamic"

@@ -160,3 +160,12 @@ def test_tflite_dynamic_on_request_is_dynamic_range_with_float_io(encoder, tmp_p
     assert _cosine(_outputs(art, feeds), ref) >= 0.99
     with pytest.raises(ExportError, match="keep_float is not applied by the dynamic-range scheme"):
         get_exporter("tflite")(model, ex, calib, _cfg(int8_scheme="dynamic", keep_float=["head"]), tmp_path / "k")
+
+
+@pytest.mark.openvino
+def test_openvino_from_onnx_qdq_refuses_a_dynamic_onnx_int8(encoder, tmp_path):
+    model, ex, calib, _, _ = encoder
+    dyn = get_exporter("onnx")(model, ex, calib, _cfg(), tmp_path / "onnx")
+    with pytest.raises(ExportError, match="needs a static QDQ onnx-int8, and it was made with int8_scheme dynamic"):
+        get_exporter("openvino")(model, ex, calib, _cfg(ov_int8_from="onnx-qdq"), tmp_path / "ov",
+                                 sources={"onnx-int8": dyn})

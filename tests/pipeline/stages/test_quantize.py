@@ -84,4 +84,4 @@ def test_run_stages_qat_records_ptq_and_qat_accuracy_and_keeps_ranges_when_cache
     assert second.records[0]["cached"] and second.qat_ranges == first.qat_ranges
     assert second.export_overrides == {"calibration": "minmax", "calib_samples": 32, "per_channel": True,
                                        "keep_float": [], "keep_float_ops": None, "ov_int8_from": "onnx-qdq",
-                                       "ov_bias_correction": "fast", "int8_scheme": "auto"}
+                                       "ov_bias_correction": "fast", "int8_scheme": "static"}

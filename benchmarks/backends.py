@@ -155,7 +155,7 @@ def _versions() -> str:
             out.append(f"{mod} {v() if callable(v) else v}")
         except ImportError:
             out.append(f"{mod} -")
-    out.append("ai_edge_litert " + bench._tflite_interpreter()[2])
+    out.append("ai_edge_litert " + bench.tflite_interpreter()[2])
     return ", ".join(out)
 
 

@@ -137,3 +137,40 @@ def calib_samples(calib: Any, names: list[str], limit: int) -> list[dict[str, np
 def is_transformer(op_types: set[str]) -> bool:
     """Attention-shaped: a Softmax feeding matrix products (ONNX spelling of the op types in the graph)."""
     return "Softmax" in op_types and "MatMul" in op_types
+
+
+# ------------------------------------------------------------------------------------------------ INT8 scheme choice
+# What each backend offers (ExportConfig.int8_scheme) and what "auto" picks for an attention model. Convolutional
+# nets always resolve to "static" (calibrated activations: the fast integer conv kernels need fixed scales). For
+# attention, the per-token activation ranges of a transformer's MatMuls vary too much for one calibrated scale:
+# ONNX Runtime quantizes them per call (``quantize_dynamic``), NNCF smooths them into the weights (SmoothQuant) with
+# asymmetric activations, and LiteRT keeps its static full-integer model (measured best of its two on the attention
+# benchmark, benchmarks/transformer_int8.py; its dynamic-range model is offered explicitly).
+INT8_OFFERED = {"onnx": ("static", "dynamic"), "openvino": ("static", "smoothquant"), "tflite": ("static", "dynamic")}
+ATTENTION_DEFAULT = {"onnx": "dynamic", "openvino": "smoothquant", "tflite": "static"}
+_WHY = {
+    "onnx": "attention model: weight MatMuls quantized dynamically (activation scale computed per call, int8 "
+            "weights per channel), kept faithful where one calibrated activation scale is not",
+    "openvino": "attention model: NNCF transformer scheme with SmoothQuant (activation outliers moved into the "
+                "weights) and asymmetric activations",
+    "tflite": "attention model: LiteRT's static full-integer model kept (its dynamic-range model measured slower "
+              "on the attention benchmark)",
+}
+
+
+def resolve_int8_scheme(backend: str, requested: str, transformer: bool) -> dict[str, str]:
+    """The INT8 scheme an exporter applies, and why, for the artifact's metadata (``int8.scheme`` / ``scheme_why``).
+
+    ``auto`` resolves by model family and backend (see ``ATTENTION_DEFAULT``); an explicit scheme the backend does
+    not offer is a one-line ExportError naming the ones it does."""
+    family = "attention" if transformer else "convolutional"
+    if requested == "auto":
+        if not transformer:
+            return {"scheme": "static", "requested": "auto",
+                    "scheme_why": "no attention in the graph: static calibrated INT8 (fast integer kernels)"}
+        return {"scheme": ATTENTION_DEFAULT[backend], "requested": "auto", "scheme_why": _WHY[backend]}
+    if requested not in INT8_OFFERED[backend]:
+        raise ExportError(backend, f"int8_scheme {requested!r} is not implemented for this backend",
+                          hint=f"{backend} offers {', '.join(('auto', *INT8_OFFERED[backend]))}")
+    return {"scheme": requested, "requested": requested,
+            "scheme_why": f"int8_scheme: {requested} asked for ({family} model)"}

@@ -41,9 +41,11 @@ class ExportConfig(StrictModel):
     # openvino-int8 from the model (NNCF PTQ), or from the onnx-int8 QDQ artifact (after QAT: its scales as decided
     # there); the latter declares a dependency on onnx-int8 (targets.REQUIRES), exported first whatever the order.
     ov_int8_from: Literal["model", "onnx-qdq"] = "model"
-    # What "int8" means (LM_CONTRACT.md): "auto" resolves per model family -- weight-only when ``task == "lm"``, the
-    # exporter's activation-quantizing scheme otherwise. "weight_only" stores 8-bit weights and keeps activations
-    # float (targets/weight_only.py).
+    # How INT8 quantizes: "auto" = by model family and backend -- weight-only for task "lm" (targets/weight_only.py:
+    # 8-bit weights, float activations); static for convolutional nets; for attention models onnx "dynamic" (ORT
+    # quantize_dynamic of the weight MatMuls), openvino "smoothquant" (NNCF transformer scheme + SmoothQuant),
+    # tflite "static" (targets._export_common.resolve_int8_scheme); recorded in the artifact's metadata
+    # (int8.scheme / scheme_why, or weight_only).
     int8_scheme: Literal["auto", "static", "dynamic", "smoothquant", "weight_only"] = "auto"
     # the recipe's task kind; "lm" (a decoder, LM_CONTRACT.md) exports ONNX and OpenVINO as the key/value-cache graph
     # (targets/export_decoder.py) and TFLite as the plain static-shape forward; it also picks int8_scheme "auto"

@@ -34,6 +34,7 @@ from targets._export_common import (
     first_line,
     io_names,
     keep_float_not_found,
+    resolve_int8_scheme,
 )
 from targets.artifact import Artifact
 from targets.errors import ExportError, MissingDependencyError
@@ -134,6 +135,21 @@ def _activation_matmuls(ov_model: Any) -> list[str]:
                   and not any(constant(op.input_value(i).get_node()) for i in range(2)))
 
 
+# SmoothQuant's migration strength for MatMuls (NNCF's own transformer default): the share of each activation
+# channel's range moved into the weights before quantization.
+SMOOTH_QUANT_ALPHA = 0.95
+
+
+def _smooth_quant(on: bool) -> dict[str, Any]:
+    """NNCF's SmoothQuant parameters for the "smoothquant" scheme; nothing (NNCF's defaults, today's static scheme)
+    otherwise."""
+    if not on:
+        return {}
+    from nncf.quantization.advanced_parameters import AdvancedSmoothQuantParameters
+
+    return {"smooth_quant_alphas": AdvancedSmoothQuantParameters(matmul=SMOOTH_QUANT_ALPHA)}
+
+
 def _quantize(ov_model: Any, calib: Any, cfg: ExportConfig) -> tuple[Any, dict[str, Any]]:
     """NNCF post-training INT8; every input fed by name. A transformer-shaped model (Softmax attention) uses NNCF's
     transformer scheme (weights of MatMuls in INT8, mask/residual/score arithmetic in float); ``keep_float_ops``
@@ -146,22 +162,29 @@ def _quantize(ov_model: Any, calib: Any, cfg: ExportConfig) -> tuple[Any, dict[s
     data = calib_samples(calib, names, cfg.calib_samples)
     types = {op.get_type_name() for op in ov_model.get_ops()}
     transformer = "MatMul" in types and bool({"SoftMax", "Softmax"} & types)
-    preset = nncf.QuantizationPreset.PERFORMANCE if cfg.ov_preset == "performance" else nncf.QuantizationPreset.MIXED
+    resolved = resolve_int8_scheme("openvino", cfg.int8_scheme, transformer)
+    smooth = resolved["scheme"] == "smoothquant"
+    preset = nncf.QuantizationPreset.PERFORMANCE if cfg.ov_preset == "performance" and not smooth \
+        else nncf.QuantizationPreset.MIXED
     ignored = _ignored_scope(ov_model, cfg.keep_float)
     ops = [t for o in cfg.keep_float_ops or [] for t in _OV_OPS.get(o, [o]) if t in types]
-    plan: dict[str, Any] = {"transformer": transformer, "keep_float_ops": list(cfg.keep_float_ops or [])}
+    plan: dict[str, Any] = {"transformer": transformer, "keep_float_ops": list(cfg.keep_float_ops or []),
+                            **resolved}
     if transformer and cfg.keep_float_ops is None:
         attention = _activation_matmuls(ov_model)
         ignored = sorted({*ignored, *attention})
         plan["float_attention_matmuls"] = attention
     scope = nncf.IgnoredScope(names=ignored, types=ops) if ignored or ops else None
-    kwargs: dict[str, Any] = {"model_type": nncf.ModelType.TRANSFORMER} if transformer else {}
+    kwargs: dict[str, Any] = {"model_type": nncf.ModelType.TRANSFORMER} if transformer or smooth else {}
     from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters
     from nncf.quantization.range_estimator import RangeEstimatorParametersSet
 
     estimator = getattr(RangeEstimatorParametersSet, _RANGES[cfg.calibration])
     kwargs["advanced_parameters"] = AdvancedQuantizationParameters(
-        activations_range_estimator_params=estimator, disable_bias_correction=cfg.ov_bias_correction == "none")
+        activations_range_estimator_params=estimator, disable_bias_correction=cfg.ov_bias_correction == "none",
+        **_smooth_quant(smooth))
+    if smooth:
+        plan.update(preset="mixed (asymmetric activations)", smooth_quant_alpha_matmul=SMOOTH_QUANT_ALPHA)
     kwargs["fast_bias_correction"] = cfg.ov_bias_correction != "full"
     plan.update(activation_ranges=_RANGES[cfg.calibration], bias_correction=cfg.ov_bias_correction)
     try:
@@ -180,6 +203,10 @@ def _from_qdq(sources: dict[str, Artifact] | None) -> tuple[Any, Artifact]:
         raise ExportError("openvino", "ov_int8_from: onnx-qdq needs the onnx-int8 artifact, and there is none",
                           hint="export onnx-int8 first (the pipeline does, in dependency order), or set "
                                "ov_int8_from: model")
+    scheme = (qdq.metadata.get("int8") or {}).get("scheme", "static")
+    if scheme != "static":
+        raise ExportError("openvino", f"ov_int8_from: onnx-qdq needs a static QDQ onnx-int8, and it was made with "
+                          f"int8_scheme {scheme}", hint="set quantize.int8_scheme: static (or auto) with mode: qat")
     try:
         return ov.convert_model(str(qdq.path)), qdq
     except Exception as exc:  # the frontend raises many types
@@ -227,7 +254,9 @@ def export(model: torch.nn.Module, example_inputs: tuple[torch.Tensor, ...], cal
         import nncf
 
         n_calib = len(calib) if isinstance(calib, np.ndarray) else min(len(v) for v in calib.values())
-        metadata.update(quantizer=f"nncf {nncf.__version__}", preset=cfg.ov_preset, op_plan=plan,
+        metadata.update(quantizer=f"nncf {nncf.__version__}", op_plan=plan,
+                        preset="mixed" if plan["scheme"] == "smoothquant" else cfg.ov_preset,
+                        int8={k: plan[k] for k in ("scheme", "requested", "scheme_why")},
                         calibration=f"{cfg.calibration}: nncf activation ranges {plan['activation_ranges']}, weights "
                                     "per-channel min/max",
                         calib_samples=int(min(n_calib, cfg.calib_samples)), keep_float=list(cfg.keep_float))

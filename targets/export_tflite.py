@@ -17,7 +17,13 @@ import numpy as np
 import torch
 
 from targets import weight_only
-from targets._export_common import calib_samples, export_failure, keep_float_not_found, module_paths
+from targets._export_common import (
+    calib_samples,
+    export_failure,
+    keep_float_not_found,
+    module_paths,
+    resolve_int8_scheme,
+)
 from targets.artifact import Artifact
 from targets.errors import ExportError, MissingDependencyError
 from targets.export_config import ExportConfig
@@ -224,8 +230,26 @@ def simulate(model: torch.nn.Module, example_inputs: tuple[torch.Tensor, ...], c
     return run
 
 
+def _is_attention(model: torch.nn.Module, example_inputs: tuple[torch.Tensor, ...]) -> bool:
+    """Softmax feeding matrix products in the exported graph: the model family INT8's "auto" scheme goes by."""
+    try:
+        graph = torch.export.export(model.eval(), example_inputs).graph
+    except Exception:  # noqa: BLE001 - the conversion itself will report what does not export
+        return False
+    ops = {_aten_name(n) for n in graph.nodes if n.op == "call_function"}
+    return bool({"softmax", "_softmax"} & ops) and bool({"matmul", "bmm", "mm"} & ops)
+
+
 def _convert(model: torch.nn.Module, example_inputs: tuple[torch.Tensor, ...], calib: Any,
-             cfg: ExportConfig) -> Any:
+             cfg: ExportConfig, scheme: dict[str, str] | None = None) -> Any:
+    if cfg.precision == "int8" and scheme is not None and scheme["scheme"] == "dynamic":
+        # dynamic-range: int8 weights, activations quantized per call inside each kernel, float32 I/O
+        if cfg.keep_float or cfg.keep_float_ops:
+            raise ExportError("tflite", "keep_float is not applied by the dynamic-range scheme",
+                              hint="use int8_scheme: static (or auto) with keep_float")
+        from litert_torch.generative.quantize import quant_recipes
+
+        return litert_torch.convert(model.eval(), example_inputs, quant_config=quant_recipes.full_dynamic_recipe())
     if cfg.precision == "fp32":
         return litert_torch.convert(model.eval(), example_inputs)
     if cfg.precision == "fp16":
@@ -249,8 +273,10 @@ def export(model: torch.nn.Module, example_inputs: tuple[torch.Tensor, ...], cal
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     final = out_dir / f"{cfg.name}.{cfg.precision}.tflite"
+    scheme = resolve_int8_scheme("tflite", cfg.int8_scheme, _is_attention(model, example_inputs)) \
+        if cfg.precision == "int8" and weight_only.bits_for(cfg) is None else None
     try:
-        edge_model = _convert(model, example_inputs, calib, cfg)
+        edge_model = _convert(model, example_inputs, calib, cfg, scheme)
     except (ExportError, MissingDependencyError):
         raise
     except Exception as exc:  # torch.export, PT2E and the MLIR lowering all raise their own types
@@ -259,8 +285,13 @@ def export(model: torch.nn.Module, example_inputs: tuple[torch.Tensor, ...], cal
     if weight_only.bits_for(cfg) == 8:
         metadata["weight_only"] = weight_only.tflite_record(model, f"litert_torch {litert_torch.__version__} "
                                                             "full_dynamic_recipe")
+    elif scheme is not None and scheme["scheme"] == "dynamic":
+        metadata.update(int8=scheme, scheme="dynamic-range int8: int8 weights (per channel), activations "
+                        "quantized per call, float32 I/O", quantizer="litert_torch full_dynamic_recipe",
+                        calibration="none (activations quantized per call)", calib_samples=0,
+                        keep_float=list(cfg.keep_float), keep_float_ops=cfg.keep_float_ops)
     elif cfg.precision == "int8":
-        metadata.update(scheme="full-integer int8 (int8 I/O), symmetric, "
+        metadata.update(int8=scheme, scheme="full-integer int8 (int8 I/O), symmetric, "
                         + ("per-channel" if cfg.per_channel else "per-tensor") + " weights",
                         quantizer="litert_torch PT2EQuantizer",
                         calibration="the PT2E config's observers (ExportConfig.calibration: onnx and openvino)",

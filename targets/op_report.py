@@ -19,6 +19,9 @@ from typing import Any
 _FREE = {"Reshape", "Flatten", "Squeeze", "Unsqueeze", "Shape", "Identity", "Constant", "Gather", "Concat",
          "Transpose", "Parameter", "Result", "Const", "Input", "Output", "RESHAPE", "SQUEEZE", "SHAPE",
          "CONCATENATION", "TRANSPOSE", "Slice", "STRIDED_SLICE", "Cast"}
+# ORT's fused integer kernels of dynamic quantization (DynamicQuantizeLinear + MatMulInteger [+ scale]): integer
+# arithmetic inside, float at their edges
+_INTEGER_FUSED = {"DynamicQuantizeMatMul", "MatMulIntegerToFloat", "DynamicQuantizeLSTM"}
 _CONVERT = {"QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear", "QUANTIZE", "DEQUANTIZE", "FakeQuantize",
             "Convert", "Reorder"}
 
@@ -48,7 +51,8 @@ def onnx_ops(path: str) -> dict[str, Any]:
         t = node.op_type
         if t in _CONVERT:
             converts += 1
-        elif t.startswith("QLinear") or t.startswith("QGemm") or t.endswith("Integer") or t.startswith("Q"):
+        elif t.startswith("QLinear") or t.startswith("QGemm") or t.endswith("Integer") or t.startswith("Q") \
+                or t in _INTEGER_FUSED:
             quantized += 1
         elif t not in _FREE:
             float_ops.append((t, node.name))

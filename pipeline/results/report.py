@@ -95,8 +95,9 @@ def _artifact_table(summary: dict[str, Any]) -> str:
 
 
 def _int8_section(summary: dict[str, Any]) -> str:
-    """The INT8 guard's flags (slower or bigger than the FP32 parent, with the ops left in float) and, per artifact
-    made with auto_keep_float, the layer groups kept in float and the sensitivity ranking they came from."""
+    """The INT8 guard's flags (slower or bigger than the FP32 parent, with the ops left in float), the INT8 scheme
+    each exporter applied and, per artifact made with auto_keep_float, the layer groups kept in float and the
+    sensitivity ranking they came from."""
     arts = summary.get("artifacts") or []
     flags = [(a.get("int8_guard") or {}) for a in arts]
     out = [f'<p class="bad">⚠ {_e(g["message"])}</p>' for g in flags if g.get("flagged")]
@@ -111,6 +112,10 @@ def _int8_section(summary: dict[str, Any]) -> str:
                      _e(f"{mp.get('int8_score', 0):.2f} → {mp.get('final_score', 0):.2f} (FP32 "
                         f"{mp.get('fp32_score', 0):.2f})"), _num(mp.get("drop"), 2), _e(mp.get("max_drop")),
                      _e(mp.get("metric")), _e(mp.get("samples")), _e(ranking or "-")])
+    schemes = [[_e(artifact_name(a)), _e(s.get("scheme")), _e(s.get("requested")), _e(s.get("scheme_why") or "-")]
+               for a in arts for s in [(a.get("metadata") or {}).get("int8") or {}] if s.get("scheme")]
+    if schemes:   # which INT8 scheme each exporter applied (ExportConfig.int8_scheme; "auto" resolved per model)
+        out.append("<h4>INT8 scheme</h4>" + _table(["artifact", "scheme", "asked", "why"], schemes, set()))
     if rows:
         out.append("<h4>Mixed precision (auto_keep_float)</h4>" + _table(
             ["artifact", "kept in float", "metric all-INT8 → chosen", "drop pt", "max drop", "metric", "samples",

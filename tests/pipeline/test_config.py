@@ -105,3 +105,25 @@ def test_check_cli_exits_0_on_the_demo_recipe(digits_recipe):
     proc = run_cli("check", str(digits_recipe))
     assert proc.returncode == 0, proc.stderr
     assert "ok" in proc.stdout
+
+
+def test_quantize_int8_scheme_reaches_every_int8_exporter_and_a_bad_value_names_the_key(write_recipe):
+    path = write_recipe(GOOD + "    stages: {quantize: {int8_scheme: static}}\n", {"models.py": TINY_MODELS})
+    assert load_recipe(path).stages.quantize.export_overrides()["int8_scheme"] == "static"
+    default = write_recipe(GOOD + "    stages: {quantize: {mode: ptq}}\n", {"models.py": TINY_MODELS})
+    assert load_recipe(default).stages.quantize.export_overrides()["int8_scheme"] == "auto"
+    bad = write_recipe(GOOD + "    stages: {quantize: {int8_scheme: fastest}}\n", {"models.py": TINY_MODELS})
+    with pytest.raises(ConfigError) as info:
+        load_recipe(bad)
+    assert len(info.value.problems) == 1
+    problem = info.value.problems[0]
+    assert "stages.quantize.int8_scheme" in problem and "\n" not in problem
+    assert "dynamic" in problem and "smoothquant" in problem   # names what is allowed
+
+
+def test_qat_keeps_its_learned_static_scales_under_auto():
+    from pipeline.stages.quantize import QuantConfig
+
+    assert QuantConfig(mode="qat").export_overrides()["int8_scheme"] == "static"
+    assert QuantConfig(mode="ptq").export_overrides()["int8_scheme"] == "auto"
+    assert QuantConfig(mode="qat", int8_scheme="dynamic").export_overrides()["int8_scheme"] == "dynamic"

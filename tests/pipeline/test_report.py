@@ -117,3 +117,17 @@ def test_write_report_adds_trend_from_three_runs_of_a_recipe(tmp_path: Path) -> 
     assert text.count("<h3>Trend: digits on local</h3>") == 1
     assert text.count("<img ") == 3 * 3 + 1  # three plots per run, plus the trend
     assert text.count("<h3>Changes from") == 2
+
+
+def test_report_shows_the_int8_scheme_each_artifact_was_made_with() -> None:
+    from pipeline.results.report import _int8_section
+
+    arts = [{"name": "m", "backend": "onnx", "precision": "int8", "file": "m.int8.onnx",
+             "metadata": {"int8": {"scheme": "dynamic", "requested": "auto",
+                                   "scheme_why": "attention model: per call"}}},
+            {"name": "m", "backend": "onnx", "precision": "fp32", "file": "m.fp32.onnx", "metadata": {}}]
+    html = _int8_section({"artifacts": arts})
+    assert "<h4>INT8 scheme</h4>" in html
+    assert "<td>dynamic</td><td>auto</td><td>attention model: per call</td>" in html
+    assert html.count("<tr>") == 2    # header + the one INT8 artifact, not the FP32 one
+    assert "INT8 scheme" not in _int8_section({"artifacts": arts[1:]})

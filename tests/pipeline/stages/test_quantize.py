@@ -60,7 +60,8 @@ def test_quantize_export_overrides_are_export_config_fields() -> None:
 
 @pytest.mark.parametrize("override,path", [("stages.quantize.mode=fp8", "stages.quantize.mode"),
                                            ("stages.quantize.calibration=kl", "stages.quantize.calibration"),
-                                           ("stages.quantize.lr=0", "stages.quantize.lr")])
+                                           ("stages.quantize.lr=0", "stages.quantize.lr"),
+                                           ("stages.quantize.int8_scheme=fast", "stages.quantize.int8_scheme")])
 def test_recipe_rejects_bad_quantize_config_naming_key_path(override: str, path: str) -> None:
     with pytest.raises(ConfigError, match=path.replace(".", r"\.")):
         load_recipe(DIGITS_RECIPE, [override])
@@ -83,4 +84,4 @@ def test_run_stages_qat_records_ptq_and_qat_accuracy_and_keeps_ranges_when_cache
     assert second.records[0]["cached"] and second.qat_ranges == first.qat_ranges
     assert second.export_overrides == {"calibration": "minmax", "calib_samples": 32, "per_channel": True,
                                        "keep_float": [], "keep_float_ops": None, "ov_int8_from": "onnx-qdq",
-                                       "ov_bias_correction": "fast"}
+                                       "ov_bias_correction": "fast", "int8_scheme": "static"}

@@ -17,7 +17,6 @@ This path declares its dependency in ``targets.REQUIRES``; the orchestrator expo
 
 from __future__ import annotations
 
-import re
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -33,12 +32,12 @@ from targets._export_common import (
     export_failure,
     first_line,
     io_names,
-    keep_float_not_found,
     resolve_int8_scheme,
 )
 from targets.artifact import Artifact
 from targets.errors import ExportError, MissingDependencyError
 from targets.export_config import ExportConfig
+from targets.ov_scope import ignored_scope
 
 _OV_TYPES = {torch.float32: ov.Type.f32, torch.float16: ov.Type.f16, torch.int64: ov.Type.i64,
              torch.int32: ov.Type.i32, torch.uint8: ov.Type.u8, torch.bool: ov.Type.boolean}
@@ -72,45 +71,6 @@ def _convert(model: torch.nn.Module, example_inputs: tuple[torch.Tensor, ...],
     for port, name in zip(ov_model.outputs, names_out, strict=True):
         port.get_tensor().set_names({name})
     return ov_model
-
-
-_MODULE = re.compile(r"__module\.([^/]+)/")
-
-
-def _module_paths(ov_model: Any) -> dict[str, str]:
-    """Friendly name -> torch module path for every non-constant op. OpenVINO's torch frontend names ops
-    ``__module.<path>/aten::...``, but a convolution fused with its batch norm comes out as an unnamed
-    ``Multiply_NNNN``: such an op inherits the path of its first named consumer (the batch norm's Add), so keeping a
-    module in float keeps its BN-folded convolutions, and with them their input quantizers, in float too."""
-    ops = [op for op in ov_model.get_ordered_ops() if op.get_type_name() not in ("Constant", "Parameter", "Result")]
-    paths: dict[str, str] = {}
-    for op in reversed(ops):
-        name = op.get_friendly_name()
-        m = _MODULE.match(name)
-        if m:
-            paths[name] = m.group(1)
-            continue
-        for out in op.outputs():
-            consumer = next((t.get_node().get_friendly_name() for t in out.get_target_inputs()
-                             if t.get_node().get_friendly_name() in paths), None)
-            if consumer is not None:
-                paths[name] = paths[consumer]
-                break
-    return paths
-
-
-def _ignored_scope(ov_model: Any, keep_float: list[str]) -> list[str]:
-    """Exact op names (NNCF ``IgnoredScope(names=...)``) of every op under the kept torch modules, BN-folded
-    convolutions included (see ``_module_paths``)."""
-    if not keep_float:
-        return []
-    paths = _module_paths(ov_model)
-    chosen = {layer: [n for n, p in paths.items() if p == layer or p.startswith(f"{layer}.")] for layer in keep_float}
-    missing = [layer for layer, names in chosen.items() if not names]
-    if missing:
-        raise keep_float_not_found("openvino", missing, "; a conv fused with its batch norm is named after the "
-                                   "batch norm")
-    return sorted({n for names in chosen.values() for n in names})
 
 
 # ExportConfig.calibration -> NNCF's activation range estimator. NNCF's own default (the mean over calibration
@@ -166,7 +126,7 @@ def _quantize(ov_model: Any, calib: Any, cfg: ExportConfig) -> tuple[Any, dict[s
     smooth = resolved["scheme"] == "smoothquant"
     preset = nncf.QuantizationPreset.PERFORMANCE if cfg.ov_preset == "performance" and not smooth \
         else nncf.QuantizationPreset.MIXED
-    ignored = _ignored_scope(ov_model, cfg.keep_float)
+    ignored = ignored_scope(ov_model, cfg.keep_float)
     ops = [t for o in cfg.keep_float_ops or [] for t in _OV_OPS.get(o, [o]) if t in types]
     plan: dict[str, Any] = {"transformer": transformer, "keep_float_ops": list(cfg.keep_float_ops or []),
                             **resolved}

@@ -33,6 +33,7 @@ import numpy as np
 
 from targets.errors import ExportError
 from targets.export_config import ExportConfig
+from targets.ov_scope import MODULE_NAME, ignored_scope
 
 
 def bits_for(cfg: ExportConfig) -> int | None:
@@ -191,7 +192,6 @@ def quantize_onnx(fp32_path: str | Path, out_path: str | Path, cfg: ExportConfig
 
 # ------------------------------------------------------------------------------------------------------------ openvino
 _OV_INT = {"u4": 4, "i4": 4, "u8": 8, "i8": 8}
-_MODULE = re.compile(r"__module\.([^/]+)/")
 
 
 def _ov_weight_bits(ov_model: Any) -> dict[str, int | None]:
@@ -223,7 +223,7 @@ def _ov_weight_bits(ov_model: Any) -> dict[str, int | None]:
 
 
 def _ov_layer(name: str) -> str:
-    m = _MODULE.match(name)
+    m = MODULE_NAME.match(name)
     return m.group(1) if m else name
 
 
@@ -237,12 +237,11 @@ def quantize_openvino(ov_model: Any, cfg: ExportConfig, calib: list[dict[str, np
         from targets.errors import MissingDependencyError
 
         raise MissingDependencyError("nncf", "openvino", purpose=f"openvino-{cfg.precision}") from exc
-    from targets.export_openvino import _ignored_scope
 
     bits = bits_for(cfg) or 8
     sym = cfg.wo_symmetric
     mode = getattr(nncf.CompressWeightsMode, f"INT{bits}_{'SYM' if sym else 'ASYM'}")
-    ignored = _ignored_scope(ov_model, cfg.wo_keep_float)
+    ignored = ignored_scope(ov_model, cfg.wo_keep_float)
     kwargs: dict[str, Any] = {"mode": mode}
     if ignored:
         kwargs["ignored_scope"] = nncf.IgnoredScope(names=ignored)

@@ -19,7 +19,9 @@ def fields(summary: dict[str, Any]) -> dict[str, list[str]]:
     def union(recs: list[dict[str, Any]], drop: set[str] = frozenset()) -> list[str]:
         return sorted({k for r in recs for k in r} - drop)
 
+    gens = [a["generation"] for a in arts if isinstance(a.get("generation"), dict)]
     return {
+        **({"generation": union(gens)} if gens else {}),   # a language model's artifacts (issue 24)
         "summary": sorted(summary),
         "baseline": sorted(summary["baseline"]),
         "metric": sorted(summary["baseline"].get("metric") or {}),
@@ -36,6 +38,7 @@ def fields(summary: dict[str, Any]) -> dict[str, list[str]]:
 def assert_summary_fields(summary: dict[str, Any], kind: str) -> None:
     want = json.loads(GOLDEN.read_text())[kind]
     got = fields(summary)
-    diff = {part: {"lost": sorted(set(want[part]) - set(got[part])), "new": sorted(set(got[part]) - set(want[part]))}
-            for part in want if set(want[part]) != set(got[part])}
+    diff = {part: {"lost": sorted(set(want[part]) - set(got.get(part, []))),
+                   "new": sorted(set(got.get(part, [])) - set(want[part]))}
+            for part in {*want, *got} if set(want.get(part, [])) != set(got.get(part, []))}
     assert diff == {}, f"summary.json fields changed ({kind}): {diff}"

@@ -31,7 +31,7 @@ def test_lm_recipe_runs_distill_prune_quantize_and_scores_every_artifact_by_perp
     assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
     summary = json.loads((out / "summary.json").read_text())
     assert_gate_verdict_only(proc, [summary])
-    assert_summary_fields(summary, "multihead")
+    assert_summary_fields(summary, "lm")
     base = summary["baseline"]["metric"]
     assert base["name"] == "perplexity" and base["unit"] == "ratio" and base["higher_is_better"] is False
     assert 1.0 < base["value"] < 1024 / 4                      # a trained model, far below a uniform guess

@@ -3,7 +3,7 @@
 
 A scenario (`make test-scenarios`, run by CI): minutes per example. Nothing of the recipe is turned off: every stage,
 backend and option (the detector's mixed-precision search included) runs; only epochs, sample counts and budgets are
-shortened. The three examples whose teachers take minutes to train (detect, vit, inspect) train a one-epoch teacher
+shortened. The examples whose teachers take minutes to train (detect, vit, inspect, yolov8) train a one-epoch teacher
 into a temporary cache through their documented hook (EDGEPIPE_<X>_TEACHER_EPOCHS, a file of its own name, never the
 real teacher); the others train their real teacher on first use, as a fresh clone does.
 
@@ -29,7 +29,7 @@ SCALE = "0.1"
 # recipe's 1-point INT8 check by 0.5 (3 of 200 samples): its check needs the 5 epochs of 0.25
 SCALES = {"inspect": "0.25"}
 RECIPES = sorted(EXAMPLES.glob("*/recipe.yaml"))
-TEACHER_HOOK = {"detect", "vit", "inspect"}    # examples with EDGEPIPE_<X>_TEACHER_EPOCHS
+TEACHER_HOOK = {"detect", "vit", "inspect", "yolov8"}    # examples with EDGEPIPE_<X>_TEACHER_EPOCHS
 
 
 @pytest.mark.parametrize("path", RECIPES, ids=[p.parent.name for p in RECIPES])

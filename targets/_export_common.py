@@ -174,3 +174,34 @@ def resolve_int8_scheme(backend: str, requested: str, transformer: bool) -> dict
                           hint=f"{backend} offers {', '.join(('auto', *INT8_OFFERED[backend]))}")
     return {"scheme": requested, "requested": requested,
             "scheme_why": f"int8_scheme: {requested} asked for ({family} model)"}
+
+
+# ------------------------------------------------------------------------------------------- INT8: what stays float
+def frozen_modules(model: torch.nn.Module) -> list[str]:
+    """Module paths of the outermost modules whose weights are all frozen (``requires_grad=False``), e.g. a YOLOv8
+    decode tail holding the DFL integral (a 1x1 conv of fixed weights 0..15).
+
+    Why: frozen weights are fixed arithmetic, not learned features, and what such a tail computes -- box corners in
+    pixels, probabilities, a softmax over distance bins -- shares no value range with the features before it; one
+    INT8 scale over pixel coordinates and probabilities together wipes out the scores. Ultralytics keeps DFL and the
+    decode out of INT8 with hand-written scopes; this finds them from the weights alone."""
+    out: list[str] = []
+    for name, module in model.named_modules():
+        if not name or any(name.startswith(o + ".") for o in out):
+            continue
+        params = list(module.parameters())
+        if params and not any(p.requires_grad for p in params):
+            out.append(name)
+    return out
+
+
+def keep_frozen_float(cfg: Any, model: torch.nn.Module) -> tuple[Any, list[str]]:
+    """``cfg`` with every frozen module (``frozen_modules``) added to ``keep_float`` for an INT8 export, and the
+    names added (the exporters record them as ``keep_float_auto`` in the artifact's metadata)."""
+    if getattr(cfg, "precision", None) != "int8":
+        return cfg, []
+    extra = [n for n in frozen_modules(model)
+             if not any(n == k or n.startswith(k + ".") for k in cfg.keep_float)]
+    if not extra:
+        return cfg, []
+    return cfg.model_copy(update={"keep_float": [*cfg.keep_float, *extra]}), extra

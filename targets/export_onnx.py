@@ -33,6 +33,7 @@ from targets._export_common import (
     io_names,
     is_transformer,
     keep_float_not_found,
+    keep_frozen_float,
     resolve_int8_scheme,
 )
 from targets.artifact import Artifact
@@ -169,14 +170,24 @@ def _nodes_to_exclude(model_path: Path, keep_float: list[str]) -> list[str]:
     proto = onnx.load(str(model_path), load_external_data=False)
     inits = {i.name for i in proto.graph.initializer}
     found: dict[str, list[str]] = {k: [] for k in keep_float}
+    producer: dict[str, str] = {}
     for node in proto.graph.node:
         meta = {p.key: p.value for p in node.metadata_props}
         scopes = re.findall(r"'([^']*)'", meta.get("pkg.torch.onnx.name_scopes", ""))
-        module = ".".join(s for s in scopes[1:-1] if s)
+        # torch 2.13 writes every scope as the full module path ('', 'a', 'a.b', ...); older ones a segment each
+        paths = [s for s in scopes[1:-1] if s] + [".".join(s for s in scopes[1:-1] if s)]
         weights = [i for i in node.input if i in inits]
         for name in keep_float:
-            if module == name or module.startswith(name + ".") or any(w.startswith(name + ".") for w in weights):
+            if any(m == name or m.startswith(name + ".") for m in paths) or \
+                    any(w.startswith(name + ".") for w in weights):
                 found[name].append(node.name)
+        if "pkg.torch.onnx.name_scopes" not in meta:   # a decomposed op without a scope (Split of split_with_sizes)
+            feeds = [producer.get(i) for i in node.input if i not in inits and i]
+            for name in keep_float:
+                if feeds and all(f in found[name] for f in feeds):
+                    found[name].append(node.name)   # fed only by a float layer's nodes: part of that layer
+        for o in node.output:
+            producer[o] = node.name
     missing = [k for k, v in found.items() if not v]
     if missing:
         raise keep_float_not_found("onnx", missing)
@@ -310,6 +321,7 @@ def _quantize_dynamic(fp32_path: Path, out_path: Path, cfg: ExportConfig, scheme
 def export(model: torch.nn.Module, example_inputs: tuple[torch.Tensor, ...], calib: Any,
            cfg: ExportConfig, out_dir: Path) -> Artifact:
     """Write ``<name>.<precision>.onnx`` into ``out_dir`` (atomically) with its sidecar record."""
+    cfg, auto_float = keep_frozen_float(cfg, model)   # frozen decode tails (YOLOv8 DFL) stay float
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     final = out_dir / f"{cfg.name}.{cfg.precision}.onnx"
@@ -348,6 +360,8 @@ def export(model: torch.nn.Module, example_inputs: tuple[torch.Tensor, ...], cal
                 metadata.update(int8=scheme, calibration=cfg.calibration,
                                 calib_samples=int(min(n_calib, cfg.calib_samples)), keep_float=list(cfg.keep_float),
                                 quantizer=f"onnxruntime {onnxruntime.__version__} quantize_static")
+            if auto_float:
+                metadata["keep_float_auto"] = auto_float
         _slim(tmp_path)
         tmp_path.replace(final)
     art = Artifact.from_files(final, backend="onnx", precision=cfg.precision, parent=cfg.parent,

@@ -32,6 +32,7 @@ from targets._export_common import (
     export_failure,
     first_line,
     io_names,
+    keep_frozen_float,
     resolve_int8_scheme,
 )
 from targets.artifact import Artifact
@@ -181,6 +182,7 @@ def export(model: torch.nn.Module, example_inputs: tuple[torch.Tensor, ...], cal
     ``sources`` holds the artifacts a declared dependency (``targets.REQUIRES``) produced: ``onnx-int8`` for INT8
     read from the QDQ ONNX model.
     """
+    cfg, auto_float = keep_frozen_float(cfg, model)   # frozen decode tails (YOLOv8 DFL) stay float
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     final = out_dir / f"{cfg.name}.{cfg.precision}.xml"
@@ -220,6 +222,8 @@ def export(model: torch.nn.Module, example_inputs: tuple[torch.Tensor, ...], cal
                         calibration=f"{cfg.calibration}: nncf activation ranges {plan['activation_ranges']}, weights "
                                     "per-channel min/max",
                         calib_samples=int(min(n_calib, cfg.calib_samples)), keep_float=list(cfg.keep_float))
+        if auto_float:
+            metadata["keep_float_auto"] = auto_float
     else:
         ov_model = _convert(model, example_inputs, cfg)
     with tempfile.TemporaryDirectory(dir=out_dir, prefix=".openvino-") as tmp:

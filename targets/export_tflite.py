@@ -21,6 +21,7 @@ from targets._export_common import (
     calib_samples,
     export_failure,
     keep_float_not_found,
+    keep_frozen_float,
     module_paths,
     resolve_int8_scheme,
 )
@@ -267,6 +268,7 @@ def _convert(model: torch.nn.Module, example_inputs: tuple[torch.Tensor, ...], c
 def export(model: torch.nn.Module, example_inputs: tuple[torch.Tensor, ...], calib: Any,
            cfg: ExportConfig, out_dir: Path) -> Artifact:
     """Write ``<name>.<precision>.tflite`` into ``out_dir`` (atomically) with its sidecar record."""
+    cfg, auto_float = keep_frozen_float(cfg, model)   # frozen decode tails (YOLOv8 DFL) stay float
     if cfg.precision == "int8" and weight_only.bits_for(cfg) is None:
         if calib is None or len(calib) == 0:
             raise ExportError("tflite", "INT8 needs calibration inputs", hint="give data.calib in the recipe")
@@ -298,6 +300,8 @@ def export(model: torch.nn.Module, example_inputs: tuple[torch.Tensor, ...], cal
                         calib_samples=int(min(len(calib) if isinstance(calib, np.ndarray)
                                               else min(len(v) for v in calib.values()), cfg.calib_samples)),
                         keep_float=list(cfg.keep_float), keep_float_ops=cfg.keep_float_ops)
+        if auto_float:
+            metadata["keep_float_auto"] = auto_float
     elif cfg.precision == "fp16":
         metadata["fp16"] = "float16 weights dequantized at load; float32 compute and I/O"
     metadata["inputs"] = list(cfg.input_names) or None   # the runner matches args_<i> to these, in order

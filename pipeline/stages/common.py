@@ -242,7 +242,8 @@ def final_linear(model: nn.Module) -> list[nn.Module]:
 def output_layers(model: nn.Module, example_inputs: tuple[torch.Tensor, ...]) -> list[nn.Module]:
     """Every layer whose output channels *are* a model output (each head of a multi-output model), found by walking
     back from each output through Torch-Pruning's dependency graph; the last Linear when the graph cannot be built.
-    Pruning one of these would change what the model returns, so none of them is ever pruned."""
+    Pruning one of these would change what the model returns, so none of them is ever pruned. Layers with frozen
+    weights only are looked through: the learned layer before them decides the channels."""
     import torch_pruning as tp
 
     prunable = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose2d, nn.Embedding)
@@ -261,7 +262,8 @@ def output_layers(model: nn.Module, example_inputs: tuple[torch.Tensor, ...]) ->
             if id(cur) in seen:
                 continue
             seen.add(id(cur))
-            if isinstance(cur.module, prunable):
+            # a frozen layer (no trainable weight, e.g. YOLOv8's DFL) is fixed arithmetic: look through it
+            if isinstance(cur.module, prunable) and any(q.requires_grad for q in cur.module.parameters()):
                 if cur.module not in found:
                     found.append(cur.module)
                 continue   # a layer with weights decides the channel count: stop here

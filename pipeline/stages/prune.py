@@ -88,6 +88,50 @@ def _fail(model: nn.Module, where: str, what: str, exc: BaseException) -> Except
                             "instead of hard-coded widths)")
 
 
+def auto_ignored(model: nn.Module, example: tuple[torch.Tensor, ...]) -> list[nn.Module]:
+    """Layers Torch-Pruning must not shrink, found without the user naming them:
+
+    * layers whose weights are all frozen (``requires_grad=False``): fixed arithmetic such as YOLOv8's DFL
+      integral (its input channels are the 16 distance bins);
+    * the layer producing a tensor that is ``split``/``chunk``-ed when two or more of the pieces meet again in one
+      concat (YOLOv8's C2f): Torch-Pruning 1.6 mis-indexes such groups (IndexError), which is why its own YOLOv8
+      example rewrites C2f as ``C2f_v2``. Only that layer keeps its width; the bottlenecks and the block's output
+      conv around it are pruned as usual.
+    """
+    import torch_pruning as tp
+
+    from pipeline.stages.common import outputs_list
+
+    prunable = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose2d)
+    found = [m for m in model.modules() if isinstance(m, prunable)
+             and list(m.parameters()) and not any(p.requires_grad for p in m.parameters())]
+    try:
+        dg = tp.DependencyGraph().build_dependency(model, example_inputs=example,
+                                                   output_transform=lambda out: sum(o.float().sum()
+                                                                                    for o in outputs_list(out)))
+    except Exception:  # noqa: BLE001 - untraceable: structured_prune reports it with the failing layer
+        return found
+    for node in dg.module2node.values():
+        if node.type != tp.ops.OPTYPE.SPLIT:
+            continue
+        concats = [o for o in node.outputs if o.type == tp.ops.OPTYPE.CONCAT]
+        if len(concats) == len({id(c) for c in concats}):   # no concat takes two pieces of this split
+            continue
+        stack, seen = list(node.inputs), set()
+        while stack:                                         # back through BN / activations to the layer
+            cur = stack.pop()
+            if id(cur) in seen:
+                continue
+            seen.add(id(cur))
+            if isinstance(cur.module, prunable):
+                if cur.module not in found:
+                    found.append(cur.module)
+                continue
+            if cur.type in (tp.ops.OPTYPE.BN, tp.ops.OPTYPE.ELEMENTWISE):
+                stack += list(cur.inputs)
+    return found
+
+
 def structured_prune(model: nn.Module, example_inputs: torch.Tensor | tuple[torch.Tensor, ...], *, ratio: float,
                      importance: str = "l2", global_pruning: bool = False, iterative_steps: int = 1,
                      ignore: list[str] | None = None, round_to: int | None = 8,
@@ -118,7 +162,8 @@ def structured_prune(model: nn.Module, example_inputs: torch.Tensor | tuple[torc
     model.eval()
     with torch.no_grad():
         before = [tuple(o.shape) for o in outputs_list(model(*example))]
-    ignored = output_layers(model, example) + [modules[n] for n in ignore or []]
+    auto = auto_ignored(model, example)
+    ignored = output_layers(model, example) + [modules[n] for n in ignore or []] + auto
     heads = num_heads_map(model)
     attention = {"num_heads": heads, "prune_num_heads": head_ratio > 0, "prune_head_dims": head_ratio <= 0,
                  "head_pruning_ratio": head_ratio} if heads else {}

@@ -194,35 +194,34 @@ def check_outputs_npz(path: Path, context: str, cap_mb: float = MAX_OUTPUT_MB) -
                           ) from None
 
 
+def _repeated(recs: list[dict[str, Any]], medians: list[float], tolerance: float, what: str,
+              key: str) -> tuple[dict[str, Any], list[str]]:
+    """The repeat record of one figure over several runs, and every run's invalid reasons plus the spread's own."""
+    spread = (max(medians) - min(medians)) / min(medians) if min(medians) > 0 else 0.0
+    reasons: list[str] = []
+    for rec in recs:
+        reasons += [r for r in rec.get("invalid_reasons") or [] if r not in reasons]
+    if spread > tolerance:
+        reasons.append(f"repeat check: {what} {', '.join(f'{p:g}' for p in medians)} ms differ by {spread:.1%} "
+                       f"(tolerance {tolerance:.0%})")
+    return {key: medians, "spread": round(spread, 4), "tolerance": tolerance, "stable": spread <= tolerance}, reasons
+
+
 def repeat_check(records: list[dict[str, Any]], tolerance: float) -> dict[str, Any]:
     """The first measurement, with the medians of all and their spread; apart by more than ``tolerance``, the
-    figure is not reproducible on this board and is marked invalid."""
-    p50s = [float(r["latency_ms"]["p50"]) for r in records]
-    spread = (max(p50s) - min(p50s)) / min(p50s) if min(p50s) > 0 else 0.0
+    figure is not reproducible on this board and is marked invalid. A generation's time to first token is held to
+    the same rule."""
     record = dict(records[0])
-    record["repeat"] = {"p50": p50s, "spread": round(spread, 4), "tolerance": tolerance,
-                        "stable": spread <= tolerance}
-    reasons = list(record.get("invalid_reasons") or [])
-    for other in records[1:]:
-        reasons += [r for r in other.get("invalid_reasons") or [] if r not in reasons]
-    if spread > tolerance:
-        reasons.append(f"repeat check: medians {', '.join(f'{p:g}' for p in p50s)} ms differ by {spread:.1%} "
-                       f"(tolerance {tolerance:.0%})")
+    record["repeat"], reasons = _repeated(records, [float(r["latency_ms"]["p50"]) for r in records], tolerance,
+                                          "medians", "p50")
     record["invalid_reasons"] = reasons
     record["valid"] = not reasons
     gens = [r["generation"] for r in records if isinstance(r.get("generation"), dict)]
-    if len(gens) == len(records) and gens:   # the same check for the time to first token
+    if len(gens) == len(records) and gens:
         gen = dict(gens[0])
-        ttfts = [float(g["ttft_ms"]["p50"]) for g in gens]
-        spread = (max(ttfts) - min(ttfts)) / min(ttfts) if min(ttfts) > 0 else 0.0
-        why = list(gen.get("invalid_reasons") or [])
-        for other in gens[1:]:
-            why += [r for r in other.get("invalid_reasons") or [] if r not in why]
-        if spread > tolerance:
-            why.append(f"repeat check: TTFT medians {', '.join(f'{t:g}' for t in ttfts)} ms differ by {spread:.1%} "
-                       f"(tolerance {tolerance:.0%})")
-        gen.update(repeat={"ttft_p50": ttfts, "spread": round(spread, 4), "tolerance": tolerance,
-                           "stable": spread <= tolerance}, invalid_reasons=why, valid=not why, why="; ".join(why))
+        repeat, why = _repeated(gens, [float(g["ttft_ms"]["p50"]) for g in gens], tolerance, "TTFT medians",
+                                "ttft_p50")
+        gen.update(repeat=repeat, invalid_reasons=why, valid=not why, why="; ".join(why))
         record["generation"] = gen
     return record
 

@@ -59,15 +59,7 @@ def accuracy_vs_latency(artifacts: list[dict[str, Any]], baseline: float | None,
         by_name = {n: (lat, acc) for n, acc, lat, _size in points}
         xs, ys = zip(*(by_name[n] for n in front), strict=True)
         ax.step(xs, ys, where="post", color="black", linestyle="--", linewidth=1, label="Pareto front", zorder=1)
-    if isinstance(baseline, (int, float)):
-        ax.axhline(baseline, color="green", linestyle=":", linewidth=1, label=f"original {baseline:.3f}")
-    ax.set_xlabel("p90 latency (ms, lower is better)")
-    ax.set_ylabel(ylabel if higher_is_better else f"{ylabel} (lower is better)")
-    ax.set_title(title, fontsize=10)
-    ax.grid(alpha=0.3)
-    if ax.get_legend_handles_labels()[0]:
-        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
-    ax.margins(x=0.15, y=0.2)
+    _frame(ax, baseline, "p90 latency (ms, lower is better)", ylabel, higher_is_better, title)
     _min_span(ax, "y", 0.01)  # accuracies a hair apart must not be drawn as a cliff
     lo, hi = ax.get_ylim()
     if hi > 1.0:  # accuracy cannot exceed 1: keep the window, shifted below it
@@ -96,17 +88,23 @@ def tokens_vs_metric(artifacts: list[dict[str, Any]], baseline: float | None, ti
         else:
             ax.scatter(tps, value, s=70, marker=marker, facecolor="none", edgecolor=color, zorder=2,
                        label=f"{name} (invalid)")
+    _frame(ax, baseline, "decode tokens/s, p50 (higher is better)", ylabel, higher_is_better, title)
+    ax.ticklabel_format(useOffset=False, style="plain")
+    return png_uri(fig)
+
+
+def _frame(ax: Any, baseline: float | None, xlabel: str, ylabel: str, higher_is_better: bool, title: str) -> None:
+    """The metric-versus-speed plots' common frame: the original's line, labels that say which way is better, the
+    legend outside the axes (points never hide behind it)."""
     if isinstance(baseline, (int, float)):
         ax.axhline(baseline, color="green", linestyle=":", linewidth=1, label=f"original {baseline:.3f}")
-    ax.set_xlabel("decode tokens/s, p50 (higher is better)")
+    ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel if higher_is_better else f"{ylabel} (lower is better)")
     ax.set_title(title, fontsize=10)
     ax.grid(alpha=0.3)
     if ax.get_legend_handles_labels()[0]:
         ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
     ax.margins(x=0.15, y=0.2)
-    ax.ticklabel_format(useOffset=False, style="plain")
-    return png_uri(fig)
 
 
 def _min_span(ax: Any, axis: str, span: float) -> None:

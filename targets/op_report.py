@@ -21,7 +21,10 @@ _FREE = {"Reshape", "Flatten", "Squeeze", "Unsqueeze", "Shape", "Identity", "Con
          "CONCATENATION", "TRANSPOSE", "Slice", "STRIDED_SLICE", "Cast"}
 # ORT's fused integer kernels of dynamic quantization (DynamicQuantizeLinear + MatMulInteger [+ scale]): integer
 # arithmetic inside, float at their edges
-_INTEGER_FUSED = {"DynamicQuantizeMatMul", "MatMulIntegerToFloat", "DynamicQuantizeLSTM"}
+# and weight-only kernels (block-wise int4/int8 weights: MatMulNBits, GatherBlockQuantized), whose weights are
+# integer in the file whatever the compute type
+_INTEGER_FUSED = {"DynamicQuantizeMatMul", "MatMulIntegerToFloat", "DynamicQuantizeLSTM", "MatMulNBits",
+                  "GatherBlockQuantized"}
 _CONVERT = {"QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear", "QUANTIZE", "DEQUANTIZE", "FakeQuantize",
             "Convert", "Reorder"}
 

@@ -248,3 +248,12 @@ def test_tflite_int4_is_not_a_backend():
     with pytest.raises(ConfigError, match="unknown backend 'tflite-int4'") as info:
         parse_backend("tflite-int4")
     assert "onnx-int4" in info.value.hint
+
+
+def test_op_report_counts_weight_only_kernels_as_integer_not_float(lm):
+    """The INT8 guard's "ops left in float" must not list the block-wise integer kernels it was asked for."""
+    from targets.op_report import float_ops
+
+    report = float_ops(str(lm["art"]("onnx", "int4").path), "onnx")
+    assert "MatMulNBits" not in report["float_by_type"] and "GatherBlockQuantized" not in report["float_by_type"]
+    assert report["quantized_ops"] >= 9

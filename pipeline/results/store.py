@@ -22,6 +22,7 @@ after ``EDGEPIPE_DB_TIMEOUT`` seconds (30), so a server that accepts and never a
 
 from __future__ import annotations
 
+import math
 import os
 import time
 from collections.abc import Callable
@@ -47,6 +48,7 @@ from pipeline.results.store_schema import (
     STATUSES,
     artifacts,
     benchmarks,
+    generations,
     metadata,
     row_problems,
     runs,
@@ -201,7 +203,7 @@ class Store:
         if found is None:
             return conn.execute(insert(runs).values(run_id=run_id, **values)).inserted_primary_key[0]
         pk = found[0]
-        for table in (benchmarks, artifacts, stages):
+        for table in (generations, benchmarks, artifacts, stages):
             conn.execute(delete(table).where(table.c.run_pk == pk))
         conn.execute(update(runs).where(runs.c.id == pk).values(**values))
         return pk
@@ -228,6 +230,26 @@ class Store:
                 invalid_reasons=strict_dumps(bench.get("invalid_reasons") or art.get("invalid_reasons") or [],
                                              "store: invalid_reasons"),
                 record_json=strict_dumps(bench, "store: bench record", sort_keys=True) if bench else None))
+        gen = art.get("generation")
+        if isinstance(gen, dict):
+            def stat_of(value: Any) -> float | None:
+                return float(value) if isinstance(value, (int, float)) and math.isfinite(value) else None
+
+            def stat(key: str, which: str) -> float | None:
+                return stat_of((gen.get(key) or {}).get(which))
+
+            conn.execute(insert(generations).values(
+                artifact_id=art_id, run_pk=pk, prompt_len=gen.get("prompt_len"), new_tokens=gen.get("new_tokens"),
+                ttft_p50_ms=stat("ttft_ms", "p50"), ttft_p90_ms=stat("ttft_ms", "p90"),
+                decode_tokens_per_s_p50=stat("decode_tokens_per_s", "p50"),
+                decode_tokens_per_s_p90=stat("decode_tokens_per_s", "p90"),
+                n=(gen.get("decode_tokens_per_s") or {}).get("n"),
+                peak_rss_mb=stat_of(gen.get("peak_rss_mb")),
+                valid=gen.get("valid") is True, why=str(gen.get("why") or "")[:2000] or None,
+                greedy_matches_torch=gen.get("greedy_matches_torch")
+                if isinstance(gen.get("greedy_matches_torch"), bool) else None,
+                greedy_agreement=gen.get("greedy_agreement")
+                if isinstance(gen.get("greedy_agreement"), (int, float)) else None))
 
     @store_errors
     def record_summary(self, summary: dict[str, Any], run_dir: str | Path | None = None) -> str:
@@ -252,8 +274,11 @@ class Store:
                 select(artifacts).where(artifacts.c.run_pk == pk).order_by(artifacts.c.id)).mappings()]
             bench_rows = {r["artifact_id"]: dict(r) for r in conn.execute(
                 select(benchmarks).where(benchmarks.c.run_pk == pk)).mappings()}
+            gen_rows = {r["artifact_id"]: dict(r) for r in conn.execute(
+                select(generations).where(generations.c.run_pk == pk)).mappings()}
         for a in arts:
             a["benchmark"] = bench_rows.get(a["id"])
+            a["generation"] = gen_rows.get(a["id"])
         out["artifacts"] = arts
         return out
 

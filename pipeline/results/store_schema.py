@@ -71,6 +71,16 @@ benchmarks = Table("benchmarks", metadata,
                    Column("p50", Float), Column("p90", Float), Column("p99", Float),
                    Column("mean", Float), Column("std", Float), Column("n", Integer),
                    Column("valid", Boolean), Column("invalid_reasons", Text), Column("record_json", Text))
+# a language model's greedy generation on the device (issue 24): one row per cache-graph artifact that generated
+generations = Table("generations", metadata,
+                    Column("id", Integer, primary_key=True, autoincrement=True),
+                    Column("artifact_id", Integer, ForeignKey("artifacts.id", ondelete="CASCADE"), nullable=False),
+                    Column("run_pk", Integer, ForeignKey("runs.id", ondelete="CASCADE"), nullable=False),
+                    Column("prompt_len", Integer), Column("new_tokens", Integer),
+                    Column("ttft_p50_ms", Float), Column("ttft_p90_ms", Float),
+                    Column("decode_tokens_per_s_p50", Float), Column("decode_tokens_per_s_p90", Float),
+                    Column("n", Integer), Column("peak_rss_mb", Float), Column("valid", Boolean),
+                    Column("why", Text), Column("greedy_matches_torch", Boolean), Column("greedy_agreement", Float))
 
 V1_TABLES = (runs, stages, artifacts, benchmarks)
 
@@ -83,9 +93,14 @@ def _m2_history_index(conn: Connection) -> None:
     conn.execute(text("CREATE INDEX IF NOT EXISTS ix_runs_recipe_device_started ON runs (recipe, device, started)"))
 
 
+def _m3_generations(conn: Connection) -> None:
+    metadata.create_all(conn, tables=[generations])
+
+
 MIGRATIONS: list[tuple[int, str, Callable[[Connection], None]]] = [
     (1, "runs, stages, artifacts, benchmarks", _m1_initial),
     (2, "index for history queries by recipe and device", _m2_history_index),
+    (3, "generations: a language model's time to first token, decode tokens/s and peak memory", _m3_generations),
 ]
 
 

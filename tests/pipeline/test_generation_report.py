@@ -72,3 +72,18 @@ def test_model_card_lists_generation_of_the_shipped_artifacts(tmp_path: Path) ->
     assert "### Generation (greedy, batch 1, KV cache; measured on the device by the runner)" in card
     assert "| onnx-fp32 | 16 + 32 tokens | 3.25 / 3.50 | 410.0 / 369.0 | 40 / 40 | 84.5 | valid | matches PyTorch |" \
         in card
+
+
+def test_store_keeps_generation_figures_in_their_own_table(tmp_path: Path) -> None:
+    from pipeline.results.store import open_store, record_summary
+
+    st = open_store(tmp_path / "db" / "results.db")
+    run_id = record_summary(run_dir=_lm_run(tmp_path / "run"), store=st)
+    arts = {a["name"]: a for a in st.get_run(run_id)["artifacts"]}
+    fp32, bad = arts["onnx-fp32"]["generation"], arts["openvino-int8"]["generation"]
+    assert fp32["decode_tokens_per_s_p50"] == 410.0 and fp32["ttft_p90_ms"] == 3.5 and fp32["n"] == 40
+    assert fp32["greedy_matches_torch"] is True and fp32["valid"] is True and fp32["peak_rss_mb"] == 84.5
+    assert arts["onnx-int8"]["generation"]["greedy_agreement"] == 0.94
+    assert bad["valid"] is False and "max_seconds=1" in bad["why"]
+    assert arts["onnx-fp32"]["benchmark"] is not None and "generation" not in (arts.get("tflite-int8") or {}) or \
+        arts["tflite-int8"]["generation"] is None

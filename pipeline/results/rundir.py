@@ -104,13 +104,18 @@ def is_usable(art: dict[str, Any]) -> bool:
             and latency(art) is not None)
 
 
-def rank_key(art: dict[str, Any]) -> tuple[float, float, str]:
+def rank_key(art: dict[str, Any]) -> tuple[int, float, float, str]:
     """Best first among artifacts that meet the gate: lowest p90 on the device, then fewest bytes, then the name (so
     ties never depend on list order). The metric is not a key: the gate already says which are good enough, and
-    the promise is the *fastest* one that is (README, first line)."""
+    the promise is the *fastest* one that is (README, first line). A language model's speed is its decode rate:
+    artifacts with a valid generation come first, by milliseconds per generated token (1 / decode tokens/s, p50),
+    before any that cannot generate on the device (TFLite's static graph)."""
+    from pipeline.results.generation import tokens_per_s
+
     size = art.get("bytes")
-    return (latency(art) or float("inf"), float(size) if isinstance(size, (int, float)) else float("inf"),
-            artifact_name(art))
+    tps = tokens_per_s(art)
+    speed = (0, 1000.0 / tps) if tps else (1, latency(art) or float("inf"))
+    return (*speed, float(size) if isinstance(size, (int, float)) else float("inf"), artifact_name(art))
 
 
 def metric_key(art: dict[str, Any]) -> tuple[float, float, str]:
@@ -141,6 +146,11 @@ def outranked(art: dict[str, Any], artifacts: list[dict[str, Any]]) -> bool:
     parent = next((a for a in artifacts if artifact_name(a) == guard.get("parent")), None)
     if parent is None or not is_usable(parent):
         return False
+    from pipeline.results.generation import tokens_per_s
+
+    mine_tps, parent_tps = tokens_per_s(art), tokens_per_s(parent)
+    if mine_tps and parent_tps and mine_tps > parent_tps:   # a language model ships for its decode rate: one that
+        return False                                        # decodes faster is not outranked by a slower forward
     mine, theirs = metric_value(art), metric_value(parent)
     if mine is None or theirs is None:
         return False
@@ -148,7 +158,8 @@ def outranked(art: dict[str, Any], artifacts: list[dict[str, Any]]) -> bool:
     return theirs >= mine - EQUAL_METRIC if higher else theirs <= mine + EQUAL_METRIC
 
 
-PICK_RULE = ("valid and measured, meets the gate on this device; lowest p90 latency, then fewest bytes, then name "
+PICK_RULE = ("valid and measured, meets the gate on this device; lowest p90 latency (a language model: highest "
+             "decode tokens/s), then fewest bytes, then name "
              "(an int8/fp16 slower than its as-good FP32 parent is never picked; with no artifact meeting the gate, "
              "best task metric first)")
 

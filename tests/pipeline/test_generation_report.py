@@ -87,3 +87,30 @@ def test_store_keeps_generation_figures_in_their_own_table(tmp_path: Path) -> No
     assert bad["valid"] is False and "max_seconds=1" in bad["why"]
     assert arts["onnx-fp32"]["benchmark"] is not None and "generation" not in (arts.get("tflite-int8") or {}) or \
         arts["tflite-int8"]["generation"] is None
+
+
+def _art(name: str, p90: float, ppl: float, tps: float | None, slower_than: str | None = None) -> dict:
+    backend, precision = name.split("-")
+    art = {"name": name, "backend": backend, "precision": precision, "valid": True, "bytes": 1000,
+           "metric": {"name": "perplexity", "value": ppl, "higher_is_better": False},
+           "latency_ms": {"p50": p90 * 0.8, "p90": p90, "n": 200}, "gate": {"passed": True}}
+    if tps is not None:
+        art["generation"] = _gen(tps)
+    if slower_than:
+        art["int8_guard"] = {"slower": True, "parent": slower_than}
+    return art
+
+
+def test_a_language_model_ships_its_fastest_decoder_not_its_fastest_forward() -> None:
+    """int4 decodes 2x faster while its 64-token forward is slower (MatMulNBits on a prefill-sized call): the pick
+    is int4, the guard's "slower" on the forward does not outrank it, and a static-graph TFLite artifact with the
+    fastest forward but no generation comes after every artifact that generates."""
+    from pipeline.results.rundir import pick_best
+
+    arts = [_art("onnx-fp32", 1.0, 58.77, 1250.0), _art("onnx-int4", 1.4, 59.77, 2676.0, slower_than="onnx-fp32"),
+            _art("tflite-fp32", 0.7, 58.77, None)]
+    assert pick_best(arts)["name"] == "onnx-int4"
+    arts[1]["generation"]["decode_tokens_per_s"]["p50"] = 900.0      # decodes slower too: the guard outranks it
+    assert pick_best(arts)["name"] == "onnx-fp32"
+    plain = [_art("onnx-fp32", 1.0, 58.77, None), _art("tflite-fp32", 0.7, 58.77, None)]
+    assert pick_best(plain)["name"] == "tflite-fp32"                # no generation anywhere: the p90 rule as before

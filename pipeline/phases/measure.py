@@ -134,10 +134,10 @@ def measure_device(profile: DeviceProfile, outcomes: dict[str, ExportOutcome], r
                     transport = transport or open_transport(profile)
                     out_file = device_dir / "outputs" / f"{name}.npz"
                     with progress.step(f"bench {name} on {profile.name}"):  # inputs travel in each job's folder
+                        generation = {"generate": (gen.prompt_len, gen.new_tokens), "prompts": gen.prompts} \
+                            if gen else {}
                         bench_rec = benchmark(profile, art, inputs, transport=transport,
-                                              outputs=out_file if ctx is not None else None,
-                                              generate=(gen.prompt_len, gen.new_tokens) if gen else None,
-                                              prompts=gen.prompts if gen else None)
+                                              outputs=out_file if ctx is not None else None, **generation)
                     write_json(device_dir / "bench" / f"{name}.json", bench_rec)
                     if ctx is not None and out_file.is_file():
                         try:
@@ -145,10 +145,10 @@ def measure_device(profile: DeviceProfile, outcomes: dict[str, ExportOutcome], r
                         except Exception as exc:  # noqa: BLE001 - outputs the metric cannot read: a failed check
                             error = f"the device's outputs cannot be scored: {type(exc).__name__}: {exc}"
                     if gen is not None:
-                        generation, problems = gen.entry(bench_rec, entry.precision)
+                        gen_entry, problems = gen.entry(bench_rec, entry.precision)
                         scored = dict(scored or {})
-                        if generation is not None:
-                            scored["generation"] = generation
+                        if gen_entry is not None:
+                            scored["generation"] = gen_entry
                         elif bench_rec.get("generation_skipped"):
                             scored["generation_skipped"] = bench_rec["generation_skipped"]
                         if problems and error is None:

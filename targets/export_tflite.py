@@ -136,14 +136,18 @@ def _keep_float_quantizer(base: type, graph: torch.fx.GraphModule, keep_float: l
                     node.meta.pop("quantization_annotation", None)
                     floated.append(node)
             # a kept conv's fused batch norm and activation (one pattern, one output quantizer) stay float with it
+            kept_ids = {id(n) for n in floated}        # before the walk below empties ``floated``
             while floated:
                 for user in floated.pop().users:
                     if user.op == "call_function" and _aten_name(user) in _FUSED_FOLLOWERS \
                             and "quantization_annotation" in user.meta:
                         user.meta.pop("quantization_annotation")
                         floated.append(user)
+                        kept_ids.add(id(user))
             _drop_orphaned_shared_specs(model)
-            _fix_output_qparams(model, {id(n) for n in floated})
+            # (an empty set here re-quantized every kept-float sigmoid with the fixed 1/256 scale: the YOLOv8 output
+            # concat then shared it and the pixel boxes clipped at 1.0, mAP 0)
+            _fix_output_qparams(model, kept_ids)
             return model
 
     return KeepFloat()

@@ -36,6 +36,9 @@ class QuantConfig(StrictModel):
     # exporter keeps in float; transformer-shaped graphs keep mask/residual arithmetic in float by default
     keep_float: list[str] = Field(default_factory=list)
     bias_correction: Literal["fast", "full", "none"] = "fast"      # openvino-int8 (NNCF) only; see ExportConfig
+    # openvino-int8 (NNCF) only: "performance" = symmetric activations, "mixed" = asymmetric activations (suits SiLU
+    # nets, whose activations reach down to -0.28 only: a symmetric range wastes half its codes); ExportConfig.ov_preset
+    ov_preset: Literal["performance", "mixed"] = "performance"
     # how each INT8 exporter quantizes (ExportConfig.int8_scheme): "auto" picks by model family and backend --
     # static for convolutional nets; for attention onnx dynamic, openvino smoothquant, tflite static
     int8_scheme: Literal["auto", "static", "dynamic", "smoothquant", "weight_only"] = "auto"
@@ -64,7 +67,7 @@ class QuantConfig(StrictModel):
                 "keep_float_ops": [k[3:] for k in self.keep_float if k.startswith("op:")] or None,
                 # QAT weights: NNCF re-quantization loses what QAT learned; OpenVINO reads the QDQ ONNX instead
                 "ov_int8_from": "onnx-qdq" if self.mode == "qat" else "model",
-                "ov_bias_correction": self.bias_correction,
+                "ov_bias_correction": self.bias_correction, "ov_preset": self.ov_preset,
                 # QAT learned static scales: "auto" keeps them (static QDQ, which openvino-int8 then reads)
                 "int8_scheme": "static" if self.mode == "qat" and self.int8_scheme == "auto" else self.int8_scheme}
 

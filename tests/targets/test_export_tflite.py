@@ -128,3 +128,43 @@ def test_tflite_exports_a_global_max_pool_and_an_int8_softmax_that_loads(tmp_pat
     tol = 1e-4 if precision == "fp32" else 0.1       # int8: a few quantization steps of each output's range
     for g, r in zip(got, ref, strict=True):
         assert g.shape == r.shape and np.abs(g - r).max() <= tol * max(1.0, np.abs(r).max()), (g[:3], r[:3])
+
+
+class _BoxAndScoreTail(torch.nn.Module):
+    """A YOLOv8-like tail: pixel-scale boxes and sigmoid scores in one concat, inside a module kept float."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.cat([x[:, :2] * 32.0 + 32.0, torch.sigmoid(x[:, 2:])], 1)
+
+
+class _ConvWithTail(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = torch.nn.Conv2d(1, 4, 3, padding=1)
+        self.tail = _BoxAndScoreTail()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.tail(self.conv(x).flatten(2))
+
+
+def test_tflite_int8_keeps_a_kept_float_sigmoid_out_of_the_fixed_output_scale(tmp_path):
+    # the fixed 1/256 sigmoid scale used to be forced onto kept-float sigmoids too: the concat then shared it and
+    # every box value above 1.0 clipped (the YOLOv8 example's tflite-int8 scored mAP 0)
+    torch.manual_seed(0)
+    model = _ConvWithTail().eval()
+    calib = np.random.default_rng(0).standard_normal((32, 1, 8, 8)).astype(np.float32)
+    art = export(model, (torch.zeros(1, 1, 8, 8),), calib,
+                 ExportConfig(name="tail", precision="int8", keep_float=["tail"]), tmp_path)
+    interp = Interpreter(model_path=art.path)
+    interp.allocate_tensors()
+    inp, out = interp.get_input_details()[0], interp.get_output_details()[0]
+    assert out["dtype"] == np.float32
+    scale, zero = inp["quantization"]
+    x = calib[:1]
+    interp.set_tensor(inp["index"], np.round(x / scale + zero).clip(-128, 127).astype(inp["dtype"]))
+    interp.invoke()
+    got = interp.get_tensor(out["index"])
+    with torch.no_grad():
+        ref = model(torch.from_numpy(x)).numpy()
+    assert ref[:, :2].max() > 5 and np.abs(got[:, :2] - ref[:, :2]).max() < 2.0   # boxes keep their pixel scale
+    assert np.abs(got[:, 2:] - ref[:, 2:]).max() < 0.1

@@ -52,16 +52,18 @@ def test_qat_returns_plain_module_with_trained_weights_and_learned_ranges(digits
 
 def test_quantize_export_overrides_are_export_config_fields() -> None:
     cfg = QuantConfig(calibration="percentile", per_channel=False, keep_float=["classifier"], calib_samples=64,
-                      bias_correction="full")
+                      bias_correction="full", ov_preset="mixed")
     export = ExportConfig(precision="int8", **cfg.export_overrides())
     assert (export.calibration, export.per_channel, export.keep_float, export.calib_samples,
-            export.ov_bias_correction) == ("percentile", False, ["classifier"], 64, "full")
+            export.ov_bias_correction, export.ov_preset) == ("percentile", False, ["classifier"], 64, "full", "mixed")
+    assert ExportConfig(precision="int8", **QuantConfig().export_overrides()).ov_preset == "performance"
 
 
 @pytest.mark.parametrize("override,path", [("stages.quantize.mode=fp8", "stages.quantize.mode"),
                                            ("stages.quantize.calibration=kl", "stages.quantize.calibration"),
                                            ("stages.quantize.lr=0", "stages.quantize.lr"),
-                                           ("stages.quantize.int8_scheme=fast", "stages.quantize.int8_scheme")])
+                                           ("stages.quantize.int8_scheme=fast", "stages.quantize.int8_scheme"),
+                                           ("stages.quantize.ov_preset=asym", "stages.quantize.ov_preset")])
 def test_recipe_rejects_bad_quantize_config_naming_key_path(override: str, path: str) -> None:
     with pytest.raises(ConfigError, match=path.replace(".", r"\.")):
         load_recipe(DIGITS_RECIPE, [override])
@@ -84,4 +86,5 @@ def test_run_stages_qat_records_ptq_and_qat_accuracy_and_keeps_ranges_when_cache
     assert second.records[0]["cached"] and second.qat_ranges == first.qat_ranges
     assert second.export_overrides == {"calibration": "minmax", "calib_samples": 32, "per_channel": True,
                                        "keep_float": [], "keep_float_ops": None, "ov_int8_from": "onnx-qdq",
-                                       "ov_bias_correction": "fast", "int8_scheme": "static"}
+                                       "ov_bias_correction": "fast", "ov_preset": "performance",
+                                       "int8_scheme": "static"}

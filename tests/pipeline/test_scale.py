@@ -1,5 +1,5 @@
-"""The scale knob (`--scale F` / `scale: F`, pipeline/config.py scale_recipe): it shortens the work of a recipe and
-never changes what runs, and a scaled run says so in summary.json and its recipe.yaml."""
+"""The scale knob (`--scale F` / `scale: F`, pipeline/recipe/scale.py scale_recipe): it shortens the work of a recipe
+and never changes what runs, and a scaled run says so in summary.json and its recipe.yaml."""
 
 from __future__ import annotations
 
@@ -8,7 +8,8 @@ import json
 import pytest
 import yaml
 
-from pipeline.recipe.config import SCALED_FIELDS, load_recipe
+from pipeline.recipe.config import load_recipe
+from pipeline.recipe.scale import SCALED_FIELDS
 from tests.conftest import ROOT, run_cli
 from tests.pipeline.test_any_model import DATA, MODELS, RECIPE
 

@@ -17,18 +17,12 @@ from pathlib import Path
 
 import torch
 
+from benchmarks.host import cpu_model
 from targets.device import benchmark
 from targets.export_config import ExportConfig
 from targets.generate import generation_entry, greedy_torch
 from targets.profiles import load_profile
 from tests.targets._decoder import prompts, tiny_decoder
-
-
-def cpu_model() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return "unknown"
 
 
 def main() -> None:

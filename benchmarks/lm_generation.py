@@ -44,6 +44,7 @@ sys.path.insert(0, str(ROOT / "examples" / "lm"))   # the example's modules impo
 from data import Windows, streams  # noqa: E402
 from models import Decoder  # noqa: E402
 
+from benchmarks.host import cpu_model  # noqa: E402
 from targets import get_exporter  # noqa: E402
 from targets.device import benchmark  # noqa: E402
 from targets.export_config import ExportConfig  # noqa: E402
@@ -55,11 +56,6 @@ SEQ = 64
 LIMITS = {"size": 0.3, "speed": 2.0, "ppl": 5.0}   # issue 24: INT4 <= 0.3x FP32 file, >= 2x decode, ppl within 5%
 
 
-def cpu() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return "unknown"
 
 
 def train(model: Decoder, data: Windows, seconds: float, batch: int, lr: float) -> tuple[int, float]:
@@ -142,7 +138,7 @@ def main() -> None:
     # the local profile's 200 iterations are for one-call latency; a generation is prompt_len + new_tokens calls
     profile.bench.warmup, profile.bench.min_iterations = 4, 20
     profile.bench.min_seconds, profile.bench.max_seconds = 1.0, 120.0
-    print(f"host: CPU {cpu()}, {os.cpu_count()} cores, load before {tuple(round(x, 2) for x in load_before)}; "
+    print(f"host: CPU {cpu_model()}, {os.cpu_count()} cores, load before {tuple(round(x, 2) for x in load_before)}; "
           f"training 1 thread, runner {profile.runtime.threads} thread(s); torch {torch.__version__}", flush=True)
     print(f"model: examples/lm Decoder {args.layers} layers x width {args.width}, {args.heads} heads, MLP "
           f"{4 * args.width}, vocab {vocab}, {params / 1e6:.2f}M params; trained {args.train_seconds:.0f} s = {steps} "

@@ -28,7 +28,6 @@ import importlib
 import inspect
 import math
 import os
-import platform
 import sys
 import tempfile
 import time
@@ -42,6 +41,7 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks.host import cpu_model
 from targets import get_exporter
 from targets.export_config import ExportConfig
 from targets.runner import bench
@@ -203,14 +203,6 @@ def timed(arts: dict[str, Any], t: int, iters: int, rounds: int = 3) -> dict[str
     return {k: float(np.median(v)) for k, v in samples.items()}
 
 
-def cpu() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def main() -> None:
@@ -224,7 +216,7 @@ def main() -> None:
     torch.set_num_threads(1)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     families = args.backends.split(",")
-    print(f"cpu: {cpu()}; load {os.getloadavg()}; torch {torch.__version__}; 1 thread", flush=True)
+    print(f"cpu: {cpu_model()}; load {os.getloadavg()}; torch {torch.__version__}; 1 thread", flush=True)
     t0 = time.perf_counter()
     docs = corpus()
     train_ids, held_ids, vocab = tokenize(docs)

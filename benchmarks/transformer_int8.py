@@ -34,6 +34,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "examples" / "tokens"))
 
 from benchmarks.backends import _busy_wait, _versions  # noqa: E402
+from benchmarks.host import cpu_model  # noqa: E402
 from targets import get_exporter  # noqa: E402
 from targets.errors import EdgeError  # noqa: E402
 from targets.export_config import ExportConfig  # noqa: E402
@@ -75,14 +76,6 @@ def trained_encoder() -> nn.Module:
                         "the BERT-class token encoder (benchmarks/transformer_int8.py)")
 
 
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def _cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:

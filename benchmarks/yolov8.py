@@ -23,15 +23,11 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.backends import _interleaved
+from benchmarks.host import cpu_model
 
 TARGETS = {"speedup": 2.0, "size_ratio": 4.0, "drop": 1.0}
 
 
-def _cpu() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return "unknown CPU"
 
 
 def _runner(path: Path) -> Callable[[np.ndarray], Any]:
@@ -73,7 +69,7 @@ def main(run_dir: Path) -> None:
     x = np.asarray(inputs[inputs.files[0]][:64], dtype=np.float32)
     arts = {a["name"]: a for a in summary["artifacts"]}
     runs = {"teacher": _runner(original)} | {n: _runner(run_dir / a["file"]) for n, a in arts.items()}
-    print(f"# {_cpu()}, {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f} at start; 1 thread, batch 1, "
+    print(f"# {cpu_model()}, {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f} at start; 1 thread, batch 1, "
           "interleaved")
     samples = _interleaved(runs, x, rounds=12, iters=40, warmup=20)
     t50 = float(np.median(samples["teacher"]))
